@@ -1,0 +1,3 @@
+from edlib.cli import main
+
+raise SystemExit(main())

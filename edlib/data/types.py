@@ -1,0 +1,118 @@
+"""The data model shared by scanning, schedules, the preview and training.
+
+A scan turns a data root (a folder tree) into a `ScanResult`: the folders that hold
+images, each with its `FolderSettings` (multiply.txt, loss_scale.txt, ...), and one
+`ImageItem` per readable image. Everything downstream (schedules, preview, balancing,
+the trainer) works from a `ScanResult` and never touches the tree again, except the
+trainer re-reading folder settings between epochs.
+
+Paths inside these objects are relative to the data root, with POSIX separators, so a
+schedule written on Windows reads the same on Linux and a run can move machines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from pathlib import Path
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".jfif"})
+
+
+@dataclass(frozen=True)
+class Tag:
+    """One tag of an EveryDream2 `.yaml` caption; weight biases tag shuffling."""
+
+    text: str
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Caption:
+    """A caption: an optional folder trigger, a main prompt and optional tags.
+
+    `text()` is the caption as trained without shuffling: trigger first, then the main
+    prompt, then the tags, joined by ", ". Shuffling (when enabled) only ever moves tags;
+    the trigger and main prompt stay in front.
+    """
+
+    main_prompt: str
+    tags: tuple[Tag, ...] = ()
+    trigger: str | None = None
+
+    def text(self) -> str:
+        parts = [self.trigger] if self.trigger else []
+        if self.main_prompt:
+            parts.append(self.main_prompt)
+        parts.extend(t.text for t in self.tags)
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class FolderSettings:
+    """Settings of one folder, applying to the images directly in it (never cascading),
+    except values inherited from a `global.yaml` above it.
+
+    `multiply` is exact (a Fraction parsed from the file's decimal text) so that
+    0.1 x 10 images is exactly 1 image. `cond_dropout` None means "use the run config".
+    """
+
+    multiply: Fraction = Fraction(1)
+    loss_scale: float = 1.0
+    flip_p: float = 0.0
+    cond_dropout: float | None = None
+    shuffle_tags: bool = False
+    batch_id: str | None = None
+    trigger: str | None = None
+
+    def with_(self, **changes) -> FolderSettings:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One training image. `width`/`height` are after EXIF orientation."""
+
+    path: str  # relative to the data root, POSIX separators
+    folder: str  # relative folder; "" is the data root itself
+    width: int
+    height: int
+    caption: Caption
+
+
+@dataclass
+class FolderInfo:
+    """A folder that holds images, with its settings and where each came from."""
+
+    path: str  # relative, POSIX; "" is the data root
+    images: int
+    settings: FolderSettings
+    # setting name -> file it was read from (relative path), for logs and reports
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ScanResult:
+    """What a scan found. `items` are sorted by path; `folders` by path."""
+
+    root: Path
+    folders: list[FolderInfo]
+    items: list[ImageItem]
+    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    # (relative path, reason) of files that look like images but were skipped
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def folder(self, path: str) -> FolderInfo:
+        for f in self.folders:
+            if f.path == path:
+                return f
+        raise KeyError(f"no folder {path!r} with images under {self.root}")
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+class DataRootError(ValueError):
+    """Bad input in a data root: the message names the file and what is wrong."""

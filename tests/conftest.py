@@ -1,0 +1,33 @@
+"""Shared test set-up. Each test package (tests/data, tests/train, ...) keeps its own
+fixtures beside its tests; only what every test needs lives here."""
+
+import os
+
+import pytest
+
+# Nothing in the tests may reach a model hub: fail fast instead of hanging on the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _private_cache_dir(tmp_path_factory, monkeypatch):
+    """Keep edlib's caches (scan cache, ...) out of the user's home during tests."""
+    monkeypatch.setenv("EDLIB_CACHE_DIR", str(tmp_path_factory.mktemp("edlib-cache")))
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs CUDA (run on the GPU machine and report)")
+    if not cuda_available():
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip_gpu)
