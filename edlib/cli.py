@@ -1,0 +1,155 @@
+"""`edlib ...`: the command line. Thin on purpose: it parses arguments, calls the library
+(the same functions the notebooks call), prints, and maps errors to exit codes.
+
+Exit codes: 0 success, 1 bad input (the message on stderr names the file and the problem),
+2 usage errors (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _cmd_scan(args) -> int:
+    from edlib.data.scan import format_report, report_json, scan
+
+    result = scan(args.data_root, use_cache=not args.no_cache)
+    if args.json:
+        print(json.dumps(report_json(result), indent=2))
+    else:
+        print(format_report(result))
+    return _fail_on_errors(result.errors)
+
+
+def _cmd_preview(args) -> int:
+    from edlib.data.preview import format_preview, preview
+    from edlib.data.scan import scan
+    from edlib.data.schedule import write_schedule
+
+    result = scan(args.data_root)
+    if result.errors:
+        return _fail_on_errors(result.errors)
+    p = preview(
+        result,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        resolution=args.resolution,
+        seed=args.seed,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        max_steps=args.max_steps,
+        lr=args.lr,
+        lr_scheduler=args.lr_scheduler,
+        lr_warmup_steps=args.lr_warmup_steps,
+    )
+    if args.write_schedule:
+        for epoch in range(args.epochs):
+            write_schedule(p.realise(epoch), result, args.write_schedule)
+    if args.json:
+        print(json.dumps(p.to_json(), indent=2))
+    else:
+        print(format_preview(p))
+        if args.write_schedule:
+            print(f"\nSchedules for epochs 0..{args.epochs - 1} written to {args.write_schedule}")
+    return 0
+
+
+def _cmd_balance(args) -> int:
+    from edlib.data.balance import apply_balance, format_plan, load_weights, plan_balance, undo_balance
+    from edlib.data.scan import scan
+
+    if args.undo:
+        for line in undo_balance(args.data_root):
+            print(line)
+        return 0
+    if not args.weights:
+        print("edlib balance: --weights W.yaml is required (or --undo)", file=sys.stderr)
+        return 2
+    result = scan(args.data_root)
+    if result.errors:
+        return _fail_on_errors(result.errors)
+    plan = plan_balance(result, load_weights(args.weights), epoch_size=args.epoch_size)
+    if args.json:
+        print(json.dumps(plan.to_json(), indent=2))
+    else:
+        print(format_plan(plan))
+    if args.apply:
+        history = apply_balance(plan)
+        print(f"\nWrote multiply.txt files; previous files kept in {history} (undo: edlib balance --undo {args.data_root})")
+    elif not args.json:
+        print("\nNothing written (add --apply to write multiply.txt files).")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from edlib.demo import run_demo
+
+    run_demo(Path(args.out), quick=args.quick)
+    return 0
+
+
+def _fail_on_errors(errors: list[str]) -> int:
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edlib", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("scan", help="folders, counts, captions, warnings of a data root")
+    p.add_argument("data_root")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--no-cache", action="store_true", help="ignore and do not update the scan cache")
+    p.set_defaults(func=_cmd_scan)
+
+    p = sub.add_parser("preview", help="samples per folder, steps and LR curve, without loading a model")
+    p.add_argument("data_root")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--resolution", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=1e-6)
+    p.add_argument("--lr-scheduler", default="constant")
+    p.add_argument("--lr-warmup-steps", type=int, default=0)
+    p.add_argument("--write-schedule", metavar="DIR", help="write ep{E}_batch_schedule.txt files here")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_preview)
+
+    p = sub.add_parser("balance", help="turn target shares (a weight tree) into multiply.txt values")
+    p.add_argument("data_root")
+    p.add_argument("--weights", metavar="W.yaml", help="folder path or glob -> weight")
+    p.add_argument("--epoch-size", type=float, default=None, help="samples per epoch wanted (default: current)")
+    p.add_argument("--apply", action="store_true", help="write the multiply.txt files (history kept)")
+    p.add_argument("--undo", action="store_true", help="restore the multiply.txt files before the last --apply")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_balance)
+
+    p = sub.add_parser("demo", help="the whole flow on generated toy-world data")
+    p.add_argument("--out", default="demo", help="folder for the demo's data and runs (default: ./demo)")
+    p.add_argument("--quick", action="store_true", help="a shortened run (used by the tests)")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+    from edlib.data.types import DataRootError
+
+    try:
+        return args.func(args)
+    except DataRootError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1

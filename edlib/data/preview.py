@@ -1,0 +1,293 @@
+"""The preview: what a training run will do with a data root, before any model is loaded.
+
+Per folder: images, multiplier, expected samples per epoch and share of the epoch. Per
+epoch: the exact number of batches and optimizer steps (fractional multipliers make them
+vary between epochs; the counts come from the same draws as the realised schedules). For
+the run: total steps, the learning-rate curve, bucket usage and fill, and warnings. Any
+epoch can be realised exactly with `Preview.realise(epoch)`.
+
+Nothing here decodes an image or loads a model: the scan already holds the sizes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+
+from edlib.data.schedule import EpochCounts, EpochPlanner, EpochSchedule
+from edlib.data.types import ScanResult
+from edlib.train.lr import lr_curve
+
+
+def optimizer_steps(batches: int, gradient_accumulation_steps: int) -> int:
+    """Optimizer steps an epoch of `batches` batches takes.
+
+    Gradients of `gradient_accumulation_steps` batches are summed per step; a remainder at
+    the end of an epoch still makes a step (over fewer batches) rather than spilling into
+    the next epoch, so every epoch ends on a step: ceil(batches / accumulation). The
+    trainer counts its steps with this function.
+    """
+    if gradient_accumulation_steps < 1:
+        raise ValueError(f"gradient_accumulation_steps must be >= 1, got {gradient_accumulation_steps}")
+    return -(-batches // gradient_accumulation_steps)
+
+
+@dataclass
+class FolderPreview:
+    path: str
+    images: int
+    multiply: Fraction
+    loss_scale: float
+    expected_per_epoch: Fraction  # multiply * images, exactly
+    share: float  # expected_per_epoch / epoch_size
+
+
+@dataclass
+class BucketPreview:
+    size: tuple[int, int]  # (width, height)
+    images: int  # images whose aspect ratio is nearest this bucket
+    samples: int  # samples drawn into it over all previewed epochs (fill not included)
+    fill: int  # repeats added over all previewed epochs to make whole batches
+
+
+@dataclass
+class Preview:
+    """The numbers of a planned run; `realise(epoch)` gives any epoch's exact schedule."""
+
+    folders: list[FolderPreview]
+    epoch_size: Fraction  # expected samples per epoch
+    epochs: int
+    batch_size: int
+    gradient_accumulation_steps: int
+    epoch_counts: list[EpochCounts]  # exact counts of each epoch
+    steps_per_epoch_all: list[int]
+    total_steps: int  # over all epochs, capped by max_steps
+    max_steps: int | None
+    lr_scheduler: str
+    lr: list[float]  # learning rate at each optimizer step
+    buckets: list[BucketPreview]
+    planner: EpochPlanner = field(repr=False)  # realises epochs with the previewed settings
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Epoch 0's optimizer steps (see `steps_per_epoch_all` for every epoch)."""
+        return self.steps_per_epoch_all[0]
+
+    @property
+    def batches_per_epoch_all(self) -> list[int]:
+        return [c.batches for c in self.epoch_counts]
+
+    @property
+    def fill_per_epoch(self) -> list[int]:
+        return [int(c.group_fill.sum()) for c in self.epoch_counts]
+
+    def realise(self, epoch: int) -> EpochSchedule:
+        return self.planner.realise(epoch, batch_size=self.batch_size)
+
+    def to_json(self) -> dict:
+        lr = self.lr
+        return {
+            "folders": [
+                {
+                    "path": f.path,
+                    "images": f.images,
+                    "multiply": float(f.multiply),
+                    "loss_scale": f.loss_scale,
+                    "expected_per_epoch": float(f.expected_per_epoch),
+                    "share": f.share,
+                }
+                for f in self.folders
+            ],
+            "epoch_size": float(self.epoch_size),
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "steps_per_epoch": self.steps_per_epoch,
+            "steps_per_epoch_all": self.steps_per_epoch_all,
+            "batches_per_epoch_all": self.batches_per_epoch_all,
+            "samples_per_epoch_all": [c.samples for c in self.epoch_counts],
+            "fill_per_epoch": self.fill_per_epoch,
+            "total_steps": self.total_steps,
+            "max_steps": self.max_steps,
+            "lr": {
+                "scheduler": self.lr_scheduler,
+                "start": lr[0] if lr else None,
+                "peak": max(lr) if lr else None,
+                "end": lr[-1] if lr else None,
+            },
+            "buckets": [
+                {"size": f"{b.size[0]}x{b.size[1]}", "images": b.images, "samples": b.samples, "fill": b.fill}
+                for b in self.buckets
+            ],
+            "warnings": list(self.warnings),
+        }
+
+
+def preview(
+    scan: ScanResult,
+    *,
+    epochs: int = 1,
+    batch_size: int = 1,
+    resolution: int = 512,
+    seed: int = 0,
+    gradient_accumulation_steps: int = 1,
+    max_steps: int | None = None,
+    lr: float = 1e-6,
+    lr_scheduler: str = "constant",
+    lr_warmup_steps: int = 0,
+    lr_num_cycles: int = 1,
+    lr_power: float = 1.0,
+) -> Preview:
+    """Plan a run over `scan` (see the module docstring); cheap enough for every keystroke
+    of a notebook panel on ordinary data roots."""
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1 or None, got {max_steps}")
+    planner = EpochPlanner(scan, resolution=resolution, seed=seed)
+    counts = [planner.counts(e, batch_size=batch_size) for e in range(epochs)]
+    steps = [optimizer_steps(c.batches, gradient_accumulation_steps) for c in counts]
+    total = sum(steps) if max_steps is None else min(sum(steps), max_steps)
+
+    folders = _folder_previews(scan)
+    epoch_size = sum((f.expected_per_epoch for f in folders), Fraction(0))
+    for f in folders:
+        f.share = float(f.expected_per_epoch / epoch_size) if epoch_size else 0.0
+
+    item_bucket = planner.group_bucket[planner.item_group]
+    images_per_bucket = np.bincount(item_bucket, minlength=len(planner.buckets))
+    samples = sum(c.bucket_samples for c in counts)
+    fill = sum(c.bucket_fill for c in counts)
+    buckets = [
+        BucketPreview(size, int(images_per_bucket[i]), int(samples[i]), int(fill[i]))
+        for i, size in enumerate(planner.buckets)
+        if images_per_bucket[i]
+    ]
+    p = Preview(
+        folders=folders,
+        epoch_size=epoch_size,
+        epochs=epochs,
+        batch_size=batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        epoch_counts=counts,
+        steps_per_epoch_all=steps,
+        total_steps=total,
+        max_steps=max_steps,
+        lr_scheduler=lr_scheduler,
+        lr=lr_curve(
+            lr_scheduler,
+            lr,
+            total_steps=total,
+            warmup_steps=lr_warmup_steps,
+            num_cycles=lr_num_cycles,
+            power=lr_power,
+        ),
+        buckets=buckets,
+        planner=planner,
+    )
+    p.warnings = _warnings(p)
+    return p
+
+
+def _folder_previews(scan: ScanResult) -> list[FolderPreview]:
+    images = {f.path: 0 for f in scan.folders}
+    for it in scan.items:
+        images[it.folder] += 1
+    return [
+        FolderPreview(
+            path=f.path,
+            images=images[f.path],
+            multiply=f.settings.multiply,
+            loss_scale=f.settings.loss_scale,
+            expected_per_epoch=Fraction(f.settings.multiply) * images[f.path],
+            share=0.0,
+        )
+        for f in scan.folders
+    ]
+
+
+def _warnings(p: Preview) -> list[str]:
+    out = []
+    for f in p.folders:
+        name = f.path or "(data root)"
+        if 0 < f.expected_per_epoch < 1:
+            out.append(
+                f"folder {name}: multiply {_num(f.multiply)} x {f.images} images = "
+                f"{float(f.expected_per_epoch):.3g} expected samples per epoch (< 1): most epochs skip it"
+            )
+        if f.loss_scale < 0:
+            out.append(f"folder {name}: loss_scale {f.loss_scale} is negative: training pushes away from these images")
+    for b in p.buckets:
+        if b.fill:
+            out.append(
+                f"bucket {b.size[0]}x{b.size[1]}: {b.fill} repeat(s) added over {p.epochs} epoch(s) to fill "
+                f"batches of {p.batch_size} (of {b.samples + b.fill} samples)"
+            )
+    uneven = [c.batches for c in p.epoch_counts if c.batches % p.gradient_accumulation_steps]
+    if uneven:
+        out.append(
+            f"{len(uneven)} epoch(s) have a batch count that is not a multiple of gradient_accumulation_steps="
+            f"{p.gradient_accumulation_steps}: their last optimizer step averages fewer batches"
+        )
+    if p.max_steps is not None and p.max_steps < sum(p.steps_per_epoch_all):
+        done, epoch = 0, 0
+        while done + p.steps_per_epoch_all[epoch] < p.max_steps:
+            done += p.steps_per_epoch_all[epoch]
+            epoch += 1
+        out.append(f"max_steps={p.max_steps} ends training in epoch {epoch} of {p.epochs} (0-based)")
+    return out
+
+
+def _num(x) -> str:
+    return f"{float(x):.6g}"
+
+
+def format_preview(p: Preview) -> str:
+    """The preview as text for a terminal: folder table, steps, LR curve summary, buckets."""
+    rows = [("folder", "images", "multiply", "loss_scale", "per epoch", "share")]
+    for f in p.folders:
+        rows.append(
+            (
+                f.path or ".",
+                str(f.images),
+                _num(f.multiply),
+                _num(f.loss_scale),
+                f"{float(f.expected_per_epoch):.6g}",
+                f"{100 * f.share:.1f}%",
+            )
+        )
+    lines = _table(rows)
+    steps = p.steps_per_epoch_all
+    step_text = str(steps[0])
+    if min(steps) != max(steps):
+        step_text = f"{min(steps)}-{max(steps)} (varies: fractional multipliers)"
+    lines += [
+        "",
+        f"epoch size: {float(p.epoch_size):.6g} expected samples; batch size {p.batch_size}, "
+        f"gradient accumulation {p.gradient_accumulation_steps}",
+        f"steps per epoch: {step_text}; epochs: {p.epochs}; total steps: {p.total_steps}"
+        + (f" (max_steps {p.max_steps})" if p.max_steps is not None else ""),
+    ]
+    if p.lr:
+        lines.append(
+            f"learning rate ({p.lr_scheduler}): start {p.lr[0]:.3g}, peak {max(p.lr):.3g} "
+            f"at step {int(np.argmax(p.lr))}, end {p.lr[-1]:.3g}"
+        )
+    lines += ["", "buckets (all previewed epochs):"]
+    bucket_rows = [("size", "images", "samples", "fill")]
+    bucket_rows += [(f"{b.size[0]}x{b.size[1]}", str(b.images), str(b.samples), str(b.fill)) for b in p.buckets]
+    lines += ["  " + line for line in _table(bucket_rows)]
+    if p.warnings:
+        lines += ["", "warnings:"] + [f"  - {w}" for w in p.warnings]
+    return "\n".join(lines)
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+        for row in rows
+    ]
