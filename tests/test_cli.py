@@ -1,0 +1,111 @@
+"""The `edlib` command line, run as a user runs it: a real subprocess of the installed
+entry point, checking stdout, stderr and exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.data.make_images import make_tree, tree_digest, write_text
+
+
+def edlib(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "edlib", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def root(tmp_path) -> Path:
+    root = tmp_path / "data"
+    make_tree(root, {"subject": 6, "subject/closeups": 2, "preservation": 10}, size=(64, 64))
+    write_text(root / "subject" / "multiply.txt", "2.5\r\n")
+    write_text(root / "preservation" / "multiply.txt", "0.1")
+    write_text(root / "preservation" / "loss_scale.txt", "0.5")
+    return root
+
+
+def test_scan_json_has_the_contract_fields(root):
+    r = edlib("scan", root, "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["images"] == 18
+    folders = {f["path"]: f for f in report["folders"]}
+    assert folders["subject"]["images"] == 6 and folders["subject"]["multiply"] == 2.5
+    # multiply.txt never cascades: the subfolder keeps the default
+    assert folders["subject/closeups"]["multiply"] == 1.0
+    assert folders["preservation"]["loss_scale"] == 0.5
+    assert report["warnings"] == [] and report["errors"] == []
+
+
+def test_scan_logs_each_applied_file_once(root):
+    r = edlib("scan", root)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("subject/multiply.txt") == 1
+    assert r.stderr.count("preservation/loss_scale.txt") == 1
+
+
+def test_bad_multiplier_exits_nonzero_naming_file_and_text(root):
+    write_text(root / "subject" / "multiply.txt", "abc")
+    for command in ("scan", "preview"):
+        r = edlib(command, root)
+        assert r.returncode == 1
+        assert "multiply.txt" in r.stderr and "abc" in r.stderr
+
+
+def test_missing_root_is_a_clear_error(tmp_path):
+    r = edlib("scan", tmp_path / "nope")
+    assert r.returncode == 1
+    assert "nope" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_preview_json_and_schedules_agree(root, tmp_path):
+    out = tmp_path / "schedules"
+    r = edlib("preview", root, "--json", "--epochs", "3", "--batch-size", "2", "--resolution", "64",
+              "--write-schedule", out)
+    assert r.returncode == 0, r.stderr
+    p = json.loads(r.stdout)
+    for key in ("folders", "epoch_size", "steps_per_epoch", "total_steps", "warnings"):
+        assert key in p
+    assert p["epoch_size"] == pytest.approx(6 * 2.5 + 2 + 10 * 0.1)
+    lines_per_epoch = []
+    for epoch in range(3):
+        lines = (out / f"ep{epoch}_batch_schedule.txt").read_text().splitlines()
+        assert all(len(line.split("\t")) == 3 for line in lines)
+        lines_per_epoch.append(len(lines))
+    # every batch is full (fill-up), so samples = 2 * batches = 2 * steps (no accumulation)
+    assert sum(lines_per_epoch) == 2 * p["total_steps"]
+
+
+def test_balance_apply_and_undo_roundtrip(root, tmp_path):
+    weights = tmp_path / "w.yaml"
+    weights.write_text("subject: 3\npreservation: 1\n")
+    before = tree_digest(root)
+    r = edlib("balance", root, "--weights", weights)
+    assert r.returncode == 0, r.stderr
+    assert tree_digest(root) == before, "without --apply nothing is written"
+    r = edlib("balance", root, "--weights", weights, "--apply", "--epoch-size", "100")
+    assert r.returncode == 0, r.stderr
+    assert tree_digest(root) != before
+    r = edlib("balance", root, "--undo")
+    assert r.returncode == 0, r.stderr
+    after = {k: v for k, v in tree_digest(root).items() if not k.startswith(".edlib")}
+    assert after == before
+
+
+@pytest.mark.slow
+def test_demo_quick_runs_end_to_end(tmp_path):
+    r = edlib("demo", "--out", tmp_path / "demo", "--quick")
+    assert r.returncode == 0, r.stderr
+    assert "zorblat" in r.stdout and "total steps" in r.stdout
+    assert (tmp_path / "demo" / "schedules" / "ep0_batch_schedule.txt").exists()
