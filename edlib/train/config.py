@@ -1,0 +1,436 @@
+"""The training configuration: one validated model, loaded from YAML with `key=value` overrides.
+
+Every key is documented by its field description; `config_reference_markdown()` turns those
+into docs/config.md, so the reference cannot drift from the code. Defaults are what a newcomer
+fine-tuning SD1.5 on a single GPU should use.
+
+Keys are flat (as in the YAML files users write and the CLI overrides they type), and a
+validation error names the key, what is wrong and the allowed values.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edlib.train.lr import LR_SCHEDULERS
+
+OPTIMIZERS = ("adamw", "adamw8bit", "lion", "prodigy", "adafactor")
+# Methods planned by later issues: accepted names with a clear "not yet" message, so a config
+# written for them fails at load time instead of training the wrong thing.
+METHODS = ("full",)
+PLANNED_METHODS = ("lora", "textual_inversion")
+# Keys holding file system paths: relative values in a config file resolve against its folder.
+PATH_KEYS = ("data_root", "run_dir", "init_from", "sample_prompts")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names every offending key."""
+
+
+class TrainConfig(BaseModel):
+    """Everything a training run needs. See docs/config.md for the reference."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # --- what to train on -------------------------------------------------------------------
+    model: str = Field(
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        description="Base model: a Hugging Face hub id, a local diffusers folder, or a single "
+        "`.safetensors`/`.ckpt` file. A relative path resolves against the config file's folder.",
+    )
+    data_root: Path = Field(
+        description="Folder tree of training images (required). Every image below it is a training "
+        "item; `multiply.txt` and `loss_scale.txt` control each folder."
+    )
+    run_dir: Path = Field(
+        Path("runs/train"),
+        description="The run folder: config, logs, checkpoints, samples and exports go here. "
+        "Resuming continues the run found in this folder.",
+    )
+    method: str = Field(
+        "full",
+        description="Training method. `full` fine-tunes the UNet (and the text encoder when "
+        "`text_encoder_lr` > 0). `lora` and `textual_inversion` are planned.",
+    )
+    init_from: Path | None = Field(
+        None,
+        description="Start a new phase from another run's weights (a run folder or one of its "
+        "checkpoints) with a fresh optimizer and LR schedule, e.g. a second phase at a higher "
+        "resolution. Null starts from `model`.",
+    )
+
+    # --- images and batches -----------------------------------------------------------------
+    resolution: int = Field(
+        512,
+        ge=64,
+        description="Base training resolution in pixels (a multiple of 64). Aspect buckets have "
+        "about resolution x resolution pixels. 512 for SD1.x, 768 for SD2.x 768-v.",
+    )
+    batch_size: int = Field(4, ge=1, description="Images per batch on each GPU.")
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, description="Batches accumulated into one optimizer step (effective batch = batch_size x this x GPUs)."
+    )
+    epochs: int = Field(10, ge=1, description="Number of epochs (passes over the multiplied data root).")
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop after this many optimizer steps even if epochs remain. Null: run all epochs."
+    )
+    seed: int = Field(
+        555, description="Seed of everything random: the per-epoch schedule, noise, dropout. Same seed, same run."
+    )
+    write_schedule: bool = Field(
+        True, description="Write each epoch's batch schedule to `schedules/` in the run folder before training it."
+    )
+
+    # --- captions ---------------------------------------------------------------------------
+    clip_skip: int = Field(
+        1,
+        ge=1,
+        description="Text encoder layer whose output conditions the UNet, counted from the end: 1 = last "
+        "layer (SD default), 2 = penultimate layer (common for anime models). Final layer norm is applied.",
+    )
+    shuffle_caption: bool = Field(
+        False, description="Shuffle the comma-separated tags of each caption every time it is used."
+    )
+    keep_tokens: int = Field(
+        0, ge=0, description="With `shuffle_caption`: this many leading comma-separated tags stay in front, unshuffled."
+    )
+    caption_dropout: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Probability of training a sample with an empty caption (the conditional dropping "
+        "rate; helps classifier-free guidance). A folder's `cond_dropout.txt` overrides it.",
+    )
+
+    # --- learning rate and optimizer --------------------------------------------------------
+    unet_lr: float = Field(1e-6, ge=0.0, description="Learning rate of the UNet.")
+    text_encoder_lr: float = Field(
+        0.0,
+        ge=0.0,
+        description="Learning rate of the text encoder. 0 keeps it frozen (bit-identical), the safe default.",
+    )
+    lr_scheduler: Literal[LR_SCHEDULERS] = Field(  # type: ignore[valid-type]
+        "constant", description="Learning-rate schedule over the run's optimizer steps."
+    )
+    lr_warmup_steps: int = Field(0, ge=0, description="Optimizer steps of linear warm-up from 0 to the learning rate.")
+    lr_num_cycles: int = Field(1, ge=1, description="Number of hard restarts for `cosine_with_restarts`.")
+    lr_power: float = Field(1.0, gt=0.0, description="Power of the `polynomial` decay (1.0 = linear).")
+    optimizer: Literal[OPTIMIZERS] = Field(  # type: ignore[valid-type]
+        "adamw",
+        description="Optimizer. `adamw8bit` needs bitsandbytes and CUDA (`pip install edlib[gpu]`); "
+        "`lion` needs lion-pytorch; `prodigy` needs prodigyopt (use lr 1.0 with it).",
+    )
+    optimizer_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra keyword arguments for the optimizer, e.g. `{weight_decay: 0.01, betas: [0.9, 0.999]}`.",
+    )
+    max_grad_norm: float | None = Field(
+        1.0, gt=0.0, description="Clip the gradient norm to this value. Null turns clipping off."
+    )
+    ema_decay: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="Keep an exponential moving average of the weights with this decay (e.g. 0.9999). Null: off.",
+    )
+
+    # --- loss and noise ---------------------------------------------------------------------
+    prediction_type: Literal["epsilon", "v_prediction"] | None = Field(
+        None,
+        description="What the UNet predicts. Null takes it from the model's scheduler config (epsilon "
+        "for SD1.x, v_prediction for SD2.x 768-v); set it only to override a wrong config.",
+    )
+    zero_terminal_snr: bool = Field(
+        False,
+        description="Rescale the noise schedule so the last timestep is pure noise (Lin et al. 2023). Use "
+        "with v_prediction; the model must then be sampled with the same rescaled schedule.",
+    )
+    noise_offset: float = Field(
+        0.0,
+        ge=0.0,
+        description="Noise offset (adds a per-channel constant to the noise) so the model learns very dark and bright images. Typical: 0.02-0.1.",
+    )
+    multires_noise_iterations: int = Field(
+        0, ge=0, description="Pyramid (multi-resolution) noise levels added to the noise. 0 = off; typical 6-10."
+    )
+    multires_noise_discount: float = Field(
+        0.3, gt=0.0, le=1.0, description="Weight decay per level of the pyramid noise (kohya default 0.3)."
+    )
+    min_snr_gamma: float | None = Field(
+        None,
+        gt=0.0,
+        description="Min-SNR loss weighting (Hang et al. 2023) with this gamma, 5.0 recommended. Null: off.",
+    )
+
+    # --- speed and memory -------------------------------------------------------------------
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        "no",
+        description="Mixed precision. `bf16` on recent GPUs (Ampere and newer) is faster and safe; `fp16` for "
+        "older cards (with a loss scaler); `no` is full fp32 (CPU, debugging).",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: much less memory, about 20-30% slower."
+    )
+    attention: Literal["sdpa", "xformers"] = Field(
+        "sdpa", description="Attention kernel: `sdpa` (PyTorch's fused attention) or `xformers` (must be installed)."
+    )
+    cache_latents: Literal["no", "memory", "disk"] = Field(
+        "no",
+        description="Encode each image with the VAE once and reuse the latents: `memory`, `disk` (in the "
+        "run folder, reused on resume) or `no`.",
+    )
+    cache_text_embeddings: bool = Field(
+        False,
+        description="Encode each caption once and reuse it. Only with a frozen text encoder "
+        "(`text_encoder_lr: 0`) and fixed captions (no `shuffle_caption`).",
+    )
+    compile: bool = Field(
+        False, description="Compile the UNet with torch.compile (faster steps after a slow first one)."
+    )
+
+    # --- saving, logging, sampling ----------------------------------------------------------
+    save_every_n_steps: int | None = Field(
+        None, ge=1, description="Save a checkpoint every N optimizer steps. Null: off."
+    )
+    save_every_n_epochs: int | None = Field(1, ge=1, description="Save a checkpoint every N epochs. Null: off.")
+    save_every_n_minutes: float | None = Field(
+        30.0,
+        gt=0.0,
+        description="Save a checkpoint every N minutes of training, so a vanished GPU loses little. Null: off.",
+    )
+    keep_last_n_checkpoints: int | None = Field(
+        2, ge=1, description="Delete older checkpoints, keeping the newest N. Null keeps all."
+    )
+    log_every_n_steps: int = Field(
+        10, ge=1, description="Write a progress line to log.txt and the console every N optimizer steps."
+    )
+    tensorboard: bool = Field(
+        False, description="Also write TensorBoard logs to the run folder (needs tensorboard installed)."
+    )
+    sample_prompts: Path | list[str] | None = Field(
+        None,
+        description="Prompts for sample images during training: a prompt file or a list of prompts. Null: no samples.",
+    )
+    sample_every_n_steps: int | None = Field(
+        None, ge=1, description="Generate samples every N optimizer steps. Null: off."
+    )
+    sample_every_n_epochs: int | None = Field(None, ge=1, description="Generate samples every N epochs. Null: off.")
+    sample_every_n_minutes: float | None = Field(
+        None, gt=0.0, description="Generate samples every N minutes. Null: off."
+    )
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        if value in PLANNED_METHODS:
+            raise ValueError(f"{value!r} is not available yet; allowed: {', '.join(METHODS)}")
+        if value not in METHODS:
+            raise ValueError(f"unknown method {value!r}; allowed: {', '.join(METHODS)}")
+        return value
+
+    @field_validator("mixed_precision", "cache_latents", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `no` as false; `mixed_precision: no` must still mean "no".
+        return "no" if value is False else value
+
+    @field_validator("resolution")
+    @classmethod
+    def _multiple_of_64(cls, value: int) -> int:
+        if value % 64:
+            raise ValueError("must be a multiple of 64 (aspect buckets have sides that are multiples of 64)")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.cache_text_embeddings and self.text_encoder_lr > 0:
+            raise ValueError(
+                "cache_text_embeddings: cannot cache while the text encoder trains (text_encoder_lr > 0); "
+                "set text_encoder_lr: 0 or cache_text_embeddings: false"
+            )
+        if self.cache_text_embeddings and self.shuffle_caption:
+            raise ValueError(
+                "cache_text_embeddings: captions change every step with shuffle_caption; "
+                "set shuffle_caption: false or cache_text_embeddings: false"
+            )
+        return self
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Validate a plain mapping, raising one `ConfigError` that names every bad key."""
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            raise ConfigError(_describe(error)) from None
+
+    def to_yaml(self) -> str:
+        """The config as YAML, every key written out, in declaration order."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_yaml(), encoding="utf-8")
+        return path
+
+
+def _describe(error: ValidationError) -> str:
+    """One readable line per problem: the key, what is wrong, and what was given."""
+    known = list(TrainConfig.model_fields)
+    lines = []
+    for item in error.errors(include_url=False):
+        key = ".".join(str(part) for part in item["loc"]) or "config"
+        if item["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "docs/config.md lists every key"
+            lines.append(f"{key}: unknown key; {hint}")
+        elif item["type"] == "missing":
+            lines.append(f"{key}: required, not given")
+        elif item["type"] == "literal_error":
+            lines.append(f"{key}: unknown value {item['input']!r}; allowed: {item['ctx']['expected']}")
+        elif not item["loc"]:  # a check across keys: its message names them
+            lines.append(item["msg"].removeprefix("Value error, "))
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            lines.append(f"{key}: {message} (got {item['input']!r})")
+    return "invalid training config:\n  " + "\n  ".join(lines)
+
+
+def _resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Make relative paths absolute against `base` (the config file's folder, or the current
+    folder for command-line overrides). `model` counts as a path only when it looks like one
+    (starts with `.`, `/` or `~`) or names something that exists; otherwise it is a hub id."""
+    resolved = dict(values)
+    for key in PATH_KEYS:
+        value = resolved.get(key)
+        if isinstance(value, str) and value:
+            resolved[key] = str((base / Path(value).expanduser()).resolve())
+    model = resolved.get("model")
+    if isinstance(model, str) and model:
+        candidate = base / Path(model).expanduser()
+        if model.startswith((".", "/", "~")) or candidate.exists():
+            resolved["model"] = str(candidate.resolve())
+    return resolved
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """`["unet_lr=2e-6", "max_steps=500"]` -> `{"unet_lr": 2e-06, "max_steps": 500}`.
+
+    Values are read as YAML, so numbers, booleans, `null` and lists (`[a, b]`) work as in a
+    config file."""
+    values: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. max_steps=500")
+        try:
+            values[key.strip()] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({error})") from None
+    return values
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Read a YAML config file, apply `key=value` overrides, validate.
+
+    Relative paths in the file resolve against the file's folder (so a project folder can be
+    moved as a whole); relative paths in overrides resolve against the current folder, as a
+    command-line user expects."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not a readable YAML file ({error})") from None
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of key: value lines, found {type(values).__name__}")
+    values = _resolve_paths(values, path.resolve().parent)
+    values.update(_resolve_paths(parse_overrides(overrides), Path.cwd()))
+    try:
+        return TrainConfig.from_dict(values)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+# Keys that may not change when a run resumes, and why. Changing any of them would make the
+# checkpoint's state meaningless or the continued run silently different from the one started;
+# a deliberate change of these is a new phase (`init_from`), not a resume. All other keys may
+# change on resume (the change is logged), e.g. max_steps, save cadence, caching, logging.
+RESUME_IMMUTABLE_KEYS: dict[str, str] = {
+    "model": "the checkpoint's weights are a fine-tune of this base model",
+    "method": "the checkpoint holds this method's state (full weights, adapters or embeddings)",
+    "init_from": "the run's chain of phases is fixed when it starts",
+    "resolution": "images are already assigned to buckets for this resolution in the current epoch",
+    "batch_size": "the position in the epoch is counted in batches of this size",
+    "gradient_accumulation_steps": "the optimizer step count and LR schedule position depend on it",
+    "seed": "the per-epoch schedules and the RNG streams restored from the checkpoint derive from it",
+    "unet_lr": "the LR scheduler state restored from the checkpoint holds the base learning rates",
+    "text_encoder_lr": "it decides what trains (0 = frozen) and the optimizer's parameter groups",
+    "lr_scheduler": "the restored LR scheduler state belongs to this schedule",
+    "lr_warmup_steps": "it shapes the LR schedule the run is following",
+    "lr_num_cycles": "it shapes the LR schedule the run is following",
+    "lr_power": "it shapes the LR schedule the run is following",
+    "optimizer": "the optimizer state in the checkpoint belongs to this optimizer",
+    "optimizer_args": "the restored optimizer state carries these hyperparameters",
+    "ema_decay": "the checkpoint holds (or lacks) EMA weights for this setting",
+    "prediction_type": "the model is being trained towards this target",
+    "zero_terminal_snr": "the model is being trained on this noise schedule",
+    "clip_skip": "the UNet is being trained on embeddings from this text encoder layer",
+}
+
+
+def diff_configs(old: TrainConfig, new: TrainConfig) -> tuple[dict[str, tuple[Any, Any]], dict[str, tuple[Any, Any]]]:
+    """Changes between a run's config and the config it is resumed with, as
+    `(immutable_changes, mutable_changes)`, each `{key: (old_value, new_value)}`."""
+    before, after = old.model_dump(mode="json"), new.model_dump(mode="json")
+    changed = {key: (before[key], after[key]) for key in before if before[key] != after[key]}
+    immutable = {key: change for key, change in changed.items() if key in RESUME_IMMUTABLE_KEYS}
+    mutable = {key: change for key, change in changed.items() if key not in RESUME_IMMUTABLE_KEYS}
+    return immutable, mutable
+
+
+def config_reference_markdown() -> str:
+    """The reference of every config key (docs/config.md), generated from the field descriptions."""
+    lines = [
+        "# Training configuration reference",
+        "",
+        "<!-- Generated by edlib.train.config.config_reference_markdown(); do not edit by hand. -->",
+        "",
+        "A training config is a YAML file of `key: value` lines; any key can also be given on the",
+        "command line as `key=value` (values are read as YAML). Relative paths in a config file are",
+        "relative to the file's folder. Keys marked *fixed on resume* cannot change when a run is",
+        "resumed; start a new phase with `init_from` instead.",
+        "",
+        "A first config needs only the data; everything else has a newcomer-safe default:",
+        "",
+        "```yaml",
+        "model: stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "data_root: data",
+        "run_dir: runs/first",
+        "mixed_precision: bf16   # on a recent GPU",
+        "```",
+        "",
+        "| key | default | description |",
+        "| --- | --- | --- |",
+    ]
+    for name, field in TrainConfig.model_fields.items():
+        if field.is_required():
+            default = "*required*"
+        else:
+            value = field.get_default(call_default_factory=True)
+            shown = value.as_posix() if isinstance(value, Path) else value
+            default = "`" + yaml.safe_dump(shown, default_flow_style=True).strip().removesuffix("...").strip() + "`"
+        description = field.description or ""
+        if name in RESUME_IMMUTABLE_KEYS:
+            description += f" *Fixed on resume: {RESUME_IMMUTABLE_KEYS[name]}.*"
+        description = description.replace("|", "\\|")  # a pipe would end the table cell
+        lines.append(f"| `{name}` | {default} | {description} |")
+    return "\n".join(lines) + "\n"

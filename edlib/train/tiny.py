@@ -1,0 +1,213 @@
+"""Tiny Stable Diffusion pipelines built from configs, for tests, the demo and offline use.
+
+No machine edlib is tested on reaches a model hub, so the tests build real diffusers models
+with random weights and a real CLIP tokenizer, write them as an ordinary diffusers folder, and
+then load that folder through the same code path a user's model takes. Nothing here is a stand
+in: every component is the class the real SD checkpoints use, only much smaller.
+
+Two variants mirror the two families the trainer must handle:
+
+- ``"sd1"``: epsilon prediction, PNDM scheduler with SD1.5's config (scaled_linear betas
+  0.00085..0.012 over 1000 steps), CLIP text encoder with ``quick_gelu`` and conv projections in
+  the UNet's transformer blocks, like SD1.x.
+- ``"sd2-v"``: v-prediction like SD2.x 768-v: DDIM scheduler with ``prediction_type:
+  v_prediction``, an OpenCLIP-style text encoder (``gelu``), and a UNet with
+  ``use_linear_projection`` and a per-block list of ``attention_head_dim``, like SD2.x.
+
+The VAE has three blocks, so it downsamples **4x** (SD's VAE has four blocks and downsamples
+8x). The factor is ``2 ** (len(vae.config.block_out_channels) - 1)``; code that assumes 8 fails
+on these models, which is the point: the trainer must read the factor from the VAE config.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+VARIANTS = ("sd1", "sd2-v")
+
+# Words that get their own token (the tokenizer still spells out any other text character by
+# character, so every caption tokenizes). Chosen to cover typical test captions.
+DEFAULT_WORDS = tuple(
+    "a an the of and with in on at by for to from photo picture painting drawing portrait "
+    "style art man woman person face girl boy cat dog bird horse car house tree flower sky "
+    "red green blue black white yellow big small old young sitting standing running smiling "
+    "close up landscape city night day sun water mountain beach forest room table chair shirt "
+    "hat dress hair eyes blurry sharp detailed simple background sks ohwx zwx rare token".split()
+)
+
+_BOS, _EOS = "<|startoftext|>", "<|endoftext|>"
+_EOW = "</w>"  # CLIP's BPE marks the last symbol of a word with this suffix
+
+
+def _byte_level(word: str) -> str:
+    """The word's UTF-8 bytes in the byte-level alphabet the CLIP tokenizer works in."""
+    from tokenizers import pre_tokenizers
+
+    pieces = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False).pre_tokenize_str(word)
+    return "".join(piece for piece, _ in pieces)
+
+
+def _clip_vocab_and_merges(words: Iterable[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A CLIP-style BPE vocabulary: the 256 byte symbols, the same with ``</w>``, one merge
+    chain per word, then the two special tokens (the order CLIP's own vocab uses).
+
+    Each word is merged left to right (``c a`` -> ``ca``, ``ca t</w>`` -> ``cat</w>``); merges
+    are ranked shortest result first, so shared prefixes form before longer words use them.
+    """
+    from tokenizers import pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab: dict[str, int] = {}
+    for symbol in alphabet + [s + _EOW for s in alphabet]:
+        vocab[symbol] = len(vocab)
+
+    merges: dict[tuple[str, str], int] = {}  # merge -> length of its result, insertion-ordered
+    for word in words:
+        symbols = list(_byte_level(word.strip().lower()))
+        if len(symbols) < 2:
+            continue
+        symbols[-1] += _EOW
+        left = symbols[0]
+        for right in symbols[1:]:
+            merges.setdefault((left, right), len(left) + len(right))
+            left += right
+    ranked = sorted(merges, key=merges.__getitem__)  # stable: ties keep first-seen order
+    for left, right in ranked:
+        vocab.setdefault(left + right, len(vocab))
+    for special in (_BOS, _EOS):
+        vocab[special] = len(vocab)
+    return vocab, ranked
+
+
+def build_tiny_tokenizer(out_dir: str | Path, words: Iterable[str] | None = None):
+    """Write a CLIP tokenizer (vocab.json, merges.txt and the tokenizer's own files) to
+    ``out_dir`` and return it loaded from there."""
+    from transformers import CLIPTokenizer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vocab, merges = _clip_vocab_and_merges(DEFAULT_WORDS if words is None else words)
+    (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    merge_lines = ["#version: 0.2"] + [f"{left} {right}" for left, right in merges]
+    (out_dir / "merges.txt").write_text("\n".join(merge_lines) + "\n", encoding="utf-8")
+    # Loading from the two files works with both the slow (transformers 4) and the
+    # tokenizers-backed (transformers 5) CLIPTokenizer; saving adds the tokenizer's own files.
+    CLIPTokenizer.from_pretrained(out_dir, model_max_length=77).save_pretrained(out_dir)
+    return CLIPTokenizer.from_pretrained(out_dir)
+
+
+def _text_encoder(variant: str, tokenizer):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=32,
+        # SD1 uses OpenAI CLIP (quick_gelu); SD2 uses OpenCLIP ViT-H (gelu).
+        hidden_act="quick_gelu" if variant == "sd1" else "gelu",
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModel(config)
+
+
+def _unet(variant: str, sample_size: int):
+    from diffusers import UNet2DConditionModel
+
+    sd2 = variant == "sd2-v"
+    return UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        # SD1 gives one head count for every block; SD2 gives a per-block list and uses
+        # linear (not 1x1 conv) projections in and out of its transformer blocks.
+        attention_head_dim=[2, 4] if sd2 else 4,
+        use_linear_projection=sd2,
+        norm_num_groups=32,
+    )
+
+
+def _vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(32, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=32,
+        scaling_factor=0.18215,
+    )
+
+
+def _scheduler(variant: str):
+    from diffusers import DDIMScheduler, PNDMScheduler
+
+    common = {
+        "num_train_timesteps": 1000,
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "set_alpha_to_one": False,
+        "steps_offset": 1,
+    }
+    if variant == "sd1":  # as shipped with SD1.5
+        return PNDMScheduler(skip_prk_steps=True, **common)
+    return DDIMScheduler(clip_sample=False, prediction_type="v_prediction", **common)  # SD2.x 768-v
+
+
+def build_tiny_pipeline(
+    out_dir: str | Path,
+    *,
+    variant: str = "sd1",
+    words: Iterable[str] | None = None,
+    seed: int = 0,
+    resolution: int = 64,
+) -> Path:
+    """Write a complete tiny Stable Diffusion pipeline (diffusers folder) to ``out_dir``.
+
+    ``StableDiffusionPipeline.from_pretrained(out_dir)`` loads it offline. Weights are random
+    but fixed by ``seed``; ``words`` become single tokens of the tokenizer (default: a small
+    English word list); ``resolution`` is the image size the UNet's ``sample_size`` is set for.
+    Returns ``out_dir``.
+    """
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    if variant not in VARIANTS:
+        raise ValueError(f"variant: unknown value {variant!r}; allowed: {', '.join(VARIANTS)}")
+    out_dir = Path(out_dir)
+    tokenizer = build_tiny_tokenizer(out_dir / "tokenizer", words)
+
+    torch.manual_seed(seed)
+    vae = _vae()
+    vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    if resolution % (vae_factor * 2) != 0:
+        raise ValueError(f"resolution: {resolution} must be a multiple of {vae_factor * 2} for the tiny model")
+    pipeline = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=_text_encoder(variant, tokenizer),
+        tokenizer=tokenizer,
+        unet=_unet(variant, resolution // vae_factor),
+        scheduler=_scheduler(variant),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
