@@ -1,0 +1,145 @@
+"""Pipelines to sample from: the live modules of a training run, or a model on disk.
+
+During training the pipeline is assembled from the modules being trained, so nothing is
+loaded or copied: the images show exactly the weights of that step. After training,
+`load_pipeline` takes what users point at: a diffusers folder, a single-file checkpoint, a
+run folder or one of its checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+import yaml
+from diffusers import DDPMScheduler, SchedulerMixin, StableDiffusionPipeline
+from safetensors.torch import load_file
+
+from edlib.train.checkpoint import resolve_checkpoint
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+
+def _scheduler_from_config(scheduler_config: Mapping[str, Any]):
+    """The scheduler class the config names (the model's or the training noise scheduler's),
+    so ``pipeline.scheduler.config`` keeps every key samplers are later built from."""
+    name = scheduler_config.get("_class_name", "")
+    scheduler_class = getattr(diffusers, name, None) if name else None
+    if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, SchedulerMixin)):
+        scheduler_class = DDPMScheduler
+    return scheduler_class.from_config(dict(scheduler_config))
+
+
+def pipeline_from_modules(
+    unet, vae, text_encoder, tokenizer, scheduler_config: Mapping[str, Any], *, ema=None
+) -> StableDiffusionPipeline:
+    """A pipeline around live (training) modules: no reload, no copy of any weight.
+
+    Pass the plain modules (``accelerator.unwrap_model(unet)``), not DDP/compile wrappers.
+    ``scheduler_config`` is the model's (or the training noise scheduler's) config; each
+    prompt's sampler is built from it, keeping its betas and prediction type. ``ema``: a
+    diffusers ``EMAModel`` over the UNet's parameters (all of them, or its trainable ones);
+    `sample_images` then samples with the EMA weights swapped in and swaps the training
+    weights back afterwards.
+    """
+    pipeline = StableDiffusionPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=_scheduler_from_config(scheduler_config),
+        # Samples are the user's own evaluation images: no safety checker to load or run.
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.set_progress_bar_config(disable=True)  # sampling logs one line per image instead
+    pipeline.edlib_ema = ema  # read by `sample_images`; a plain attribute, not a component
+    return pipeline
+
+
+def is_run_or_checkpoint(path: Path) -> bool:
+    """A run folder (holds ``checkpoints/``) or one of its ``checkpoints/step-NNNNNN``."""
+    return path.is_dir() and ((path / "checkpoints").is_dir() or path.parent.name == "checkpoints")
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    """``owner/name`` that is not a path: a local folder ``runs/typo`` whose parent exists is
+    a misspelt path and must say so, not fail later trying the hub."""
+    path = Path(name)
+    return len(path.parts) == 2 and not name.startswith((".", "/", "~")) and not path.parent.exists()
+
+
+def base_model_of_run(run_dir: Path) -> str:
+    """The base model a run fine-tunes: the ``model`` key of the run's ``config.yaml``
+    (a hub id or a path; the trainer writes paths resolved)."""
+    config_file = Path(run_dir) / "config.yaml"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file}: missing; cannot tell which base model run {run_dir} trained")
+    config = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+    model = config.get("model")
+    if not isinstance(model, str) or not model:
+        raise ValueError(f"{config_file}: no 'model' key naming the base model")
+    return model
+
+
+def pipeline_from_checkpoint(run_or_checkpoint: str | Path, *, dtype: torch.dtype | None = None) -> StableDiffusionPipeline:
+    """The pipeline of a training checkpoint: the run's base model with the checkpoint's
+    weights loaded over it.
+
+    Expects the trainer's layout (`edlib.train.checkpoint`): ``runs/NAME/config.yaml`` naming
+    the base model, and ``runs/NAME/checkpoints/step-NNNNNN/<component>.safetensors`` holding
+    the full state dict of each trained component (``unet``, ``text_encoder``). A run folder
+    means its newest complete checkpoint.
+    """
+    checkpoint = resolve_checkpoint(Path(run_or_checkpoint))
+    pipeline = load_pipeline(base_model_of_run(checkpoint.parent.parent), dtype=dtype)
+    for file in sorted(checkpoint.glob("*.safetensors")):
+        module = getattr(pipeline, file.stem, None)
+        if not isinstance(module, torch.nn.Module):
+            raise ValueError(f"{file}: the pipeline has no component {file.stem!r} to load these weights into")
+        try:
+            module.load_state_dict(load_file(str(file)), strict=True)
+        except RuntimeError as error:
+            raise ValueError(f"{file}: does not fit the base model's {file.stem}: {error}") from None
+    return pipeline
+
+
+def load_pipeline(
+    model_or_run: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    config: str | Path | None = None,
+) -> StableDiffusionPipeline:
+    """A pipeline for what a user points at.
+
+    - a diffusers folder (with ``model_index.json``), or a hub id;
+    - a single ``.safetensors``/``.ckpt`` file in the original SD layout (``config``: a
+      diffusers folder or hub id with the matching configs; without it diffusers looks the
+      model type up on the hub);
+    - a run folder (its newest complete checkpoint) or one of its ``checkpoints/step-NNNNNN``.
+    """
+    path = Path(model_or_run)
+    options = {"safety_checker": None, "requires_safety_checker": False, "torch_dtype": dtype}
+    if path.is_dir() and (path / "model_index.json").is_file():
+        pipeline = StableDiffusionPipeline.from_pretrained(path, **options)
+    elif path.is_file() and path.suffix.lower() in SINGLE_FILE_SUFFIXES:
+        if config is not None:
+            options["config"] = str(config)
+        pipeline = StableDiffusionPipeline.from_single_file(str(path), **options)
+    elif is_run_or_checkpoint(path):
+        return pipeline_from_checkpoint(path, dtype=dtype)
+    elif not path.exists() and _looks_like_hub_id(str(model_or_run)):
+        pipeline = StableDiffusionPipeline.from_pretrained(str(model_or_run), **options)
+    elif not path.exists():
+        raise FileNotFoundError(f"{path}: no such model file or folder")
+    else:
+        raise ValueError(
+            f"{path}: not a model: expected a diffusers folder (with model_index.json), a "
+            f"{'/'.join(SINGLE_FILE_SUFFIXES)} file, a run folder or one of its checkpoints"
+        )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
