@@ -1,0 +1,313 @@
+"""Folder files: the per-folder settings of a data root and where each value comes from.
+
+Files a folder may hold (EveryDream2 names):
+
+    multiply.txt      times each image is used per epoch, a real number > 0 (exact decimal)
+    loss_scale.txt    factor on the loss of these images, finite; negative warns loudly
+    flip_p.txt        probability of a horizontal flip, 0..1
+    cond_dropout.txt  probability of training with an empty caption, 0..1
+    shuffle_tags.txt  present = shuffle caption tags; or true/false/yes/no/on/off/1/0
+    batch_id.txt      images with the same batch id are batched together
+    trigger.txt       a word or phrase put in front of every caption of the folder (empty: none)
+    local.yaml        any of the keys above (multiply, loss_scale, ..., trigger): this folder
+    global.yaml       the same keys, for this folder and every folder below it
+
+Precedence, lowest first:
+
+    defaults < global.yaml of the ancestors (nearer wins) < global.yaml here
+             < local.yaml here < the .txt files here
+
+Nothing but global.yaml ever cascades: a multiply.txt applies to the images directly in its
+folder, not to subfolders (the EveryDream rule users rely on for preservation sets).
+`.yml` spellings of local/global are accepted, as in EveryDream2. EveryDream2 lets
+local.yaml override some .txt files and not others; here the dedicated .txt file always
+wins, and the scan warns when both set the same key.
+
+Bad values are errors naming the file and the text found; the folder then keeps the
+value it would have had without that file, so one typo shows every other problem too.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field, fields
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
+from pathlib import Path
+
+import yaml
+
+from edlib.data.captions import decode_text
+from edlib.data.types import DataRootError, FolderSettings
+
+# Largest multiplier accepted: beyond it an epoch would not fit in memory, so it is a typo.
+MAX_MULTIPLY = 1_000_000
+
+SETTING_FILES = {
+    "multiply.txt": "multiply",
+    "loss_scale.txt": "loss_scale",
+    "flip_p.txt": "flip_p",
+    "cond_dropout.txt": "cond_dropout",
+    "shuffle_tags.txt": "shuffle_tags",
+    "batch_id.txt": "batch_id",
+    "trigger.txt": "trigger",
+}
+LOCAL_YAML = ("local.yaml", "local.yml")
+GLOBAL_YAML = ("global.yaml", "global.yml")
+FOLDER_FILES = frozenset(SETTING_FILES) | frozenset(LOCAL_YAML) | frozenset(GLOBAL_YAML)
+SETTING_KEYS = tuple(f.name for f in fields(FolderSettings))
+
+# Keys EveryDream2 reads from local/global yaml that have no per-folder meaning here.
+_IGNORED_YAML_KEYS = frozenset({"main_prompt", "tags", "rating", "max_caption_length"})
+
+_TRUE = frozenset({"", "true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0"})
+
+
+class SettingError(DataRootError):
+    """A folder file with a bad value; the message names the file and the text found."""
+
+
+@dataclass
+class Layer:
+    """Setting values with the file each came from (paths relative to the data root), and
+    the keys whose file held a bad value (the trainer keeps its previous value for those)."""
+
+    values: dict[str, object] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    failed: set[str] = field(default_factory=set)
+
+    def over(self, base: Layer) -> Layer:
+        """This layer on top of `base`: its values win, and a good value here replaces a
+        bad one below."""
+        return Layer(
+            {**base.values, **self.values},
+            {**base.sources, **self.sources},
+            (base.failed - self.values.keys()) | self.failed,
+        )
+
+
+@dataclass
+class FolderRead:
+    """The result of reading one folder's files."""
+
+    settings: FolderSettings
+    sources: dict[str, str]
+    inherited: Layer  # what subfolders inherit: the global.yaml layers down to here
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    failed: set[str] = field(default_factory=set)  # keys whose final value a bad file would have set
+    files: list[str] = field(default_factory=list)  # folder files present (relative paths)
+
+
+def parse_setting(key: str, value: object, source: str) -> object:
+    """Parse one setting from a file's text or a YAML value; raises `SettingError`."""
+    if key in ("batch_id", "trigger"):
+        if value is None and key == "trigger":
+            return None
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise SettingError(f"{source}: {key} must be text, found {value!r}")
+        text = str(value).strip()
+        if key == "batch_id" and not text:
+            raise SettingError(f"{source}: batch_id is empty")
+        return text or None
+    if key == "shuffle_tags":
+        return _parse_bool(value, source)
+    number = _parse_decimal(value, source, key)
+    if key == "multiply":
+        if number <= 0:
+            raise SettingError(f"{source}: multiply must be > 0, found {_shown(value)}")
+        if number > MAX_MULTIPLY:
+            raise SettingError(f"{source}: multiply {_shown(value)} is larger than {MAX_MULTIPLY:,}")
+        return Fraction(number)
+    as_float = float(number)
+    if key in ("flip_p", "cond_dropout") and not 0.0 <= as_float <= 1.0:
+        raise SettingError(f"{source}: {key} is a probability between 0 and 1, found {_shown(value)}")
+    return as_float
+
+
+def format_value(value: object) -> str:
+    """A setting value as users write it: 2.5 rather than Fraction(5, 2)."""
+    if isinstance(value, Fraction):
+        return str(value.numerator) if value.denominator == 1 else repr(float(value))
+    return str(value)
+
+
+def _parse_decimal(value: object, source: str, key: str) -> Decimal:
+    """An exact, finite decimal: `Fraction(Decimal(text))` keeps 0.1 exactly 1/10."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise SettingError(f"{source}: {key} must be a number, found {value!r}")
+    text = value if isinstance(value, str) else repr(value)
+    try:
+        number = Decimal(text.strip())
+    except InvalidOperation:
+        hint = " (use a dot as decimal separator)" if "," in text else ""
+        raise SettingError(f"{source}: {key} must be a number, found {_shown(value)}{hint}") from None
+    if not number.is_finite() or not math.isfinite(float(number)):
+        raise SettingError(f"{source}: {key} must be a finite number, found {_shown(value)}")
+    return number
+
+
+def _parse_bool(value: object, source: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if value is not None else ""
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise SettingError(f"{source}: shuffle_tags must be empty, true or false, found {_shown(value)}")
+
+
+def _shown(value: object) -> str:
+    return repr(value) if not isinstance(value, str) or value.strip() else f"{value!r} (empty)"
+
+
+def read_folder(folder: Path, rel: str, names: set[str], inherited: Layer) -> FolderRead:
+    """Read the folder files among `names` in `folder` (relative path `rel`)."""
+    out = FolderRead(FolderSettings(), {}, inherited)
+    global_layer = _read_yaml_layer(folder, rel, names, GLOBAL_YAML, out)
+    local_layer = _read_yaml_layer(folder, rel, names, LOCAL_YAML, out)
+    txt_layer = Layer()
+    for name in sorted(names & SETTING_FILES.keys()):
+        key, source = SETTING_FILES[name], _join(rel, name)
+        out.files.append(source)
+        try:
+            value = parse_setting(key, _read_text(folder / name, source), source)
+        except DataRootError as exc:
+            out.errors.append(str(exc))
+            txt_layer.failed.add(key)
+            continue
+        if key == "trigger" and value is None:
+            out.warnings.append(f"{source} is empty: no trigger for this folder")
+            continue
+        if key in local_layer.values and local_layer.values[key] != value:
+            out.warnings.append(
+                f"{key} is set in both {local_layer.sources[key]} ({format_value(local_layer.values[key])}) "
+                f"and {source} ({format_value(value)}); {source} wins"
+            )
+        txt_layer.values[key] = value
+        txt_layer.sources[key] = source
+
+    out.inherited = global_layer.over(inherited)
+    merged = txt_layer.over(local_layer.over(out.inherited))
+    out.settings = FolderSettings(**merged.values)
+    out.sources = merged.sources
+    out.failed = merged.failed
+    return out
+
+
+def _read_yaml_layer(folder: Path, rel: str, names: set[str], spellings: tuple[str, ...], out: FolderRead) -> Layer:
+    present = [n for n in spellings if n in names]
+    if not present:
+        return Layer()
+    if len(present) > 1:
+        out.warnings.append(f"both {_join(rel, present[0])} and {_join(rel, present[1])} exist; using {present[0]}")
+    source = _join(rel, present[0])
+    out.files.append(source)
+    # A file that cannot be read as a whole may have set any key: all count as failed.
+    unusable = Layer(failed=set(SETTING_KEYS))
+    try:
+        text = _read_text(folder / present[0], source)
+        doc = yaml.safe_load(text) if text else {}
+    except DataRootError as exc:
+        out.errors.append(str(exc))
+        return unusable
+    except yaml.YAMLError as exc:
+        out.errors.append(f"{source}: not valid YAML: {exc}")
+        return unusable
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        out.errors.append(f"{source}: expected a mapping of settings, found {text[:80]!r}")
+        return unusable
+    layer = Layer()
+    for key, value in doc.items():
+        if key in _IGNORED_YAML_KEYS:
+            out.warnings.append(f"{source}: {key!r} is ignored; captions come from sidecar files and trigger")
+            continue
+        if key not in SETTING_KEYS:
+            out.warnings.append(f"{source}: unknown setting {key!r} ignored (known: {', '.join(SETTING_KEYS)})")
+            continue
+        try:
+            layer.values[key] = parse_setting(key, value, f"{source} ({key})")
+        except SettingError as exc:
+            out.errors.append(str(exc))
+            layer.failed.add(key)
+            continue
+        layer.sources[key] = source
+    return layer
+
+
+def _read_text(path: Path, source: str) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SettingError(f"{source}: cannot read: {exc.strerror or exc}") from exc
+    return decode_text(data, source)
+
+
+def _join(rel: str, name: str) -> str:
+    return f"{rel}/{name}" if rel else name
+
+
+# ---- near-miss names: the most common mistake is a misnamed multiply.txt -----------------
+
+_EXTENSIONS = (".txt", ".text", ".yaml", ".yml", ".md", ".rtf", ".doc", ".docx")
+_CANONICAL = {
+    "multiply": "multiply.txt",
+    "multiplier": "multiply.txt",
+    "multiplyer": "multiply.txt",
+    "multiple": "multiply.txt",
+    "lossscale": "loss_scale.txt",
+    "flipp": "flip_p.txt",
+    "conddropout": "cond_dropout.txt",
+    "shuffletags": "shuffle_tags.txt",
+    "batchid": "batch_id.txt",
+    "trigger": "trigger.txt",
+    "triggers": "trigger.txt",
+    "local": "local.yaml",
+    "global": "global.yaml",
+}
+
+
+def near_miss(name: str) -> str | None:
+    """The folder file `name` was probably meant to be, or None.
+
+    `multiply.txt.txt` (Windows hides the second extension), `Multiply.TXT`,
+    `multiply.text`, `multiplier.txt`, `loss-scale.txt`, `mulitply.txt` all map to the
+    real name. Exact names never match.
+    """
+    if name in FOLDER_FILES:
+        return None
+    stem = name.strip().lower()
+    had_extension = False
+    while stem.endswith(_EXTENSIONS):
+        stem = os.path.splitext(stem)[0].strip()
+        had_extension = True
+    key = "".join(ch for ch in stem if ch.isalnum())
+    if key in _CANONICAL:
+        if key in ("local", "global") and not had_extension:
+            return None  # a bare "local" or "global" is too common a word to warn about
+        return _CANONICAL[key]
+    for known, canonical in _CANONICAL.items():
+        if len(known) >= 7 and had_extension and _edit_distance_at_most_one(key, known):
+            return canonical
+    return None
+
+
+def _edit_distance_at_most_one(a: str, b: str) -> bool:
+    """True when one insertion, deletion, substitution or adjacent swap turns a into b."""
+    if abs(len(a) - len(b)) > 1 or a == b:
+        return a == b
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        if len(diff) == 1:
+            return True
+        return len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]]
+    short, long_ = (a, b) if len(a) < len(b) else (b, a)
+    i = 0
+    while i < len(short) and short[i] == long_[i]:
+        i += 1
+    return short[i:] == long_[i + 1 :]
