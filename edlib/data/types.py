@@ -13,6 +13,7 @@ schedule written on Windows reads the same on Linux and a run can move machines.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from fractions import Fraction
 from pathlib import Path
 
@@ -104,10 +105,16 @@ class ScanResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def folder(self, path: str) -> FolderInfo:
-        for f in self.folders:
-            if f.path == path:
-                return f
-        raise KeyError(f"no folder {path!r} with images under {self.root}")
+        try:
+            return self._folders_by_path[path]
+        except KeyError:
+            raise KeyError(f"no folder {path!r} with images under {self.root}") from None
+
+    @cached_property
+    def _folders_by_path(self) -> dict[str, FolderInfo]:
+        # Built once: a ScanResult is treated as immutable after a scan (a re-read makes a
+        # new one), and the trainer looks folders up once per sample.
+        return {f.path: f for f in self.folders}
 
     @property
     def ok(self) -> bool:

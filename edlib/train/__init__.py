@@ -1,1 +1,30 @@
+"""Training: config, models, the resumable loop and the in-process run handle.
 
+    from edlib.train import TrainConfig, load_config, train, start
+
+    summary = train(load_config("train.yaml"))            # blocking (what the CLI runs)
+    handle = start(load_config("train.yaml"))              # background thread (notebooks)
+    handle.wait()
+
+Names are imported on first use, so `import edlib.train.config` (the preview, the CLI's
+argument checks) does not pay for importing torch, diffusers and accelerate.
+"""
+
+from importlib import import_module
+
+_EXPORTS = {
+    "TrainConfig": "edlib.train.config",
+    "load_config": "edlib.train.config",
+    "train": "edlib.train.loop",
+    "RunSummary": "edlib.train.loop",
+    "start": "edlib.train.handle",
+    "RunHandle": "edlib.train.handle",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'edlib.train' has no attribute {name!r}")
