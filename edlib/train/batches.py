@@ -1,0 +1,208 @@
+"""From a scheduled batch (indices into the scan) to the tensors the UNet trains on.
+
+Everything random here is drawn from generators seeded by (seed, epoch, batch index, slot),
+never from global state, so a resumed run, a run with cached latents and a run split over
+several processes all see the same caption, caption dropout, noise and timestep for a
+given sample. (Latents are the VAE posterior mean, so they involve no draw at all.)
+
+Images are fitted to their bucket by scaling to cover it (the shorter relative side fills
+the bucket exactly) and center-cropping the overflow, so nothing is stretched and at most a
+thin band of the longer side is lost; the bucket was chosen for its aspect ratio, so the
+crop is small. Then the scheduled horizontal flip, then pixels normalised to [-1, 1].
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from safetensors.torch import load_file, save_file
+
+from edlib.data.captions import training_caption
+from edlib.data.images import load_rgb
+from edlib.data.types import ScanResult
+from edlib.train.models import encode_images, encode_prompts
+
+
+def load_pixels(path: str | Path, size: tuple[int, int], flip: bool) -> torch.Tensor:
+    """The image at `path` as a (3, height, width) float tensor in [-1, 1], fitted to
+    `size` = (width, height) by scale-to-cover and center crop."""
+    image = ImageOps.fit(load_rgb(path), size, method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
+    if flip:
+        image = ImageOps.mirror(image)
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def sample_seed(seed: int, epoch: int, batch_index: int, slot: int) -> int:
+    """A 63-bit seed for one sample of one batch: its caption, noise and timestep."""
+    digest = hashlib.sha256(f"edlib:{seed}:{epoch}:{batch_index}:{slot}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+@dataclass(frozen=True)
+class LocalBatch:
+    """The part of a scheduled batch this process trains: `slots` are the positions in the
+    full batch (they seed the per-sample randomness), `items` index `scan.items`."""
+
+    epoch: int
+    index: int
+    bucket: tuple[int, int]
+    slots: tuple[int, ...]
+    items: tuple[int, ...]
+    flips: tuple[bool, ...]
+
+
+def local_batch(batch, epoch: int, process_index: int, num_processes: int) -> LocalBatch:
+    """Process r of n takes slots [r*b, (r+1)*b) of a batch realised at n*b samples, so
+    across processes every scheduled sample is trained exactly once."""
+    per_process = len(batch.items) // num_processes
+    start = process_index * per_process
+    slots = tuple(range(start, start + per_process))
+    return LocalBatch(
+        epoch=epoch,
+        index=batch.index,
+        bucket=tuple(batch.bucket),
+        slots=slots,
+        items=tuple(batch.items[s] for s in slots),
+        flips=tuple(bool(batch.flips[s]) for s in slots),
+    )
+
+
+def batch_captions(scan: ScanResult, batch: LocalBatch, config, seed: int) -> list[str]:
+    """The caption each sample trains with: tag shuffling and conditional dropout follow
+    the sample's folder settings, falling back to the run config."""
+    captions = []
+    for slot, item_index in zip(batch.slots, batch.items):
+        item = scan.items[item_index]
+        settings = scan.folder(item.folder).settings
+        dropout = config.caption_dropout if settings.cond_dropout is None else settings.cond_dropout
+        rng = random.Random(sample_seed(seed, batch.epoch, batch.index, slot))
+        captions.append(
+            training_caption(
+                item.caption,
+                rng,
+                shuffle_tags=config.shuffle_caption or settings.shuffle_tags,
+                keep_tokens=config.keep_tokens,
+                dropout=dropout,
+            )
+        )
+    return captions
+
+
+def batch_loss_scale(scan: ScanResult, batch: LocalBatch) -> torch.Tensor:
+    """(B,) loss multipliers from each sample's folder `loss_scale.txt`."""
+    scales = [scan.folder(scan.items[i].folder).settings.loss_scale for i in batch.items]
+    return torch.tensor(scales, dtype=torch.float32)
+
+
+def sample_generators(seed: int, batch: LocalBatch, salt: str, device) -> list[torch.Generator]:
+    """One generator per sample (`salt` separates streams for different uses), for draws
+    (noise, timestep) that must not depend on batch composition or process count."""
+    generators = []
+    for slot in batch.slots:
+        g = torch.Generator(device=device)
+        g.manual_seed(sample_seed(seed, batch.epoch, batch.index, slot) ^ _salt(salt))
+        generators.append(g)
+    return generators
+
+
+def _salt(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:7], "little")
+
+
+class LatentCache:
+    """Latents per (image, bucket, flip), so the VAE encodes each once.
+
+    `mode` "memory" keeps CPU tensors in a dict; "disk" writes safetensors files to
+    `directory`, reused by a resumed run (the key includes the file's size and mtime, so an
+    edited image is encoded again). Latents are the VAE posterior mean (see
+    `edlib.train.models.encode_images`), so cached and uncached training are identical.
+    """
+
+    def __init__(self, mode: str, directory: Path | None = None):
+        self.mode = mode
+        self.directory = directory
+        self._memory: dict[str, torch.Tensor] = {}
+        if mode == "disk":
+            directory.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def key(path: Path, bucket: tuple[int, int], flip: bool) -> str:
+        stat = path.stat()
+        text = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{bucket[0]}x{bucket[1]}|{int(flip)}"
+        return hashlib.sha1(text.encode()).hexdigest()
+
+    def get(self, key: str) -> torch.Tensor | None:
+        if self.mode == "memory":
+            return self._memory.get(key)
+        file = self.directory / f"{key}.safetensors"
+        return load_file(str(file))["latents"] if file.exists() else None
+
+    def put(self, key: str, latents: torch.Tensor) -> None:
+        latents = latents.detach().to("cpu").contiguous()
+        if self.mode == "memory":
+            self._memory[key] = latents
+        else:  # written under a temp name and renamed: a killed run never leaves half a file
+            tmp = self.directory / f".{key}.tmp"
+            save_file({"latents": latents}, str(tmp))
+            tmp.replace(self.directory / f"{key}.safetensors")
+
+
+class BatchEncoder:
+    """Turns a `LocalBatch` into UNet inputs: latents (B, 4, h, w) and text embeddings
+    (B, 77, hidden), using the latent and text-embedding caches when configured.
+
+    Text embeddings are cached by caption string, so the cache is exact even when a
+    caption varies (dropout gives the empty caption, one more entry); the config refuses
+    the cache when the text encoder trains or tags are shuffled.
+    """
+
+    def __init__(self, models, config, *, text_encoder_trains: bool, cache_dir: Path):
+        self.models = models
+        self.config = config
+        self.text_encoder_trains = text_encoder_trains
+        mode = config.cache_latents
+        self.latent_cache = None if mode == "no" else LatentCache(mode, cache_dir / "latents")
+        self.text_cache: dict[str, torch.Tensor] | None = {} if config.cache_text_embeddings else None
+
+    def encode(self, scan: ScanResult, batch: LocalBatch, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # fp32 here: the frozen encoders may run in fp16/bf16, but noise, targets and the
+        # loss are computed in fp32 (autocast lowers only the UNet's own matmuls).
+        latents = self.latents(scan, batch).float()
+        hidden = self.text_embeddings(batch_captions(scan, batch, self.config, seed))
+        return latents, hidden.float()
+
+    def latents(self, scan: ScanResult, batch: LocalBatch) -> torch.Tensor:
+        device = self.models.vae.device
+        paths = [Path(scan.root) / scan.items[i].path for i in batch.items]
+        if self.latent_cache is None:
+            pixels = torch.stack([load_pixels(p, batch.bucket, f) for p, f in zip(paths, batch.flips)])
+            return encode_images(self.models, pixels)
+        out = []
+        for path, flip in zip(paths, batch.flips):
+            key = self.latent_cache.key(path, batch.bucket, flip)
+            cached = self.latent_cache.get(key)
+            if cached is None:
+                cached = encode_images(self.models, load_pixels(path, batch.bucket, flip)[None])[0]
+                self.latent_cache.put(key, cached)
+            out.append(cached.to(device))
+        return torch.stack(out)
+
+    def text_embeddings(self, captions: list[str]) -> torch.Tensor:
+        clip_skip = self.config.clip_skip
+        if self.text_encoder_trains:
+            return encode_prompts(self.models, captions, clip_skip)
+        with torch.no_grad():
+            if self.text_cache is None:
+                return encode_prompts(self.models, captions, clip_skip)
+            missing = sorted({c for c in captions if c not in self.text_cache})
+            if missing:
+                for caption, hidden in zip(missing, encode_prompts(self.models, missing, clip_skip)):
+                    self.text_cache[caption] = hidden
+            return torch.stack([self.text_cache[c] for c in captions])

@@ -1,0 +1,112 @@
+"""Training methods: what trains, with which learning rates, and what a checkpoint holds.
+
+The loop knows nothing about full fine-tuning, LoRA or textual inversion; it asks its
+`Method`. A new method (LoRA through peft, textual inversion) subclasses `Method` and is
+added to `METHODS`; the loop, resume, schedules and sampling stay as they are.
+
+A method works on the `Models` bundle of `edlib.train.models` (tokenizer, text_encoder,
+vae, unet, ...): `setup` freezes and unfreezes (or adds adapters), `trainable_modules`
+names the modules the loop puts in train mode and hands to accelerate, `param_groups` feeds
+the optimizer, and `checkpoint_weights` / `load_weights` define the safetensors files of a
+checkpoint (full modules here; only adapter or embedding weights for the small methods).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+
+from edlib.train import optim
+
+
+class Method(ABC):
+    """The interface the loop uses. Subclasses define what trains; the rest follows."""
+
+    name = "method"
+
+    def __init__(self, config):
+        self.config = config
+
+    @abstractmethod
+    def trainable_module_names(self) -> set[str]:
+        """`Models` attribute names of the modules holding trainable parameters."""
+
+    @abstractmethod
+    def setup(self, models) -> None:
+        """Freeze everything, then unfreeze (or add) what this method trains."""
+
+    @abstractmethod
+    def param_groups(self, models) -> list[dict[str, Any]]:
+        """Optimizer parameter groups, each with its own `lr` and a `name` for logs."""
+
+    def trainable_modules(self, models) -> dict[str, torch.nn.Module]:
+        return {name: getattr(models, name) for name in sorted(self.trainable_module_names())}
+
+    def trainable_parameters(self, models) -> list[torch.nn.Parameter]:
+        return [p for group in self.param_groups(models) for p in group["params"]]
+
+    def text_encoder_trains(self) -> bool:
+        """Whether text embeddings change during training (if not, they may be cached)."""
+        return "text_encoder" in self.trainable_module_names()
+
+    def checkpoint_weights(self, models, unwrap=lambda m: m) -> dict[str, dict[str, torch.Tensor]]:
+        """File name (without .safetensors) -> tensors saved in a checkpoint. `unwrap`
+        strips accelerate's wrappers (DDP, compile) so keys are the plain module's."""
+        return {name: unwrap(module).state_dict() for name, module in self.trainable_modules(models).items()}
+
+    def load_weights(self, models, weights: dict[str, dict[str, torch.Tensor]], unwrap=lambda m: m) -> None:
+        """Load what `checkpoint_weights` saved; a missing or extra file is an error."""
+        modules = self.trainable_modules(models)
+        if set(weights) != set(modules):
+            raise ValueError(
+                f"checkpoint holds weights for {sorted(weights)} but method {self.name!r} trains "
+                f"{sorted(modules)}: was it saved with another method or text_encoder_lr?"
+            )
+        for name, module in modules.items():
+            unwrap(module).load_state_dict(weights[name], strict=True)
+
+    def init_weights(self, models, weights: dict[str, dict[str, torch.Tensor]], unwrap=lambda m: m) -> None:
+        """Start a new phase (`init_from`) from a parent run's checkpoint weights. By
+        default exactly what a resume loads; methods may accept more (see FullFineTune)."""
+        self.load_weights(models, weights, unwrap)
+
+
+class FullFineTune(Method):
+    """Full fine-tuning: the whole UNet, and the whole text encoder when
+    `text_encoder_lr > 0` (0 keeps it frozen, bit-identical)."""
+
+    name = "full"
+
+    def trainable_module_names(self) -> set[str]:
+        return {"unet", "text_encoder"} if self.config.text_encoder_lr > 0 else {"unet"}
+
+    def setup(self, models) -> None:
+        for name in ("unet", "text_encoder", "vae"):
+            getattr(models, name).requires_grad_(name in self.trainable_module_names())
+
+    def param_groups(self, models) -> list[dict[str, Any]]:
+        return optim.param_groups(models, self.config)
+
+    def init_weights(self, models, weights: dict[str, dict[str, torch.Tensor]], unwrap=lambda m: m) -> None:
+        """Every module the parent phase saved is loaded, trained in this phase or not: a
+        phase may freeze the text encoder the previous one trained, and must keep it."""
+        unknown = set(weights) - {"unet", "text_encoder"}
+        if unknown or "unet" not in weights:
+            raise ValueError(
+                f"init_from: the checkpoint holds {sorted(weights)}, not a full fine-tune's unet (and text_encoder)"
+            )
+        for name, tensors in weights.items():
+            unwrap(getattr(models, name)).load_state_dict(tensors, strict=True)
+
+
+METHODS: dict[str, type[Method]] = {"full": FullFineTune}
+
+
+def make_method(config) -> Method:
+    """The method the config asks for (`method`, default "full")."""
+    name = getattr(config, "method", "full")
+    if name not in METHODS:
+        raise ValueError(f"method: unknown value {name!r}; allowed: {', '.join(METHODS)}")
+    return METHODS[name](config)
