@@ -84,6 +84,26 @@ def _cmd_balance(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from edlib.train import load_config, train
+
+    summary = train(load_config(args.config, args.overrides), resume=args.resume)
+    print(
+        f"run {summary.run_dir}: stopped by {summary.stopped_by} at step {summary.step} "
+        f"(epoch {summary.epoch}); last checkpoint: {summary.last_checkpoint}"
+    )
+    return 0
+
+
+def _cmd_sample(args) -> int:
+    from edlib.sample import sample_model
+
+    paths = sample_model(args.model, args.prompts, args.out, grid=args.grid, config=args.config)
+    for path in paths:
+        print(path)
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from edlib.demo import run_demo
 
@@ -132,6 +152,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_balance)
 
+    p = sub.add_parser("train", help="train from a config file (resumable)")
+    p.add_argument("config", help="CONFIG.yaml (keys: docs/config.md)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
+    p.add_argument("--resume", metavar="latest|PATH", help="continue a run exactly: newest complete checkpoint or a path")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("sample", help="sample images from a model, a run or a checkpoint")
+    p.add_argument("model", metavar="MODEL_OR_RUN")
+    p.add_argument("--prompts", required=True, metavar="FILE", help="text (one prompt a line) or YAML/JSON")
+    p.add_argument("--out", metavar="DIR", help="default: RUN/samples/manual or ./samples/NAME")
+    p.add_argument("--grid", action="store_true", help="X/Y grid of all of a run's checkpoints x the prompts")
+    p.add_argument("--config", metavar="DIR", help="for a single-file model: a diffusers folder with its configs")
+    p.set_defaults(func=_cmd_sample)
+
     p = sub.add_parser("demo", help="the whole flow on generated toy-world data")
     p.add_argument("--out", default="demo", help="folder for the demo's data and runs (default: ./demo)")
     p.add_argument("--quick", action="store_true", help="a shortened run (used by the tests)")
@@ -140,16 +174,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # `edlib train C.yaml --resume latest max_steps=9`: overrides may follow options, which
+    # argparse's positional nargs="*" does not pick up; collect them from the leftovers.
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "train":
+        args.overrides += [e for e in extra if "=" in e and not e.startswith("-")]
+        extra = [e for e in extra if e not in args.overrides]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(message)s",
         stream=sys.stderr,
     )
-    from edlib.data.types import DataRootError
-
     try:
         return args.func(args)
-    except DataRootError as e:
+    except Exception as e:
+        # Bad input (DataRootError, ConfigError, CheckpointError, ... are ValueErrors) and a
+        # run that cannot go on (TrainingError) carry a message written for the user: no
+        # traceback. Anything else is a bug and keeps its traceback.
+        if args.verbose or not _is_user_error(e):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 1
+
+
+def _is_user_error(e: Exception) -> bool:
+    if isinstance(e, (ValueError, FileNotFoundError, FileExistsError)):
+        return True
+    if "edlib.train.loop" in sys.modules:
+        return isinstance(e, sys.modules["edlib.train.loop"].TrainingError)
+    return False

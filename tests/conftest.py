@@ -10,6 +10,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+def pytest_configure(config):
+    # The tiny models run fastest on one thread; several threads per test process on the
+    # 2-core CI machine (with pytest -n 2) thrash and make steps ~10x slower.
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _private_cache_dir(tmp_path_factory, monkeypatch):
     """Keep edlib's caches (scan cache, ...) out of the user's home during tests."""

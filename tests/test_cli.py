@@ -109,3 +109,45 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "zorblat" in r.stdout and "total steps" in r.stdout
     assert (tmp_path / "demo" / "schedules" / "ep0_batch_schedule.txt").exists()
+
+
+@pytest.mark.slow
+def test_train_resume_and_sample_from_the_command_line(tmp_path):
+    from edlib.train.tiny import build_tiny_pipeline
+    from tests.train.loop_support import make_data_root
+
+    model = build_tiny_pipeline(tmp_path / "model")
+    data = make_data_root(tmp_path / "data")
+    config = tmp_path / "train.yaml"
+    config.write_text(
+        f"model: {model}\ndata_root: {data}\nrun_dir: {tmp_path / 'run'}\n"
+        "resolution: 64\nbatch_size: 2\nepochs: 3\nseed: 1\nunet_lr: 1.0e-4\n"
+        "save_every_n_steps: 2\nlog_every_n_steps: 1\n"
+    )
+    r = edlib("train", config, "max_steps=2")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "run" / "checkpoints" / "step-000002").is_dir()
+
+    # a key that cannot change on resume is refused with its name, no traceback
+    r = edlib("train", config, "--resume", "latest", f"model={tmp_path}")
+    assert r.returncode == 1 and "model" in r.stderr and "Traceback" not in r.stderr
+
+    r = edlib("train", config, "--resume", "latest", "max_steps=4")
+    assert r.returncode == 0, r.stderr
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("red\n# a comment\nblue\n")
+    r = edlib("sample", tmp_path / "run", "--prompts", prompts, "--out", tmp_path / "samples")
+    assert r.returncode == 0, r.stderr
+    written = [Path(line) for line in r.stdout.split()]
+    assert len(written) == 2 and all(p.exists() for p in written)
+
+
+def test_bad_config_key_is_named(tmp_path):
+    config = tmp_path / "train.yaml"
+    config.write_text("model: x\ndata_root: y\nrun_dir: z\nlr_scheduler: sometimes\n")
+    r = edlib("train", config)
+    assert r.returncode == 1
+    assert "lr_scheduler" in r.stderr and "cosine" in r.stderr and "Traceback" not in r.stderr
