@@ -104,6 +104,14 @@ def _cmd_sample(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from edlib.export import export_run
+
+    for path in export_run(args.run, args.format, out=args.out, dtype=args.dtype):
+        print(path)
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from edlib.demo import run_demo
 
@@ -165,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", action="store_true", help="X/Y grid of all of a run's checkpoints x the prompts")
     p.add_argument("--config", metavar="DIR", help="for a single-file model: a diffusers folder with its configs")
     p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("export", help="write what a run trained in a format other tools load")
+    p.add_argument("run", metavar="RUN", help="a run folder (newest checkpoint) or a checkpoint folder")
+    p.add_argument("--format", required=True, choices=["diffusers", "single-file", "kohya-lora", "a1111-embedding"])
+    p.add_argument("--out", metavar="DIR", help="default: RUN/exports")
+    p.add_argument("--dtype", choices=["fp16", "fp32"], default="fp16")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("demo", help="the whole flow on generated toy-world data")
     p.add_argument("--out", default="demo", help="folder for the demo's data and runs (default: ./demo)")

@@ -152,3 +152,61 @@ def test_bad_config_key_is_named(tmp_path):
     r = edlib("train", config)
     assert r.returncode == 1
     assert "lr_scheduler" in r.stderr and "cosine" in r.stderr and "Traceback" not in r.stderr
+
+
+def _train_tiny(tmp_path, name, extra: str) -> Path:
+    from edlib.train.tiny import build_tiny_pipeline
+    from tests.train.loop_support import make_data_root
+
+    model = tmp_path / "model"
+    if not model.exists():
+        build_tiny_pipeline(model)
+        make_data_root(tmp_path / "data")
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(
+        f"model: {model}\ndata_root: {tmp_path / 'data'}\nrun_dir: {tmp_path / name}\n"
+        "resolution: 64\nbatch_size: 2\nmax_steps: 2\nseed: 1\n" + extra
+    )
+    r = edlib("train", config)
+    assert r.returncode == 0, r.stderr
+    return tmp_path / name
+
+
+@pytest.mark.slow
+def test_export_each_method_in_its_formats(tmp_path):
+    """Every method's run exports through the CLI into files diffusers' own loaders read."""
+    from diffusers import StableDiffusionPipeline
+
+    full = _train_tiny(tmp_path, "full", "unet_lr: 1.0e-4\n")
+    r = edlib("export", full, "--format", "single-file", "--dtype", "fp32")
+    assert r.returncode == 0, r.stderr
+    single = Path(r.stdout.split()[-1])
+    assert single.suffix == ".safetensors" and single.parent == full / "exports"
+    r = edlib("export", full, "--format", "diffusers")
+    assert r.returncode == 0, r.stderr
+    StableDiffusionPipeline.from_pretrained(r.stdout.split()[-1])
+    r = edlib("export", full, "--format", "kohya-lora")
+    assert r.returncode == 1 and "exports as diffusers or single-file" in r.stderr
+
+    lora = _train_tiny(tmp_path, "lora", "method: lora\nunet_lr: 1.0e-4\nnetwork_dim: 4\nnetwork_alpha: 4\n")
+    r = edlib("export", lora, "--format", "kohya-lora")
+    assert r.returncode == 0, r.stderr
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "model")
+    pipe.load_lora_weights(r.stdout.split()[-1])
+    # sampling a LoRA run puts its adapters back onto the base model
+    prompts = tmp_path / "prompts.yaml"
+    prompts.write_text("defaults: {steps: 2}\nprompts: [red]\n")
+    r = edlib("sample", lora, "--prompts", prompts)
+    assert r.returncode == 0, r.stderr
+    assert Path(r.stdout.split()[0]).is_file()
+
+    ti = _train_tiny(
+        tmp_path, "ti",
+        "method: textual_inversion\ntext_encoder_lr: 1.0e-3\n"
+        "placeholder_tokens: [{token: zorblat, init_word: red, num_vectors: 1}]\n",
+    )
+    r = edlib("export", ti, "--format", "a1111-embedding")
+    assert r.returncode == 0, r.stderr
+    embedding = Path(r.stdout.split()[-1])
+    assert embedding.name == "zorblat.safetensors"
+    pipe.load_textual_inversion(str(embedding), token="zorblat")

@@ -87,25 +87,15 @@ def base_model_of_run(run_dir: Path) -> str:
 
 
 def pipeline_from_checkpoint(run_or_checkpoint: str | Path, *, dtype: torch.dtype | None = None) -> StableDiffusionPipeline:
-    """The pipeline of a training checkpoint: the run's base model with the checkpoint's
-    weights loaded over it.
+    """The pipeline of a training checkpoint (a run folder means its newest complete one):
+    the run's base model with what the run trained put back by its method (full weights,
+    LoRA adapters or new embeddings), through `edlib.train.trained.load_trained`."""
+    from edlib.train.trained import load_trained
 
-    Expects the trainer's layout (`edlib.train.checkpoint`): ``runs/NAME/config.yaml`` naming
-    the base model, and ``runs/NAME/checkpoints/step-NNNNNN/<component>.safetensors`` holding
-    the full state dict of each trained component (``unet``, ``text_encoder``). A run folder
-    means its newest complete checkpoint.
-    """
-    checkpoint = resolve_checkpoint(Path(run_or_checkpoint))
-    pipeline = load_pipeline(base_model_of_run(checkpoint.parent.parent), dtype=dtype)
-    for file in sorted(checkpoint.glob("*.safetensors")):
-        module = getattr(pipeline, file.stem, None)
-        if not isinstance(module, torch.nn.Module):
-            raise ValueError(f"{file}: the pipeline has no component {file.stem!r} to load these weights into")
-        try:
-            module.load_state_dict(load_file(str(file)), strict=True)
-        except RuntimeError as error:
-            raise ValueError(f"{file}: does not fit the base model's {file.stem}: {error}") from None
-    return pipeline
+    models = load_trained(run_or_checkpoint, dtype=dtype or torch.float32).models
+    return pipeline_from_modules(
+        models.unet, models.vae, models.text_encoder, models.tokenizer, models.noise_scheduler.config
+    )
 
 
 def load_pipeline(

@@ -163,8 +163,9 @@ class BatchEncoder:
     the cache when the text encoder trains or tags are shuffled.
     """
 
-    def __init__(self, models, config, *, text_encoder_trains: bool, cache_dir: Path):
+    def __init__(self, models, config, *, text_encoder_trains: bool, cache_dir: Path, prepare_captions=list):
         self.models = models
+        self.prepare_captions = prepare_captions
         self.config = config
         self.text_encoder_trains = text_encoder_trains
         mode = config.cache_latents
@@ -175,7 +176,7 @@ class BatchEncoder:
         # fp32 here: the frozen encoders may run in fp16/bf16, but noise, targets and the
         # loss are computed in fp32 (autocast lowers only the UNet's own matmuls).
         latents = self.latents(scan, batch).float()
-        hidden = self.text_embeddings(batch_captions(scan, batch, self.config, seed))
+        hidden = self.text_embeddings(self.prepare_captions(batch_captions(scan, batch, self.config, seed)))
         return latents, hidden.float()
 
     def latents(self, scan: ScanResult, batch: LocalBatch) -> torch.Tensor:

@@ -20,10 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edlib.train.lr import LR_SCHEDULERS
 
 OPTIMIZERS = ("adamw", "adamw8bit", "lion", "prodigy", "adafactor")
-# Methods planned by later issues: accepted names with a clear "not yet" message, so a config
-# written for them fails at load time instead of training the wrong thing.
-METHODS = ("full",)
-PLANNED_METHODS = ("lora", "textual_inversion")
+METHODS = ("full", "lora", "textual_inversion")
 # Keys holding file system paths: relative values in a config file resolve against its folder.
 PATH_KEYS = ("data_root", "run_dir", "init_from", "sample_prompts")
 
@@ -55,7 +52,8 @@ class TrainConfig(BaseModel):
     method: str = Field(
         "full",
         description="Training method. `full` fine-tunes the UNet (and the text encoder when "
-        "`text_encoder_lr` > 0). `lora` and `textual_inversion` are planned.",
+        "`text_encoder_lr` > 0). `lora` trains LoRA/LoCon adapters (see `network_dim`), "
+        "`textual_inversion` trains new words (see `placeholder_tokens`). docs/methods.md has presets.",
     )
     init_from: Path | None = Field(
         None,
@@ -137,6 +135,32 @@ class TrainConfig(BaseModel):
         gt=0.0,
         lt=1.0,
         description="Keep an exponential moving average of the weights with this decay (e.g. 0.9999). Null: off.",
+    )
+
+    # --- LoRA / LoCon (method: lora) ---------------------------------------------------------
+    network_dim: int = Field(
+        16, ge=1, description="LoRA rank: size of the adapters (4-32 for a character or style; higher holds more)."
+    )
+    network_alpha: float = Field(
+        8.0,
+        gt=0.0,
+        description="LoRA alpha: the adapters' output is scaled by network_alpha / network_dim (as in kohya); "
+        "half the rank is a common choice.",
+    )
+    conv_dim: int | None = Field(
+        None,
+        ge=1,
+        description="LoCon: also adapt the UNet's 3x3 convolutions (ResNet blocks, down/upsamplers) at this "
+        "rank, e.g. 8. Null: plain LoRA (attention and feed-forward layers only).",
+    )
+    conv_alpha: float = Field(4.0, gt=0.0, description="LoCon alpha: convolution adapters scale by conv_alpha / conv_dim.")
+
+    # --- textual inversion (method: textual_inversion) ---------------------------------------
+    placeholder_tokens: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="New words to learn, each `{token: <ohwx>, init_word: person, num_vectors: 1}`: `token` is "
+        "written in captions, `init_word` starts its vectors, `num_vectors` (1-8) sets its capacity. "
+        "They train at `text_encoder_lr`.",
     )
 
     # --- loss and noise ---------------------------------------------------------------------
@@ -227,8 +251,6 @@ class TrainConfig(BaseModel):
     @field_validator("method")
     @classmethod
     def _known_method(cls, value: str) -> str:
-        if value in PLANNED_METHODS:
-            raise ValueError(f"{value!r} is not available yet; allowed: {', '.join(METHODS)}")
         if value not in METHODS:
             raise ValueError(f"unknown method {value!r}; allowed: {', '.join(METHODS)}")
         return value
@@ -248,6 +270,10 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
+        if self.method == "textual_inversion" and not self.placeholder_tokens:
+            raise ValueError("placeholder_tokens: textual_inversion needs at least one, e.g. [{token: <ohwx>, init_word: person}]")
+        if self.method == "textual_inversion" and self.text_encoder_lr <= 0:
+            raise ValueError("text_encoder_lr: textual_inversion trains the new embeddings at this rate; set it, e.g. 5e-3")
         if self.cache_text_embeddings and self.text_encoder_lr > 0:
             raise ValueError(
                 "cache_text_embeddings: cannot cache while the text encoder trains (text_encoder_lr > 0); "
@@ -384,6 +410,11 @@ RESUME_IMMUTABLE_KEYS: dict[str, str] = {
     "prediction_type": "the model is being trained towards this target",
     "zero_terminal_snr": "the model is being trained on this noise schedule",
     "clip_skip": "the UNet is being trained on embeddings from this text encoder layer",
+    "network_dim": "the checkpoint's LoRA adapters have this rank",
+    "network_alpha": "the LoRA adapters are being trained at this scale",
+    "conv_dim": "the checkpoint's LoCon adapters have this rank (or there are none)",
+    "conv_alpha": "the LoCon adapters are being trained at this scale",
+    "placeholder_tokens": "the checkpoint holds embeddings for these tokens",
 }
 
 

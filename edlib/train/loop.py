@@ -176,7 +176,13 @@ def train(
     if position.batch > 0:  # mid-epoch: finish the epoch with the settings it was planned with
         data = ckpt.with_folder_settings(data, epoch_settings)
     optimizer = accelerator.prepare(optimizer)
-    encoder = BatchEncoder(models, config, text_encoder_trains=method.text_encoder_trains(), cache_dir=run.path / "cache")
+    encoder = BatchEncoder(
+        models,
+        config,
+        text_encoder_trains=method.text_encoder_trains(),
+        cache_dir=run.path / "cache",
+        prepare_captions=method.prepare_captions,
+    )
     ctx = Context(config, accelerator, run, models, method, position, ema, data)
     for plugin in plugins:
         plugin.on_start(ctx)

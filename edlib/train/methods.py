@@ -47,6 +47,11 @@ class Method(ABC):
     def trainable_parameters(self, models) -> list[torch.nn.Parameter]:
         return [p for group in self.param_groups(models) for p in group["params"]]
 
+    def prepare_captions(self, captions: list[str]) -> list[str]:
+        """Captions as the text encoder should see them (textual inversion spells out a
+        multi-vector placeholder); unchanged by default."""
+        return captions
+
     def text_encoder_trains(self) -> bool:
         """Whether text embeddings change during training (if not, they may be cached)."""
         return "text_encoder" in self.trainable_module_names()
@@ -106,6 +111,12 @@ METHODS: dict[str, type[Method]] = {"full": FullFineTune}
 
 def make_method(config) -> Method:
     """The method the config asks for (`method`, default "full")."""
+    # Imported here: these modules subclass Method, so they import this one.
+    from edlib.train.lora import LoraMethod
+    from edlib.train.textual_inversion import TextualInversion
+
+    METHODS.setdefault("lora", LoraMethod)
+    METHODS.setdefault("textual_inversion", TextualInversion)
     name = getattr(config, "method", "full")
     if name not in METHODS:
         raise ValueError(f"method: unknown value {name!r}; allowed: {', '.join(METHODS)}")

@@ -18,6 +18,7 @@ from edlib.sample import (
     sample_model,
 )
 from edlib.train.checkpoint import save_checkpoint
+from edlib.train.config import TrainConfig
 
 PROMPTS = [PromptSpec("a photo of a cat", steps=2, seed=1), PromptSpec("a blue car", steps=2, seed=2, sampler="Euler a")]
 
@@ -66,12 +67,14 @@ def _fake_run(tmp_path, base_model, steps):
     run = tmp_path / "runs" / "myrun"
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump({"model": str(base_model), "seed": 5}), encoding="utf-8")
+    # every checkpoint carries the run's config (the trainer writes it; resume checks it)
+    config = TrainConfig.from_dict({"model": str(base_model), "data_root": str(tmp_path), "run_dir": str(run)})
     unet = load_pipeline(base_model).unet
     saved = {}
     for step in steps:
         generator = torch.Generator().manual_seed(step)
         weights = {k: v + 0.05 * torch.randn(v.shape, generator=generator) for k, v in unet.state_dict().items()}
-        save_checkpoint(run / "checkpoints", step, weights={"unet": weights}, state={"step": step})
+        save_checkpoint(run / "checkpoints", step, weights={"unet": weights}, state={"step": step, "config": config.model_dump(mode="json")})
         saved[step] = weights
     return run, saved
 

@@ -107,9 +107,15 @@ def test_every_lr_scheduler_is_accepted_and_unknown_one_lists_them():
         TrainConfig.from_dict({"data_root": "d", "lr_scheduler": "cosin"})
 
 
-def test_planned_methods_give_a_clear_not_yet_message():
-    with pytest.raises(ConfigError, match="method: 'lora' is not available yet; allowed: full"):
-        TrainConfig.from_dict({"data_root": "d", "method": "lora"})
+def test_methods_are_checked_with_their_keys():
+    assert TrainConfig.from_dict({"data_root": "d", "method": "lora", "conv_dim": 8}).conv_dim == 8
+    placeholder = {"token": "<ohwx>", "init_word": "person"}
+    ti = {"data_root": "d", "method": "textual_inversion", "text_encoder_lr": 5e-3, "placeholder_tokens": [placeholder]}
+    assert TrainConfig.from_dict(ti).placeholder_tokens == [placeholder]
+    with pytest.raises(ConfigError, match="placeholder_tokens: textual_inversion needs at least one"):
+        TrainConfig.from_dict({**ti, "placeholder_tokens": []})
+    with pytest.raises(ConfigError, match="text_encoder_lr: textual_inversion trains the new embeddings"):
+        TrainConfig.from_dict({**ti, "text_encoder_lr": 0})
     with pytest.raises(ConfigError, match="method: unknown method 'dreambooth'"):
         TrainConfig.from_dict({"data_root": "d", "method": "dreambooth"})
 

@@ -1,0 +1,201 @@
+"""Textual inversion: learn new words for the text encoder, and nothing else.
+
+Each placeholder (say ``<ohwx>`` with 3 vectors) becomes new tokens ``<ohwx> <ohwx>_1
+<ohwx>_2`` (the naming diffusers' ``load_textual_inversion`` and its pipelines use), added to
+the tokenizer, with new rows in the text encoder's embedding matrix initialised from the
+embedding of an init word ("person", "style", ...). Captions name the placeholder once;
+`TextualInversion.prepare_captions` spells it out as all its vectors, as diffusers' pipelines
+do at sampling time.
+
+Only the new rows train, through peft's trainable tokens: the rows live in a separate small
+parameter (the only one in the optimizer), and the embedding layer swaps them in when it runs.
+Every other weight, including the rest of the embedding matrix, is never handed to the
+optimizer, so weight decay or momentum cannot touch it: it stays bit-identical. A checkpoint
+holds just the new rows, one tensor ``[num_vectors, dim]`` per placeholder.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edlib.train.methods import Method
+
+CHECKPOINT_FILE = "embeddings"
+
+
+class Placeholder(BaseModel):
+    """One new word to learn (an entry of the config's `placeholder_tokens`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    token: str = Field(description="The new word as written in captions, e.g. `<ohwx>`; must be new to the tokenizer.")
+    init_word: str = Field(description="A word (or a few) close to the concept, e.g. `person`; starts the new vectors.")
+    num_vectors: int = Field(1, ge=1, description="Embedding vectors for the word: more can hold more detail (1-8).")
+
+    @field_validator("token", "init_word")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("token")
+    @classmethod
+    def _one_word(cls, value: str) -> str:
+        if any(character.isspace() for character in value):
+            raise ValueError(f"{value!r} contains whitespace; a placeholder is one word like <ohwx>")
+        return value
+
+    @property
+    def tokens(self) -> list[str]:
+        """The tokenizer tokens of its vectors: ``token, token_1, ..., token_{n-1}``."""
+        return [self.token] + [f"{self.token}_{i}" for i in range(1, self.num_vectors)]
+
+
+def placeholders(config) -> list[Placeholder]:
+    """The config's `placeholder_tokens` (mappings or objects with the same fields), validated."""
+    entries = []
+    for index, entry in enumerate(config.placeholder_tokens):
+        try:
+            entries.append(Placeholder.model_validate(entry, from_attributes=True))
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors(include_url=False))
+            raise ValueError(f"placeholder_tokens[{index}]: {problems} (got {entry!r})") from None
+    if not entries:
+        raise ValueError("placeholder_tokens: textual_inversion needs at least one, e.g. [{token: <ohwx>, init_word: person}]")
+    names = [p.token for p in entries]
+    if len(set(names)) != len(names):
+        raise ValueError(f"placeholder_tokens: a token is given twice in {names}")
+    return entries
+
+
+def _token_embedding(text_encoder) -> torch.nn.Module:
+    """The token embedding layer (peft's wrapper once set up)."""
+    return text_encoder.get_input_embeddings()
+
+
+class TextualInversion(Method):
+    """Textual inversion of `placeholder_tokens`, trained at `text_encoder_lr` (the new
+    embeddings are the only part of the text encoder that trains)."""
+
+    name = "textual_inversion"
+
+    def trainable_module_names(self) -> set[str]:
+        return {"text_encoder"}
+
+    def setup(self, models) -> None:
+        from peft import TrainableTokensConfig, inject_adapter_in_model
+
+        if self.config.text_encoder_lr <= 0:
+            raise ValueError(
+                "text_encoder_lr: textual_inversion trains the new embeddings at this rate; it is "
+                f"{self.config.text_encoder_lr:g}; set it, e.g. to 5e-3"
+            )
+        for name in ("unet", "text_encoder", "vae"):
+            getattr(models, name).requires_grad_(False)
+        tokenizer, text_encoder = models.tokenizer, models.text_encoder
+
+        initial = []
+        for placeholder in placeholders(self.config):
+            taken = [token for token in placeholder.tokens if self._known(tokenizer, token)]
+            if taken:
+                raise ValueError(
+                    f"placeholder_tokens: {taken[0]!r} is already a word of this model's tokenizer, and "
+                    "would change its meaning in every caption; pick a word it does not know, e.g. <ohwx>"
+                )
+            init_ids = tokenizer(placeholder.init_word, add_special_tokens=False).input_ids
+            if not init_ids:
+                raise ValueError(f"placeholder_tokens: init_word {placeholder.init_word!r} gives no tokens")
+            initial.append((placeholder, init_ids))
+            tokenizer.add_tokens(placeholder.tokens)
+
+        # New rows at the end of the matrix; the existing rows are copied unchanged.
+        old_rows = text_encoder.get_input_embeddings().weight
+        text_encoder.resize_token_embeddings(len(tokenizer))
+        weight = text_encoder.get_input_embeddings().weight
+        with torch.no_grad():
+            for placeholder, init_ids in initial:
+                new_ids = tokenizer.convert_tokens_to_ids(placeholder.tokens)
+                weight[new_ids] = self._initial_vectors(old_rows, init_ids, placeholder.num_vectors)
+
+        config = TrainableTokensConfig(target_modules=["token_embedding"], token_indices=self._new_ids(tokenizer))
+        inject_adapter_in_model(config, text_encoder)
+        for param in self._rows(models).values():
+            param.requires_grad_(True)
+
+    @staticmethod
+    def _known(tokenizer, token: str) -> bool:
+        """Whether ``token`` is a token, or a word the tokenizer reads as one token (``cat``
+        is the token ``cat</w>``): an added token would take over every use of that word."""
+        pieces = tokenizer.tokenize(token)
+        return token in tokenizer.get_vocab() or (len(pieces) == 1 and pieces[0] in tokenizer.get_vocab())
+
+    @staticmethod
+    def _initial_vectors(rows: torch.Tensor, init_ids: list[int], num_vectors: int) -> torch.Tensor:
+        """Vector i starts as the init word's token i when the word has exactly as many tokens
+        as there are vectors; otherwise every vector starts as the mean of its tokens."""
+        vectors = rows[init_ids].detach()
+        if len(init_ids) != num_vectors:
+            vectors = vectors.mean(dim=0, keepdim=True).expand(num_vectors, -1)
+        return vectors.clone()
+
+    def _new_ids(self, tokenizer) -> list[int]:
+        return tokenizer.convert_tokens_to_ids([t for p in placeholders(self.config) for t in p.tokens])
+
+    def _rows(self, models, unwrap=lambda m: m) -> dict[str, torch.nn.Parameter]:
+        """peft's parameter holding the new rows (one adapter: ``default``)."""
+        layer = _token_embedding(unwrap(models.text_encoder))
+        if not hasattr(layer, "trainable_tokens_delta"):
+            raise ValueError("textual_inversion: the text encoder has no new embeddings; call setup(models) first")
+        return dict(layer.trainable_tokens_delta)
+
+    def param_groups(self, models) -> list[dict[str, Any]]:
+        return [{"name": "embeddings", "params": list(self._rows(models).values()), "lr": self.config.text_encoder_lr}]
+
+    def learned_embeddings(self, models, unwrap=lambda m: m) -> dict[str, torch.Tensor]:
+        """Placeholder token -> its trained vectors ``[num_vectors, dim]`` (CPU copies)."""
+        (rows,) = self._rows(models, unwrap).values()
+        rows = rows.detach().float().cpu()
+        out, start = {}, 0
+        for placeholder in placeholders(self.config):
+            out[placeholder.token] = rows[start : start + placeholder.num_vectors].clone()
+            start += placeholder.num_vectors
+        return out
+
+    def checkpoint_weights(self, models, unwrap=lambda m: m) -> dict[str, dict[str, torch.Tensor]]:
+        return {CHECKPOINT_FILE: self.learned_embeddings(models, unwrap)}
+
+    def load_weights(self, models, weights: dict[str, dict[str, torch.Tensor]], unwrap=lambda m: m) -> None:
+        if set(weights) != {CHECKPOINT_FILE}:
+            raise ValueError(
+                f"checkpoint holds weights for {sorted(weights)} but textual_inversion saves only "
+                f"{CHECKPOINT_FILE!r}: was it saved with another method?"
+            )
+        saved = weights[CHECKPOINT_FILE]
+        wanted = self.learned_embeddings(models, unwrap)
+        if set(saved) != set(wanted):
+            raise ValueError(f"checkpoint has embeddings for {sorted(saved)}, placeholder_tokens asks for {sorted(wanted)}")
+        (rows,) = self._rows(models, unwrap).values()
+        start = 0
+        with torch.no_grad():
+            for token, current in wanted.items():
+                if saved[token].shape != current.shape:
+                    raise ValueError(
+                        f"checkpoint: {token} has {saved[token].shape[0]} vectors of size {saved[token].shape[1]}, "
+                        f"the config asks for {current.shape[0]} of size {current.shape[1]}"
+                    )
+                rows[start : start + len(current)] = saved[token].to(rows.device, rows.dtype)
+                start += len(current)
+
+    def prepare_captions(self, captions: list[str]) -> list[str]:
+        """Spell each multi-vector placeholder as all its tokens (``<ohwx>`` -> ``<ohwx>
+        <ohwx>_1 <ohwx>_2``), so every vector is in the prompt and trains."""
+        for placeholder in placeholders(self.config):
+            if placeholder.num_vectors > 1:
+                pattern = re.compile(re.escape(placeholder.token) + r"(?!_\d)")
+                captions = [pattern.sub(" ".join(placeholder.tokens), caption) for caption in captions]
+        return captions

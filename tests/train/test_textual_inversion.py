@@ -1,0 +1,182 @@
+"""Textual inversion on the tiny SD model: new tokens and their initial vectors, only the new
+rows in the optimizer, real AdamW steps with weight decay that move the new rows and leave
+every other weight (the rest of the embedding matrix included) bit-identical, and
+checkpoints holding just the new rows."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from edlib.train.models import encode_prompts, load_models
+from edlib.train.textual_inversion import Placeholder, TextualInversion
+from tests.train.loop_support import one_torch_thread  # noqa: F401 - autouse fixture
+from tests.train.test_lora import stop_after, train_steps
+
+OHWX = {"token": "<ohwx>", "init_word": "person", "num_vectors": 2}
+ZZ = {"token": "<zz>", "init_word": "red cat"}
+
+
+def ti_config(*placeholders, text_encoder_lr=1e-2) -> SimpleNamespace:
+    """The config keys textual inversion reads (TrainConfig's names)."""
+    return SimpleNamespace(placeholder_tokens=list(placeholders), text_encoder_lr=text_encoder_lr, unet_lr=0.0)
+
+
+def state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.clone() for name, value in module.state_dict().items()}
+
+
+def embedding_rows(models, token_ids) -> torch.Tensor:
+    """What the text encoder's embedding layer gives for ``token_ids`` (peft's rows swapped in)."""
+    with torch.no_grad():
+        return models.text_encoder.get_input_embeddings()(torch.tensor([token_ids]))[0]
+
+
+def test_setup_adds_tokens_initialised_from_the_init_word(tiny_sd1):
+    models = load_models(tiny_sd1)
+    vocabulary = len(models.tokenizer)
+    original = models.text_encoder.get_input_embeddings().weight.detach().clone()
+    two_words = {"token": "<pair>", "init_word": "red cat", "num_vectors": 2}
+    TextualInversion(ti_config(OHWX, ZZ, two_words)).setup(models)
+
+    tokenizer = models.tokenizer
+    assert len(tokenizer) == vocabulary + 5
+    assert tokenizer.tokenize("a <ohwx> <ohwx>_1 <zz>")[1:] == ["<ohwx>", "<ohwx>_1", "<zz>"]
+    person, red, cat = (tokenizer.convert_tokens_to_ids(f"{word}</w>") for word in ("person", "red", "cat"))
+    rows = embedding_rows(models, tokenizer.convert_tokens_to_ids(["<ohwx>", "<ohwx>_1", "<zz>", "<pair>", "<pair>_1"]))
+    # one init token, two vectors: both start as it; two init tokens, one vector: their mean;
+    # two init tokens, two vectors: one each
+    assert torch.equal(rows[0], original[person]) and torch.equal(rows[1], original[person])
+    assert torch.allclose(rows[2], (original[red] + original[cat]) / 2)
+    assert torch.equal(rows[3], original[red]) and torch.equal(rows[4], original[cat])
+
+
+def test_only_the_new_rows_are_in_the_optimizer(tiny_sd1):
+    models = load_models(tiny_sd1)
+    method = TextualInversion(ti_config(OHWX, ZZ, text_encoder_lr=5e-3))
+    method.setup(models)
+    (group,) = method.param_groups(models)
+    assert group["lr"] == 5e-3
+    (rows,) = group["params"]
+    assert rows.shape == (3, models.text_encoder.config.hidden_size)
+    trainable = [p for m in (models.unet, models.text_encoder, models.vae) for p in m.parameters() if p.requires_grad]
+    assert len(trainable) == 1 and trainable[0] is rows
+    assert method.trainable_module_names() == {"text_encoder"} and method.text_encoder_trains()
+
+
+def test_steps_with_weight_decay_change_only_the_new_rows(tiny_sd1):
+    models = load_models(tiny_sd1)
+    method = TextualInversion(ti_config(OHWX, ZZ))
+    method.setup(models)
+    before = {name: state(getattr(models, name)) for name in ("unet", "vae")}
+    text_before = state(models.text_encoder)
+    (rows,) = method.param_groups(models)[0]["params"]
+    start = rows.detach().clone()
+
+    captions = ("a photo of <ohwx>", "<zz> style painting")
+    losses = train_steps(models, method, steps=3, captions=captions, weight_decay=0.5)
+
+    assert all(torch.isfinite(torch.tensor(losses)))
+    for name in ("unet", "vae"):
+        after = state(getattr(models, name))
+        assert all(torch.equal(after[key], value) for key, value in before[name].items()), f"{name} changed"
+    text_after = state(models.text_encoder)
+    changed = {key for key, value in text_before.items() if not torch.equal(text_after[key], value)}
+    assert changed == {"embeddings.token_embedding.trainable_tokens_delta.default"}
+    # every vector moved, including the second vector of the two-vector placeholder
+    assert all(not torch.equal(rows[i], start[i]) for i in range(3))
+    tokenizer = models.tokenizer
+    new_ids = tokenizer.convert_tokens_to_ids(["<ohwx>", "<ohwx>_1", "<zz>"])
+    assert torch.equal(embedding_rows(models, new_ids), rows.detach())
+    old_ids = list(range(len(tokenizer) - 3))
+    base = text_before["embeddings.token_embedding.base_layer.weight"]
+    assert torch.equal(embedding_rows(models, old_ids), base[old_ids])
+
+
+def test_checkpoint_holds_just_the_new_rows_and_loads_back(tiny_sd1):
+    config = ti_config(OHWX, ZZ)
+    models = load_models(tiny_sd1)
+    method = TextualInversion(config)
+    method.setup(models)
+    train_steps(models, method, steps=2, captions=("a photo of <ohwx>", "<zz> cat"))
+    saved = method.checkpoint_weights(models)
+    assert set(saved) == {"embeddings"}
+    assert {token: tuple(t.shape) for token, t in saved["embeddings"].items()} == {"<ohwx>": (2, 32), "<zz>": (1, 32)}
+
+    fresh = load_models(tiny_sd1)
+    restored = TextualInversion(config)
+    restored.setup(fresh)
+    captions = restored.prepare_captions(["a photo of <ohwx> and <zz>"])
+    with torch.no_grad():
+        assert not torch.equal(encode_prompts(fresh, captions), encode_prompts(models, captions))
+        restored.load_weights(fresh, saved)
+        assert torch.equal(encode_prompts(fresh, captions), encode_prompts(models, captions))
+
+    other = load_models(tiny_sd1)
+    wrong = TextualInversion(ti_config({**OHWX, "num_vectors": 3}, ZZ))
+    wrong.setup(other)
+    with pytest.raises(ValueError, match="<ohwx> has 2 vectors"):
+        wrong.load_weights(other, saved)
+
+
+def test_prepare_captions_spells_out_every_vector():
+    method = TextualInversion(ti_config(OHWX, ZZ))
+    assert method.prepare_captions(["<ohwx>, photo of <ohwx> with <zz>", "no placeholder"]) == [
+        "<ohwx> <ohwx>_1, photo of <ohwx> <ohwx>_1 with <zz>",
+        "no placeholder",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("placeholders", "lr", "message"),
+    [
+        ([{"token": "cat", "init_word": "dog"}], 1e-3, "already a word"),
+        ([{"token": "cat</w>", "init_word": "dog"}], 1e-3, "already a word"),
+        ([], 1e-3, "at least one"),
+        ([OHWX, OHWX], 1e-3, "given twice"),
+        ([{"token": "two words", "init_word": "dog"}], 1e-3, "whitespace"),
+        ([OHWX], 0.0, "text_encoder_lr"),
+        ([{"token": "<x>"}], 1e-3, r"placeholder_tokens\[0\]: init_word: Field required"),
+        ([{**OHWX, "num_vectors": 0}], 1e-3, "num_vectors"),
+    ],
+)
+def test_bad_placeholders_are_clear_errors(tiny_sd1, placeholders, lr, message):
+    with pytest.raises(ValueError, match=message):
+        TextualInversion(ti_config(*placeholders, text_encoder_lr=lr)).setup(load_models(tiny_sd1))
+
+
+def test_placeholder_vector_names_follow_diffusers():
+    assert Placeholder(token="<x>", init_word="dog", num_vectors=3).tokens == ["<x>", "<x>_1", "<x>_2"]
+
+
+def test_textual_inversion_through_the_loop_changes_only_the_new_rows(tiny_sd1, tmp_path):
+    """`method: textual_inversion` in the real loop: the checkpoint holds just the
+    placeholder's vectors, they moved, and a resumed run ends where a straight one does."""
+    from edlib.train.checkpoint import load_checkpoint, resolve_checkpoint
+    from edlib.train.loop import train
+    from tests.train.loop_support import make_data_root, tiny_config
+
+    data = make_data_root(tmp_path / "data")
+    for image in data.rglob("*.png"):
+        image.with_suffix(".txt").write_text(f"a photo of <ohwx>, {image.stem.split('_')[0]}", encoding="utf-8")
+    # No weight decay: then a vector moves only if its token is in the prompt (so this also
+    # checks that the loop spells out both vectors of the placeholder).
+    settings = dict(
+        method="textual_inversion", placeholder_tokens=[OHWX], text_encoder_lr=1e-2, batch_size=2,
+        optimizer_args={"weight_decay": 0.0},
+    )  # fmt: skip
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(tiny_config(tiny_sd1, data, straight, **settings))
+    config = tiny_config(tiny_sd1, data, resumed, **settings)
+    assert train(config, callbacks=[stop_after(resumed, 1)]).stopped_by == "stop request"
+    train(config, resume="latest")
+
+    weights = {run: load_checkpoint(resolve_checkpoint("latest", run)).weights for run in (straight, resumed)}
+    assert set(weights[straight]) == {"embeddings"} and set(weights[straight]["embeddings"]) == {"<ohwx>"}
+    learned = weights[straight]["embeddings"]["<ohwx>"]
+    assert torch.allclose(weights[resumed]["embeddings"]["<ohwx>"], learned, rtol=0, atol=1e-6)
+
+    models = load_models(tiny_sd1)
+    TextualInversion(ti_config(OHWX)).setup(models)
+    start = embedding_rows(models, models.tokenizer.convert_tokens_to_ids(["<ohwx>", "<ohwx>_1"]))
+    assert all(not torch.equal(learned[i], start[i]) for i in range(2))  # both vectors trained
