@@ -45,6 +45,7 @@ from pathlib import Path, PurePosixPath
 import yaml
 
 from edlib.data.types import DataRootError, ScanResult
+from edlib.files import write_text_atomic
 
 HISTORY_DIR = PurePosixPath(".edlib", "balance_history")
 MANIFEST = "manifest.json"
@@ -299,9 +300,9 @@ def apply_balance(plan: BalancePlan) -> Path:
         else:
             manifest["created"].append(rel)
         manifest["written"][rel] = e.text + "\n"
-    _write_atomic(entry / MANIFEST, json.dumps(manifest, indent=2))
+    write_text_atomic(entry / MANIFEST, json.dumps(manifest, indent=2))
     for rel, text in manifest["written"].items():
-        _write_atomic(root / rel, text)
+        write_text_atomic(root / rel, text)
     return entry
 
 
@@ -361,15 +362,3 @@ def _copy_beside(source: Path, target: Path) -> Path:
     os.close(fd)
     shutil.copy2(source, tmp)
     return Path(tmp)
-
-
-def _write_atomic(target: Path, text: str) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

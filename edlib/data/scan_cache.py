@@ -23,9 +23,10 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from array import array
 from pathlib import Path
+
+from edlib.files import write_text_atomic
 
 _VERSION = 2
 _SKIPPED = -1  # width stored for an image the scan skipped; its reason is kept by name
@@ -140,15 +141,7 @@ class ScanCache:
             return
         doc = {"version": _VERSION, "root": str(self.root), "folders": self._new}
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    fh.write(json.dumps(doc, separators=(",", ":")))  # one C-encoded string: fast
-                os.replace(tmp, path)
-            except BaseException:
-                os.unlink(tmp)
-                raise
+            write_text_atomic(path, json.dumps(doc, separators=(",", ":")))  # one C-encoded string: fast
         except OSError as exc:
             _log.warning("could not write the scan cache %s: %s", path, exc)
 

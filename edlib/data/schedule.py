@@ -25,8 +25,6 @@ batch_size = per-device batch * world size and gives each process its slice of e
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -35,6 +33,7 @@ import numpy as np
 
 from edlib.data.buckets import assign_buckets, make_buckets
 from edlib.data.types import ScanResult
+from edlib.files import write_text_atomic
 
 
 def stable_rng(*parts) -> np.random.Generator:
@@ -309,12 +308,5 @@ def write_schedule(schedule: EpochSchedule, scan: ScanResult, directory) -> Path
     text = "".join(p + path + "\n" for p, path in zip(prefixes, paths))
 
     target = directory / f"ep{schedule.epoch}_batch_schedule.txt"
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(target, text)
     return target
