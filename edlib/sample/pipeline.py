@@ -14,11 +14,8 @@ from typing import Any
 
 import diffusers
 import torch
-import yaml
 from diffusers import DDPMScheduler, SchedulerMixin, StableDiffusionPipeline
-from safetensors.torch import load_file
 
-from edlib.train.checkpoint import resolve_checkpoint
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
@@ -71,19 +68,6 @@ def _looks_like_hub_id(name: str) -> bool:
     a misspelt path and must say so, not fail later trying the hub."""
     path = Path(name)
     return len(path.parts) == 2 and not name.startswith((".", "/", "~")) and not path.parent.exists()
-
-
-def base_model_of_run(run_dir: Path) -> str:
-    """The base model a run fine-tunes: the ``model`` key of the run's ``config.yaml``
-    (a hub id or a path; the trainer writes paths resolved)."""
-    config_file = Path(run_dir) / "config.yaml"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{config_file}: missing; cannot tell which base model run {run_dir} trained")
-    config = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
-    model = config.get("model")
-    if not isinstance(model, str) or not model:
-        raise ValueError(f"{config_file}: no 'model' key naming the base model")
-    return model
 
 
 def pipeline_from_checkpoint(run_or_checkpoint: str | Path, *, dtype: torch.dtype | None = None) -> StableDiffusionPipeline:
