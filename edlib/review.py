@@ -1,0 +1,245 @@
+"""Review the images a run could not learn, and quarantine or restore them.
+
+`review` reads a run's image_loss.csv (written by the loss tracker, see
+docs/loss_tracking.md) and its config (for the data root); `format_review` prints the worst
+images with their statistics and captions, and per-folder summaries.
+
+`quarantine` moves chosen images, with their caption and sidecar files, to
+`DATA_ROOT/_quarantine/<same relative path>` and records each move in
+`DATA_ROOT/_quarantine/manifest.json` (what, from where, when, why); `restore` moves them
+back. Nothing is ever deleted or overwritten: a move whose destination exists is refused
+before any file moves. A running training drops a quarantined image from its next epoch,
+because the trainer re-reads the data root between epochs and drops images that vanished.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+
+from edlib.data.types import IMAGE_EXTENSIONS
+from edlib.train.loss_tracker import CsvRow, FolderSummary, read_csv, summarise_folders
+
+QUARANTINE = "_quarantine"
+MANIFEST = "manifest.json"
+# Files that belong to an image and travel with it (DESIGN.md "Data root semantics").
+SIDECAR_SUFFIXES = (".txt", ".caption", ".yaml")
+
+
+@dataclass(frozen=True)
+class ImageReport:
+    """One image of a review: its image_loss.csv statistics and where it is now."""
+
+    path: str  # relative to the data root
+    folder: str
+    caption: str
+    observations: int
+    mean: float
+    std: float
+    trend: float
+    last_step: int
+    flagged: bool
+    present: bool  # still in the data root (False once quarantined or removed)
+
+
+def run_data_root(run_dir: str | Path) -> Path:
+    """The data root a run trained on, from its config.yaml."""
+    config_file = Path(run_dir) / "config.yaml"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file}: not found; is {run_dir} a run folder?")
+    config = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+    if not config.get("data_root"):
+        raise ValueError(f"{config_file}: has no data_root")
+    return Path(config["data_root"])
+
+
+def _csv_rows(run_dir: str | Path) -> list[CsvRow]:
+    csv_file = Path(run_dir) / "image_loss.csv"
+    if not csv_file.is_file():
+        raise FileNotFoundError(
+            f"{csv_file}: not found; it is written at each epoch end and checkpoint of a run with loss tracking"
+        )
+    return read_csv(csv_file)
+
+
+def review(run_dir: str | Path, *, top: int = 20) -> list[ImageReport]:
+    """The `top` worst images of a run: flagged ones first, then by mean normalised loss."""
+    root = run_data_root(run_dir)
+    rows = sorted(_csv_rows(run_dir), key=lambda r: (not r.flagged, -_or(r.mean, -math.inf), r.path))
+    return [
+        ImageReport(
+            r.path, r.folder, r.caption, r.observations, r.mean, r.std, r.trend, r.last_step, r.flagged,
+            (root / r.path).is_file(),
+        )
+        for r in rows[:top]
+    ]
+
+
+def review_folders(run_dir: str | Path) -> list[FolderSummary]:
+    """Per-folder summaries of a run's image_loss.csv, worst folder first."""
+    rows = _csv_rows(run_dir)
+    return summarise_folders(rows, {r.path: r.folder for r in rows})
+
+
+def format_review(reports: list[ImageReport], folders: list[FolderSummary] = ()) -> str:
+    """A plain-text table of the reviewed images (and folder summaries, if given)."""
+    lines = [
+        "mean = average timestep-normalised loss (z-score: 0 is typical, higher is worse); trend < 0: being learned",
+        f"{'flag':4}  {'mean':>6}  {'std':>5}  {'trend':>6}  {'obs':>5}  {'last':>6}  path  |  caption",
+    ]
+    for r in reports:
+        note = "" if r.present else "  (not in the data root: quarantined or moved)"
+        lines.append(
+            f"{'!!' if r.flagged else '':4}  {r.mean:6.2f}  {r.std:5.2f}  {r.trend:6.3f}  {r.observations:5d}  "
+            f"{r.last_step:6d}  {r.path}  |  {r.caption}{note}"
+        )
+    if not reports:
+        lines.append("(no image has been observed yet)")
+    if folders:
+        lines.append("")
+        lines.append(f"{'folder':30}  {'images':>6}  {'obs':>6}  {'mean':>6}  flagged")
+        for f in folders:
+            lines.append(f"{(f.folder or '.'):30}  {f.images:6d}  {f.observations:6d}  {f.mean:6.2f}  {f.flagged}")
+    flagged = sum(r.flagged for r in reports)
+    lines.append("")
+    lines.append(
+        f"{flagged} flagged image(s) shown. Look at them: `edlib review RUN --quarantine PATH ...` moves an image "
+        f"and its captions to DATA_ROOT/{QUARANTINE}/ (a running training drops it from its next epoch); "
+        f"`--restore` puts them back."
+    )
+    return "\n".join(lines)
+
+
+# -- quarantine and restore -----------------------------------------------------------------
+
+
+def _relative(rel_path: str) -> PurePosixPath:
+    """A data-root-relative POSIX path, refused if it could point outside the root."""
+    rel = PurePosixPath(str(rel_path).replace("\\", "/"))
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        raise ValueError(f"{rel_path!r}: give a path relative to the data root, without '..'")
+    return rel
+
+
+def _companions(root: Path, rel: PurePosixPath) -> list[PurePosixPath]:
+    """The image and its caption/sidecar files that exist, image first."""
+    stem = rel.with_suffix("")
+    sidecars = [PurePosixPath(f"{stem}{suffix}") for suffix in SIDECAR_SUFFIXES]
+    return [rel, *(s for s in sidecars if (root / s).is_file())]
+
+
+def _read_manifest(quarantine_dir: Path) -> list[dict[str, Any]]:
+    file = quarantine_dir / MANIFEST
+    if not file.exists():
+        return []
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))["entries"]
+    except (ValueError, KeyError) as error:
+        raise ValueError(f"{file}: unreadable quarantine manifest ({error}); fix or move it away") from None
+
+
+def _write_manifest(quarantine_dir: Path, entries: list[dict[str, Any]]) -> None:
+    file = quarantine_dir / MANIFEST
+    tmp = quarantine_dir / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps({"entries": entries}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(file)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _why(run_dir: str | Path | None, reason: str | None) -> dict[str, Any]:
+    """The reason recorded with a move: the user's words and, with a run, its statistics."""
+    why: dict[str, Any] = {"reason": reason or ("high loss in review" if run_dir else "chosen by the user")}
+    if run_dir is not None:
+        why["run"] = str(Path(run_dir).resolve())
+    return why
+
+
+def quarantine(
+    data_root: str | Path, rel_paths: list[str], *, run_dir: str | Path | None = None, reason: str | None = None
+) -> Path:
+    """Move images (relative paths) and their .txt/.caption/.yaml files into
+    DATA_ROOT/_quarantine/<same relative path>; returns the quarantine folder.
+
+    Every path is checked first (it is an image in the data root, not already quarantined,
+    and nothing at the destination would be overwritten); if any check fails, nothing moves.
+    With `run_dir`, the image's statistics from that run's image_loss.csv go in the manifest."""
+    root = Path(data_root)
+    qdir = root / QUARANTINE
+    stats = {r.path: r for r in _csv_rows(run_dir)} if run_dir is not None else {}
+    plans = []
+    for rel_path in rel_paths:
+        rel = _relative(rel_path)
+        if rel.parts[0] == QUARANTINE:
+            raise ValueError(f"{rel_path}: is already in {QUARANTINE}/")
+        if rel.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise ValueError(f"{rel_path}: not an image ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        if not (root / rel).is_file():
+            raise FileNotFoundError(f"{root / rel}: no such image in the data root")
+        files = _companions(root, rel)
+        for f in files:
+            if (qdir / f).exists():
+                raise FileExistsError(f"{qdir / f}: already exists in the quarantine; refusing to overwrite it")
+        plans.append((rel, files))
+
+    entries = _read_manifest(qdir)
+    why = _why(run_dir, reason)
+    for rel, files in plans:
+        for f in files:
+            (qdir / f).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(root / f, qdir / f)
+        entry = {"image": str(rel), "files": [str(f) for f in files], "from": str(root.resolve()), "when": _now(), **why}
+        row = stats.get(str(rel))
+        if row is not None:
+            entry["stats"] = {
+                "observations": row.observations, "mean": row.mean, "std": row.std, "trend": row.trend,
+                "last_step": row.last_step, "flagged": row.flagged,
+            }
+        entries.append(entry)
+        _write_manifest(qdir, entries)  # after each image: the manifest matches the files even if interrupted
+    return qdir
+
+
+def quarantined(data_root: str | Path) -> list[str]:
+    """Images currently in the quarantine (relative to the data root), per the manifest."""
+    return [e["image"] for e in _read_manifest(Path(data_root) / QUARANTINE) if "restored" not in e]
+
+
+def restore(data_root: str | Path, rel_paths: list[str] | None = None) -> list[str]:
+    """Move quarantined images (all, or the chosen relative paths) and their files back to
+    where they came from; returns the images restored. Refused, before anything moves, if
+    a path is not quarantined or a file is back at the original place already."""
+    root = Path(data_root)
+    qdir = root / QUARANTINE
+    entries = _read_manifest(qdir)
+    current = {e["image"]: e for e in entries if "restored" not in e}
+    wanted = list(current) if rel_paths is None else [str(_relative(p)) for p in rel_paths]
+    for image in wanted:
+        if image not in current:
+            raise ValueError(f"{image}: not in the quarantine of {root} (see {qdir / MANIFEST})")
+        for f in current[image]["files"]:
+            if (root / f).exists():
+                raise FileExistsError(f"{root / f}: exists again in the data root; refusing to overwrite it")
+            if not (qdir / f).is_file():
+                raise FileNotFoundError(f"{qdir / f}: listed in the manifest but missing from the quarantine")
+    for image in wanted:
+        entry = current[image]
+        for f in entry["files"]:
+            (root / f).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(qdir / f, root / f)
+        entry["restored"] = _now()
+        _write_manifest(qdir, entries)
+    return wanted
+
+
+def _or(value: float, default: float) -> float:
+    return default if math.isnan(value) else value

@@ -1,0 +1,157 @@
+"""Validation loss: the loss on held-out images, measured the same way every time.
+
+A training loss curve mixes three sources of noise: which images a step drew, which
+timesteps, and which noise. A validation curve is only comparable across a run (and across
+runs) when all three are fixed, so here every image is evaluated at the same fixed
+timesteps (the midpoints of equal timestep ranges) with the same noise, drawn from a CPU
+generator seeded by (seed, image path) alone. Nothing is drawn from the global RNGs, so
+validating in the middle of training changes nothing about the training that follows.
+
+The held-out set is either a separate data root (config `validation_data_root`) or a
+fraction of each folder (`split_validation`), chosen per folder by a hash of (seed, path):
+the same images are held out on every run with that seed, and adding or editing other
+folders never changes a folder's choice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edlib.data.buckets import assign_buckets, make_buckets
+from edlib.data.types import ScanResult
+from edlib.train.batches import load_pixels
+from edlib.train.models import encode_images, encode_prompts
+from edlib.train.noise import per_sample_loss, training_target
+
+
+def _rank(seed: int, path: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"edlib-validation:{seed}:{path}".encode()).digest()[:8], "little")
+
+
+def split_validation(data: ScanResult, fraction: float, seed: int) -> tuple[ScanResult, ScanResult]:
+    """(train, validation) scans: from each folder of n images, round(fraction * n) are
+    held out (never all of them: a folder keeps at least one training image), the ones
+    whose hash of (seed, path) ranks lowest."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"validation_fraction: must be in [0, 1), got {fraction}")
+    by_folder: dict[str, list[int]] = {}
+    for index, item in enumerate(data.items):
+        by_folder.setdefault(item.folder, []).append(index)
+    held: set[int] = set()
+    for indices in by_folder.values():
+        count = min(int(fraction * len(indices) + 0.5), len(indices) - 1)
+        held.update(sorted(indices, key=lambda i: _rank(seed, data.items[i].path))[:count])
+    train = [item for i, item in enumerate(data.items) if i not in held]
+    val = [item for i, item in enumerate(data.items) if i in held]
+    return _subset(data, train), _subset(data, val)
+
+
+def _subset(data: ScanResult, items: list) -> ScanResult:
+    """`data` restricted to `items`, folder image counts updated, empty folders dropped."""
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item.folder] = counts.get(item.folder, 0) + 1
+    folders = [replace(f, images=counts[f.path]) for f in data.folders if counts.get(f.path)]
+    return ScanResult(data.root, folders, items, list(data.warnings), list(data.errors), list(data.skipped))
+
+
+def describe_split(train: ScanResult, val: ScanResult) -> str:
+    """What was held out, per folder, for the preview: "folder: k of n held out (a.png, ...)"."""
+    lines = []
+    for folder in val.folders:
+        names = [item.path for item in val.items if item.folder == folder.path]
+        total = folder.images + sum(1 for item in train.items if item.folder == folder.path)
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        lines.append(f"{folder.path or '.'}: {folder.images} of {total} held out for validation ({shown})")
+    return "\n".join(lines) if lines else "no images held out for validation"
+
+
+@dataclass(frozen=True)
+class ValidationBatch:
+    bucket: tuple[int, int]  # (width, height)
+    items: tuple[int, ...]  # indices into the validation scan's items
+
+
+def validation_batches(val: ScanResult, *, batch_size: int, resolution: int) -> list[ValidationBatch]:
+    """Every validation image once, grouped by aspect bucket in path order; the last batch
+    of a bucket may be short (no fill repeats, so every image weighs the same)."""
+    buckets = make_buckets(resolution)
+    widths = np.array([item.width for item in val.items], np.int64)
+    heights = np.array([item.height for item in val.items], np.int64)
+    assigned = assign_buckets(widths, heights, buckets) if len(val.items) else np.zeros(0, np.int64)
+    out = []
+    for b in sorted(set(assigned.tolist())):
+        members = [i for i in range(len(val.items)) if assigned[i] == b]
+        for start in range(0, len(members), batch_size):
+            out.append(ValidationBatch(tuple(buckets[b]), tuple(members[start : start + batch_size])))
+    return out
+
+
+def fixed_timesteps(num_train_timesteps: int, count: int = 5) -> list[int]:
+    """The midpoints of `count` equal timestep ranges: 100, 300, 500, 700, 900 for 1000/5."""
+    return [int((2 * k + 1) * num_train_timesteps // (2 * count)) for k in range(count)]
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    loss: float  # mean over images and timesteps
+    per_timestep: dict[int, float]  # timestep -> mean loss over images
+    images: int
+
+    def metrics(self) -> dict[str, Any]:
+        """Keys for metrics.jsonl: val_loss and val_loss_t{T} per fixed timestep."""
+        return {"val_loss": self.loss, **{f"val_loss_t{t}": v for t, v in self.per_timestep.items()}, "val_images": self.images}
+
+
+@torch.no_grad()
+def validation_loss(
+    models,
+    val: ScanResult,
+    batches: list[ValidationBatch],
+    *,
+    seed: int,
+    timesteps: list[int] | None = None,
+    clip_skip: int = 1,
+) -> ValidationResult:
+    """The raw (unweighted, loss_scale-free) diffusion loss of every validation image at
+    each fixed timestep, with noise seeded by (seed, path). Captions are used as written
+    (no dropout, no shuffling). The UNet is evaluated in eval mode and put back as it was;
+    wrap the call in `accelerator.autocast()` to validate in mixed precision."""
+    if not batches:
+        raise ValueError("validation: no validation images (validation_fraction too small, or an empty validation_data_root)")
+    scheduler = models.noise_scheduler
+    timesteps = timesteps or fixed_timesteps(scheduler.config.num_train_timesteps)
+    unet = models.unet
+    was_training = unet.training
+    unet.eval()
+    sums = {t: 0.0 for t in timesteps}
+    images = 0
+    try:
+        for batch in batches:
+            items = [val.items[i] for i in batch.items]
+            pixels = torch.stack([load_pixels(Path(val.root) / item.path, batch.bucket, flip=False) for item in items])
+            latents = encode_images(models, pixels).float()
+            hidden = encode_prompts(models, [item.caption.text() for item in items], clip_skip).float()
+            noise = torch.stack([_fixed_noise(seed, item.path, latents.shape[1:]) for item in items]).to(latents.device)
+            for t in timesteps:
+                steps = torch.full((len(items),), t, dtype=torch.long, device=latents.device)
+                noisy = scheduler.add_noise(latents, noise, steps)
+                prediction = unet(noisy, steps, hidden).sample
+                sums[t] += per_sample_loss(prediction, training_target(scheduler, latents, noise, steps)).sum().item()
+            images += len(items)
+    finally:
+        unet.train(was_training)
+    per_timestep = {t: s / images for t, s in sums.items()}
+    return ValidationResult(sum(per_timestep.values()) / len(per_timestep), per_timestep, images)
+
+
+def _fixed_noise(seed: int, path: str, shape) -> torch.Tensor:
+    """The same noise for an image every time, on every device (drawn on the CPU)."""
+    generator = torch.Generator().manual_seed(_rank(seed, path) >> 1)
+    return torch.randn(tuple(shape), generator=generator)
