@@ -112,6 +112,22 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_review(args) -> int:
+    from edlib.review import format_review, quarantine, restore, review, review_folders, run_data_root
+
+    if args.quarantine:
+        manifest = quarantine(run_data_root(args.run), args.quarantine, run_dir=args.run, reason="edlib review")
+        print(f"Moved {len(args.quarantine)} image(s) with their captions to quarantine (manifest: {manifest}).")
+        print(f"Undo: edlib review {args.run} --restore")
+        return 0
+    if args.restore is not None:
+        for line in restore(run_data_root(args.run), args.restore or None):
+            print(line)
+        return 0
+    print(format_review(review(args.run, top=args.top), review_folders(args.run)))
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from edlib.demo import run_demo
 
@@ -180,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="default: RUN/exports")
     p.add_argument("--dtype", choices=["fp16", "fp32"], default="fp16")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("review", help="images whose loss stays high; quarantine or restore them")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--top", type=int, default=20, help="how many images to show")
+    p.add_argument("--quarantine", nargs="+", metavar="IMAGE", help="move these images (paths relative to the data root) to DATA_ROOT/_quarantine")
+    p.add_argument("--restore", nargs="*", metavar="IMAGE", help="put quarantined images back (all when none named)")
+    p.set_defaults(func=_cmd_review)
 
     p = sub.add_parser("demo", help="the whole flow on generated toy-world data")
     p.add_argument("--out", default="demo", help="folder for the demo's data and runs (default: ./demo)")

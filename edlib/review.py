@@ -24,10 +24,10 @@ from typing import Any
 
 import yaml
 
-from edlib.data.types import IMAGE_EXTENSIONS
+from edlib.data.types import IMAGE_EXTENSIONS, QUARANTINE_DIR
 from edlib.train.loss_tracker import CsvRow, FolderSummary, read_csv, summarise_folders
 
-QUARANTINE = "_quarantine"
+QUARANTINE = QUARANTINE_DIR
 MANIFEST = "manifest.json"
 # Files that belong to an image and travel with it (DESIGN.md "Data root semantics").
 SIDECAR_SUFFIXES = (".txt", ".caption", ".yaml")

@@ -129,3 +129,29 @@ def test_a_quarantined_image_leaves_the_next_epoch(data_root):
     epoch = realise_epoch(data, 1, seed=1, batch_size=2, resolution=64)
     assert target not in {data.items[i].path for i in epoch.items}
     assert len(set(epoch.items.tolist())) == 7
+
+
+def test_a_new_scan_skips_the_quarantine_folder(data_root):
+    target = "things/00003.png"
+    quarantine(data_root, [target])
+    data = scan(data_root)
+    assert [i.path for i in data.items if i.path.endswith("00003.png")] == ["people/00003.png"]
+    assert not any(QUARANTINE in f.path for f in data.folders)
+    assert not any(QUARANTINE in w for w in data.warnings)
+
+
+def test_review_command_quarantines_and_restores(tmp_path, data_root):
+    from tests.test_cli import edlib
+
+    run = _run_with_losses(tmp_path, data_root, hard="people/00002.png")
+    before = _file_bytes(data_root)
+    r = edlib("review", run, "--top", "3")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.index("people/00002.png") < r.stdout.index("things/")
+    r = edlib("review", run, "--quarantine", "people/00002.png")
+    assert r.returncode == 0, r.stderr
+    assert not (data_root / "people" / "00002.png").exists()
+    r = edlib("review", run, "--restore")
+    assert r.returncode == 0, r.stderr
+    after = {k: v for k, v in _file_bytes(data_root).items() if not k.startswith(QUARANTINE)}
+    assert after == before

@@ -166,7 +166,7 @@ def plan_balance(scan: ScanResult, weights: dict[str, float], *, epoch_size: flo
     for p in sorted(image_folders):
         share = shares[_own(p, children)]
         new = share * target / images[p]
-        entries.append(BalanceEntry(p, images[p], Fraction(current[p]), share, new, _format(new) if new else None))
+        entries.append(BalanceEntry(p, images[p], Fraction(current[p]), share, new, multiplier_text(new) if new else None))
     plan = BalancePlan(root=Path(scan.root), epoch_size=target, entries=entries)
     for e in entries:
         if not e.excluded and e.written * e.images < 1:
@@ -241,7 +241,7 @@ def _split(children, node: str, share: Fraction, weight_of, shares: dict[str, Fr
         _split(children, k, share * weight_of[k] / total if total else Fraction(0), weight_of, shares, root)
 
 
-def _format(m: Fraction) -> str:
+def multiplier_text(m: Fraction) -> str:
     """6 decimals, or 6 significant digits below 1 (so a tiny value never becomes 0),
     trailing zeros stripped."""
     exponent = math.floor(math.log10(m)) if m < 1 else 0

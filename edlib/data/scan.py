@@ -38,6 +38,7 @@ from edlib.data.images import ImageReadError, read_header
 from edlib.data.scan_cache import ScanCache
 from edlib.data.types import (
     IMAGE_EXTENSIONS,
+    QUARANTINE_DIR,
     Caption,
     DataRootError,
     FolderInfo,
@@ -200,7 +201,7 @@ def _walk(root: Path, warnings: list[str]) -> Iterator[_Dir]:
         subdirs = []
         for entry in entries:
             name = entry.name
-            if name[0] == ".":
+            if name[0] == "." or (not rel and name == QUARANTINE_DIR):
                 continue
             try:
                 is_dir = entry.is_dir()

@@ -18,6 +18,9 @@ from fractions import Fraction
 from pathlib import Path
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".jfif"})
+# Folder at the top of a data root where `edlib review --quarantine` moves images; scans
+# skip it, so quarantined images leave training without being deleted.
+QUARANTINE_DIR = "_quarantine"
 
 
 @dataclass(frozen=True)

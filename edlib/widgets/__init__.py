@@ -1,1 +1,23 @@
+"""ipywidgets panels for the guided notebooks. No training logic lives here: the panels
+gather input, call `edlib` and lay out what it returns.
 
+    from edlib.widgets import DatasetPanel
+    DatasetPanel("my_data_root")      # last expression of a cell: shows the panel
+"""
+
+from edlib.widgets.common import demo_data_root, write_multipliers
+from edlib.widgets.dataset_panel import BalancePanel, DatasetPanel, share_figure, weight_nodes
+from edlib.widgets.preservation_panel import PreservationPanel, coverage_figure, guess_preservation_folder, mix_figure
+
+__all__ = [
+    "BalancePanel",
+    "DatasetPanel",
+    "PreservationPanel",
+    "coverage_figure",
+    "demo_data_root",
+    "guess_preservation_folder",
+    "mix_figure",
+    "share_figure",
+    "weight_nodes",
+    "write_multipliers",
+]
