@@ -247,6 +247,9 @@ class TrainConfig(BaseModel):
     sample_every_n_minutes: float | None = Field(
         None, gt=0.0, description="Generate samples every N minutes. Null: off."
     )
+    sample_at_end: bool = Field(
+        True, description="Generate samples when training ends (with `sample_prompts` set)."
+    )
 
     @field_validator("method")
     @classmethod

@@ -92,6 +92,7 @@ class Context:
     position: Position
     ema: Any | None
     data: ScanResult  # the scan with the current epoch's folder settings
+    report: Reporter  # for a plugin's own events and log lines (e.g. "sample")
 
 
 class Plugin:
@@ -111,6 +112,9 @@ class Plugin:
     def on_step(self, ctx: Context, metrics: dict[str, Any]) -> None: ...
 
     def on_epoch_end(self, ctx: Context) -> None: ...
+
+    def on_end(self, ctx: Context) -> None:
+        """Training is over (epochs done, max_steps reached or stopped), before the last save."""
 
     def sample(self, ctx: Context) -> bool:
         """Serve a "sample now" request; return True if handled."""
@@ -137,6 +141,11 @@ def train(
     `plugins` hook in sampling, loss tracking and the like; `callbacks` receive every
     `Event`. Control requests older than `requested_at` (default: now) are left over from
     an earlier process and dropped; `start` passes the time it was called."""
+    # Imported here: the plugins subclass this module's Plugin.
+    from edlib.train.plugins import default_plugins
+
+    given = {plugin.name for plugin in plugins}
+    plugins = [*plugins, *(plugin for plugin in default_plugins(config) if plugin.name not in given)]
     accelerator = _accelerator(config)
     run = RunDir(config.run_dir, writer=accelerator.is_main_process)
     report = Reporter(run, callbacks, accelerator, config)
@@ -183,7 +192,7 @@ def train(
         cache_dir=run.path / "cache",
         prepare_captions=method.prepare_captions,
     )
-    ctx = Context(config, accelerator, run, models, method, position, ema, data)
+    ctx = Context(config, accelerator, run, models, method, position, ema, data, report)
     for plugin in plugins:
         plugin.on_start(ctx)
     report.event("start", {"total_steps": total_steps, **asdict(position)})
@@ -299,6 +308,8 @@ def train(
             for plugin in plugins:
                 plugin.on_epoch_end(ctx)
 
+    for plugin in plugins:
+        plugin.on_end(ctx)
     if last_saved is None or ckpt.checkpoint_step(last_saved) != position.step:
         last_saved = _save(ctx, report, optimizer, lr_scheduler, plugins)
     bar.close()

@@ -148,8 +148,9 @@ class RunDir:
 @dataclass
 class Event:
     """What the loop reports: kind is one of "start", "epoch", "step", "checkpoint",
-    "sample_request", "warning", "done" (and "error", from `RunHandle` when the run
-    raises). `data` is JSON-able; a "step" event's data is its metrics.jsonl line."""
+    "sample" (from the sampling plugin: step and grid path), "sample_request", "warning",
+    "done" (and "error", from `RunHandle` when the run raises). `data` is JSON-able; a
+    "step" event's data is its metrics.jsonl line."""
 
     kind: str
     data: dict[str, Any]
