@@ -22,7 +22,7 @@ from edlib.train.lr import LR_SCHEDULERS
 OPTIMIZERS = ("adamw", "adamw8bit", "lion", "prodigy", "adafactor")
 METHODS = ("full", "lora", "textual_inversion")
 # Keys holding file system paths: relative values in a config file resolve against its folder.
-PATH_KEYS = ("data_root", "run_dir", "init_from", "sample_prompts")
+PATH_KEYS = ("data_root", "run_dir", "init_from", "sample_prompts", "validation_data_root")
 
 
 class ConfigError(ValueError):
@@ -250,6 +250,26 @@ class TrainConfig(BaseModel):
     sample_at_end: bool = Field(
         True, description="Generate samples when training ends (with `sample_prompts` set)."
     )
+    loss_tracking: bool = Field(
+        True,
+        description="Track each image's timestep-normalised loss and write image_loss.csv "
+        "(see docs/loss_tracking.md and `edlib review`).",
+    )
+    validation_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Hold out this fraction of each folder's images (chosen by seed) for the validation loss. 0: none.",
+    )
+    validation_data_root: Path | None = Field(
+        None, description="A separate folder of validation images (instead of `validation_fraction`)."
+    )
+    validate_every_n_steps: int | None = Field(
+        None, ge=1, description="Compute the validation loss every N optimizer steps. Null: off."
+    )
+    validate_every_n_epochs: int | None = Field(
+        1, ge=1, description="Compute the validation loss every N epochs (when a validation set is configured)."
+    )
 
     @field_validator("method")
     @classmethod
@@ -418,6 +438,7 @@ RESUME_IMMUTABLE_KEYS: dict[str, str] = {
     "conv_dim": "the checkpoint's LoCon adapters have this rank (or there are none)",
     "conv_alpha": "the LoCon adapters are being trained at this scale",
     "placeholder_tokens": "the checkpoint holds embeddings for these tokens",
+    "validation_fraction": "it decides which images train; the epoch being resumed was planned without the held-out ones",
 }
 
 

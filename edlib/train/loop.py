@@ -109,7 +109,8 @@ class Plugin:
         """Per-sample losses (B,) of this process's part of a batch (`batch.items` index the
         scan's images), before min-SNR weighting and loss_scale."""
 
-    def on_step(self, ctx: Context, metrics: dict[str, Any]) -> None: ...
+    def on_step(self, ctx: Context, metrics: dict[str, Any]) -> None:
+        """After each optimizer step, before its metrics are reported: may add metrics."""
 
     def on_epoch_end(self, ctx: Context) -> None: ...
 
@@ -143,16 +144,25 @@ def train(
     an earlier process and dropped; `start` passes the time it was called."""
     # Imported here: the plugins subclass this module's Plugin.
     from edlib.train.plugins import default_plugins
+    from edlib.train.validation import validation_set
 
-    given = {plugin.name for plugin in plugins}
-    plugins = [*plugins, *(plugin for plugin in default_plugins(config) if plugin.name not in given)]
     accelerator = _accelerator(config)
     run = RunDir(config.run_dir, writer=accelerator.is_main_process)
     report = Reporter(run, callbacks, accelerator, config)
     run.clear_stale_requests(before=requested_at or time.time())
     set_seed(config.seed, device_specific=True)
 
-    # Models, data, optimizer, LR schedule, EMA.
+    # Data first (bad input fails before any model loads), then the plugins it implies.
+    data = scan(config.data_root)
+    if data.errors:
+        raise DataRootError(f"data root {config.data_root} has errors:\n  " + "\n  ".join(data.errors))
+    for warning in data.warnings:
+        report.warning(warning)
+    data, validation = validation_set(config, data)
+    given = {plugin.name for plugin in plugins}
+    plugins = [*plugins, *(plugin for plugin in default_plugins(config, validation) if plugin.name not in given)]
+
+    # Models, optimizer, LR schedule, EMA.
     models = load_models(
         config.model,
         prediction_type=config.prediction_type,
@@ -162,11 +172,6 @@ def train(
     method = make_method(config)
     method.setup(models)
     _place_models(models, method, config, accelerator)  # before the optimizer: fused AdamW needs CUDA params
-    data = scan(config.data_root)
-    if data.errors:
-        raise DataRootError(f"data root {config.data_root} has errors:\n  " + "\n  ".join(data.errors))
-    for warning in data.warnings:
-        report.warning(warning)
     optimizer = make_optimizer(config.optimizer, method.param_groups(models), config.optimizer_args)
     total_steps = planned_steps(data, config, accelerator.num_processes)
     lr_scheduler = make_lr_scheduler(
@@ -274,11 +279,11 @@ def train(
                 "skipped": not finite,
                 "time": now,
             }
+            for plugin in plugins:  # before reporting: a plugin may add metrics (validation loss)
+                plugin.on_step(ctx, metrics)
             report.step(metrics)
             bar.update(1)
             bar.set_postfix(loss=f"{last_loss:.4f}", epoch=epoch)
-            for plugin in plugins:
-                plugin.on_step(ctx, metrics)
 
             requests, minutes_due = _agree(run, accelerator, config, now - last_save_time)
             if "sample" in requests and not any(p.sample(ctx) for p in plugins):

@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from edlib.data.scan import reread_settings, scan
 from edlib.data.types import ScanResult
 from edlib.train.loop import Context, Plugin
 
@@ -326,23 +325,19 @@ class LossTrackerPlugin(Plugin):
     """Feeds a `LossTracker` from the training loop and writes `image_loss.csv` into the
     run folder at every epoch end and whenever a checkpoint is saved (via state_dict).
 
-    The loop hands over item indices into its scan; the plugin keeps its own view of the
-    same scan (scanned at start, settings re-read when a new epoch begins, exactly as the
-    loop does) to turn indices into paths. On several processes each batch's losses are
-    gathered, so every process holds the same tracker and the saved state is complete."""
+    Item indices are turned into paths with the loop's current scan (`ctx.data`, which the
+    loop replaces when it re-reads settings at an epoch boundary). On several processes
+    each batch's losses are gathered, so every process holds the same tracker and the saved
+    state is complete."""
 
     name = "loss_tracker"
 
     def __init__(self, tracker: LossTracker | None = None):
         self.tracker = tracker or LossTracker()
-        self._data: ScanResult | None = None
-        self._epoch: int | None = None
         self._ctx: Context | None = None
 
     def on_start(self, ctx: Context) -> None:
         self._ctx = ctx
-        self._data = scan(ctx.config.data_root)
-        self._epoch = ctx.position.epoch
         steps = ctx.models.noise_scheduler.config.num_train_timesteps
         if steps != self.tracker.num_train_timesteps:
             raise ValueError(
@@ -351,13 +346,10 @@ class LossTrackerPlugin(Plugin):
             )
 
     def on_sample_losses(self, ctx: Context, batch, timesteps: torch.Tensor, losses: torch.Tensor) -> None:
-        if batch.epoch != self._epoch:  # the loop re-read folder settings for this epoch
-            self._data, _ = reread_settings(self._data)
-            self._epoch = batch.epoch
         accelerator = ctx.accelerator
         items = torch.tensor(batch.items, device=losses.device)
         items, timesteps, losses = (accelerator.gather(x.contiguous()) for x in (items, timesteps, losses.float()))
-        paths = [self._data.items[i].path for i in items.tolist()]
+        paths = [ctx.data.items[i].path for i in items.tolist()]
         self.tracker.observe(paths, timesteps, losses, ctx.position.step + 1)
 
     def on_epoch_end(self, ctx: Context) -> None:
@@ -367,7 +359,7 @@ class LossTrackerPlugin(Plugin):
         ctx = self._ctx
         if ctx is None or not ctx.accelerator.is_main_process:
             return None
-        return self.tracker.write_csv(ctx.run.path / "image_loss.csv", self._data)
+        return self.tracker.write_csv(ctx.run.path / "image_loss.csv", ctx.data)
 
     def state_dict(self) -> dict[str, Any]:
         self.write_csv()  # a checkpoint and the csv next to it tell the same story

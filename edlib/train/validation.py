@@ -26,6 +26,7 @@ import torch
 from edlib.data.buckets import assign_buckets, make_buckets
 from edlib.data.types import ScanResult
 from edlib.train.batches import load_pixels
+from edlib.train.loop import Plugin
 from edlib.train.models import encode_images, encode_prompts
 from edlib.train.noise import per_sample_loss, training_target
 
@@ -155,3 +156,45 @@ def _fixed_noise(seed: int, path: str, shape) -> torch.Tensor:
     """The same noise for an image every time, on every device (drawn on the CPU)."""
     generator = torch.Generator().manual_seed(_rank(seed, path) >> 1)
     return torch.randn(tuple(shape), generator=generator)
+
+
+def validation_set(config, data: ScanResult) -> tuple[ScanResult, ScanResult | None]:
+    """(training data, validation data or None) as the config asks: a separate
+    `validation_data_root`, or `validation_fraction` of each folder held out of `data`."""
+    if config.validation_data_root is not None:
+        from edlib.data.scan import scan
+
+        return data, scan(config.validation_data_root)
+    if config.validation_fraction > 0:
+        return split_validation(data, config.validation_fraction, config.seed)
+    return data, None
+
+
+class ValidationPlugin(Plugin):
+    """Adds the validation loss to the step's metrics (metrics.jsonl and the live chart)
+    every `validate_every_n_steps` steps and at the end of every `validate_every_n_epochs`
+    epochs. Every process computes it on the same images (cheap, and no process waits)."""
+
+    name = "validation"
+
+    def __init__(self, val: ScanResult):
+        self.val = val
+        self._batches: list[ValidationBatch] = []
+
+    def on_start(self, ctx) -> None:
+        self._batches = validation_batches(self.val, batch_size=ctx.config.batch_size, resolution=ctx.config.resolution)
+        ctx.report.log(f"validation: {len(self.val.items)} image(s)")
+
+    def on_step(self, ctx, metrics: dict[str, Any]) -> None:
+        config, position = ctx.config, ctx.position
+        epoch_done = position.batch == 0
+        due = (config.validate_every_n_steps and position.step % config.validate_every_n_steps == 0) or (
+            epoch_done and config.validate_every_n_epochs and position.epoch % config.validate_every_n_epochs == 0
+        )
+        if not due:
+            return
+        # The plain UNet, not a DDP wrapper: only this process's forward, no collective.
+        models = replace(ctx.models, unet=ctx.accelerator.unwrap_model(ctx.models.unet))
+        with ctx.accelerator.autocast():
+            result = validation_loss(models, self.val, self._batches, seed=config.seed, clip_skip=config.clip_skip)
+        metrics.update(result.metrics())

@@ -195,10 +195,14 @@ def test_the_minute_clock_survives_a_checkpoint():
 
 def test_default_plugins_follow_the_config(tiny_model, tmp_path):
     data = _data(tmp_path)
-    assert default_plugins(tiny_config(tiny_model, data, tmp_path / "a")) == []
+    assert default_plugins(tiny_config(tiny_model, data, tmp_path / "a", loss_tracking=False)) == []
+    assert [p.name for p in default_plugins(tiny_config(tiny_model, data, tmp_path / "a"))] == ["loss_tracker"]
 
     (plugin,) = default_plugins(
-        tiny_config(tiny_model, data, tmp_path / "b", sample_prompts=["red", "blue"], sample_every_n_minutes=1.5, sample_at_end=False)
+        tiny_config(
+            tiny_model, data, tmp_path / "b", loss_tracking=False,
+            sample_prompts=["red", "blue"], sample_every_n_minutes=1.5, sample_at_end=False,
+        )
     )
     assert isinstance(plugin, SamplingPlugin)
     assert [p.prompt for p in plugin.prompts] == ["red", "blue"]

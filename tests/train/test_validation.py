@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from edlib.data.scan import scan
+from edlib.train.loop import Plugin
 from edlib.train.models import load_models
 from edlib.train.validation import (
     describe_split,
@@ -81,3 +82,31 @@ def test_validation_loss_repeats_exactly_and_follows_the_weights(tiny_sd1, tmp_p
     assert validation_loss(models, val, batches, seed=7, timesteps=[100, 500, 900]).loss != first.loss
     with pytest.raises(ValueError, match="no validation images"):
         validation_loss(models, val, [], seed=7)
+
+
+def test_validation_loss_reaches_metrics_through_the_config(tmp_path):
+    """validation_fraction in the config: held-out images never train, and every epoch's
+    last step carries the same-noise validation loss in metrics.jsonl."""
+    from edlib.train.loop import train
+    from edlib.train.tiny import build_tiny_pipeline
+    from tests.train.loop_support import make_data_root, metrics, tiny_config
+
+    data = make_data_root(tmp_path / "data", folders={"a": ["red", "white", "blue"], "b": ["green", "blue", "red"]})
+    seen = []
+
+    class Recorder(Plugin):
+        name = "recorder"
+
+        def on_sample_losses(self, ctx, batch, timesteps, losses):
+            seen.extend(ctx.data.items[i].path for i in batch.items)
+
+    config = tiny_config(
+        build_tiny_pipeline(tmp_path / "model"), data, tmp_path / "run", epochs=2, validation_fraction=0.34
+    )
+    train(config, plugins=[Recorder()], progress_bar=False)
+    train_scan, val = split_validation(scan(data), 0.34, config.seed)
+    assert len(val.items) == 2 and not {i.path for i in val.items} & set(seen)
+    lines = metrics(tmp_path / "run")
+    with_val = [line for line in lines if "val_loss" in line]
+    assert [line["step"] for line in with_val] == [lines[len(lines) // 2 - 1]["step"], lines[-1]["step"]]
+    assert all(line["val_images"] == 2 and line["val_loss"] > 0 for line in with_val)
