@@ -18,6 +18,7 @@ from typing import Any
 
 from edlib.train.config import TrainConfig
 from edlib.train.loop import Plugin, RunSummary, train
+from edlib.train.loss_tracker import ImageStats, LossTrackerPlugin
 from edlib.train.run_dir import Event, RunDir
 
 _active: RunHandle | None = None  # one run per process: accelerate's state is process-wide
@@ -29,6 +30,12 @@ class RunHandle:
     def __init__(self, config: TrainConfig, callbacks: Sequence[Callable[[Event], None]], plugins: Sequence[Plugin]):
         self.config = config
         self.plugins = list(plugins)
+        # The handle owns the run's loss tracker (instead of the config's default one) so a
+        # notebook can read per-image losses live.
+        self.loss_tracker: LossTrackerPlugin | None = next((p for p in self.plugins if p.name == "loss_tracker"), None)
+        if self.loss_tracker is None and config.loss_tracking:
+            self.loss_tracker = LossTrackerPlugin()
+            self.plugins.append(self.loss_tracker)
         self.run_dir = RunDir(config.run_dir, writer=False)
         self.events: list[Event] = []
         self.latest: dict[str, Any] = {}  # last value of step, epoch, loss, lr, images_per_s, eta_s
@@ -64,6 +71,11 @@ class RunHandle:
         """Every optimizer step's metrics so far (as in metrics.jsonl)."""
         with self._lock:
             return [e.data for e in self.events if e.kind == "step"]
+
+    def image_losses(self) -> list[ImageStats]:
+        """Per-image loss statistics so far, worst (flagged) first; empty without loss
+        tracking. Read while the run trains, so it may lag the latest step."""
+        return self.loss_tracker.tracker.stats() if self.loss_tracker is not None else []
 
     def wait(self, timeout: float | None = None) -> RunSummary:
         """Block until the run ends and return its summary. An exception in the run is

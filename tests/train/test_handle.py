@@ -9,6 +9,7 @@ import pytest
 from edlib.data.types import DataRootError
 from edlib.train import start
 from edlib.train.checkpoint import list_checkpoints
+from edlib.train.loss_tracker import LossTracker, LossTrackerPlugin
 from tests.train.loop_support import make_data_root, metrics, one_torch_thread, tiny_config  # noqa: F401
 
 
@@ -27,7 +28,8 @@ def test_start_watch_steer_and_wait(tiny_sd1, tmp_path):
         if event.kind == "step" and event.data["step"] == 3:
             box["handle"].stop()
 
-    handle = start(tiny_config(tiny_sd1, data, run, batch_size=1, epochs=5), callbacks=[steer])
+    tracker = LossTrackerPlugin(LossTracker(buckets=1, warmup=1))  # records from the 2nd sample on
+    handle = start(tiny_config(tiny_sd1, data, run, batch_size=1, epochs=5), callbacks=[steer], plugins=[tracker])
     box["handle"] = handle
     summary = handle.wait(timeout=120)
 
@@ -40,6 +42,10 @@ def test_start_watch_steer_and_wait(tiny_sd1, tmp_path):
     assert [m["step"] for m in handle.metrics()] == [r["step"] for r in metrics(run)] == [1, 2, 3]
     assert handle.latest["step"] == 3 and handle.latest["eta_s"] >= 0
     assert {"loss", "lr", "images_per_s", "epoch"} <= handle.latest.keys()
+    # per-image losses, live from the run's own tracker
+    assert handle.loss_tracker is tracker
+    stats = handle.image_losses()
+    assert 1 <= sum(s.observations for s in stats) <= 2 and all(2 <= s.last_step <= 3 for s in stats)
 
 
 def test_wait_reraises_the_run_error_with_its_traceback(tiny_sd1, tmp_path):
