@@ -44,10 +44,11 @@ def _cmd_preview(args) -> int:
         lr=args.lr,
         lr_scheduler=args.lr_scheduler,
         lr_warmup_steps=args.lr_warmup_steps,
+        validation_fraction=args.validation_fraction,
     )
     if args.write_schedule:
         for epoch in range(args.epochs):
-            write_schedule(p.realise(epoch), result, args.write_schedule)
+            write_schedule(p.realise(epoch), p.planner.scan, args.write_schedule)  # the training images
     if args.json:
         print(json.dumps(p.to_json(), indent=2))
     else:
@@ -163,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-6)
     p.add_argument("--lr-scheduler", default="constant")
     p.add_argument("--lr-warmup-steps", type=int, default=0)
+    p.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=0.0,
+        help="hold out this fraction of each folder for the validation loss (as the config key); shows what is held out",
+    )
     p.add_argument("--write-schedule", metavar="DIR", help="write ep{E}_batch_schedule.txt files here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_preview)

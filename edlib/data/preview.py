@@ -4,7 +4,9 @@ Per folder: images, multiplier, expected samples per epoch and share of the epoc
 epoch: the exact number of batches and optimizer steps (fractional multipliers make them
 vary between epochs; the counts come from the same draws as the realised schedules). For
 the run: total steps, the learning-rate curve, bucket usage and fill, and warnings. Any
-epoch can be realised exactly with `Preview.realise(epoch)`.
+epoch can be realised exactly with `Preview.realise(epoch)`. With a validation fraction,
+the images held out for the validation loss are listed and everything else is counted
+from the images that remain for training, as the trainer does.
 
 Nothing here decodes an image or loads a model: the scan already holds the sizes.
 """
@@ -16,6 +18,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from edlib.data.holdout import describe_split, split_validation
 from edlib.data.schedule import EpochCounts, EpochPlanner, EpochSchedule
 from edlib.data.types import ScanResult
 from edlib.train.lr import lr_curve
@@ -70,6 +73,9 @@ class Preview:
     buckets: list[BucketPreview]
     planner: EpochPlanner = field(repr=False)  # realises epochs with the previewed settings
     warnings: list[str] = field(default_factory=list)
+    validation_fraction: float = 0.0
+    validation: ScanResult | None = field(default=None, repr=False)  # the held-out images, if any
+    validation_text: str = ""  # describe_split's per-folder account of the hold-out
 
     @property
     def steps_per_epoch(self) -> int:
@@ -123,6 +129,14 @@ class Preview:
                 for b in self.buckets
             ],
             "warnings": list(self.warnings),
+            "validation": None
+            if self.validation is None
+            else {
+                "fraction": self.validation_fraction,
+                "images": [item.path for item in self.validation.items],
+                "folders": {f.path: f.images for f in self.validation.folders},
+                "description": self.validation_text,
+            },
         }
 
 
@@ -140,9 +154,15 @@ def preview(
     lr_warmup_steps: int = 0,
     lr_num_cycles: int = 1,
     lr_power: float = 1.0,
+    validation_fraction: float = 0.0,
 ) -> Preview:
     """Plan a run over `scan` (see the module docstring); cheap enough for every keystroke
-    of a notebook panel on ordinary data roots."""
+    of a notebook panel on ordinary data roots. `validation_fraction` holds out images as
+    the trainer's config key of that name does (`edlib.data.holdout.split_validation`)."""
+    validation, validation_text = None, ""
+    if validation_fraction:
+        scan, validation = split_validation(scan, validation_fraction, seed)
+        validation_text = describe_split(scan, validation)
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if max_steps is not None and max_steps < 1:
@@ -187,6 +207,9 @@ def preview(
         ),
         buckets=buckets,
         planner=planner,
+        validation_fraction=validation_fraction,
+        validation=validation,
+        validation_text=validation_text,
     )
     p.warnings = _warnings(p)
     return p
@@ -280,6 +303,9 @@ def format_preview(p: Preview) -> str:
     bucket_rows = [("size", "images", "samples", "fill")]
     bucket_rows += [(f"{b.size[0]}x{b.size[1]}", str(b.images), str(b.samples), str(b.fill)) for b in p.buckets]
     lines += ["  " + line for line in _table(bucket_rows)]
+    if p.validation is not None:
+        lines += ["", f"validation hold-out (validation_fraction {p.validation_fraction:g}):"]
+        lines += ["  " + line for line in p.validation_text.splitlines()]
     if p.warnings:
         lines += ["", "warnings:"] + [f"  - {w}" for w in p.warnings]
     return "\n".join(lines)

@@ -16,6 +16,15 @@ epoch takes a fraction of a second:
 3. Order and flips. The batches are shuffled, and each sample is flipped with its
    folder's flip_p. Steps 2-3 use a generator seeded by a hash of (seed, epoch).
 
+Optional per-image weights (`item_weights`, path -> w >= 0; the hard-example boost) act
+between steps 1 and 2: an image that step 1 gave c samples this epoch gets w x c instead,
+floor(w x c) for sure and one more with probability w x c - floor(w x c). So its expected
+count is w times what its folder's multiplier gives it, exactly w x c when w x c is a
+whole number, and w < 1 removes samples. The extra draws come from their own generator,
+seeded by (seed, epoch) and a key no folder path can produce, so they are reproducible
+(preview, resume) and leave every folder's draw alone. Without weights (or with only
+w = 1) an epoch is bit for bit what it is without this step.
+
 The count-only part (samples per folder and per bucket, fill, batches) comes from the
 same folder draws as the realisation (`EpochPlanner.counts`), so the preview's step
 counts cannot disagree with what training does. Training on several GPUs realises with
@@ -25,6 +34,7 @@ batch_size = per-device batch * world size and gives each process its slice of e
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -136,6 +146,15 @@ class _FolderDraw:
     chosen: np.ndarray | None  # item indices; None when only the count was needed
 
 
+@dataclass
+class _Reweighting:
+    """What `item_weights` do to one epoch: the weighted images' samples before and after."""
+
+    items: np.ndarray  # item indices of the weighted images, ascending
+    before: np.ndarray  # their samples from the multipliers alone
+    after: np.ndarray  # their samples with the weights applied
+
+
 class EpochPlanner:
     """Everything about a scan that does not change between epochs (buckets, groups,
     multipliers), so realising or counting many epochs does the per-image work once."""
@@ -147,7 +166,9 @@ class EpochPlanner:
         folders = scan.folders
         folder_index = {f.path: i for i, f in enumerate(folders)}
         try:
-            item_folder = np.fromiter((folder_index[it.folder] for it in scan.items), np.int64, len(scan.items))
+            self.item_folder = item_folder = np.fromiter(
+                (folder_index[it.folder] for it in scan.items), np.int64, len(scan.items)
+            )
         except KeyError as e:
             raise ValueError(f"an image is in folder {e.args[0]!r}, which the scan does not list") from None
         for f in folders:
@@ -176,7 +197,8 @@ class EpochPlanner:
         for f, n, w in zip(folders, sizes, whole):
             k = (Fraction(f.settings.multiply) - w) * int(n)
             self._extra.append((int(k), k - int(k)))
-        whole_per_item = np.asarray(whole, np.int64)[item_folder]
+        self._whole_per_item = whole_per_item = np.asarray(whole, np.int64)[item_folder]
+        self._item_index = {it.path: i for i, it in enumerate(scan.items)}
         self._base_samples = np.repeat(np.arange(len(scan.items)), whole_per_item)
         self._base_group_samples = np.bincount(self.item_group, whole_per_item, n_groups).astype(np.int64)
         self._base_folder_samples = np.asarray(whole, np.int64) * sizes
@@ -208,7 +230,36 @@ class EpochPlanner:
             draws.append(_FolderDraw(count, chosen))
         return draws
 
-    def _count(self, epoch: int, batch_size: int, draws: list[_FolderDraw | None]) -> EpochCounts:
+    def _reweigh(
+        self, epoch: int, draws: list[_FolderDraw | None], item_weights: Mapping[str, float] | None
+    ) -> _Reweighting | None:
+        """Apply per-image weights to the folder draws (rule in the module docstring).
+        Paths the scan does not hold are ignored: a quarantined image may still be listed."""
+        pairs = []
+        for path, weight in (item_weights or {}).items():
+            if not (weight >= 0 and np.isfinite(weight)):
+                raise ValueError(f"item_weights: weight of {path!r} must be a finite number >= 0, got {weight}")
+            if path in self._item_index and weight != 1:
+                pairs.append((self._item_index[path], float(weight)))
+        if not pairs:
+            return None
+        pairs.sort()
+        items = np.array([i for i, _ in pairs], np.int64)
+        weights = np.array([w for _, w in pairs], np.float64)
+        chosen = [d.chosen for d in draws if d is not None and d.count]
+        before = self._whole_per_item[items]
+        if chosen:
+            before = before + np.bincount(np.concatenate(chosen), minlength=len(self.scan.items))[items]
+        target = weights * before
+        whole = np.floor(target)
+        # "seed/epoch//boost": the empty part gives a key no folder path can (see stable_rng).
+        rng = stable_rng(self.seed, epoch, "", "boost")
+        after = whole.astype(np.int64) + (rng.random(len(items)) < target - whole)
+        return _Reweighting(items, before, after)
+
+    def _count(
+        self, epoch: int, batch_size: int, draws: list[_FolderDraw | None], reweighting: _Reweighting | None
+    ) -> EpochCounts:
         folder_samples = self._base_folder_samples.copy()
         group_samples = self._base_group_samples.copy()
         for i, (draw, group) in enumerate(zip(draws, self._folder_group)):
@@ -219,6 +270,10 @@ class EpochPlanner:
                 group_samples[group] += draw.count
             else:
                 group_samples += np.bincount(self.item_group[draw.chosen], minlength=len(group_samples))
+        if reweighting is not None:
+            change = reweighting.after - reweighting.before
+            np.add.at(folder_samples, self.item_folder[reweighting.items], change)
+            np.add.at(group_samples, self.item_group[reweighting.items], change)
         return EpochCounts(
             epoch=epoch,
             batch_size=batch_size,
@@ -229,20 +284,31 @@ class EpochPlanner:
             buckets=self.buckets,
         )
 
-    def counts(self, epoch: int, *, batch_size: int) -> EpochCounts:
-        """Samples per folder and group, fill and batches of an epoch, without ordering it."""
+    def counts(
+        self, epoch: int, *, batch_size: int, item_weights: Mapping[str, float] | None = None
+    ) -> EpochCounts:
+        """Samples per folder and group, fill and batches of an epoch, without ordering it.
+        Weighted images need to know which images their folders drew, so with weights
+        every folder's choice is made (the same choice `realise` makes)."""
         _check_args(epoch, batch_size)
-        return self._count(epoch, batch_size, self._draw(epoch, choose_all=False))
+        draws = self._draw(epoch, choose_all=bool(item_weights))
+        return self._count(epoch, batch_size, draws, self._reweigh(epoch, draws, item_weights))
 
-    def realise(self, epoch: int, *, batch_size: int) -> EpochSchedule:
+    def realise(
+        self, epoch: int, *, batch_size: int, item_weights: Mapping[str, float] | None = None
+    ) -> EpochSchedule:
         """The exact schedule of an epoch."""
         _check_args(epoch, batch_size)
         draws = self._draw(epoch, choose_all=True)
-        counts = self._count(epoch, batch_size, draws)
+        reweighting = self._reweigh(epoch, draws, item_weights)
+        counts = self._count(epoch, batch_size, draws, reweighting)
         rng = stable_rng(self.seed, epoch)
 
         extras = [d.chosen for d in draws if d is not None and d.count]
         samples = np.concatenate([self._base_samples, *extras])
+        if reweighting is not None:  # the weighted images' samples, replaced by their new count
+            samples = samples[~np.isin(samples, reweighting.items)]
+            samples = np.concatenate([samples, np.repeat(reweighting.items, reweighting.after)])
         samples = samples[rng.permutation(len(samples))]  # shuffles within each group below
         samples = samples[np.argsort(self.item_group[samples], kind="stable")]
 
@@ -282,14 +348,32 @@ def _check_args(epoch: int, batch_size: int) -> None:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
 
-def realise_epoch(scan: ScanResult, epoch: int, *, seed: int, batch_size: int, resolution: int) -> EpochSchedule:
+def realise_epoch(
+    scan: ScanResult,
+    epoch: int,
+    *,
+    seed: int,
+    batch_size: int,
+    resolution: int,
+    item_weights: Mapping[str, float] | None = None,
+) -> EpochSchedule:
     """The exact schedule of one epoch (see the module docstring for the rules)."""
-    return EpochPlanner(scan, resolution=resolution, seed=seed).realise(epoch, batch_size=batch_size)
+    planner = EpochPlanner(scan, resolution=resolution, seed=seed)
+    return planner.realise(epoch, batch_size=batch_size, item_weights=item_weights)
 
 
-def count_epoch(scan: ScanResult, epoch: int, *, seed: int, batch_size: int, resolution: int) -> EpochCounts:
+def count_epoch(
+    scan: ScanResult,
+    epoch: int,
+    *,
+    seed: int,
+    batch_size: int,
+    resolution: int,
+    item_weights: Mapping[str, float] | None = None,
+) -> EpochCounts:
     """The counts of one epoch (per folder, per bucket, fill, batches) without ordering it."""
-    return EpochPlanner(scan, resolution=resolution, seed=seed).counts(epoch, batch_size=batch_size)
+    planner = EpochPlanner(scan, resolution=resolution, seed=seed)
+    return planner.counts(epoch, batch_size=batch_size, item_weights=item_weights)
 
 
 def write_schedule(schedule: EpochSchedule, scan: ScanResult, directory) -> Path:

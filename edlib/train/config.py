@@ -255,6 +255,13 @@ class TrainConfig(BaseModel):
         description="Track each image's timestep-normalised loss and write image_loss.csv "
         "(see docs/loss_tracking.md and `edlib review`).",
     )
+    hard_example_boost: float = Field(
+        0.0,
+        ge=-1.0,
+        le=1.0,
+        description="Sample images the loss tracker flags (1 + this) times as often from the next epoch on "
+        "(1: twice as often; negative: less often, -1: not at all). 0: off. Needs loss_tracking.",
+    )
     validation_fraction: float = Field(
         0.0,
         ge=0.0,
@@ -306,6 +313,10 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 "cache_text_embeddings: captions change every step with shuffle_caption; "
                 "set shuffle_caption: false or cache_text_embeddings: false"
+            )
+        if self.hard_example_boost and not self.loss_tracking:
+            raise ValueError(
+                "hard_example_boost: boosts the images the loss tracker flags; set loss_tracking: true or hard_example_boost: 0"
             )
         return self
 

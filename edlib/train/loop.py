@@ -9,7 +9,8 @@ the preview counts steps by.
 
 What makes resume exact: the position (epoch, next batch, step) is saved with the weights,
 optimizer, LR scheduler, grad scaler, EMA and RNG states; schedules depend only on (seed,
-epoch, settings); and every per-sample random draw (caption, latent, noise, timestep) comes
+epoch, folder settings, per-image weights), and the current epoch's settings and weights
+are saved too; and every per-sample random draw (caption, latent, noise, timestep) comes
 from a generator seeded by (seed, epoch, batch, slot), never from where a run last stopped.
 
 The mechanics live in small modules: `methods` (what trains), `batches` (batch -> tensors),
@@ -93,6 +94,7 @@ class Context:
     ema: Any | None
     data: ScanResult  # the scan with the current epoch's folder settings
     report: Reporter  # for a plugin's own events and log lines (e.g. "sample")
+    item_weights: dict[str, float] | None = None  # the current epoch's per-image sampling weights
 
 
 class Plugin:
@@ -104,6 +106,13 @@ class Plugin:
     name = "plugin"
 
     def on_start(self, ctx: Context) -> None: ...
+
+    def item_weights(self, ctx: Context) -> dict[str, float] | None:
+        """Per-image sampling weights (path -> factor) for the epoch about to start, asked
+        at each epoch start; the loop multiplies the answers of all plugins. A factor w
+        makes an image's samples w times what its folder's multiplier gives it (see
+        edlib.data.schedule). None: no change. All processes must answer the same."""
+        return None
 
     def on_sample_losses(self, ctx: Context, batch: LocalBatch, timesteps: torch.Tensor, losses: torch.Tensor) -> None:
         """Per-sample losses (B,) of this process's part of a batch (`batch.items` index the
@@ -186,8 +195,10 @@ def train(
     ema = _make_ema(config, trainable)
 
     # Fresh start, a new phase from another run's weights, or an exact resume.
-    position, epoch_settings = _begin(config, resume, run, report, method, models, optimizer, lr_scheduler, ema, accelerator, plugins)
-    if position.batch > 0:  # mid-epoch: finish the epoch with the settings it was planned with
+    position, epoch_settings, epoch_weights = _begin(
+        config, resume, run, report, method, models, optimizer, lr_scheduler, ema, accelerator, plugins
+    )
+    if position.batch > 0:  # mid-epoch: finish the epoch with the settings and weights it was planned with
         data = ckpt.with_folder_settings(data, epoch_settings)
     optimizer = accelerator.prepare(optimizer)
     encoder = BatchEncoder(
@@ -216,7 +227,19 @@ def train(
             ctx.data = data
             for change in changes:
                 report.log(f"epoch {epoch}: {change}")
-        schedule = realise_epoch(data, epoch, seed=config.seed, batch_size=config.batch_size * world, resolution=config.resolution)
+        if position.batch == 0:  # else a resumed epoch, finished with the weights it was planned with
+            epoch_weights = _item_weights(plugins, ctx)
+            if epoch_weights:
+                report.log(f"epoch {epoch}: {len(epoch_weights)} image(s) sampled with a weight (e.g. hard_example_boost)")
+        ctx.item_weights = epoch_weights
+        schedule = realise_epoch(
+            data,
+            epoch,
+            seed=config.seed,
+            batch_size=config.batch_size * world,
+            resolution=config.resolution,
+            item_weights=epoch_weights,
+        )
         if config.write_schedule and accelerator.is_main_process:
             write_schedule(schedule, data, run.schedules)
         report.event("epoch", {"epoch": epoch, "batches": len(schedule), "samples": schedule.n_samples, "from_batch": position.batch})
@@ -358,6 +381,15 @@ def planned_steps(data, config: TrainConfig, num_processes: int = 1) -> int:
     ).total_steps
 
 
+def _item_weights(plugins: Sequence[Plugin], ctx: Context) -> dict[str, float] | None:
+    """The plugins' per-image weights for the next epoch, multiplied together."""
+    merged: dict[str, float] = {}
+    for plugin in plugins:
+        for path, factor in (plugin.item_weights(ctx) or {}).items():
+            merged[path] = merged.get(path, 1.0) * factor
+    return merged or None
+
+
 def _sample_losses(models, encoder: BatchEncoder, data, batch, config: TrainConfig):
     """Per-sample losses (B,) of one batch: weighted (min-SNR) for training, raw for the
     loss tracker, and the timesteps drawn. Noise and timesteps come from the samples' own
@@ -391,8 +423,8 @@ def _make_ema(config: TrainConfig, parameters: list[torch.nn.Parameter]):
 
 def _begin(config, resume, run, report, method, models, optimizer, lr_scheduler, ema, accelerator, plugins):
     """Load what a resume or a new phase needs and write the run folder's config. Returns
-    the position to start from and, on resume, the folder settings its epoch was planned
-    with (see `checkpoint.folder_settings`)."""
+    the position to start from and, on resume, the folder settings and per-image weights
+    its epoch was planned with (see `checkpoint.folder_settings`)."""
     if resume is None:
         existing = ckpt.list_checkpoints(run.checkpoints)
         if existing:
@@ -410,7 +442,7 @@ def _begin(config, resume, run, report, method, models, optimizer, lr_scheduler,
         run.write_phase(phase)
         run.write_config(config.model_dump(mode="json"))
         report.log(f"training {config.model} on {config.data_root} into {run.path}")
-        return Position(), None
+        return Position(), None, None
 
     path = ckpt.resolve_checkpoint(resume, run.path)
     saved = ckpt.load_checkpoint(path, process_index=accelerator.process_index)
@@ -441,7 +473,7 @@ def _begin(config, resume, run, report, method, models, optimizer, lr_scheduler,
     report.log(f"resumed from {path} at step {position.step} (epoch {position.epoch}, batch {position.batch})")
     for key, (old, new) in mutable.items():
         report.log(f"config change on resume: {key}: {old!r} -> {new!r}")
-    return position, saved.state["folder_settings"]
+    return position, saved.state["folder_settings"], saved.state.get("item_weights")
 
 
 def _place_models(models, method: Method, config: TrainConfig, accelerator: Accelerator) -> None:
@@ -522,6 +554,7 @@ def _save(ctx: Context, report, optimizer, lr_scheduler, plugins) -> Path:
             "ema": ema.state_dict() if ema is not None else None,
             "plugins": {p.name: p.state_dict() for p in plugins},
             "folder_settings": ckpt.folder_settings(ctx.data),
+            "item_weights": ctx.item_weights,
             "config": config.model_dump(mode="json"),
         }
     weights = ctx.method.checkpoint_weights(ctx.models, unwrap=_unwrapper(accelerator)) if main else None

@@ -352,6 +352,11 @@ class LossTrackerPlugin(Plugin):
         paths = [ctx.data.items[i].path for i in items.tolist()]
         self.tracker.observe(paths, timesteps, losses, ctx.position.step + 1)
 
+    def item_weights(self, ctx: Context) -> dict[str, float] | None:
+        """The hard-example boost: flagged images weighted by 1 + `hard_example_boost`."""
+        boost = ctx.config.hard_example_boost
+        return boost_weights(self.tracker.flagged(), boost) if boost else None
+
     def on_epoch_end(self, ctx: Context) -> None:
         self.write_csv()
 

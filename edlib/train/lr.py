@@ -36,13 +36,22 @@ def make_lr_scheduler(
         kwargs["num_cycles"] = num_cycles
     if name == "polynomial":
         kwargs["power"] = power
-    return get_scheduler(
+    scheduler = get_scheduler(
         name,
         optimizer=optimizer,
         num_warmup_steps=warmup_steps,
         num_training_steps=max(total_steps, 1),
         **kwargs,
     )
+    # A run can take more steps than planned (a multiplier raised mid-run, a hard-example
+    # boost): hold the schedule at its end value then, instead of letting cosine rise again.
+    end = max(total_steps, 1)
+    scheduler.lr_lambdas = [_held_at(end, factor) for factor in scheduler.lr_lambdas]
+    return scheduler
+
+
+def _held_at(end: int, factor):
+    return lambda step: factor(min(step, end))
 
 
 def lr_curve(

@@ -8,14 +8,14 @@ generator seeded by (seed, image path) alone. Nothing is drawn from the global R
 validating in the middle of training changes nothing about the training that follows.
 
 The held-out set is either a separate data root (config `validation_data_root`) or a
-fraction of each folder (`split_validation`), chosen per folder by a hash of (seed, path):
-the same images are held out on every run with that seed, and adding or editing other
+fraction of each folder (`split_validation`, in the torch-free edlib.data.holdout so the
+preview can show it; re-exported here), chosen per folder by a hash of (seed, path): the
+same images are held out on every run with that seed, and adding or editing other
 folders never changes a folder's choice.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,53 +24,12 @@ import numpy as np
 import torch
 
 from edlib.data.buckets import assign_buckets, make_buckets
+from edlib.data.holdout import _rank, describe_split, split_validation  # noqa: F401 (describe_split re-exported)
 from edlib.data.types import ScanResult
 from edlib.train.batches import load_pixels
 from edlib.train.loop import Plugin
 from edlib.train.models import encode_images, encode_prompts
 from edlib.train.noise import per_sample_loss, training_target
-
-
-def _rank(seed: int, path: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"edlib-validation:{seed}:{path}".encode()).digest()[:8], "little")
-
-
-def split_validation(data: ScanResult, fraction: float, seed: int) -> tuple[ScanResult, ScanResult]:
-    """(train, validation) scans: from each folder of n images, round(fraction * n) are
-    held out (never all of them: a folder keeps at least one training image), the ones
-    whose hash of (seed, path) ranks lowest."""
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"validation_fraction: must be in [0, 1), got {fraction}")
-    by_folder: dict[str, list[int]] = {}
-    for index, item in enumerate(data.items):
-        by_folder.setdefault(item.folder, []).append(index)
-    held: set[int] = set()
-    for indices in by_folder.values():
-        count = min(int(fraction * len(indices) + 0.5), len(indices) - 1)
-        held.update(sorted(indices, key=lambda i: _rank(seed, data.items[i].path))[:count])
-    train = [item for i, item in enumerate(data.items) if i not in held]
-    val = [item for i, item in enumerate(data.items) if i in held]
-    return _subset(data, train), _subset(data, val)
-
-
-def _subset(data: ScanResult, items: list) -> ScanResult:
-    """`data` restricted to `items`, folder image counts updated, empty folders dropped."""
-    counts: dict[str, int] = {}
-    for item in items:
-        counts[item.folder] = counts.get(item.folder, 0) + 1
-    folders = [replace(f, images=counts[f.path]) for f in data.folders if counts.get(f.path)]
-    return ScanResult(data.root, folders, items, list(data.warnings), list(data.errors), list(data.skipped))
-
-
-def describe_split(train: ScanResult, val: ScanResult) -> str:
-    """What was held out, per folder, for the preview: "folder: k of n held out (a.png, ...)"."""
-    lines = []
-    for folder in val.folders:
-        names = [item.path for item in val.items if item.folder == folder.path]
-        total = folder.images + sum(1 for item in train.items if item.folder == folder.path)
-        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
-        lines.append(f"{folder.path or '.'}: {folder.images} of {total} held out for validation ({shown})")
-    return "\n".join(lines) if lines else "no images held out for validation"
 
 
 @dataclass(frozen=True)

@@ -145,3 +145,17 @@ def test_param_groups_train_the_text_encoder_at_its_own_rate(tiny_sd1):
     assert [(g["name"], g["lr"]) for g in groups] == [("unet", 1e-4), ("text_encoder", 5e-5)]
     assert len(groups[1]["params"]) == len(list(models.text_encoder.parameters()))
     assert all(p.requires_grad for p in models.text_encoder.parameters())
+
+
+def test_lr_schedules_hold_their_end_value_past_the_planned_steps():
+    from edlib.train.lr import make_lr_scheduler
+
+    for name in ("cosine", "linear", "cosine_with_restarts", "polynomial"):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = make_lr_scheduler(opt, name, total_steps=10, warmup_steps=2, num_cycles=2)
+        lrs = []
+        for _ in range(15):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        assert lrs[10:] == [lrs[10]] * 5, name
