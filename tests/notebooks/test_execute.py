@@ -35,6 +35,7 @@ def test_there_are_notebooks():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path, data_root, tmp_path, monkeypatch):
     monkeypatch.setenv("EDLIB_DATA_ROOT", str(data_root))
+    monkeypatch.setenv("EDLIB_QUICK", "1")  # training notebooks: a few steps on the tiny model
     nb = nbformat.read(path, as_version=4)
     # The kernel is this interpreter (the venv), whatever kernels the machine has installed.
     client = NotebookClient(nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})

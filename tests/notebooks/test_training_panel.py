@@ -1,0 +1,207 @@
+"""The training panel in Python: the form builds the right TrainConfig and estimates, Start
+runs it with the live view filled from real events, Stop / Save now / Sample now reach the
+run, Resume continues it, and Quarantine moves an image out of the data root."""
+
+import json
+import time
+from pathlib import Path
+
+import plotly.io as pio
+import pytest
+import torch
+
+from edlib.data.preview import preview
+from edlib.data.scan import scan
+from edlib.estimate import GPUS
+from edlib.review import quarantined
+from edlib.train.checkpoint import list_checkpoints
+from edlib.train.loss_tracker import LossTracker, LossTrackerPlugin
+from edlib.train.tiny import build_tiny_pipeline
+from edlib.widgets.training_panel import (
+    TrainingPanel,
+    config_from_form,
+    loss_figure,
+    offline_model,
+)
+from edlib.world import write_data_root
+
+PLOTLY_JSON = "application/vnd.plotly.v1+json"
+QUICK = {"resolution": 64, "batch_size": 2, "unet_lr": 1e-4, "save_every_n_epochs": 0, "save_every_n_minutes": 0, "keep_last_n_checkpoints": 0}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture
+def data_root(tmp_path) -> Path:
+    root = tmp_path / "data"
+    write_data_root(root, {"concept": {"count": 4, "shapes": ["star"]}, "other": {"count": 2}}, seed=1, size=64)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def plotly_as_json(monkeypatch):
+    """Outside a notebook plotly picks no renderer; the one JupyterLab uses makes the
+    charts' data visible to the tests."""
+    monkeypatch.setattr(pio.renderers, "default", "plotly_mimetype")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tracker() -> LossTrackerPlugin:
+    return LossTrackerPlugin(LossTracker(buckets=1, warmup=1))  # statistics from the second sample on
+
+
+def chart_data(output) -> list[dict]:
+    return output.outputs[0]["data"][PLOTLY_JSON]["data"]
+
+
+def wait_for(condition, timeout=60.0):
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "timed out waiting for the run"
+        time.sleep(0.01)
+
+
+def test_form_builds_the_config_and_the_estimates(data_root, tmp_path):
+    panel = TrainingPanel(data_root, "some/model", tmp_path / "run", values={"resolution": 64, "epochs": 3})
+    panel.set("batch_size", 2)
+    panel.set("max_steps", 0)
+    panel.set("save_every_n_minutes", 0)
+    panel.set("sample_prompts", "a star\n\n  a red circle  \n")
+    panel.set("lr_scheduler", "cosine")
+    config = panel.config()
+    assert config.data_root == data_root and config.run_dir == tmp_path / "run" and config.model == "some/model"
+    assert (config.resolution, config.batch_size, config.epochs) == (64, 2, 3)
+    assert config.max_steps is None and config.save_every_n_minutes is None  # 0 in the form means off
+    assert config.sample_prompts == ["a star", "a red circle"]
+    assert config.lr_scheduler == "cosine" and config.method == "full" and config.unet_lr == 1e-6
+
+    # The plan: the preview's steps, its LR curve, and the estimate for the chosen GPU.
+    expected = preview(scan(data_root), epochs=3, batch_size=2, resolution=64, seed=config.seed, lr=1e-6, lr_scheduler="cosine")
+    assert panel.estimate.steps == expected.total_steps and f"<b>{expected.total_steps}</b> optimizer steps" in panel.plan.value
+    curve = chart_data(panel.lr_chart)[0]
+    assert curve["y"] == pytest.approx(expected.lr) and curve["y"][0] > curve["y"][-1]  # cosine decays
+    assert "GiB" in panel.memory.value and "H100" in panel.plan.value
+    panel.gpu.value = "RTX 4090 24GB"
+    assert panel.price.value == GPUS["RTX 4090 24GB"].price_per_hour
+    panel.price.value = 1.5
+    assert panel.estimate.price_per_hour == 1.5 and f"${panel.estimate.cost:.2f}" in panel.plan.value
+
+    # Switching method offers its learning rates; LoRA keeps its rank, TI gets its token.
+    panel.set("method", "lora")
+    assert panel.config().method == "lora" and panel.config().unet_lr == 1e-4
+    panel.set("method", "textual_inversion")
+    ti = panel.config()
+    assert ti.text_encoder_lr == 5e-3 and ti.placeholder_tokens[0]["token"] == "<ohwx>"
+
+    # A bad value is named, and Start is off until it is fixed.
+    panel.set("method", "full")
+    panel.set("resolution", 100)
+    assert "resolution" in panel.plan.value and "multiple of 64" in panel.plan.value
+    assert panel.start_button.disabled
+    panel.set("resolution", 64)
+    assert not panel.start_button.disabled
+    with pytest.raises(KeyError, match="no field"):
+        panel.set("unet_learning_rate", 1.0)
+
+
+def test_config_from_form_without_a_panel(tmp_path):
+    config = config_from_form(
+        {"data_root": str(tmp_path), "method": "textual_inversion", "token": "<zx>", "init_word": "cat", "text_encoder_lr": 1e-3, "unet_lr": 0}
+    )
+    assert config.placeholder_tokens == [{"token": "<zx>", "init_word": "cat"}] and config.sample_prompts is None
+
+
+@pytest.mark.slow
+def test_start_fills_the_live_view_and_quarantine_moves_an_image(tiny_model, data_root, tmp_path):
+    run = tmp_path / "run"
+    values = {**QUICK, "epochs": 3, "sample_prompts": "a star"}
+    panel = TrainingPanel(data_root, tiny_model, run, values=values, plugins=[tracker()], review_top=3)
+    panel.start_button.click()
+    summary = panel.wait(timeout=120)
+
+    metrics = panel.handle.metrics()
+    assert summary.step == len(metrics) == panel.estimate.steps == 9  # 6 images, batch 2, 3 epochs
+    assert panel.losses == [m["loss"] for m in metrics] and panel.loss_steps == list(range(1, 10))
+    scatter = chart_data(panel.loss_chart)[0]
+    assert scatter["y"] == pytest.approx(panel.losses)  # the chart shows every step after the run
+    assert panel.progress.value == panel.progress.max == 9 and panel.progress.description == "step 9 / 9"
+    assert "images/s" in panel.live.value and "ETA" in panel.live.value and "measured" in panel.live.value
+    assert "finished at step 9" in panel.status.value
+    assert panel.sample_image.value == (run / "samples" / "step-000009" / "grid.png").read_bytes()
+    # The run ended with a checkpoint: a fresh Start would clash with it, Resume is offered.
+    assert panel.start_button.disabled and not panel.resume_button.disabled and panel.stop_button.disabled
+
+    rows = panel.review_box.children
+    assert 1 <= len(rows) <= 3
+    worst = panel.handle.image_losses()
+    label = rows[0].children[1].value
+    path = next(s.path for s in worst if s.path in label)
+    rows[0].children[2].click()  # Quarantine
+    assert not (data_root / path).exists() and (data_root / "_quarantine" / path).is_file()
+    assert quarantined(data_root) == [path]
+    entry = json.loads((data_root / "_quarantine" / "manifest.json").read_text())["entries"][0]
+    assert "training panel" in entry["reason"] and entry["stats"]["observations"] >= 1  # from image_loss.csv
+    assert all(path not in row.children[1].value for row in panel.review_box.children if len(row.children) == 3)
+
+
+@pytest.mark.slow
+def test_save_sample_stop_and_resume_reach_the_run(tiny_model, data_root, tmp_path):
+    run = tmp_path / "run"
+    values = {**QUICK, "epochs": 200, "sample_prompts": "a star"}
+    panel = TrainingPanel(data_root, tiny_model, run, values=values, plugins=[tracker()])
+    panel.start_button.click()
+    assert panel.start_button.disabled and not panel.stop_button.disabled
+
+    wait_for(lambda: panel.progress.value >= 1)
+    panel.save_button.click()
+    panel.sample_button.click()
+    wait_for(lambda: list_checkpoints(run / "checkpoints"))
+    wait_for(lambda: panel.sample_path is not None)
+    saved = list_checkpoints(run / "checkpoints")[0].name
+    panel.stop_button.click()
+    summary = panel.wait(timeout=120)
+    assert summary.stopped_by == "stop request" and summary.step < 600
+    assert panel.sample_path.parent.name.startswith("step-") and panel.sample_path.is_file()
+    names = [p.name for p in list_checkpoints(run / "checkpoints")]
+    assert names[0] == saved and names[-1] == f"step-{summary.step:06d}"
+    assert "stop request" in panel.status.value and not panel.resume_button.disabled
+
+    # Resume after a disconnect: a new panel on the same run folder, one click.
+    stopped = summary.step
+    again = TrainingPanel(data_root, tiny_model, run, values={**values, "max_steps": stopped + 2}, plugins=[tracker()])
+    assert again.start_button.disabled and not again.resume_button.disabled
+    assert "Resume" in again.status.value
+    again.resume_button.click()
+    resumed = again.wait(timeout=120)
+    assert resumed.step == stopped + 2 and resumed.stopped_by == "max_steps"
+    assert again.loss_steps == [stopped + 1, stopped + 2]
+
+
+def test_offline_model_builds_a_tiny_model_once(tmp_path):
+    from edlib.world.model import bundled_model_path
+
+    try:
+        bundled = bundled_model_path()
+    except FileNotFoundError:
+        bundled = None
+    first = offline_model(tmp_path / "model")
+    if bundled is not None:
+        assert first == bundled
+    else:
+        assert first == tmp_path / "model" and (first / "model_index.json").is_file()
+        stamp = (first / "model_index.json").stat().st_mtime_ns
+        assert offline_model(tmp_path / "model") == first and (first / "model_index.json").stat().st_mtime_ns == stamp
+
+
+def test_loss_chart_thins_long_runs_and_keeps_the_running_mean():
+    steps = list(range(1, 5001))
+    losses = [float(s % 2) for s in steps]  # 1, 0, 1, 0, ...: the mean of 20 is 0.5
+    raw, mean = loss_figure(steps, losses, max_points=1000).data
+    assert len(raw.x) == len(mean.x) == 1000 and raw.x[1] - raw.x[0] == 5
+    assert mean.y[0] == 1.0 and mean.y[-1] == pytest.approx(0.5)
