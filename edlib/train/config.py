@@ -291,6 +291,13 @@ class TrainConfig(BaseModel):
         # YAML 1.1 reads a bare `no` as false; `mixed_precision: no` must still mean "no".
         return "no" if value is False else value
 
+    @field_validator("data_root", "run_dir", "init_from", "validation_data_root")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # Stored absolute, so the run's config.yaml and checkpoints mean the same folders
+        # whatever the working folder of a later resume, sample or export.
+        return value.expanduser().absolute() if value is not None else None
+
     @field_validator("resolution")
     @classmethod
     def _multiple_of_64(cls, value: int) -> int:

@@ -6,13 +6,28 @@ gather input, call `edlib` and lay out what it returns.
 """
 
 from edlib.widgets.common import demo_data_root, write_multipliers
-from edlib.widgets.dataset_panel import BalancePanel, DatasetPanel, share_figure, weight_nodes
-from edlib.widgets.preservation_panel import PreservationPanel, coverage_figure, guess_preservation_folder, mix_figure
+from edlib.widgets.dataset_panel import (
+    BalancePanel,
+    DatasetPanel,
+    share_figure,
+    weight_nodes,
+)
+from edlib.widgets.preservation_panel import (
+    PreservationPanel,
+    coverage_figure,
+    guess_preservation_folder,
+    mix_figure,
+)
+from edlib.widgets.sampling_panel import SamplingPanel
+from edlib.widgets.training_panel import TrainingPanel, config_from_form
 
 __all__ = [
     "BalancePanel",
     "DatasetPanel",
     "PreservationPanel",
+    "SamplingPanel",
+    "TrainingPanel",
+    "config_from_form",
     "coverage_figure",
     "demo_data_root",
     "guess_preservation_folder",

@@ -18,7 +18,13 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 from IPython.display import display
 
-from edlib.data.balance import BalancePlan, apply_balance, format_plan, plan_balance, undo_balance
+from edlib.data.balance import (
+    BalancePlan,
+    apply_balance,
+    format_plan,
+    plan_balance,
+    undo_balance,
+)
 from edlib.data.folder_files import format_value
 from edlib.data.preview import Preview, preview
 from edlib.data.scan import scan

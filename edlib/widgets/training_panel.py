@@ -77,23 +77,6 @@ def config_from_form(values: dict[str, Any]) -> TrainConfig:
     return TrainConfig.from_dict(config)
 
 
-def offline_model(folder: str | Path) -> Path:
-    """A model that needs no download: the bundled toy-world model when the package ships
-    one, else a tiny random-weight SD pipeline written once to `folder` (enough to try the
-    whole flow; it draws noise)."""
-    from edlib.world.model import bundled_model_path
-
-    try:
-        return bundled_model_path()
-    except FileNotFoundError:
-        from edlib.train.tiny import build_tiny_pipeline
-
-        folder = Path(folder)
-        if not (folder / "model_index.json").is_file():
-            build_tiny_pipeline(folder)
-        return folder
-
-
 def lr_figure(p: Preview) -> go.Figure:
     """The learning rate at every optimizer step of the planned run."""
     fig = go.Figure()

@@ -36,6 +36,7 @@ def test_there_are_notebooks():
 def test_notebook_runs(path, data_root, tmp_path, monkeypatch):
     monkeypatch.setenv("EDLIB_DATA_ROOT", str(data_root))
     monkeypatch.setenv("EDLIB_QUICK", "1")  # training notebooks: a few steps on the tiny model
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel is a process of its own: one thread, as in tests
     nb = nbformat.read(path, as_version=4)
     # The kernel is this interpreter (the venv), whatever kernels the machine has installed.
     client = NotebookClient(nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})

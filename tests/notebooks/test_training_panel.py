@@ -21,7 +21,6 @@ from edlib.widgets.training_panel import (
     TrainingPanel,
     config_from_form,
     loss_figure,
-    offline_model,
 )
 from edlib.world import write_data_root
 
@@ -181,22 +180,6 @@ def test_save_sample_stop_and_resume_reach_the_run(tiny_model, data_root, tmp_pa
     resumed = again.wait(timeout=120)
     assert resumed.step == stopped + 2 and resumed.stopped_by == "max_steps"
     assert again.loss_steps == [stopped + 1, stopped + 2]
-
-
-def test_offline_model_builds_a_tiny_model_once(tmp_path):
-    from edlib.world.model import bundled_model_path
-
-    try:
-        bundled = bundled_model_path()
-    except FileNotFoundError:
-        bundled = None
-    first = offline_model(tmp_path / "model")
-    if bundled is not None:
-        assert first == bundled
-    else:
-        assert first == tmp_path / "model" and (first / "model_index.json").is_file()
-        stamp = (first / "model_index.json").stat().st_mtime_ns
-        assert offline_model(tmp_path / "model") == first and (first / "model_index.json").stat().st_mtime_ns == stamp
 
 
 def test_loss_chart_thins_long_runs_and_keeps_the_running_mean():

@@ -185,4 +185,4 @@ def test_the_example_in_the_docs_is_a_valid_config():
     text = config_reference_markdown()
     example = text.split("```yaml\n", 1)[1].split("```", 1)[0]
     config = TrainConfig.from_dict(yaml.safe_load(example))
-    assert config.mixed_precision == "bf16" and config.data_root == Path("data")
+    assert config.mixed_precision == "bf16" and config.data_root == Path("data").absolute()
