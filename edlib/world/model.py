@@ -1,0 +1,137 @@
+"""The architecture of edlib's bundled world model, and where its pretrained weights live.
+
+The world model is a real Stable Diffusion pipeline, only small: diffusers'
+``UNet2DConditionModel`` and ``AutoencoderKL``, transformers' ``CLIPTextModel`` and
+``CLIPTokenizer``, SD1.5's PNDM scheduler. Every edlib code path (scan, train, sample,
+export) therefore runs on it unchanged, on a CPU, in minutes.
+
+Sizes were chosen so that pretraining fits in under an hour on a 2-core CPU
+(scripts/pretrain_world_model.py); the model card (pretrained/README.md) says what the
+committed weights can draw:
+
+- 64x64 images; a 3-block VAE, 16-32-32 channels (4x downsampling, 16x16x4 latents).
+- A 3-level UNet, 32-64-64 channels, cross-attention at the two finer levels (16x16, 8x8).
+- A 2-layer CLIP text encoder, width 64, whose tokenizer knows every word of the world's
+  grammar plus the novel shape names (``zorblat``, ...) as single tokens that pretraining
+  never trains on, so a fine-tune can teach them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edlib.train.tiny import build_tiny_tokenizer
+from edlib.world.grammar import vocabulary
+
+RESOLUTION = 64
+
+VAE_CONFIG = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "block_out_channels": (16, 32, 32),
+    "down_block_types": ("DownEncoderBlock2D",) * 3,
+    "up_block_types": ("UpDecoderBlock2D",) * 3,
+    "latent_channels": 4,
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "sample_size": RESOLUTION,
+    # Replaced by the pretraining script with 1 / std of the trained VAE's latents, so the
+    # UNet sees latents of unit variance, as SD's 0.18215 does for SD's VAE.
+    "scaling_factor": 1.0,
+}
+
+UNET_CONFIG = {
+    "sample_size": RESOLUTION // 4,
+    "in_channels": 4,
+    "out_channels": 4,
+    "block_out_channels": (32, 64, 64),
+    "layers_per_block": 1,
+    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    "cross_attention_dim": 64,
+    "attention_head_dim": 8,
+    "norm_num_groups": 32,
+}
+
+TEXT_ENCODER_CONFIG = {
+    "hidden_size": 64,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 77,
+    "projection_dim": 64,
+    "hidden_act": "quick_gelu",  # SD1's OpenAI CLIP
+}
+
+# SD1.5's scheduler, as shipped.
+SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "skip_prk_steps": True,
+}
+# Keys SD1.5's scheduler_config.json carries that PNDMScheduler does not take: other
+# schedulers built from this config (DDPM for training, DDIM for sampling) read them, and
+# without clip_sample diffusers warns and clips DDPM samples to [-1, 1], wrong for latents.
+SCHEDULER_EXTRA_KEYS = {"clip_sample": False}
+
+
+def bundled_model_path() -> Path:
+    """The pretrained world model shipped inside the package: a diffusers folder that
+    ``StableDiffusionPipeline.from_pretrained`` (and edlib's ``model:`` key) loads offline."""
+    path = Path(__file__).with_name("pretrained")
+    if not (path / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"{path} holds no pretrained world model (model_index.json missing); "
+            "rebuild it with scripts/pretrain_world_model.py"
+        )
+    return path
+
+
+def build_world_pipeline(out_dir: str | Path, *, seed: int = 0) -> Path:
+    """Write the untrained world model (random weights fixed by ``seed``) as a diffusers
+    folder to ``out_dir`` and return ``out_dir``."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    out_dir = Path(out_dir)
+    tokenizer = build_tiny_tokenizer(out_dir / "tokenizer", vocabulary())
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **TEXT_ENCODER_CONFIG,
+        )
+    )
+    pipeline = StableDiffusionPipeline(
+        vae=AutoencoderKL(**VAE_CONFIG),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=UNet2DConditionModel(**UNET_CONFIG),
+        scheduler=PNDMScheduler(**SCHEDULER_CONFIG),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(out_dir, safe_serialization=True)
+    _add_scheduler_keys(out_dir / "scheduler" / "scheduler_config.json", SCHEDULER_EXTRA_KEYS)
+    return out_dir
+
+
+def _add_scheduler_keys(path: Path, keys: dict) -> None:
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config.update(keys)
+    path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
