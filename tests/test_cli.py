@@ -184,7 +184,11 @@ def test_export_each_method_in_its_formats(tmp_path):
     assert single.suffix == ".safetensors" and single.parent == full / "exports"
     r = edlib("export", full, "--format", "diffusers")
     assert r.returncode == 0, r.stderr
-    StableDiffusionPipeline.from_pretrained(r.stdout.split()[-1])
+    exported = Path(r.stdout.split()[-1])
+    StableDiffusionPipeline.from_pretrained(exported)
+    # the base model's sampling scheduler, not the training noise scheduler
+    index = [json.loads((p / "model_index.json").read_text()) for p in (exported, tmp_path / "model")]
+    assert index[0]["scheduler"] == index[1]["scheduler"]
     r = edlib("export", full, "--format", "kohya-lora")
     assert r.returncode == 1 and "exports as diffusers or single-file" in r.stderr
 

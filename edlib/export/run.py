@@ -55,7 +55,8 @@ def export_run(
     m = trained.models
     if format == "diffusers":
         target = out_dir / f"{name}-diffusers"
-        return [export_diffusers(m.unet, m.vae, m.text_encoder, m.tokenizer, m.noise_scheduler.config, target, dtype=dtype)]
+        scheduler = _sampling_scheduler_config(trained.config.model, m.noise_scheduler.config)
+        return [export_diffusers(m.unet, m.vae, m.text_encoder, m.tokenizer, scheduler, target, dtype=dtype)]
     if format == "single-file":
         target = out_dir / f"{name}.safetensors"
         return [export_single_file(m.unet, m.vae, m.text_encoder, target, dtype=dtype, metadata=metadata)]
@@ -67,3 +68,15 @@ def export_run(
             )
         ]
     return export_a1111_embeddings(trained.method.learned_embeddings(m), out_dir, metadata=metadata)
+
+
+def _sampling_scheduler_config(model: str, training_config):
+    """The base model's own (sampling) scheduler, as users expect in an exported folder;
+    the training noise scheduler (DDPM) only when the base has no separate config (a
+    single-file model)."""
+    from diffusers import DDPMScheduler
+
+    try:
+        return DDPMScheduler.load_config(model, subfolder="scheduler")
+    except (OSError, ValueError):
+        return training_config
