@@ -37,61 +37,10 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edlib.train.config import TrainConfig  # noqa: E402
+from edlib.train.architectures import SD15_SCHEDULER, SD15_TEXT_ENCODER, SD15_UNET, SD_VAE  # noqa: E402
 from edlib.train.loop import train  # noqa: E402
 from edlib.train.models import load_models  # noqa: E402
 from edlib.train.tiny import build_tiny_pipeline, build_tiny_tokenizer  # noqa: E402
-
-# Published SD1.5 component configs (runwayml/stable-diffusion-v1-5, */config.json).
-SD15_UNET = dict(
-    sample_size=64,
-    in_channels=4,
-    out_channels=4,
-    layers_per_block=2,
-    block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=768,
-    attention_head_dim=8,
-    norm_num_groups=32,
-    norm_eps=1e-5,
-    flip_sin_to_cos=True,
-    freq_shift=0,
-    downsample_padding=1,
-    act_fn="silu",
-)
-SD15_VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    latent_channels=4,
-    block_out_channels=(128, 256, 512, 512),
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    layers_per_block=2,
-    norm_num_groups=32,
-    act_fn="silu",
-    sample_size=512,
-    scaling_factor=0.18215,
-)
-SD15_TEXT = dict(
-    vocab_size=49408,
-    hidden_size=768,
-    intermediate_size=3072,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    max_position_embeddings=77,
-    hidden_act="quick_gelu",
-    projection_dim=768,
-)
-SD15_SCHEDULER = dict(
-    num_train_timesteps=1000,
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    set_alpha_to_one=False,
-    skip_prk_steps=True,
-    steps_offset=1,
-)
-
 
 def build_sd15(out_dir: Path) -> Path:
     """An SD1.5-architecture diffusers folder with random weights."""
@@ -100,8 +49,8 @@ def build_sd15(out_dir: Path) -> Path:
 
     tokenizer = build_tiny_tokenizer(out_dir / "tokenizer")  # ids only; speed is the same
     pipeline = StableDiffusionPipeline(
-        vae=AutoencoderKL(**SD15_VAE),
-        text_encoder=CLIPTextModel(CLIPTextConfig(**SD15_TEXT)),
+        vae=AutoencoderKL(**SD_VAE),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**SD15_TEXT_ENCODER)),
         tokenizer=tokenizer,
         unet=UNet2DConditionModel(**SD15_UNET),
         scheduler=PNDMScheduler(**SD15_SCHEDULER),

@@ -14,6 +14,13 @@ from transformers import CLIPTextConfig, CLIPTextModel
 import edlib
 from edlib.export import export_single_file, single_file
 from edlib.export.single_file import original_state_dict
+from edlib.train.architectures import (
+    SD2_TEXT_ENCODER,
+    SD2_UNET,
+    SD15_TEXT_ENCODER,
+    SD15_UNET,
+    SD_VAE,
+)
 from tests.export.outputs import assert_same_outputs, component_outputs
 
 
@@ -117,50 +124,12 @@ def test_a_weight_with_no_original_name_is_an_error_naming_it(tiny_folders, tmp_
 
 # --- the real SD1.5 / SD2.x architectures, built on the meta device (no memory, no weights) ---
 
-_SD_UNET = dict(
-    sample_size=64,
-    in_channels=4,
-    out_channels=4,
-    layers_per_block=2,
-    block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-)
-_SD1_UNET = dict(_SD_UNET, cross_attention_dim=768, attention_head_dim=8)
-_SD2_UNET = dict(
-    _SD_UNET,
-    sample_size=96,
-    cross_attention_dim=1024,
-    attention_head_dim=(5, 10, 20, 20),
-    use_linear_projection=True,
-)
-_SD_VAE = dict(
-    sample_size=512,
-    block_out_channels=(128, 256, 512, 512),
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    latent_channels=4,
-    layers_per_block=2,
-)
-_SD1_CLIP = dict(
-    hidden_size=768,
-    intermediate_size=3072,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    hidden_act="quick_gelu",
-)
-# diffusers' SD2 text encoder keeps 23 of OpenCLIP ViT-H's 24 layers (SD2 reads the penultimate one).
-_SD2_CLIP = dict(
-    hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16, hidden_act="gelu"
-)
-
 
 def _real_checkpoint(unet_config, clip_config, variant):
     with init_empty_weights():
         unet = UNet2DConditionModel(**unet_config)
-        vae = AutoencoderKL(**_SD_VAE)
-        clip_config = CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, **clip_config)
-        text_encoder = CLIPTextModel(clip_config)
+        vae = AutoencoderKL(**SD_VAE)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**clip_config))
     return (unet, vae, text_encoder), original_state_dict(unet, vae, text_encoder, variant=variant)
 
 
@@ -169,7 +138,7 @@ def _count(checkpoint, prefix):
 
 
 def test_real_sd15_architecture_maps_to_the_original_key_set():
-    (unet, vae, text_encoder), checkpoint = _real_checkpoint(_SD1_UNET, _SD1_CLIP, "sd1")
+    (unet, vae, text_encoder), checkpoint = _real_checkpoint(SD15_UNET, SD15_TEXT_ENCODER, "sd1")
 
     # The counts of the original SD1.5 checkpoint (v1-5-pruned): 686 UNet, 248 VAE and
     # 196 CLIP weights (plus its position_ids buffer, which is not a weight).
@@ -227,7 +196,7 @@ def test_real_sd15_architecture_maps_to_the_original_key_set():
 
 
 def test_real_sd2_architecture_maps_to_the_openclip_layout():
-    (unet, vae, text_encoder), checkpoint = _real_checkpoint(_SD2_UNET, _SD2_CLIP, "sd2")
+    (unet, vae, text_encoder), checkpoint = _real_checkpoint(SD2_UNET, SD2_TEXT_ENCODER, "sd2")
 
     assert _count(checkpoint, "model.diffusion_model.") == 686
     assert _count(checkpoint, "first_stage_model.") == 248
