@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -34,18 +34,9 @@ SIDECAR_SUFFIXES = (".txt", ".caption", ".yaml")
 
 
 @dataclass(frozen=True)
-class ImageReport:
-    """One image of a review: its image_loss.csv statistics and where it is now."""
+class ImageReport(CsvRow):
+    """One image of a review: its image_loss.csv row and where it is now."""
 
-    path: str  # relative to the data root
-    folder: str
-    caption: str
-    observations: int
-    mean: float
-    std: float
-    trend: float
-    last_step: int
-    flagged: bool
     present: bool  # still in the data root (False once quarantined or removed)
 
 
@@ -73,13 +64,7 @@ def review(run_dir: str | Path, *, top: int = 20) -> list[ImageReport]:
     """The `top` worst images of a run: flagged ones first, then by mean normalised loss."""
     root = run_data_root(run_dir)
     rows = sorted(_csv_rows(run_dir), key=lambda r: (not r.flagged, -_or(r.mean, -math.inf), r.path))
-    return [
-        ImageReport(
-            r.path, r.folder, r.caption, r.observations, r.mean, r.std, r.trend, r.last_step, r.flagged,
-            (root / r.path).is_file(),
-        )
-        for r in rows[:top]
-    ]
+    return [ImageReport(**asdict(r), present=(root / r.path).is_file()) for r in rows[:top]]
 
 
 def review_folders(run_dir: str | Path) -> list[FolderSummary]:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from edlib.data.balance import BalanceEntry, BalancePlan, apply_balance
+from edlib.data.balance import BalanceEntry, BalancePlan, apply_balance, undo_balance
 from edlib.data.folder_files import parse_setting
 from edlib.data.images import ImageReadError, load_rgb
-from edlib.data.types import ScanResult
+from edlib.data.types import DataRootError, ScanResult
 from edlib.demo import DEMO_SPEC
 from edlib.world import write_data_root
 
@@ -109,6 +109,20 @@ def message_list(title: str, messages: list[str], colour: str) -> str:
         f"<b style='color:{colour}'>{html.escape(title)} ({len(messages)})</b>"
         f"<ul style='margin:2px 0 2px 16px;padding:0'>{items}</ul></div>"
     )
+
+
+def undo_writes(root: str | Path, status, refresh) -> list[str]:
+    """Undo the newest Save or Apply of `root` (the balance history every panel writes
+    through), then `refresh()` the panel and report in `status` (an HTML widget). Returns
+    what was restored; [] when the undo is refused, with the reason shown."""
+    try:
+        done = undo_balance(root)
+    except DataRootError as e:
+        status.value = error_text(e)
+        return []
+    refresh()
+    status.value = ok_text("undone: " + "; ".join(done))
+    return done
 
 
 def error_text(error: Exception) -> str:

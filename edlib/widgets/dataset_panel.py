@@ -23,7 +23,6 @@ from edlib.data.balance import (
     apply_balance,
     format_plan,
     plan_balance,
-    undo_balance,
 )
 from edlib.data.folder_files import format_value
 from edlib.data.preview import Preview, preview
@@ -37,6 +36,7 @@ from edlib.widgets.common import (
     message_list,
     ok_text,
     parse_multiplier,
+    undo_writes,
     with_multipliers,
     write_multipliers,
 )
@@ -246,15 +246,7 @@ class DatasetPanel:
 
     def undo(self, _button=None) -> list[str]:
         """Undo the newest save (or balance apply) of this data root."""
-        try:
-            done = undo_balance(self.root)
-        except DataRootError as e:
-            self.status.value = error_text(e)
-            return []
-        self.rescan()
-        self._notify()
-        self.status.value = ok_text("undone: " + "; ".join(done))
-        return done
+        return undo_writes(self.root, self.status, lambda: (self.rescan(), self._notify()))
 
     def _notify(self) -> None:
         if self.on_change is not None:
@@ -431,14 +423,7 @@ class BalancePanel:
         return entry
 
     def undo(self, _button=None) -> list[str]:
-        try:
-            done = undo_balance(self.root)
-        except DataRootError as e:
-            self.status.value = error_text(e)
-            return []
-        self._changed()
-        self.status.value = ok_text("undone: " + "; ".join(done))
-        return done
+        return undo_writes(self.root, self.status, self._changed)
 
     def refresh(self) -> None:
         """Re-plan against the multiply.txt files as they are now (after a Save elsewhere)."""

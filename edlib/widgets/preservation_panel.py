@@ -12,7 +12,6 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 from IPython.display import display
 
-from edlib.data.balance import undo_balance
 from edlib.data.scan import scan
 from edlib.data.types import DataRootError, ScanResult
 from edlib.preservation import (
@@ -23,7 +22,13 @@ from edlib.preservation import (
     mix_per_epoch,
     preservation_multiplier,
 )
-from edlib.widgets.common import error_text, folder_label, ok_text, write_multipliers
+from edlib.widgets.common import (
+    error_text,
+    folder_label,
+    ok_text,
+    undo_writes,
+    write_multipliers,
+)
 
 MODES = {
     "per_epoch": "images per epoch",
@@ -224,12 +229,8 @@ class PreservationPanel:
         return entry
 
     def undo(self, _button=None) -> list[str]:
-        try:
-            done = undo_balance(self.root)
-        except DataRootError as e:
-            self.status.value = error_text(e)
-            return []
+        return undo_writes(self.root, self.status, self._rescan)
+
+    def _rescan(self) -> None:
         self.scan = scan(self.root)
-        self.status.value = ok_text("undone: " + "; ".join(done))
         self._update()
-        return done
