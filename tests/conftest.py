@@ -18,6 +18,15 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory):
+    """A tiny SDXL diffusers folder (two text encoders, micro-conditioning); read-only for
+    tests. Here rather than in one package: training, sampling and export tests all use it."""
+    from edlib.train.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-sdxl") / "model", variant="sdxl")
+
+
 @pytest.fixture(autouse=True)
 def _private_cache_dir(tmp_path_factory, monkeypatch):
     """Keep edlib's caches (scan cache, ...) out of the user's home during tests."""

@@ -3,7 +3,8 @@
 During training the pipeline is assembled from the modules being trained, so nothing is
 loaded or copied: the images show exactly the weights of that step. After training,
 `load_pipeline` takes what users point at: a diffusers folder, a single-file checkpoint, a
-run folder or one of its checkpoints.
+run folder or one of its checkpoints. SDXL models give a ``StableDiffusionXLPipeline``, which
+samples with the same prompt files and samplers.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import Any
 
 import diffusers
 import torch
-from diffusers import DDPMScheduler, SchedulerMixin, StableDiffusionPipeline
+from diffusers import DDPMScheduler, DiffusionPipeline, SchedulerMixin
+
+from edlib.train.models import folder_is_sdxl, hub_is_sdxl, is_sdxl_file, pipeline_class
 
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
@@ -31,9 +34,18 @@ def _scheduler_from_config(scheduler_config: Mapping[str, Any]):
 
 
 def pipeline_from_modules(
-    unet, vae, text_encoder, tokenizer, scheduler_config: Mapping[str, Any], *, ema=None
-) -> StableDiffusionPipeline:
-    """A pipeline around live (training) modules: no reload, no copy of any weight.
+    unet,
+    vae,
+    text_encoder,
+    tokenizer,
+    scheduler_config: Mapping[str, Any],
+    *,
+    ema=None,
+    text_encoder_2=None,
+    tokenizer_2=None,
+) -> DiffusionPipeline:
+    """A pipeline around live (training) modules: no reload, no copy of any weight; an SDXL
+    pipeline when ``text_encoder_2`` (and ``tokenizer_2``) are given.
 
     Pass the plain modules (``accelerator.unwrap_model(unet)``), not DDP/compile wrappers.
     ``scheduler_config`` is the model's (or the training noise scheduler's) config; each
@@ -42,17 +54,20 @@ def pipeline_from_modules(
     `sample_images` then samples with the EMA weights swapped in and swaps the training
     weights back afterwards.
     """
-    pipeline = StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler=_scheduler_from_config(scheduler_config),
+    components = {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "scheduler": _scheduler_from_config(scheduler_config),
+    }
+    if text_encoder_2 is not None:
+        pipeline = pipeline_class(sdxl=True)(text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, **components)
+    else:
         # Samples are the user's own evaluation images: no safety checker to load or run.
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+        pipeline = pipeline_class(sdxl=False)(
+            **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
     pipeline.set_progress_bar_config(disable=True)  # sampling logs one line per image instead
     pipeline.edlib_ema = ema  # read by `sample_images`; a plain attribute, not a component
     return pipeline
@@ -70,16 +85,28 @@ def _looks_like_hub_id(name: str) -> bool:
     return len(path.parts) == 2 and not name.startswith((".", "/", "~")) and not path.parent.exists()
 
 
-def pipeline_from_checkpoint(run_or_checkpoint: str | Path, *, dtype: torch.dtype | None = None) -> StableDiffusionPipeline:
+def pipeline_from_models(models, *, unet=None, ema=None) -> DiffusionPipeline:
+    """`pipeline_from_modules` for an `edlib.train.models.Models` bundle (``unet``: the plain
+    UNet, when the bundle's is wrapped for training)."""
+    return pipeline_from_modules(
+        models.unet if unet is None else unet,
+        models.vae,
+        models.text_encoder,
+        models.tokenizer,
+        models.noise_scheduler.config,
+        ema=ema,
+        text_encoder_2=models.text_encoder_2,
+        tokenizer_2=models.tokenizer_2,
+    )
+
+
+def pipeline_from_checkpoint(run_or_checkpoint: str | Path, *, dtype: torch.dtype | None = None) -> DiffusionPipeline:
     """The pipeline of a training checkpoint (a run folder means its newest complete one):
     the run's base model with what the run trained put back by its method (full weights,
     LoRA adapters or new embeddings), through `edlib.train.trained.load_trained`."""
     from edlib.train.trained import load_trained
 
-    models = load_trained(run_or_checkpoint, dtype=dtype or torch.float32).models
-    return pipeline_from_modules(
-        models.unet, models.vae, models.text_encoder, models.tokenizer, models.noise_scheduler.config
-    )
+    return pipeline_from_models(load_trained(run_or_checkpoint, dtype=dtype or torch.float32).models)
 
 
 def load_pipeline(
@@ -87,7 +114,7 @@ def load_pipeline(
     *,
     dtype: torch.dtype | None = None,
     config: str | Path | None = None,
-) -> StableDiffusionPipeline:
+) -> DiffusionPipeline:
     """A pipeline for what a user points at.
 
     - a diffusers folder (with ``model_index.json``), or a hub id;
@@ -97,17 +124,23 @@ def load_pipeline(
     - a run folder (its newest complete checkpoint) or one of its ``checkpoints/step-NNNNNN``.
     """
     path = Path(model_or_run)
-    options = {"safety_checker": None, "requires_safety_checker": False, "torch_dtype": dtype}
+
+    def options(sdxl: bool) -> dict[str, Any]:
+        no_safety = {} if sdxl else {"safety_checker": None, "requires_safety_checker": False}
+        return {"torch_dtype": dtype, **no_safety}
+
     if path.is_dir() and (path / "model_index.json").is_file():
-        pipeline = StableDiffusionPipeline.from_pretrained(path, **options)
+        sdxl = folder_is_sdxl(path)
+        pipeline = pipeline_class(sdxl).from_pretrained(path, **options(sdxl))
     elif path.is_file() and path.suffix.lower() in SINGLE_FILE_SUFFIXES:
-        if config is not None:
-            options["config"] = str(config)
-        pipeline = StableDiffusionPipeline.from_single_file(str(path), **options)
+        sdxl = is_sdxl_file(path)
+        extra = {} if config is None else {"config": str(config)}
+        pipeline = pipeline_class(sdxl).from_single_file(str(path), **options(sdxl), **extra)
     elif is_run_or_checkpoint(path):
         return pipeline_from_checkpoint(path, dtype=dtype)
     elif not path.exists() and _looks_like_hub_id(str(model_or_run)):
-        pipeline = StableDiffusionPipeline.from_pretrained(str(model_or_run), **options)
+        sdxl = hub_is_sdxl(str(model_or_run))
+        pipeline = pipeline_class(sdxl).from_pretrained(str(model_or_run), **options(sdxl))
     elif not path.exists():
         raise FileNotFoundError(f"{path}: no such model file or folder")
     else:

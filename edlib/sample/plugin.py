@@ -24,7 +24,7 @@ import torch
 from accelerate.utils import broadcast_object_list
 
 from edlib.sample.generate import GRID_NAME, sample_images
-from edlib.sample.pipeline import pipeline_from_modules
+from edlib.sample.pipeline import pipeline_from_models
 from edlib.sample.prompts import PromptSpec, prompt_specs
 from edlib.train.config import TrainConfig
 from edlib.train.loop import Context, Plugin
@@ -139,13 +139,7 @@ class SamplingPlugin(Plugin):
         """Sample every prompt from the live modules into ``samples/step-NNNNNN/``; returns
         the grid's path."""
         models, step = ctx.models, ctx.position.step
-        pipeline = pipeline_from_modules(
-            ctx.accelerator.unwrap_model(models.unet, keep_torch_compile=False),
-            models.vae,
-            models.text_encoder,
-            models.tokenizer,
-            models.noise_scheduler.config,
-        )
+        pipeline = pipeline_from_models(models, unet=ctx.accelerator.unwrap_model(models.unet, keep_torch_compile=False))
         with _ema_weights(ctx):
             paths = sample_images(
                 pipeline,

@@ -9,6 +9,10 @@ Images are fitted to their bucket by scaling to cover it (the shorter relative s
 the bucket exactly) and center-cropping the overflow, so nothing is stretched and at most a
 thin band of the longer side is lost; the bucket was chosen for its aspect ratio, so the
 crop is small. Then the scheduled horizontal flip, then pixels normalised to [-1, 1].
+
+SDXL is told each sample's real geometry (its micro-conditioning): the image's original size,
+the top-left corner of that crop in bucket pixels, and the bucket as the target size, so it
+learns what a crop looks like and samples uncropped at "crop 0, 0".
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from edlib.data.captions import training_caption
 from edlib.data.images import load_rgb
 from edlib.data.types import ScanResult
-from edlib.train.models import encode_images, encode_prompts
+from edlib.train.models import Conditioning, encode_images, encode_prompts
 
 
 def load_pixels(path: str | Path, size: tuple[int, int], flip: bool) -> torch.Tensor:
@@ -37,6 +41,29 @@ def load_pixels(path: str | Path, size: tuple[int, int], flip: bool) -> torch.Te
         image = ImageOps.mirror(image)
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def crop_top_left(original: tuple[int, int], bucket: tuple[int, int]) -> tuple[int, int]:
+    """(top, left) in bucket pixels of the crop `load_pixels` takes from an image of size
+    `original` = (width, height): the same centered box `ImageOps.fit` cuts, scaled to the
+    bucket. A horizontal flip mirrors a centered crop onto itself, so it does not change this."""
+    (width, height), (bucket_w, bucket_h) = original, bucket
+    if width * bucket_h >= height * bucket_w:  # wider than the bucket: the sides are cut
+        crop_w = height * bucket_w / bucket_h
+        return 0, round((width - crop_w) / 2 * bucket_h / height)
+    crop_h = width * bucket_h / bucket_w
+    return round((height - crop_h) / 2 * bucket_w / width), 0
+
+
+def micro_conditioning(scan: ScanResult, batch: LocalBatch) -> torch.Tensor:
+    """(B, 6) SDXL time ids per sample: original height and width, crop top and left, and
+    target (bucket) height and width, as SDXL's `_get_add_time_ids` orders them."""
+    rows = []
+    for i in batch.items:
+        item = scan.items[i]
+        top, left = crop_top_left((item.width, item.height), batch.bucket)
+        rows.append((item.height, item.width, top, left, batch.bucket[1], batch.bucket[0]))
+    return torch.tensor(rows, dtype=torch.float32)
 
 
 def sample_seed(seed: int, epoch: int, batch_index: int, slot: int) -> int:
@@ -155,12 +182,13 @@ class LatentCache:
 
 
 class BatchEncoder:
-    """Turns a `LocalBatch` into UNet inputs: latents (B, 4, h, w) and text embeddings
-    (B, 77, hidden), using the latent and text-embedding caches when configured.
+    """Turns a `LocalBatch` into UNet inputs: latents (B, 4, h, w) and the `Conditioning`
+    (text embeddings (B, 77, hidden); for SDXL also pooled embeddings and micro-conditioning),
+    using the latent and text-embedding caches when configured.
 
     Text embeddings are cached by caption string, so the cache is exact even when a
     caption varies (dropout gives the empty caption, one more entry); the config refuses
-    the cache when the text encoder trains or tags are shuffled.
+    the cache when a text encoder trains or tags are shuffled.
     """
 
     def __init__(self, models, config, *, text_encoder_trains: bool, cache_dir: Path, prepare_captions=list):
@@ -170,14 +198,16 @@ class BatchEncoder:
         self.text_encoder_trains = text_encoder_trains
         mode = config.cache_latents
         self.latent_cache = None if mode == "no" else LatentCache(mode, cache_dir / "latents")
-        self.text_cache: dict[str, torch.Tensor] | None = {} if config.cache_text_embeddings else None
+        self.text_cache: dict[str, Conditioning] | None = {} if config.cache_text_embeddings else None
 
-    def encode(self, scan: ScanResult, batch: LocalBatch, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, scan: ScanResult, batch: LocalBatch, seed: int) -> tuple[torch.Tensor, Conditioning]:
         # fp32 here: the frozen encoders may run in fp16/bf16, but noise, targets and the
         # loss are computed in fp32 (autocast lowers only the UNet's own matmuls).
         latents = self.latents(scan, batch).float()
-        hidden = self.text_embeddings(self.prepare_captions(batch_captions(scan, batch, self.config, seed)))
-        return latents, hidden.float()
+        cond = self.text_embeddings(self.prepare_captions(batch_captions(scan, batch, self.config, seed))).to(torch.float32)
+        if self.models.is_sdxl:
+            cond = cond.with_time_ids(micro_conditioning(scan, batch))
+        return latents, cond
 
     def latents(self, scan: ScanResult, batch: LocalBatch) -> torch.Tensor:
         device = self.models.vae.device
@@ -195,7 +225,7 @@ class BatchEncoder:
             out.append(cached.to(device))
         return torch.stack(out)
 
-    def text_embeddings(self, captions: list[str]) -> torch.Tensor:
+    def text_embeddings(self, captions: list[str]) -> Conditioning:
         clip_skip = self.config.clip_skip
         if self.text_encoder_trains:
             return encode_prompts(self.models, captions, clip_skip)
@@ -204,6 +234,7 @@ class BatchEncoder:
                 return encode_prompts(self.models, captions, clip_skip)
             missing = sorted({c for c in captions if c not in self.text_cache})
             if missing:
-                for caption, hidden in zip(missing, encode_prompts(self.models, missing, clip_skip)):
-                    self.text_cache[caption] = hidden
-            return torch.stack([self.text_cache[c] for c in captions])
+                encoded = encode_prompts(self.models, missing, clip_skip)
+                for k, caption in enumerate(missing):
+                    self.text_cache[caption] = encoded[k]
+            return Conditioning.stack([self.text_cache[c] for c in captions])

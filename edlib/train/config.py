@@ -40,6 +40,12 @@ class TrainConfig(BaseModel):
         description="Base model: a Hugging Face hub id, a local diffusers folder, or a single "
         "`.safetensors`/`.ckpt` file. A relative path resolves against the config file's folder.",
     )
+    vae: str | None = Field(
+        None,
+        description="Replace the model's VAE: a hub id or a local folder of a diffusers VAE (its config.json and "
+        "weights), e.g. `madebyollin/sdxl-vae-fp16-fix`, the fp16-safe SDXL VAE for cards without bf16 (T4). "
+        "Null: the model's own.",
+    )
     data_root: Path = Field(
         description="Folder tree of training images (required). Every image below it is a training "
         "item; `multiply.txt` and `loss_scale.txt` control each folder."
@@ -111,6 +117,12 @@ class TrainConfig(BaseModel):
         0.0,
         ge=0.0,
         description="Learning rate of the text encoder. 0 keeps it frozen (bit-identical), the safe default.",
+    )
+    text_encoder_2_lr: float | None = Field(
+        None,
+        ge=0.0,
+        description="SDXL only: learning rate of the second text encoder (OpenCLIP ViT-bigG). Null: the same as "
+        "`text_encoder_lr`; 0 keeps it frozen while the first one trains.",
     )
     lr_scheduler: Literal[LR_SCHEDULERS] = Field(  # type: ignore[valid-type]
         "constant", description="Learning-rate schedule over the run's optimizer steps."
@@ -311,10 +323,10 @@ class TrainConfig(BaseModel):
             raise ValueError("placeholder_tokens: textual_inversion needs at least one, e.g. [{token: <ohwx>, init_word: person}]")
         if self.method == "textual_inversion" and self.text_encoder_lr <= 0:
             raise ValueError("text_encoder_lr: textual_inversion trains the new embeddings at this rate; set it, e.g. 5e-3")
-        if self.cache_text_embeddings and self.text_encoder_lr > 0:
+        if self.cache_text_embeddings and (self.text_encoder_lr > 0 or (self.text_encoder_2_lr or 0) > 0):
             raise ValueError(
-                "cache_text_embeddings: cannot cache while the text encoder trains (text_encoder_lr > 0); "
-                "set text_encoder_lr: 0 or cache_text_embeddings: false"
+                "cache_text_embeddings: cannot cache while a text encoder trains (text_encoder_lr or "
+                "text_encoder_2_lr > 0); set them to 0 or cache_text_embeddings: false"
             )
         if self.cache_text_embeddings and self.shuffle_caption:
             raise ValueError(
@@ -377,11 +389,12 @@ def _resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
         value = resolved.get(key)
         if isinstance(value, str) and value:
             resolved[key] = str((base / Path(value).expanduser()).resolve())
-    model = resolved.get("model")
-    if isinstance(model, str) and model:
-        candidate = base / Path(model).expanduser()
-        if model.startswith((".", "/", "~")) or candidate.exists():
-            resolved["model"] = str(candidate.resolve())
+    for key in ("model", "vae"):
+        model = resolved.get(key)
+        if isinstance(model, str) and model:
+            candidate = base / Path(model).expanduser()
+            if model.startswith((".", "/", "~")) or candidate.exists():
+                resolved[key] = str(candidate.resolve())
     return resolved
 
 
@@ -441,6 +454,8 @@ RESUME_IMMUTABLE_KEYS: dict[str, str] = {
     "seed": "the per-epoch schedules and the RNG streams restored from the checkpoint derive from it",
     "unet_lr": "the LR scheduler state restored from the checkpoint holds the base learning rates",
     "text_encoder_lr": "it decides what trains (0 = frozen) and the optimizer's parameter groups",
+    "text_encoder_2_lr": "it decides what trains (0 = frozen) and the optimizer's parameter groups",
+    "vae": "the cached latents and the UNet's training target come from this VAE",
     "lr_scheduler": "the restored LR scheduler state belongs to this schedule",
     "lr_warmup_steps": "it shapes the LR schedule the run is following",
     "lr_num_cycles": "it shapes the LR schedule the run is following",

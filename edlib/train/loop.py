@@ -46,7 +46,7 @@ from edlib.train.batches import BatchEncoder, LocalBatch, batch_loss_scale, loca
 from edlib.train.config import RESUME_IMMUTABLE_KEYS, ConfigError, TrainConfig, diff_configs
 from edlib.train.lr import make_lr_scheduler
 from edlib.train.methods import Method, make_method
-from edlib.train.models import enable_gradient_checkpointing, load_models
+from edlib.train.models import enable_gradient_checkpointing, load_models, predict
 from edlib.train.noise import min_snr_weights, per_sample_loss, sample_noise, sample_timesteps, training_target
 from edlib.train.optim import make_optimizer
 from edlib.train.run_dir import Event, Reporter, RunDir
@@ -177,6 +177,7 @@ def train(
         prediction_type=config.prediction_type,
         zero_terminal_snr=config.zero_terminal_snr,
         attention=config.attention,
+        vae=config.vae,
     )
     method = make_method(config)
     method.setup(models)
@@ -204,7 +205,7 @@ def train(
     encoder = BatchEncoder(
         models,
         config,
-        text_encoder_trains=method.text_encoder_trains(),
+        text_encoder_trains=method.text_encoder_trains(models),
         cache_dir=run.path / "cache",
         prepare_captions=method.prepare_captions,
     )
@@ -277,7 +278,8 @@ def train(
                     raise TrainingError(
                         f"loss was NaN/inf for {nonfinite_in_a_row} steps in a row at step {position.step + 1}; "
                         f"stopping. With mixed_precision fp16 this is usually an overflow: use bf16, or a "
-                        f"fp16-safe VAE; otherwise lower the learning rate. Last good checkpoint: {last_saved}"
+                        f"fp16-safe VAE (for SDXL: vae: madebyollin/sdxl-vae-fp16-fix); otherwise lower the "
+                        f"learning rate. Last good checkpoint: {last_saved}"
                     )
             optimizer.zero_grad(set_to_none=True)
             lr_scheduler.step()
@@ -394,7 +396,7 @@ def _sample_losses(models, encoder: BatchEncoder, data, batch, config: TrainConf
     """Per-sample losses (B,) of one batch: weighted (min-SNR) for training, raw for the
     loss tracker, and the timesteps drawn. Noise and timesteps come from the samples' own
     generators (see edlib.train.noise)."""
-    latents, hidden = encoder.encode(data, batch, config.seed)
+    latents, cond = encoder.encode(data, batch, config.seed)
     generators = sample_generators(config.seed, batch, "noise", latents.device)
     noise = sample_noise(
         latents,
@@ -406,7 +408,7 @@ def _sample_losses(models, encoder: BatchEncoder, data, batch, config: TrainConf
     scheduler = models.noise_scheduler
     timesteps = sample_timesteps(scheduler, generators, device=latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
-    prediction = models.unet(noisy, timesteps, hidden).sample
+    prediction = predict(models.unet, noisy, timesteps, cond)
     raw = per_sample_loss(prediction, training_target(scheduler, latents, noise, timesteps))
     if not config.min_snr_gamma:
         return raw, raw, timesteps
@@ -478,19 +480,20 @@ def _begin(config, resume, run, report, method, models, optimizer, lr_scheduler,
 
 def _place_models(models, method: Method, config: TrainConfig, accelerator: Accelerator) -> None:
     """Trainable modules stay fp32 (autocast lowers their matmuls); frozen ones move to the
-    device in the mixed-precision dtype (half the memory) in eval mode.
+    device in the mixed-precision dtype (half the memory) in eval mode, except a VAE that
+    overflows in fp16 (SDXL's: its config says `force_upcast`), which stays fp32 under fp16
+    unless the model's VAE is an fp16-safe one.
 
     Only the UNet is wrapped by accelerate (DDP on several processes). A training text
     encoder is not: `encode_prompts` needs the plain module, so its gradients are averaged
     across processes by `_average_gradients` instead of by DDP."""
-    frozen_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision)
     trainable = method.trainable_modules(models)
     if config.gradient_checkpointing:
-        enable_gradient_checkpointing(models, text_encoder="text_encoder" in trainable)
-    for name in ("unet", "text_encoder", "vae"):
+        enable_gradient_checkpointing(models, text_encoders=tuple(n for n in models.text_encoder_names if n in trainable))
+    for name in models.module_names:
         module = getattr(models, name)
         if name not in trainable:
-            module.to(accelerator.device, dtype=frozen_dtype).eval()  # dtype None: unchanged
+            module.to(accelerator.device, dtype=frozen_dtype(name, module, config.mixed_precision)).eval()
         elif name == "unet":
             unet = accelerator.prepare(module.train())
             # Compiled last, around the DDP wrapper; accelerate's unwrap_model sees through
@@ -498,6 +501,17 @@ def _place_models(models, method: Method, config: TrainConfig, accelerator: Acce
             setattr(models, name, torch.compile(unet) if config.compile else unet)
         else:
             module.to(accelerator.device).train()
+
+
+def frozen_dtype(name: str, module: torch.nn.Module, mixed_precision: str) -> torch.dtype | None:
+    """The dtype a frozen module is kept in (None: as loaded): the mixed-precision dtype,
+    except a VAE whose config asks diffusers to upcast it (`force_upcast`: SDXL's VAE gives
+    inf/NaN latents in fp16), which stays fp32 under fp16. An fp16-safe VAE (config key
+    `vae`) does not ask, and runs in fp16."""
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision)
+    if name == "vae" and dtype == torch.float16 and module.config.get("force_upcast", False):
+        return torch.float32
+    return dtype
 
 
 def _unwrapper(accelerator: Accelerator):

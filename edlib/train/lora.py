@@ -9,8 +9,9 @@ result is meant to be used in AUTOMATIC1111 and ComfyUI, whose users expect kohy
 - LoCon (`conv_dim` set): also the layers of the ResNet blocks and the down/upsamplers; their
   3x3 convolutions at rank `conv_dim` and alpha `conv_alpha`, their Linear and 1x1 layers
   (time embedding projection, shortcut) at `network_dim`/`network_alpha`, as kohya does.
-- Text encoder (`text_encoder_lr` > 0): every Linear inside the CLIP attention and MLP blocks
-  (q/k/v/out projections, fc1, fc2).
+- Text encoder (`text_encoder_lr` > 0; for SDXL's second one `text_encoder_2_lr`, by default
+  the same): every Linear inside the CLIP attention and MLP blocks (q/k/v/out projections,
+  fc1, fc2).
 
 The adapter's output is scaled by alpha / rank, in peft as in kohya, so the two agree.
 The base model stays frozen, in the mixed-precision dtype (half the memory of fp32 when
@@ -95,8 +96,8 @@ class LoraMethod(Method):
 
     name = "lora"
 
-    def trainable_module_names(self) -> set[str]:
-        return {"unet", "text_encoder"} if self.config.text_encoder_lr > 0 else {"unet"}
+    def trainable_module_names(self, models) -> set[str]:
+        return {"unet", *self.text_encoder_lrs(models)}
 
     def setup(self, models) -> None:
         if self.config.network_dim < 1:
@@ -108,12 +109,12 @@ class LoraMethod(Method):
                 log.warning(f"{name}: {lr:g} is a full fine-tune rate; LoRA usually trains at 1e-4 to 5e-4")
 
         base_dtype = _DTYPES.get(self.config.mixed_precision, torch.float32)
-        for name in ("unet", "text_encoder", "vae"):
+        for name in models.module_names:
             getattr(models, name).requires_grad_(False)
         blocks = UNET_ATTENTION_BLOCKS + (UNET_CONV_BLOCKS if self.config.conv_dim else ())
         self._add_adapter(models.unet, blocks, base_dtype)
-        if "text_encoder" in self.trainable_module_names():
-            self._add_adapter(models.text_encoder, TEXT_ENCODER_BLOCKS, base_dtype)
+        for name in self.text_encoder_lrs(models):
+            self._add_adapter(getattr(models, name), TEXT_ENCODER_BLOCKS, base_dtype)
 
     def _add_adapter(self, module: torch.nn.Module, blocks: tuple[str, ...], base_dtype: torch.dtype) -> None:
         if module.dtype != base_dtype:
@@ -126,14 +127,8 @@ class LoraMethod(Method):
 
     def param_groups(self, models) -> list[dict[str, Any]]:
         groups = [{"name": "unet_lora", "params": list(adapter_parameters(models.unet).values()), "lr": self.config.unet_lr}]
-        if "text_encoder" in self.trainable_module_names():
-            groups.append(
-                {
-                    "name": "text_encoder_lora",
-                    "params": list(adapter_parameters(models.text_encoder).values()),
-                    "lr": self.config.text_encoder_lr,
-                }
-            )
+        for name, lr in self.text_encoder_lrs(models).items():
+            groups.append({"name": f"{name}_lora", "params": list(adapter_parameters(getattr(models, name)).values()), "lr": lr})
         return groups
 
     def checkpoint_weights(self, models, unwrap=lambda m: m) -> dict[str, dict[str, torch.Tensor]]:

@@ -30,7 +30,7 @@ class Method(ABC):
         self.config = config
 
     @abstractmethod
-    def trainable_module_names(self) -> set[str]:
+    def trainable_module_names(self, models) -> set[str]:
         """`Models` attribute names of the modules holding trainable parameters."""
 
     @abstractmethod
@@ -42,7 +42,15 @@ class Method(ABC):
         """Optimizer parameter groups, each with its own `lr` and a `name` for logs."""
 
     def trainable_modules(self, models) -> dict[str, torch.nn.Module]:
-        return {name: getattr(models, name) for name in sorted(self.trainable_module_names())}
+        return {name: getattr(models, name) for name in sorted(self.trainable_module_names(models))}
+
+    def text_encoder_lrs(self, models) -> dict[str, float]:
+        """The model's text encoders that train, with their learning rates: `text_encoder_lr`
+        for the first (SD1.x/SD2.x have only it), `text_encoder_2_lr` for SDXL's second (null:
+        the same). 0 keeps an encoder frozen and out of the dict."""
+        second = self.config.text_encoder_2_lr
+        lrs = {"text_encoder": self.config.text_encoder_lr, "text_encoder_2": self.config.text_encoder_lr if second is None else second}
+        return {name: lrs[name] for name in models.text_encoder_names if lrs[name] > 0}
 
     def trainable_parameters(self, models) -> list[torch.nn.Parameter]:
         return [p for group in self.param_groups(models) for p in group["params"]]
@@ -52,9 +60,9 @@ class Method(ABC):
         multi-vector placeholder); unchanged by default."""
         return captions
 
-    def text_encoder_trains(self) -> bool:
+    def text_encoder_trains(self, models) -> bool:
         """Whether text embeddings change during training (if not, they may be cached)."""
-        return "text_encoder" in self.trainable_module_names()
+        return any(name in self.trainable_module_names(models) for name in models.text_encoder_names)
 
     def checkpoint_weights(self, models, unwrap=lambda m: m) -> dict[str, dict[str, torch.Tensor]]:
         """File name (without .safetensors) -> tensors saved in a checkpoint. `unwrap`
@@ -67,7 +75,7 @@ class Method(ABC):
         if set(weights) != set(modules):
             raise ValueError(
                 f"checkpoint holds weights for {sorted(weights)} but method {self.name!r} trains "
-                f"{sorted(modules)}: was it saved with another method or text_encoder_lr?"
+                f"{sorted(modules)}: was it saved with another method or text_encoder_lr (0 or not)?"
             )
         for name, module in modules.items():
             unwrap(module).load_state_dict(weights[name], strict=True)
@@ -79,28 +87,29 @@ class Method(ABC):
 
 
 class FullFineTune(Method):
-    """Full fine-tuning: the whole UNet, and the whole text encoder when
-    `text_encoder_lr > 0` (0 keeps it frozen, bit-identical)."""
+    """Full fine-tuning: the whole UNet, and each whole text encoder whose learning rate is
+    above 0 (0 keeps it frozen, bit-identical)."""
 
     name = "full"
 
-    def trainable_module_names(self) -> set[str]:
-        return {"unet", "text_encoder"} if self.config.text_encoder_lr > 0 else {"unet"}
+    def trainable_module_names(self, models) -> set[str]:
+        return {"unet", *self.text_encoder_lrs(models)}
 
     def setup(self, models) -> None:
-        for name in ("unet", "text_encoder", "vae"):
-            getattr(models, name).requires_grad_(name in self.trainable_module_names())
+        for name in models.module_names:
+            getattr(models, name).requires_grad_(name in self.trainable_module_names(models))
 
     def param_groups(self, models) -> list[dict[str, Any]]:
-        return optim.param_groups(models, self.config)
+        return optim.param_groups(models, self.text_encoder_lrs(models), self.config.unet_lr)
 
     def init_weights(self, models, weights: dict[str, dict[str, torch.Tensor]], unwrap=lambda m: m) -> None:
         """Every module the parent phase saved is loaded, trained in this phase or not: a
         phase may freeze the text encoder the previous one trained, and must keep it."""
-        unknown = set(weights) - {"unet", "text_encoder"}
+        unknown = set(weights) - {"unet", *models.text_encoder_names}
         if unknown or "unet" not in weights:
             raise ValueError(
-                f"init_from: the checkpoint holds {sorted(weights)}, not a full fine-tune's unet (and text_encoder)"
+                f"init_from: the checkpoint holds {sorted(weights)}, not a full fine-tune's unet (and text "
+                f"encoders) of this model ({', '.join(('unet', *models.text_encoder_names))})"
             )
         for name, tensors in weights.items():
             unwrap(getattr(models, name)).load_state_dict(tensors, strict=True)

@@ -7,6 +7,12 @@ a ``DDPMScheduler`` built from the model's scheduler config: the config carries 
 schedule and prediction type, while the sampling scheduler class (PNDM, DDIM, ...) does not
 matter for adding noise.
 
+SDXL models (a ``text_encoder_2`` in the pipeline) load through ``StableDiffusionXLPipeline``
+into the same ``Models`` bundle, with ``tokenizer_2``/``text_encoder_2`` set; everything that
+differs between the families is in the text conditioning (`encode_prompts` returns a
+`Conditioning` with SDXL's pooled embedding, and the batch adds its micro-conditioning), so the
+loop calls `predict` the same way for both.
+
 ``vae_scale_factor`` is read from the VAE config (``2 ** (len(block_out_channels) - 1)``: 8 for
 SD's VAE, 4 for the tiny test VAE), never assumed.
 """
@@ -16,7 +22,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -44,6 +50,67 @@ class Models:
     vae_scaling_factor: float  # latents are multiplied by this so they have about unit variance
     prediction_type: str  # "epsilon" or "v_prediction"
     source: str  # what was loaded: hub id, folder or file
+    tokenizer_2: object | None = None  # SDXL's second tokenizer (None for SD1.x/SD2.x)
+    text_encoder_2: torch.nn.Module | None = None  # SDXL: transformers CLIPTextModelWithProjection
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.text_encoder_2 is not None
+
+    @property
+    def text_encoder_names(self) -> tuple[str, ...]:
+        """`Models` attribute names of the text encoders, in the order their outputs join."""
+        return ("text_encoder", "text_encoder_2") if self.is_sdxl else ("text_encoder",)
+
+    @property
+    def module_names(self) -> tuple[str, ...]:
+        """Every neural network of the model: the text encoder(s), the VAE and the UNet."""
+        return (*self.text_encoder_names, "vae", "unet")
+
+
+@dataclass
+class Conditioning:
+    """What conditions the UNet besides the noisy latents and the timestep: the text
+    encoders' hidden states ``(B, 77, D)`` and, for SDXL, the second encoder's projected
+    pooled embedding ``(B, P)`` and the micro-conditioning ``(B, 6)``: original height and
+    width, crop top and left, target height and width, in pixels."""
+
+    hidden: torch.Tensor
+    pooled: torch.Tensor | None = None
+    time_ids: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.hidden)
+
+    def __getitem__(self, index) -> Conditioning:
+        return Conditioning(*(None if t is None else t[index] for t in (self.hidden, self.pooled, self.time_ids)))
+
+    @staticmethod
+    def stack(parts: list[Conditioning]) -> Conditioning:
+        """One batch from single samples (each indexed out of a batch, as the cache keeps them)."""
+        def joined(name):
+            values = [getattr(part, name) for part in parts]
+            return None if values[0] is None else torch.stack(values)
+
+        return Conditioning(joined("hidden"), joined("pooled"), joined("time_ids"))
+
+    def to(self, *args, **kwargs) -> Conditioning:
+        return Conditioning(*(None if t is None else t.to(*args, **kwargs) for t in (self.hidden, self.pooled, self.time_ids)))
+
+    def with_time_ids(self, time_ids: torch.Tensor) -> Conditioning:
+        return replace(self, time_ids=time_ids.to(self.hidden.device))
+
+
+def predict(unet, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+    """The UNet's prediction for noisy latents at the timesteps: SD1.x/SD2.x take the text
+    hidden states alone; SDXL adds the pooled embedding and micro-conditioning to the time
+    embedding (diffusers' ``added_cond_kwargs``)."""
+    if cond.pooled is None:
+        return unet(noisy, timesteps, cond.hidden).sample
+    if cond.time_ids is None:
+        raise ValueError("SDXL needs micro-conditioning (original size, crop, target size) for every sample")
+    added = {"text_embeds": cond.pooled, "time_ids": cond.time_ids.to(cond.pooled.dtype)}
+    return unet(noisy, timesteps, cond.hidden, added_cond_kwargs=added).sample
 
 
 def _looks_like_path(model: str) -> bool:
@@ -57,13 +124,42 @@ def _looks_like_path(model: str) -> bool:
     )
 
 
-def _load_pipeline(model: str, dtype: torch.dtype, single_file_config: str | None):
-    from diffusers import StableDiffusionPipeline
+def is_sdxl_file(path: Path) -> bool:
+    """Whether a single .safetensors file is an SDXL checkpoint (its second text encoder's
+    keys), read from the header alone. A .ckpt is pickled: assumed SD1.x/SD2.x."""
+    if path.suffix.lower() != ".safetensors":
+        return False
+    from safetensors import safe_open
 
+    with safe_open(str(path), framework="pt") as handle:
+        return any(key.startswith("conditioner.embedders.1.") for key in handle.keys())
+
+
+def pipeline_class(sdxl: bool):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    return StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
+
+
+def folder_is_sdxl(path: Path) -> bool:
+    return "text_encoder_2" in json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+
+
+def hub_is_sdxl(model: str) -> bool:
+    """Whether a hub model is SDXL, from its model_index.json (one small download, cached)."""
+    from huggingface_hub import hf_hub_download
+
+    return folder_is_sdxl(Path(hf_hub_download(model, "model_index.json")).parent)
+
+
+def _load_pipeline(model: str, dtype: torch.dtype, single_file_config: str | None):
+    # SD pipelines are loaded without their safety checker (training needs none); SDXL has none.
     no_safety = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     if not _looks_like_path(model):
         try:
-            return StableDiffusionPipeline.from_pretrained(model, dtype=dtype, **no_safety)
+            if hub_is_sdxl(model):
+                return pipeline_class(sdxl=True).from_pretrained(model, dtype=dtype)
+            return pipeline_class(sdxl=False).from_pretrained(model, dtype=dtype, **no_safety)
         except OSError as error:
             raise ModelError(
                 f"model: could not load {model!r} from the Hugging Face hub ({error}). If this machine is "
@@ -78,17 +174,31 @@ def _load_pipeline(model: str, dtype: torch.dtype, single_file_config: str | Non
         index = path / "model_index.json"
         if not index.is_file():
             raise ModelError(f"model: {path} is a folder but not a diffusers model (no model_index.json in it)")
-        if "text_encoder_2" in json.loads(index.read_text(encoding="utf-8")):
-            raise ModelError(f"model: {path} is an SDXL model; SDXL is not supported yet (SD1.x and SD2.x are)")
-        return StableDiffusionPipeline.from_pretrained(path, dtype=dtype, **no_safety)
+        if folder_is_sdxl(path):
+            return pipeline_class(sdxl=True).from_pretrained(path, dtype=dtype)
+        return pipeline_class(sdxl=False).from_pretrained(path, dtype=dtype, **no_safety)
     if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
         raise ModelError(f"model: {path} is not a model file (expected .safetensors or .ckpt, or a diffusers folder)")
     try:
-        return StableDiffusionPipeline.from_single_file(
+        if is_sdxl_file(path):
+            return pipeline_class(sdxl=True).from_single_file(str(path), config=single_file_config, dtype=dtype)
+        return pipeline_class(sdxl=False).from_single_file(
             str(path), config=single_file_config, dtype=dtype, safety_checker=None
         )
     except Exception as error:  # diffusers raises many types here; all mean "this file did not load"
         raise ModelError(f"model: could not load the single file {path}: {error}") from error
+
+
+def _load_vae(vae: str, dtype: torch.dtype):
+    from diffusers import AutoencoderKL
+
+    path = Path(vae).expanduser()
+    if _looks_like_path(vae) and not (path / "config.json").is_file():
+        raise ModelError(f"vae: {path} is not a diffusers VAE folder (no config.json in it)")
+    try:
+        return AutoencoderKL.from_pretrained(str(path) if _looks_like_path(vae) else vae, torch_dtype=dtype)
+    except OSError as error:
+        raise ModelError(f"vae: could not load {vae!r} ({error})") from error
 
 
 def _set_attention(models: Models, attention: str) -> None:
@@ -119,6 +229,7 @@ def load_models(
     dtype: torch.dtype = torch.float32,
     attention: str = "sdpa",
     single_file_config: str | None = None,
+    vae: str | None = None,
 ) -> Models:
     """Load tokenizer, text encoder, VAE and UNet, and build the training noise scheduler.
 
@@ -126,12 +237,15 @@ def load_models(
     "v_prediction" overrides it. ``zero_terminal_snr`` rescales the betas so the last timestep
     is pure noise. ``single_file_config`` is a hub id or local diffusers folder describing a
     single file's architecture; without it diffusers infers the architecture from the file's
-    keys (which needs the hub, or its cache, once).
+    keys (which needs the hub, or its cache, once). ``vae`` replaces the model's VAE (a hub id
+    or a diffusers VAE folder), e.g. with an fp16-safe one.
     """
     from diffusers import DDPMScheduler
 
     source = str(model)
     pipeline = _load_pipeline(source, dtype, single_file_config)
+    if vae is not None:
+        pipeline.vae = _load_vae(vae, dtype)
     scheduler_config = pipeline.scheduler.config
     prediction_type = prediction_type or scheduler_config.get("prediction_type", "epsilon")
     if prediction_type not in ("epsilon", "v_prediction"):
@@ -147,6 +261,8 @@ def load_models(
     models = Models(
         tokenizer=pipeline.tokenizer,
         text_encoder=pipeline.text_encoder,
+        tokenizer_2=getattr(pipeline, "tokenizer_2", None),
+        text_encoder_2=getattr(pipeline, "text_encoder_2", None),
         vae=pipeline.vae,
         unet=pipeline.unet,
         noise_scheduler=noise_scheduler,
@@ -159,50 +275,71 @@ def load_models(
     return models
 
 
-def enable_gradient_checkpointing(models: Models, *, text_encoder: bool) -> None:
+def enable_gradient_checkpointing(models: Models, *, text_encoders: tuple[str, ...] = ()) -> None:
     """Trade compute for memory: recompute activations in the backward pass of the UNet, and
-    of the text encoder when it trains (a frozen one keeps no activations anyway)."""
+    of the text encoders named (those that train: a frozen one keeps no activations anyway)."""
     models.unet.enable_gradient_checkpointing()
-    if text_encoder:
+    for name in text_encoders:
         # Non-reentrant checkpointing also works when the inputs (token embeddings) do not
         # require grad, and is what PyTorch recommends. transformers 5 renamed the switch.
-        encoder = models.text_encoder
+        encoder = getattr(models, name)
         if hasattr(encoder, "activation_checkpointing_enable"):
             encoder.activation_checkpointing_enable({"use_reentrant": False})
         else:
             encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def tokenize(models: Models, captions: list[str]) -> torch.Tensor:
+def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
     """Token ids, padded and truncated to the tokenizer's 77 positions (BOS and EOS included)."""
-    tokenizer = models.tokenizer
     return tokenizer(
         captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
     ).input_ids
 
 
-def encode_prompts(models: Models, captions: list[str], clip_skip: int = 1) -> torch.Tensor:
-    """Text embeddings ``[batch, 77, hidden]`` conditioning the UNet.
+def _check_clip_skip(encoder, clip_skip: int, extra: int = 0) -> None:
+    layers = encoder.config.num_hidden_layers
+    if not 1 <= clip_skip <= layers - extra:
+        raise ValueError(
+            f"clip_skip: {clip_skip} is out of range for a text encoder with {layers} layers (1..{layers - extra})"
+        )
+
+
+def encode_prompts(models: Models, captions: list[str], clip_skip: int = 1) -> Conditioning:
+    """The text conditioning of captions: hidden states ``[batch, 77, hidden]`` (and SDXL's
+    pooled embedding).
 
     ``clip_skip`` counts layers from the end as AUTOMATIC1111 and kohya do: 1 is the last
     layer's output (SD's default), 2 the penultimate layer's; the final layer norm is applied
     in every case, as those tools do. (diffusers' pipeline argument ``clip_skip`` counts
-    skipped layers, so its value is ours minus one.) Gradients flow when the text encoder
-    trains; wrap the call in ``torch.no_grad()`` when it is frozen.
+    skipped layers, so its value is ours minus one.) SDXL reads both encoders one layer
+    deeper, without the final layer norm, and joins them along the feature axis, as SDXL was
+    trained and as diffusers' pipeline does: ``clip_skip`` 1 is that standard, 2 one layer
+    deeper still. Gradients flow when a text encoder trains; wrap the call in
+    ``torch.no_grad()`` when they are frozen.
     """
+    if models.is_sdxl:
+        return _encode_sdxl(models, captions, clip_skip)
     encoder = models.text_encoder
-    layers = encoder.config.num_hidden_layers
-    if not 1 <= clip_skip <= layers:
-        raise ValueError(
-            f"clip_skip: {clip_skip} is out of range for a text encoder with {layers} layers (1..{layers})"
-        )
-    ids = tokenize(models, captions).to(encoder.device)
+    _check_clip_skip(encoder, clip_skip)
+    ids = tokenize(models.tokenizer, captions).to(encoder.device)
     if clip_skip == 1:
-        return encoder(ids).last_hidden_state
+        return Conditioning(encoder(ids).last_hidden_state)
     hidden = encoder(ids, output_hidden_states=True).hidden_states[-clip_skip]
     # transformers 4 nests the layers under `text_model`; transformers 5 does not.
     final_layer_norm = getattr(encoder, "text_model", encoder).final_layer_norm
-    return final_layer_norm(hidden)
+    return Conditioning(final_layer_norm(hidden))
+
+
+def _encode_sdxl(models: Models, captions: list[str], clip_skip: int) -> Conditioning:
+    hidden, outputs = [], []
+    for tokenizer, encoder in ((models.tokenizer, models.text_encoder), (models.tokenizer_2, models.text_encoder_2)):
+        _check_clip_skip(encoder, clip_skip, extra=1)
+        outputs.append(encoder(tokenize(tokenizer, captions).to(encoder.device), output_hidden_states=True))
+        hidden.append(outputs[-1].hidden_states[-(clip_skip + 1)])
+    pooled = outputs[1].text_embeds  # the second encoder's, projected: only it conditions SDXL
+    # The encoders may sit in different dtypes (one training, one frozen in half precision).
+    dtype = torch.promote_types(hidden[0].dtype, hidden[1].dtype)
+    return Conditioning(torch.cat([h.to(dtype) for h in hidden], dim=-1), pooled)
 
 
 @torch.no_grad()

@@ -86,18 +86,17 @@ def make_optimizer(
         raise ValueError(f"optimizer_args: {error} (optimizer {name})") from None
 
 
-def param_groups(models, config) -> list[dict[str, Any]]:
-    """Parameter groups of a full fine-tune: the UNet at ``unet_lr`` and, when
-    ``text_encoder_lr`` > 0, the text encoder at that rate. A text encoder at 0 is frozen
-    (``requires_grad`` False) and left out, so it stays bit-identical and costs no optimizer
-    memory. The VAE never trains. Each group has a ``name`` for logs."""
+def param_groups(models, text_encoder_lrs: dict[str, float], unet_lr: float) -> list[dict[str, Any]]:
+    """Parameter groups of a full fine-tune: the UNet at ``unet_lr`` and each text encoder
+    named in ``text_encoder_lrs`` at its rate. A text encoder left out is frozen
+    (``requires_grad`` False), so it stays bit-identical and costs no optimizer memory. The
+    VAE never trains. Each group has a ``name`` for logs."""
     models.vae.requires_grad_(False)
     models.unet.requires_grad_(True)
-    groups = [{"name": "unet", "params": list(models.unet.parameters()), "lr": config.unet_lr}]
-    trains_text = config.text_encoder_lr > 0
-    models.text_encoder.requires_grad_(trains_text)
-    if trains_text:
-        groups.append(
-            {"name": "text_encoder", "params": list(models.text_encoder.parameters()), "lr": config.text_encoder_lr}
-        )
+    groups = [{"name": "unet", "params": list(models.unet.parameters()), "lr": unet_lr}]
+    for name in models.text_encoder_names:
+        encoder = getattr(models, name)
+        encoder.requires_grad_(name in text_encoder_lrs)
+        if name in text_encoder_lrs:
+            groups.append({"name": name, "params": list(encoder.parameters()), "lr": text_encoder_lrs[name]})
     return groups

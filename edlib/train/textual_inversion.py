@@ -84,7 +84,7 @@ class TextualInversion(Method):
 
     name = "textual_inversion"
 
-    def trainable_module_names(self) -> set[str]:
+    def trainable_module_names(self, models) -> set[str]:
         return {"text_encoder"}
 
     def setup(self, models) -> None:
@@ -95,7 +95,9 @@ class TextualInversion(Method):
                 "text_encoder_lr: textual_inversion trains the new embeddings at this rate; it is "
                 f"{self.config.text_encoder_lr:g}; set it, e.g. to 5e-3"
             )
-        for name in ("unet", "text_encoder", "vae"):
+        if models.is_sdxl:
+            raise ValueError("method: textual_inversion does not support SDXL models yet (full and lora do)")
+        for name in models.module_names:
             getattr(models, name).requires_grad_(False)
         tokenizer, text_encoder = models.tokenizer, models.text_encoder
 

@@ -5,7 +5,7 @@ with random weights and a real CLIP tokenizer, write them as an ordinary diffuse
 then load that folder through the same code path a user's model takes. Nothing here is a stand
 in: every component is the class the real SD checkpoints use, only much smaller.
 
-Two variants mirror the two families the trainer must handle:
+Four variants mirror the families the trainer must handle:
 
 - ``"sd1"``: epsilon prediction, PNDM scheduler with SD1.5's config (scaled_linear betas
   0.00085..0.012 over 1000 steps), CLIP text encoder with ``quick_gelu`` and conv projections in
@@ -13,6 +13,12 @@ Two variants mirror the two families the trainer must handle:
 - ``"sd2-v"``: v-prediction like SD2.x 768-v: DDIM scheduler with ``prediction_type:
   v_prediction``, an OpenCLIP-style text encoder (``gelu``), and a UNet with
   ``use_linear_projection`` and a per-block list of ``attention_head_dim``, like SD2.x.
+- ``"sdxl"``: SDXL: two text encoders (a CLIP-L-like ``CLIPTextModel`` and an OpenCLIP-G-like
+  ``CLIPTextModelWithProjection`` whose projected pooled output joins the time embedding),
+  micro-conditioning (``addition_embed_type: text_time``), an Euler scheduler as SDXL ships,
+  and a VAE with ``force_upcast`` (SDXL's VAE overflows in fp16). The two encoders have
+  different widths (32 and 48), so code that mixes them up fails on shapes.
+- ``"sdxl-v"``: the same with v-prediction.
 
 The VAE has three blocks, so it downsamples **4x** (SD's VAE has four blocks and downsamples
 8x). The factor is ``2 ** (len(vae.config.block_out_channels) - 1)``; code that assumes 8 fails
@@ -25,7 +31,11 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-VARIANTS = ("sd1", "sd2-v")
+VARIANTS = ("sd1", "sd2-v", "sdxl", "sdxl-v")
+SDXL_VARIANTS = ("sdxl", "sdxl-v")
+# SDXL: the second encoder's width and projection, and the size of each micro-conditioning
+# number's embedding; the UNet's added-embedding input is projection + 6 x this.
+_SDXL_TEXT2_WIDTH, _SDXL_PROJECTION, _SDXL_TIME_EMBED = 48, 40, 8
 
 # Words that get their own token (the tokenizer still spells out any other text character by
 # character, so every caption tokenizes). Chosen to cover typical test captions.
@@ -98,29 +108,53 @@ def build_tiny_tokenizer(out_dir: str | Path, words: Iterable[str] | None = None
     return CLIPTokenizer.from_pretrained(out_dir)
 
 
-def _text_encoder(variant: str, tokenizer):
-    from transformers import CLIPTextConfig, CLIPTextModel
+def _text_encoder(variant: str, tokenizer, *, second: bool = False):
+    """The text encoder; ``second``: SDXL's OpenCLIP-G-like second encoder (with projection)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     config = CLIPTextConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
+        hidden_size=_SDXL_TEXT2_WIDTH if second else 32,
         intermediate_size=64,
-        num_hidden_layers=2,
+        # SDXL reads its encoders' penultimate layer, so they get one more layer here.
+        num_hidden_layers=3 if variant in SDXL_VARIANTS else 2,
         num_attention_heads=4,
         max_position_embeddings=77,
-        projection_dim=32,
-        # SD1 uses OpenAI CLIP (quick_gelu); SD2 uses OpenCLIP ViT-H (gelu).
-        hidden_act="quick_gelu" if variant == "sd1" else "gelu",
+        projection_dim=_SDXL_PROJECTION if second else 32,
+        # SD1 and SDXL's first encoder are OpenAI CLIP (quick_gelu); SD2 and SDXL's second
+        # encoder are OpenCLIP (gelu).
+        hidden_act="quick_gelu" if variant == "sd1" or (variant in SDXL_VARIANTS and not second) else "gelu",
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return CLIPTextModel(config)
+    return CLIPTextModelWithProjection(config) if second else CLIPTextModel(config)
 
 
 def _unet(variant: str, sample_size: int):
     from diffusers import UNet2DConditionModel
 
+    if variant in SDXL_VARIANTS:
+        # SDXL's shape in miniature: no attention at the top level, several transformer
+        # layers deeper down, linear projections, and the pooled text + 6 micro-conditioning
+        # numbers added to the time embedding ("text_time").
+        return UNet2DConditionModel(
+            sample_size=sample_size,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2),
+            cross_attention_dim=32 + _SDXL_TEXT2_WIDTH,
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=_SDXL_TIME_EMBED,
+            projection_class_embeddings_input_dim=_SDXL_PROJECTION + 6 * _SDXL_TIME_EMBED,
+            norm_num_groups=32,
+        )
     sd2 = variant == "sd2-v"
     return UNet2DConditionModel(
         sample_size=sample_size,
@@ -139,8 +173,10 @@ def _unet(variant: str, sample_size: int):
     )
 
 
-def _vae():
+def _vae(variant: str = "sd1"):
     from diffusers import AutoencoderKL
+
+    sdxl = variant in SDXL_VARIANTS
 
     return AutoencoderKL(
         in_channels=3,
@@ -151,12 +187,15 @@ def _vae():
         latent_channels=4,
         layers_per_block=1,
         norm_num_groups=32,
-        scaling_factor=0.18215,
+        # SDXL's VAE has its own scaling factor and overflows in fp16 (diffusers then
+        # upcasts it: force_upcast).
+        scaling_factor=0.13025 if sdxl else 0.18215,
+        force_upcast=sdxl,
     )
 
 
 def _scheduler(variant: str):
-    from diffusers import DDIMScheduler, PNDMScheduler
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler, PNDMScheduler
 
     common = {
         "num_train_timesteps": 1000,
@@ -168,6 +207,10 @@ def _scheduler(variant: str):
     }
     if variant == "sd1":  # as shipped with SD1.5
         return PNDMScheduler(skip_prk_steps=True, **common)
+    if variant in SDXL_VARIANTS:  # as shipped with SDXL base 1.0
+        prediction = "v_prediction" if variant == "sdxl-v" else "epsilon"
+        common.pop("set_alpha_to_one")
+        return EulerDiscreteScheduler(timestep_spacing="leading", prediction_type=prediction, **common)
     return DDIMScheduler(clip_sample=False, prediction_type="v_prediction", **common)  # SD2.x 768-v
 
 
@@ -181,13 +224,14 @@ def build_tiny_pipeline(
 ) -> Path:
     """Write a complete tiny Stable Diffusion pipeline (diffusers folder) to ``out_dir``.
 
-    ``StableDiffusionPipeline.from_pretrained(out_dir)`` loads it offline. Weights are random
+    ``StableDiffusionPipeline.from_pretrained(out_dir)`` (``StableDiffusionXLPipeline`` for the
+    SDXL variants) loads it offline. Weights are random
     but fixed by ``seed``; ``words`` become single tokens of the tokenizer (default: a small
     English word list); ``resolution`` is the image size the UNet's ``sample_size`` is set for.
     Returns ``out_dir``.
     """
     import torch
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     if variant not in VARIANTS:
         raise ValueError(f"variant: unknown value {variant!r}; allowed: {', '.join(VARIANTS)}")
@@ -195,10 +239,23 @@ def build_tiny_pipeline(
     tokenizer = build_tiny_tokenizer(out_dir / "tokenizer", words)
 
     torch.manual_seed(seed)
-    vae = _vae()
+    vae = _vae(variant)
     vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
     if resolution % (vae_factor * 2) != 0:
         raise ValueError(f"resolution: {resolution} must be a multiple of {vae_factor * 2} for the tiny model")
+    if variant in SDXL_VARIANTS:
+        # Both encoders share the tiny vocabulary (SDXL's two tokenizers differ only in padding).
+        pipeline = StableDiffusionXLPipeline(
+            vae=vae,
+            text_encoder=_text_encoder(variant, tokenizer),
+            text_encoder_2=_text_encoder(variant, tokenizer, second=True),
+            tokenizer=tokenizer,
+            tokenizer_2=build_tiny_tokenizer(out_dir / "tokenizer_2", words),
+            unet=_unet(variant, resolution // vae_factor),
+            scheduler=_scheduler(variant),
+        )
+        pipeline.save_pretrained(out_dir, safe_serialization=True)
+        return out_dir
     pipeline = StableDiffusionPipeline(
         vae=vae,
         text_encoder=_text_encoder(variant, tokenizer),

@@ -38,10 +38,11 @@ def load_trained(run_or_checkpoint: str | Path, *, dtype: torch.dtype = torch.fl
         prediction_type=config.prediction_type,
         zero_terminal_snr=config.zero_terminal_snr,
         dtype=dtype,
+        vae=config.vae,
     )
     method = make_method(config)
     method.setup(models)
     method.load_weights(models, checkpoint.weights)
-    for module in (models.unet, models.text_encoder, models.vae):
-        module.requires_grad_(False).eval()
+    for name in models.module_names:
+        getattr(models, name).requires_grad_(False).eval()
     return TrainedModel(checkpoint.path, checkpoint.step, config, models, method)

@@ -26,9 +26,9 @@ import torch
 from edlib.data.buckets import assign_buckets, make_buckets
 from edlib.data.holdout import _rank, describe_split, split_validation  # noqa: F401 (describe_split re-exported)
 from edlib.data.types import ScanResult
-from edlib.train.batches import load_pixels
+from edlib.train.batches import load_pixels, micro_conditioning
 from edlib.train.loop import Plugin
-from edlib.train.models import encode_images, encode_prompts
+from edlib.train.models import encode_images, encode_prompts, predict
 from edlib.train.noise import per_sample_loss, training_target
 
 
@@ -97,12 +97,14 @@ def validation_loss(
             items = [val.items[i] for i in batch.items]
             pixels = torch.stack([load_pixels(Path(val.root) / item.path, batch.bucket, flip=False) for item in items])
             latents = encode_images(models, pixels).float()
-            hidden = encode_prompts(models, [item.caption.text() for item in items], clip_skip).float()
+            cond = encode_prompts(models, [item.caption.text() for item in items], clip_skip).to(torch.float32)
+            if models.is_sdxl:
+                cond = cond.with_time_ids(micro_conditioning(val, batch))
             noise = torch.stack([_fixed_noise(seed, item.path, latents.shape[1:]) for item in items]).to(latents.device)
             for t in timesteps:
                 steps = torch.full((len(items),), t, dtype=torch.long, device=latents.device)
                 noisy = scheduler.add_noise(latents, noise, steps)
-                prediction = unet(noisy, steps, hidden).sample
+                prediction = predict(unet, noisy, steps, cond)
                 sums[t] += per_sample_loss(prediction, training_target(scheduler, latents, noise, steps)).sum().item()
             images += len(items)
     finally:

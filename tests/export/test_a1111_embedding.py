@@ -21,7 +21,7 @@ def trained_embeddings(folder):
     """The tiny model with textual inversion set up and its new rows moved off their initial
     values (as training would), so the export must carry the learned vectors."""
     models = load_models(folder)
-    method = TextualInversion(SimpleNamespace(placeholder_tokens=PLACEHOLDERS, text_encoder_lr=1e-3, unet_lr=0.0))
+    method = TextualInversion(SimpleNamespace(placeholder_tokens=PLACEHOLDERS, text_encoder_lr=1e-3, text_encoder_2_lr=None, unet_lr=0.0))
     method.setup(models)
     (rows,) = method.param_groups(models)[0]["params"]
     with torch.no_grad():
@@ -34,7 +34,7 @@ def test_diffusers_loads_each_embedding_and_encodes_the_same(tiny_folders, tmp_p
     folder = tiny_folders[variant]
     models, method = trained_embeddings(folder)
     with torch.no_grad():
-        expected = encode_prompts(models, method.prepare_captions([PROMPT]))
+        expected = encode_prompts(models, method.prepare_captions([PROMPT])).hidden
 
     paths = export_a1111_embeddings(method.learned_embeddings(models), tmp_path / "embeddings")
     assert [p.name for p in paths] == ["ohwx.safetensors", "zz.safetensors"]

@@ -35,7 +35,7 @@ def trained_lora(folder, **settings):
     untrained adapter would change nothing and the round trip would prove nothing; random
     values stand for trained ones."""
     values = dict(network_dim=4, network_alpha=2.0, conv_dim=None, conv_alpha=1.0)
-    values.update(unet_lr=1e-4, text_encoder_lr=0.0, mixed_precision="no")
+    values.update(unet_lr=1e-4, text_encoder_lr=0.0, text_encoder_2_lr=None, mixed_precision="no")
     values.update(settings)
     models = load_models(folder)
     LoraMethod(SimpleNamespace(**values)).setup(models)

@@ -22,6 +22,7 @@ def lora_config(**overrides) -> SimpleNamespace:
         conv_alpha=1.0,
         unet_lr=1e-3,
         text_encoder_lr=0.0,
+        text_encoder_2_lr=None,
         mixed_precision="no",
     )
     values.update(overrides)
@@ -41,7 +42,7 @@ def train_steps(models, method, *, steps: int = 3, captions=("a photo of a cat",
         noise = sample_noise(latents, generator)
         timesteps = sample_timesteps(models.noise_scheduler, generator, batch_size=len(captions))
         noisy = models.noise_scheduler.add_noise(latents, noise, timesteps)
-        text = encode_prompts(models, prepare(list(captions)))
+        text = encode_prompts(models, prepare(list(captions))).hidden
         prediction = models.unet(noisy, timesteps, encoder_hidden_states=text).sample
         target = training_target(models.noise_scheduler, latents, noise, timesteps)
         loss = per_sample_loss(prediction, target).mean()
@@ -77,7 +78,7 @@ def stop_after(run_dir, step: int):
 def unet_output(models) -> torch.Tensor:
     generator = torch.Generator().manual_seed(5)
     latents = torch.randn(1, 4, 8, 8, generator=generator)
-    text = encode_prompts(models, ["a photo of a red cat"])
+    text = encode_prompts(models, ["a photo of a red cat"]).hidden
     return models.unet(latents, 500, encoder_hidden_states=text).sample
 
 

@@ -2,7 +2,6 @@
 
 import copy
 import importlib.util
-import json
 
 import pytest
 import torch
@@ -56,18 +55,6 @@ def test_missing_and_wrong_paths_are_named(tmp_path):
     (tmp_path / "notes.txt").write_text("hello", encoding="utf-8")
     with pytest.raises(ModelError, match="notes.txt is not a model file"):
         load_models(tmp_path / "notes.txt")
-    sdxl = tmp_path / "sdxl"
-    sdxl.mkdir()
-    (sdxl / "model_index.json").write_text(
-        json.dumps(
-            {
-                "_class_name": "StableDiffusionXLPipeline",
-                "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
-            }
-        )
-    )
-    with pytest.raises(ModelError, match="SDXL is not supported yet"):
-        load_models(sdxl)
 
 
 def test_broken_single_file_is_named(tmp_path):
@@ -111,8 +98,8 @@ def test_clip_skip_1_is_the_last_layer_and_2_the_penultimate(tiny_sd1):
     models = load_models(tiny_sd1)
     captions = ["a photo of a cat", "a red car"]
     with torch.no_grad():
-        last = encode_prompts(models, captions, clip_skip=1)
-        penultimate = encode_prompts(models, captions, clip_skip=2)
+        last = encode_prompts(models, captions, clip_skip=1).hidden
+        penultimate = encode_prompts(models, captions, clip_skip=2).hidden
         # Reference for clip_skip 2: the same encoder with its last layer removed.
         shortened = copy.deepcopy(models.text_encoder)
         layers = getattr(shortened, "text_model", shortened).encoder.layers
@@ -130,7 +117,7 @@ def test_clip_skip_1_is_the_last_layer_and_2_the_penultimate(tiny_sd1):
 
 def test_prompt_encoding_keeps_gradients_for_a_training_text_encoder(tiny_sd1):
     models = load_models(tiny_sd1)
-    encode_prompts(models, ["a cat"], clip_skip=2).square().mean().backward()
+    encode_prompts(models, ["a cat"], clip_skip=2).hidden.square().mean().backward()
     assert models.text_encoder.get_input_embeddings().weight.grad.abs().sum() > 0
 
 
@@ -150,7 +137,7 @@ def test_encode_images_uses_the_mean_unless_given_a_generator(tiny_sd1):
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_sd1):
     def unet_and_text_grads(models):
         models.unet.train()
-        embeddings = encode_prompts(models, ["a cat"], clip_skip=1)
+        embeddings = encode_prompts(models, ["a cat"], clip_skip=1).hidden
         latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
         out = models.unet(latents, torch.tensor([500]), embeddings).sample
         out.square().mean().backward()
@@ -158,7 +145,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_sd1):
 
     plain = unet_and_text_grads(load_models(tiny_sd1))
     models = load_models(tiny_sd1)
-    enable_gradient_checkpointing(models, text_encoder=True)
+    enable_gradient_checkpointing(models, text_encoders=("text_encoder",))
     text_encoder = models.text_encoder
     assert models.unet.is_gradient_checkpointing
     assert getattr(text_encoder, "is_activation_checkpointing", None) or text_encoder.is_gradient_checkpointing
