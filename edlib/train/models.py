@@ -135,6 +135,35 @@ def is_sdxl_file(path: Path) -> bool:
         return any(key.startswith("conditioner.embedders.1.") for key in handle.keys())
 
 
+def native_resolution(model: str | Path) -> int | None:
+    """The image size a model was made for, read from its configs without loading weights:
+    the UNet's sample size times the VAE's downsampling (512 for SD1.x, 768 for SD2.x 768-v,
+    1024 for SDXL). None when it cannot be told offline (a hub model not in the local cache,
+    an SD single file, whose configs diffusers infers at load time)."""
+    configs = {}
+    text = str(model)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return 1024 if is_sdxl_file(path) else None
+    for name in ("unet", "vae"):
+        if path.is_dir():
+            candidate = path / name / "config.json"
+        elif not _looks_like_path(text):
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(text, f"{name}/config.json")
+            candidate = Path(cached) if isinstance(cached, str) else None
+        else:
+            candidate = None
+        if candidate is None or not candidate.is_file():
+            return None
+        configs[name] = json.loads(candidate.read_text(encoding="utf-8"))
+    try:
+        return int(configs["unet"]["sample_size"]) * 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def pipeline_class(sdxl: bool):
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 

@@ -200,3 +200,16 @@ def test_sdxl_trains_in_fp16_on_a_gpu_with_the_vae_upcast(tiny_sdxl, tmp_path):
     summary = _train_sdxl(tiny_sdxl, tmp_path, "fp16", mixed_precision="fp16", max_steps=3)
     losses = [record["loss"] for record in metrics(tmp_path / "fp16")]
     assert summary.step == 3 and all(loss == loss for loss in losses)
+
+
+def test_an_unset_resolution_is_the_models_native_one(tiny_sdxl, tmp_path):
+    from edlib.train.config import TrainConfig
+    from edlib.train.tiny import build_tiny_pipeline
+
+    # The tiny SDXL's UNet is made for 16x16 latents of a 4x VAE: 64 px; at 128 px, 128.
+    bigger = build_tiny_pipeline(tmp_path / "xl128", variant="sdxl", resolution=128)
+    assert TrainConfig.from_dict({"model": str(bigger), "data_root": "d"}).resolution == 128
+    assert TrainConfig.from_dict({"model": str(tiny_sdxl), "data_root": "d"}).resolution == 64
+    assert TrainConfig.from_dict({"model": str(bigger), "data_root": "d", "resolution": 256}).resolution == 256
+    # A hub id not in the local cache (tests are offline): the documented default.
+    assert TrainConfig.from_dict({"model": "nobody/not-cached", "data_root": "d"}).resolution == 512
