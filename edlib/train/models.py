@@ -348,15 +348,20 @@ def encode_prompts(models: Models, captions: list[str], clip_skip: int = 1) -> C
     """
     if models.is_sdxl:
         return _encode_sdxl(models, captions, clip_skip)
-    encoder = models.text_encoder
+    return Conditioning(encode_sd_prompts(models.tokenizer, models.text_encoder, captions, clip_skip))
+
+
+def encode_sd_prompts(tokenizer, encoder, captions: list[str], clip_skip: int = 1) -> torch.Tensor:
+    """SD1.x/SD2.x hidden states of one text encoder (see `encode_prompts`)."""
     _check_clip_skip(encoder, clip_skip)
-    ids = tokenize(models.tokenizer, captions).to(encoder.device)
+    ids = tokenize(tokenizer, captions).to(encoder.device)
     if clip_skip == 1:
-        return Conditioning(encoder(ids).last_hidden_state)
+        return encoder(ids).last_hidden_state
     hidden = encoder(ids, output_hidden_states=True).hidden_states[-clip_skip]
-    # transformers 4 nests the layers under `text_model`; transformers 5 does not.
+    # transformers 4 nests the layers under `text_model`; transformers 5 does not (diffusers'
+    # own SD pipeline still reaches for `text_model`, and fails there with clip_skip).
     final_layer_norm = getattr(encoder, "text_model", encoder).final_layer_norm
-    return Conditioning(final_layer_norm(hidden))
+    return final_layer_norm(hidden)
 
 
 def _encode_sdxl(models: Models, captions: list[str], clip_skip: int) -> Conditioning:
