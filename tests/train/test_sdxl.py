@@ -213,3 +213,14 @@ def test_an_unset_resolution_is_the_models_native_one(tiny_sdxl, tmp_path):
     assert TrainConfig.from_dict({"model": str(bigger), "data_root": "d", "resolution": 256}).resolution == 256
     # A hub id not in the local cache (tests are offline): the documented default.
     assert TrainConfig.from_dict({"model": "nobody/not-cached", "data_root": "d"}).resolution == 512
+
+
+def test_a_v_prediction_sdxl_trains_towards_v(tmp_path):
+    from edlib.train.tiny import build_tiny_pipeline
+
+    folder = build_tiny_pipeline(tmp_path / "xl-v", variant="sdxl-v")
+    models = load_models(folder)
+    assert models.is_sdxl and models.prediction_type == "v_prediction"
+    assert models.noise_scheduler.config.prediction_type == "v_prediction"
+    summary = _train_sdxl(folder, tmp_path, "run", max_steps=2)
+    assert summary.step == 2 and all(r["loss"] > 0 for r in metrics(tmp_path / "run"))
