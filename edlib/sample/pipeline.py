@@ -127,7 +127,13 @@ def load_pipeline(
       diffusers folder or hub id with the matching configs; without it diffusers looks the
       model type up on the hub);
     - a run folder (its newest complete checkpoint) or one of its ``checkpoints/step-NNNNNN``.
+
+    ``dtype`` None is float32 (what a CPU needs); pass ``torch.float16`` or ``torch.bfloat16``
+    to sample in half precision on a GPU.
     """
+    # One dtype for every component: given None, diffusers loads fp32 while transformers 5
+    # keeps a text encoder's stored fp16, a mix no device can run.
+    dtype = dtype or torch.float32
     path = Path(model_or_run)
 
     def options(sdxl: bool) -> dict[str, Any]:
