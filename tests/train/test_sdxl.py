@@ -224,3 +224,9 @@ def test_a_v_prediction_sdxl_trains_towards_v(tmp_path):
     assert models.noise_scheduler.config.prediction_type == "v_prediction"
     summary = _train_sdxl(folder, tmp_path, "run", max_steps=2)
     assert summary.step == 2 and all(r["loss"] > 0 for r in metrics(tmp_path / "run"))
+
+
+def test_a_second_text_encoder_rate_on_an_sd_model_is_warned_about(tiny_sd1, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(tiny_sd1, make_data_root(tmp_path / "data"), run, text_encoder_2_lr=1e-4, max_steps=1))
+    assert "text_encoder_2_lr is set, but" in (run / "log.txt").read_text(encoding="utf-8")
