@@ -79,9 +79,6 @@ class Conditioning:
     pooled: torch.Tensor | None = None
     time_ids: torch.Tensor | None = None
 
-    def __len__(self) -> int:
-        return len(self.hidden)
-
     def __getitem__(self, index) -> Conditioning:
         return Conditioning(*(None if t is None else t[index] for t in (self.hidden, self.pooled, self.time_ids)))
 
