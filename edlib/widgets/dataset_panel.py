@@ -178,6 +178,14 @@ class DatasetPanel:
         self.table.children = cells
         self._update()
 
+    def set_plan(self, *, batch_size: int, resolution: int, seed: int) -> None:
+        """Preview with another run's settings (the training form's), keeping any edits."""
+        self.resolution, self.seed = resolution, seed
+        if self.batch_size.value != batch_size:
+            self.batch_size.value = batch_size  # observed: updates the preview
+        else:
+            self._update()
+
     def edits(self) -> tuple[dict[str, str], dict[str, str]]:
         """(edited, invalid): folder -> typed text for values that differ from the files,
         and folder -> error message for values that are not a valid multiplier."""

@@ -3,7 +3,9 @@ live view of the run (progress, loss, images/s, samples, images it cannot learn)
 
 The form turns into a `TrainConfig` (`config_from_form`, plain library code); the numbers
 come from `edlib.data.preview` (steps, LR curve) and `edlib.estimate` (memory, time, cost);
-the run is `edlib.train.start`, steered through its handle. Events arrive on the training
+the run is `edlib.train.start`, steered through its handle. Multipliers are edited with the
+data root's `DatasetPanel` (`multipliers_view`); the trainer re-reads multiply.txt at each
+epoch boundary, so a Save mid-run shapes the next epoch. Events arrive on the training
 thread: the panel only assigns widget values there (which ipywidgets sends to the browser
 from any thread) and replaces output lists wholesale, never capturing output with
 `with output:`, which is tied to the cell that is running.
@@ -43,6 +45,7 @@ from edlib.train.loop import Plugin
 from edlib.train.lr import LR_SCHEDULERS
 from edlib.train.run_dir import Event
 from edlib.widgets.common import error_text, ok_text, thumbnail_png
+from edlib.widgets.dataset_panel import DatasetPanel
 
 # Form fields where 0 means "off" (the config's null): a number box cannot hold "nothing".
 OPTIONAL_COUNTS = (
@@ -158,6 +161,9 @@ class TrainingPanel:
         self.losses: list[float] = []
         self.recent: deque[dict[str, Any]] = deque(maxlen=21)  # the last steps' metrics, for the live estimate
         self.sample_path: Path | None = None
+        self.epoch: int | None = None  # the epoch the run is in, from its events
+        self.epoch_samples: dict[int, int] = {}  # samples each epoch of this panel's runs was planned with
+        self._changed_for_epoch: int | None = None  # the first epoch that trains with a mid-run Save
         self._chart_drawn = 0.0
         self._lock = threading.Lock()
 
@@ -225,6 +231,21 @@ class TrainingPanel:
         self.sample_label = widgets.HTML("<i>samples appear here (set sample_prompts)</i>")
         self.review_box = widgets.VBox()
         self.review_button = widgets.Button(description="Refresh review", icon="refresh")
+
+        # Multipliers, editable while the run trains: the data root's folder table.
+        self.multipliers = DatasetPanel(self.data_root, thumbnails=3, on_change=self._multipliers_saved)
+        self.multipliers_note = widgets.HTML()
+        self.multipliers_note.add_class("edlib-multipliers-note")
+        self.multipliers_view = widgets.VBox(
+            [
+                widgets.HTML(
+                    "<b>Multipliers</b> <span style='color:#666'>(saved values are used from the next epoch on; "
+                    "the epoch in progress keeps its plan)</span>"
+                ),
+                self.multipliers.widget,
+                self.multipliers_note,
+            ]
+        )
 
         f = self.fields
         sections = {
@@ -353,6 +374,7 @@ class TrainingPanel:
             lr_power=config.lr_power,
         )
         _show(self.lr_chart, lr_figure(self.preview))
+        self.multipliers.set_plan(batch_size=config.batch_size, resolution=config.resolution, seed=config.seed)
         memory = estimate_memory(config)
         gpu = GPUS[self.gpu.value]
         fits = "fits" if memory.fits(gpu.name) else "<b style='color:#b00020'>does not fit</b>"
@@ -392,6 +414,7 @@ class TrainingPanel:
         with self._lock:
             self.loss_steps, self.losses = [], []
             self.recent.clear()
+        self.epoch, self.epoch_samples, self._changed_for_epoch = None, {}, None
         self.progress.value, self.progress.max = 0, max(self.estimate.steps, 1)
         try:  # another panel's run in this kernel (a re-run cell) must stop first
             self.handle = start(config, resume=resume, callbacks=[self._on_event], plugins=self.plugins)
@@ -435,7 +458,10 @@ class TrainingPanel:
             if time.monotonic() - self._chart_drawn >= CHART_SECONDS:
                 self.draw_loss_chart()
         elif event.kind == "epoch":
+            self.epoch = data["epoch"]
+            self.epoch_samples[data["epoch"]] = data["samples"]
             self.status.value = ok_text(f"epoch {data['epoch']}: {data['samples']} samples in {data['batches']} batches")
+            self._note_epoch(data["epoch"])
             if data["epoch"] > 0:
                 self.refresh_review()
         elif event.kind == "checkpoint":
@@ -460,6 +486,34 @@ class TrainingPanel:
             existing = self.checkpoints()
             self.resume_button.disabled = not existing
             self.start_button.disabled = bool(existing)
+
+    # -- multipliers while it runs ---------------------------------------------------------
+
+    def _multipliers_saved(self) -> None:
+        """After a Save or Undo in the multiplier table: re-plan the form's estimate with the
+        files as written, and say which epoch of a running run first uses them."""
+        if self.multipliers.scan is not None:
+            self.scan = self.multipliers.scan
+        self._refresh()
+        if self.handle is not None and self.handle.running and self.epoch is not None:
+            self._changed_for_epoch = self.epoch + 1
+            self.multipliers_note.value = (
+                f"saved while epoch {self.epoch} trains: the run uses the new multipliers from epoch "
+                f"{self.epoch + 1} on (if it gets there)"
+            )
+        else:
+            self.multipliers_note.value = "saved: the next Start or Resume uses them"
+
+    def _note_epoch(self, epoch: int) -> None:
+        """When the epoch a mid-run Save was for begins, show its size next to the last one."""
+        if self._changed_for_epoch is None or epoch < self._changed_for_epoch:
+            return
+        self._changed_for_epoch = None
+        before = self.epoch_samples.get(epoch - 1)
+        was = f" (epoch {epoch - 1} had {before})" if before is not None else ""
+        self.multipliers_note.value = ok_text(
+            f"epoch {epoch} trains with the saved multipliers: {self.epoch_samples[epoch]} samples{was}"
+        )
 
     def _show_live(self, metrics: dict[str, Any]) -> None:
         """Progress line, and the cost estimate redone with this run's measured images/s."""
@@ -525,6 +579,7 @@ class TrainingPanel:
             return None
         self.status.value = ok_text(f"quarantined {rel_path}: the run drops it from its next epoch")
         self.refresh_review()
+        self.multipliers.rescan()  # its folder has one image fewer
         return where
 
 
