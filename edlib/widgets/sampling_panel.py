@@ -13,6 +13,7 @@ from pathlib import Path
 
 import ipywidgets as widgets
 import torch
+from PIL import Image
 
 from edlib.data.scan import scan
 from edlib.export.run import FORMATS_BY_METHOD, export_run
@@ -56,6 +57,13 @@ def run_config(run_dir: Path) -> TrainConfig:
     if values is None:
         raise FileNotFoundError(f"{run_dir}: not a run folder (no config.yaml); train a run first")
     return TrainConfig.from_dict(values)
+
+
+def grid_display_width(path: Path, smallest: int = 480, largest: int = 960) -> int:
+    """How wide to show a grid: its own width, enlarged up to `smallest` (a toy model's 64 px
+    cells) and reduced to `largest` (512 px cells, many prompts) so it fits a laptop screen."""
+    with Image.open(path) as image:
+        return min(max(image.width, smallest), largest)
 
 
 def next_grid_path(folder: Path) -> Path:
@@ -108,7 +116,8 @@ class SamplingPanel:
         self.steps = widgets.BoundedIntText(value=steps, min=1, max=150, description="steps")
         self.cfg_scale = widgets.BoundedFloatText(value=cfg_scale, min=0.0, max=30.0, step=0.5, description="CFG")
         self.generate_button = widgets.Button(description="Generate grid", button_style="primary", icon="image")
-        self.grid = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
+        # Hidden until there is a grid (an empty image shows as a broken-image icon).
+        self.grid = widgets.Image(format="png", layout=widgets.Layout(max_width="100%", display="none"))
         self.grid_status = widgets.HTML()
 
         self.export_checkpoint = widgets.Dropdown(description="checkpoint")
@@ -138,6 +147,14 @@ class SamplingPanel:
                 self.export_status,
             ]
         )
+        for widget, name in (
+            (self.generate_button, "generate"),
+            (self.grid_status, "grid-status"),
+            (self.grid, "grid"),
+            (self.export_button, "export"),
+            (self.export_status, "export-status"),
+        ):
+            widget.add_class(f"edlib-{name}")  # hooks for the browser test
         self.include_base = include_base
         self.refresh()
         self.refresh_button.on_click(self.refresh)
@@ -196,6 +213,8 @@ class SamplingPanel:
         out = next_grid_path(self.run_dir / GRID_FOLDER)
         self.grid_path = sample_grid(rows, specs, out, device=self.device, dtype=self.dtype)
         self.grid.value = self.grid_path.read_bytes()
+        self.grid.layout.width = f"{grid_display_width(self.grid_path)}px"
+        self.grid.layout.display = None
         self.grid_status.value = ok_text(f"{len(rows)} rows x {len(specs)} prompts: {self.grid_path}")
         return self.grid_path
 

@@ -168,7 +168,7 @@ class TrainingPanel:
         self._lock = threading.Lock()
 
         defaults = TrainConfig.model_fields
-        style = {"description_width": "150px"}
+        style = {"description_width": "200px"}  # the longest key, gradient_accumulation_steps, in full
 
         def number(key, cls=widgets.IntText, **kw):
             default = defaults[key].default
@@ -207,6 +207,8 @@ class TrainingPanel:
         }
         for key, value in (values or {}).items():
             self.set(key, value)
+        for key, widget in self.fields.items():
+            widget.add_class(f"edlib-field-{key}")  # hooks for the browser test
 
         # Estimates.
         self.gpu = widgets.Dropdown(options=list(GPUS), value=gpu, description="GPU", style=style)
@@ -227,7 +229,9 @@ class TrainingPanel:
         self.progress = widgets.IntProgress(value=0, min=0, max=1, description="step 0", style=style, layout={"width": "520px"})
         self.live = widgets.HTML()
         self.loss_chart = widgets.Output()
-        self.sample_image = widgets.Image(format="png", layout={"max_width": "480px"})
+        # Hidden until the first sample: an empty image shows as a broken-image icon. A fixed
+        # width keeps the chart beside it; a 64 px toy grid would otherwise be blown up.
+        self.sample_image = widgets.Image(format="png", layout={"width": "320px", "height": "auto", "display": "none"})
         self.sample_label = widgets.HTML("<i>samples appear here (set sample_prompts)</i>")
         self.review_box = widgets.VBox()
         self.review_button = widgets.Button(description="Refresh review", icon="refresh")
@@ -314,6 +318,17 @@ class TrainingPanel:
         self.save_button.on_click(lambda _b: self.handle and self.handle.save_now())
         self.sample_button.on_click(lambda _b: self.handle and self.handle.sample_now())
         self.review_button.on_click(lambda _b: self.refresh_review())
+        for widget, name in (
+            (self.start_button, "start"),
+            (self.stop_button, "stop"),
+            (self.status, "train-status"),
+            (self.progress, "progress"),
+            (self.live, "live"),
+            (self.plan, "plan"),
+            (self.loss_chart, "loss-chart"),
+            (advanced, "advanced"),
+        ):
+            widget.add_class(f"edlib-{name}")
         self._refresh()
 
     def _repr_mimebundle_(self, **kwargs):
@@ -469,13 +484,19 @@ class TrainingPanel:
         elif event.kind == "sample":
             self.sample_path = Path(data["path"])
             self.sample_image.value = self.sample_path.read_bytes()
-            self.sample_label.value = f"samples at step {data['step']}: {html.escape(str(self.sample_path))}"
+            self.sample_image.layout.display = None
+            where = _relative(self.sample_path, Path(self.fields["run_dir"].value))
+            self.sample_label.value = f"samples at step {data['step']}: <code>{html.escape(where)}</code>"
         elif event.kind == "sample_request":
             self.status.value = "Sample now: this run has no sample_prompts; set them before starting"
         elif event.kind == "warning":
             self.status.value = f"<span style='color:#b26a00'>{html.escape(data['message'])}</span>"
         elif event.kind in ("done", "error"):
             self.draw_loss_chart()
+            with self._lock:
+                last = self.recent[-1] if self.recent else None
+            if last is not None:
+                self._show_live(last, running=False)  # no ETA once it is over
             if event.kind == "done":
                 self.status.value = ok_text(f"finished at step {data['step']} ({data['stopped_by']})")
                 self.refresh_review()
@@ -515,11 +536,12 @@ class TrainingPanel:
             f"epoch {epoch} trains with the saved multipliers: {self.epoch_samples[epoch]} samples{was}"
         )
 
-    def _show_live(self, metrics: dict[str, Any]) -> None:
+    def _show_live(self, metrics: dict[str, Any], *, running: bool = True) -> None:
         """Progress line, and the cost estimate redone with this run's measured images/s."""
         line = (
-            f"loss {metrics['loss']:.4f} &middot; lr {metrics['lr']:.3g} &middot; "
-            f"{metrics['images_per_s']:.2f} images/s &middot; ETA {format_duration(metrics['eta_s'])}"
+            f"{'' if running else 'last step: '}loss {metrics['loss']:.4f} &middot; lr {metrics['lr']:.3g} &middot; "
+            f"{metrics['images_per_s']:.2f} images/s"
+            + (f" &middot; ETA {format_duration(metrics['eta_s'])}" if running else "")
         )
         if self.estimate is not None:
             with self._lock:
@@ -528,8 +550,9 @@ class TrainingPanel:
             if live is not self.estimate:
                 line += (
                     f"<br><span style='color:#666'>at the measured {live.throughput.images_per_s:.3g} images/s the run takes "
-                    f"{format_duration(live.seconds)}, about ${live.cost:.2f} at ${live.price_per_hour:g}/h "
-                    f"({format_duration(live.remaining_s)} left)</span>"
+                    f"{format_duration(live.seconds)}, about ${live.cost:.2f} at ${live.price_per_hour:g}/h"
+                    + (f" ({format_duration(live.remaining_s)} left)" if running else "")
+                    + "</span>"
                 )
         self.live.value = line
 
@@ -581,6 +604,14 @@ class TrainingPanel:
         self.refresh_review()
         self.multipliers.rescan()  # its folder has one image fewer
         return where
+
+
+def _relative(path: Path, folder: Path) -> str:
+    """`path` as seen from `folder` when it is inside it (shorter to read), else in full."""
+    try:
+        return str(path.resolve().relative_to(folder.resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _default_precision() -> str:

@@ -133,9 +133,12 @@ def test_start_fills_the_live_view_and_quarantine_moves_an_image(tiny_model, dat
     scatter = chart_data(panel.loss_chart)[0]
     assert scatter["y"] == pytest.approx(panel.losses)  # the chart shows every step after the run
     assert panel.progress.value == panel.progress.max == 9 and panel.progress.description == "step 9 / 9"
-    assert "images/s" in panel.live.value and "ETA" in panel.live.value and "measured" in panel.live.value
+    # The last step's numbers stay; an ETA and time "left" would be stale once it is over.
+    assert "last step" in panel.live.value and "images/s" in panel.live.value and "measured" in panel.live.value
+    assert "ETA" not in panel.live.value and "left" not in panel.live.value
     assert "finished at step 9" in panel.status.value
     assert panel.sample_image.value == (run / "samples" / "step-000009" / "grid.png").read_bytes()
+    assert panel.sample_image.layout.display is None and "samples/step-000009/grid.png" in panel.sample_label.value
     # The run ended with a checkpoint: a fresh Start would clash with it, Resume is offered.
     assert panel.start_button.disabled and not panel.resume_button.disabled and panel.stop_button.disabled
 
