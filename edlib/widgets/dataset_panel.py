@@ -173,7 +173,7 @@ class DatasetPanel:
                 _cell(format_value(f.settings.loss_scale), align="right"),
                 row.per_epoch,
                 row.share,
-                widgets.HBox(thumbs, layout=widgets.Layout(gap="4px")),
+                widgets.HBox(thumbs, layout=widgets.Layout(grid_gap="4px")),
             ]
         self.table.children = cells
         self._update()
@@ -389,7 +389,7 @@ class BalancePanel:
         )
         self.widget = widgets.VBox(
             [
-                widgets.HBox([form, self.chart], layout=widgets.Layout(gap="16px")),
+                widgets.HBox([form, self.chart], layout=widgets.Layout(grid_gap="16px")),
                 self.table,
                 widgets.HBox([self.apply_button, self.undo_button]),
                 self.status,

@@ -110,7 +110,7 @@ class SamplingPanel:
         )
         self.negative = widgets.Text(description="negative", layout=widgets.Layout(width="95%"))
         self.models = widgets.SelectMultiple(description="rows", layout=widgets.Layout(width="320px", height="110px"))
-        self.refresh_button = widgets.Button(description="Refresh checkpoints", icon="refresh")
+        self.refresh_button = widgets.Button(description="Refresh checkpoints", icon="refresh", layout={"width": "190px"})
         self.sampler = widgets.Dropdown(options=list(SAMPLER_NAMES), value=sampler, description="sampler")
         self.seed = widgets.IntText(value=seed, description="seed")
         self.steps = widgets.BoundedIntText(value=steps, min=1, max=150, description="steps")
@@ -122,7 +122,8 @@ class SamplingPanel:
 
         self.export_checkpoint = widgets.Dropdown(description="checkpoint")
         self.export_format = widgets.Dropdown(options=list(FORMATS_BY_METHOD[self.config.method]), description="format")
-        self.export_dtype = widgets.ToggleButtons(options=["fp16", "fp32"], value="fp16", description="weights")
+        # Labelled by a Label beside it: a ToggleButtons' own description wraps above its buttons.
+        self.export_dtype = widgets.ToggleButtons(options=["fp16", "fp32"], value="fp16", layout={"width": "auto"})
         self.export_dtype.style.button_width = "60px"
         self.export_button = widgets.Button(description="Export", button_style="success", icon="download")
         self.export_status = widgets.HTML()
@@ -143,7 +144,10 @@ class SamplingPanel:
                 self.grid,
                 widgets.HTML("<b>Export</b>"),
                 widgets.HBox([self.export_checkpoint, self.export_format]),
-                widgets.HBox([self.export_dtype, self.export_button]),
+                widgets.HBox(
+                    [widgets.Label("weights", layout={"width": "80px"}), self.export_dtype, self.export_button],
+                    layout={"align_items": "center", "grid_gap": "8px"},  # Layout has no "gap"; grid-gap is its alias
+                ),
                 self.export_status,
             ]
         )

@@ -211,7 +211,7 @@ class TrainingPanel:
             widget.add_class(f"edlib-field-{key}")  # hooks for the browser test
 
         # Estimates.
-        self.gpu = widgets.Dropdown(options=list(GPUS), value=gpu, description="GPU", style=style)
+        self.gpu = widgets.Dropdown(options=list(GPUS), value=gpu, description="GPU", style=style, layout={"width": "420px"})
         self.price = widgets.BoundedFloatText(value=GPUS[gpu].price_per_hour, min=0, max=1000, step=0.1, description="price per hour ($)", style=style)
         self.plan = widgets.HTML()
         self.memory = widgets.HTML()
