@@ -191,12 +191,16 @@ def check_versions(
             )
         elif pin and Version(pin).release[:2] != version.release[:2]:
             newer = version > Version(pin)
+            if name in NOT_PINNED_ON_INSTALL:  # the platform's build matches its CUDA: keep it
+                fix = f"keep this build unless a cell fails with an error from {name}"
+            else:
+                fix = f"if a cell fails with an error from {name}, run: {advice} (then restart the runtime)"
             messages.append(
                 EnvMessage(
                     "warning",
                     name,
                     f"{name} {found} is {'newer' if newer else 'older'} than {pin}, the version edlib was tested "
-                    f"with. If a cell fails with an error from {name}, run: {advice} (then restart the runtime)",
+                    f"with; {fix}",
                 )
             )
         else:

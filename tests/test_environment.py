@@ -97,6 +97,8 @@ def test_environment_rot_is_a_warning_that_says_how_to_go_back():
     assert "diffusers 0.45.0 is newer than 0.42.1" in diffusers.text
     assert "pip install diffusers==0.42.1" in diffusers.text
     assert torch.level == "warning" and "older than 2.13.0" in torch.text
+    # torch is never pinned on install (a hosted build matches its CUDA): no pip line for it.
+    assert "keep this build" in torch.text and "pip install torch" not in torch.text
 
 
 def test_package_names_match_whatever_their_case():
