@@ -519,11 +519,11 @@ class TrainingPanel:
         if self.handle is not None and self.handle.running and self.epoch is not None:
             self._changed_for_epoch = self.epoch + 1
             self.multipliers_note.value = (
-                f"saved while epoch {self.epoch} trains: the run uses the new multipliers from epoch "
-                f"{self.epoch + 1} on (if it gets there)"
+                f"multiply.txt written while epoch {self.epoch} trains: the run uses the new multipliers from "
+                f"epoch {self.epoch + 1} on (if it gets there)"
             )
         else:
-            self.multipliers_note.value = "saved: the next Start or Resume uses them"
+            self.multipliers_note.value = "multiply.txt written: the next Start or Resume uses it"
 
     def _note_epoch(self, epoch: int) -> None:
         """When the epoch a mid-run Save was for begins, show its size next to the last one."""
@@ -533,7 +533,7 @@ class TrainingPanel:
         before = self.epoch_samples.get(epoch - 1)
         was = f" (epoch {epoch - 1} had {before})" if before is not None else ""
         self.multipliers_note.value = ok_text(
-            f"epoch {epoch} trains with the saved multipliers: {self.epoch_samples[epoch]} samples{was}"
+            f"epoch {epoch} trains with the new multipliers: {self.epoch_samples[epoch]} samples{was}"
         )
 
     def _show_live(self, metrics: dict[str, Any], *, running: bool = True) -> None:

@@ -279,7 +279,7 @@ def _training(browser, lab, shots):
     page.locator("button.edlib-save").click()
     _wait_for_text(page, ".edlib-multipliers-note", "the run uses the new multipliers from epoch", shots, "03")
     assert (lab["data"] / "stars" / "multiply.txt").read_text(encoding="utf-8") == "1\n"
-    _wait_for_text(page, ".edlib-multipliers-note", "trains with the saved multipliers: 20 samples", shots, "03", 120_000)
+    _wait_for_text(page, ".edlib-multipliers-note", "trains with the new multipliers: 20 samples", shots, "03", 120_000)
     page.locator(".edlib-multipliers-note").scroll_into_view_if_needed()
     page.screenshot(path=str(shots / "03_multipliers_mid_run.png"))
 

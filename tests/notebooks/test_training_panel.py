@@ -236,14 +236,16 @@ def test_multipliers_saved_mid_run_shape_the_next_epoch_and_undo_too(tiny_model,
 
     pause.at(4)  # the first step of epoch 1, which trains with the saved value
     assert panel.epoch_samples == {0: 6, 1: 10}
-    assert "epoch 1 trains with the saved multipliers: 10 samples (epoch 0 had 6)" in panel.multipliers_note.value
+    assert "epoch 1 trains with the new multipliers: 10 samples (epoch 0 had 6)" in panel.multipliers_note.value
     table.undo_button.click()
     assert not (data_root / "other" / "multiply.txt").exists()  # there was none before the Save
     assert table.rows["other"].multiply.value == "1"
+    assert "written while epoch 1 trains" in panel.multipliers_note.value and "from epoch 2 on" in panel.multipliers_note.value
     pause.release(4)
 
     summary = panel.wait(timeout=120)
     assert panel.epoch_samples == {0: 6, 1: 10, 2: 6}
+    assert "epoch 2 trains with the new multipliers: 6 samples (epoch 1 had 10)" in panel.multipliers_note.value
     assert summary.step == 3 + 5 + 3 and [m["step"] for m in panel.handle.metrics()] == list(range(1, 12))
     # The run's own records agree: the schedules it trained, and its log of the changes.
     assert [_folder_lines(run, e, "other") for e in range(3)] == [2, 6, 2]
