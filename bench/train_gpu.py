@@ -1,33 +1,42 @@
 """GPU benchmark of the training engine against the diffusers reference training step.
 
-    python bench/train_gpu.py                 # on an H100: SD1.5 architecture, 512 px
-    python bench/train_gpu.py --tiny          # smoke check anywhere (CPU, tiny model, 64 px)
+    python bench/train_gpu.py                     # on an H100: SD1.5 architecture, 512 px
+    python bench/train_gpu.py --model sdxl        # on an H100: SDXL base 1.0 architecture, 1024 px
+    python bench/train_gpu.py --tiny [--model sdxl]   # smoke check anywhere (CPU, tiny model, 64 px)
 
-Builds SD1.5-architecture models with random weights from the published configs (written
-inline below; nothing is downloaded, and speed does not depend on weight values), then times
-in one run:
+Builds the published architectures (edlib.train.architectures) with random weights (nothing
+is downloaded, and speed does not depend on weight values), then times in one run:
 
 - reference: a step written the way diffusers' examples/text_to_image/train_text_to_image.py
-  does it: VAE and text encoder run every step, AdamW, bf16 autocast, SDPA attention. It is
-  fed ready-made pixel tensors (no image decoding), which favours it.
+  (SD1.5) or train_text_to_image_sdxl.py (SDXL: both text encoders, pooled embedding and
+  add_time_ids, VAE in fp32 as that script keeps it) does it, with the VAE and text encoder(s)
+  run every step, AdamW, bf16 autocast, SDPA attention. It is fed ready-made pixel tensors (no
+  image decoding), which favours it.
 - fast: edlib's engine (`edlib.train.train`, the real loop on a real data root) with cached
-  latents and text embeddings, fused AdamW, torch.compile.
+  latents and text embeddings, fused AdamW, channels_last, torch.compile.
 - lean: the engine with gradient checkpointing and 8-bit AdamW (plus the caches).
+- lora (SDXL): the engine's LoRA (rank 16 on attention, base in bf16) with gradient
+  checkpointing and the caches.
 
-Each line prints images/s, the ratio to the reference at the same batch size, model FLOPs
-utilisation (UNet forward + backward FLOPs counted with torch.utils.flop_counter, over the
-GPU's peak bf16 rate, --peak-tflops) and peak GPU memory. Engine numbers are measured in its
-second epoch, after the caches are filled and compilation is done.
+Each row is printed as soon as it is measured (so a run cut short keeps what it measured):
+images/s, the ratio to the reference at the same batch size, model FLOPs utilisation (UNet
+forward + backward FLOPs per image, counted with torch.utils.flop_counter on the meta device,
+over the GPU's peak bf16 rate, --peak-tflops; recomputation by gradient checkpointing is not
+counted, as is usual for MFU) and peak GPU memory. Engine numbers are measured in its second
+epoch, after the caches are filled and compilation is done.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import shutil
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -36,76 +45,146 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from edlib.train import architectures as arch  # noqa: E402
 from edlib.train.config import TrainConfig  # noqa: E402
-from edlib.train.architectures import SD15_SCHEDULER, SD15_TEXT_ENCODER, SD15_UNET, SD_VAE  # noqa: E402
 from edlib.train.loop import train  # noqa: E402
 from edlib.train.models import load_models  # noqa: E402
 from edlib.train.tiny import build_tiny_pipeline, build_tiny_tokenizer  # noqa: E402
 
-def build_sd15(out_dir: Path) -> Path:
+MODELS = ("sd15", "sdxl")
+# Defaults per model: resolution, and the cases in the order they run (the compiled one last:
+# it takes minutes to compile, and a run cut short should have the others).
+DEFAULTS = {
+    "sd15": dict(resolution=512, cases=("lean", "fast"), batch={"fast": 16, "lean": 8}),
+    "sdxl": dict(resolution=1024, cases=("lean", "lora", "fast"), batch={"fast": 4, "lean": 4, "lora": 4}),
+}
+NAMES = {"sd15": "SD1.5 architecture, random weights", "sdxl": "SDXL base 1.0 architecture, random weights"}
+
+
+def build_sd15(out_dir: Path, device: str) -> Path:
     """An SD1.5-architecture diffusers folder with random weights."""
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    tokenizer = build_tiny_tokenizer(out_dir / "tokenizer")  # ids only; speed is the same
-    pipeline = StableDiffusionPipeline(
-        vae=AutoencoderKL(**SD_VAE),
-        text_encoder=CLIPTextModel(CLIPTextConfig(**SD15_TEXT_ENCODER)),
-        tokenizer=tokenizer,
-        unet=UNet2DConditionModel(**SD15_UNET),
-        scheduler=PNDMScheduler(**SD15_SCHEDULER),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipeline.save_pretrained(out_dir, safe_serialization=True)
+    with torch.device(device):  # random init on the GPU: seconds instead of a minute
+        pipeline = StableDiffusionPipeline(
+            vae=AutoencoderKL(**arch.SD_VAE),
+            text_encoder=CLIPTextModel(CLIPTextConfig(**arch.SD15_TEXT_ENCODER)),
+            tokenizer=build_tiny_tokenizer(out_dir / "tokenizer"),  # ids only; speed is the same
+            unet=UNet2DConditionModel(**arch.SD15_UNET),
+            scheduler=PNDMScheduler(**arch.SD15_SCHEDULER),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    return _save(pipeline, out_dir)
+
+
+def build_sdxl(out_dir: Path, device: str) -> Path:
+    """An SDXL base 1.0-architecture diffusers folder with random weights."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    with torch.device(device):
+        pipeline = StableDiffusionXLPipeline(
+            vae=AutoencoderKL(**arch.SDXL_VAE),
+            text_encoder=CLIPTextModel(CLIPTextConfig(**arch.SDXL_TEXT_ENCODER)),
+            text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**arch.SDXL_TEXT_ENCODER_2)),
+            tokenizer=build_tiny_tokenizer(out_dir / "tokenizer"),
+            tokenizer_2=build_tiny_tokenizer(out_dir / "tokenizer_2"),
+            unet=UNet2DConditionModel(**arch.SDXL_UNET),
+            scheduler=EulerDiscreteScheduler(**arch.SDXL_SCHEDULER),
+        )
+    return _save(pipeline, out_dir)
+
+
+def _save(pipeline, out_dir: Path) -> Path:
+    # Saved in bf16 (half the bytes to write and read; random weights lose nothing); the
+    # engine and the reference load them as fp32, as they would a real model.
+    pipeline.to(torch.bfloat16).save_pretrained(out_dir, safe_serialization=True)
+    del pipeline
+    _free("cuda" if torch.cuda.is_available() else "cpu")
     return out_dir
 
 
 def make_data_root(root: Path, count: int, size: int) -> Path:
+    if root.is_dir():
+        return root
     rng = np.random.default_rng(0)
-    root.mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True)
     for i in range(count):
         pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(root / f"photo of a cat_{i:04d}.png")
+        Image.fromarray(pixels).save(root / f"photo of a cat_{i:04d}.png", compress_level=1)
     return root
 
 
-def unet_train_flops(model: Path, batch: int, resolution: int, device: str) -> float:
-    """FLOPs of one UNet forward + backward at this batch and resolution."""
+def unet_train_flops_per_image(unet_config: dict, latent_side: int, *, base_trains: bool) -> float:
+    """FLOPs of one UNet forward + backward for one image of latent_side x latent_side
+    latents, counted on the meta device (no memory, no GPU time). `base_trains` False (LoRA):
+    no weight gradients, only the input gradients the adapters need (their own FLOPs are
+    negligible)."""
+    from diffusers import UNet2DConditionModel
     from torch.utils.flop_counter import FlopCounterMode
 
-    models = load_models(str(model))
-    unet = models.unet.to(device)
-    side = resolution // models.vae_scale_factor
-    latents = torch.randn(batch, 4, side, side, device=device)
-    hidden = torch.randn(batch, 77, unet.config.cross_attention_dim, device=device)
-    timesteps = torch.randint(0, 1000, (batch,), device=device)
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(unet_config)
+    unet.requires_grad_(base_trains)
+    config = unet.config
+    latents = torch.randn(1, config.in_channels, latent_side, latent_side, device="meta", requires_grad=not base_trains)
+    hidden = torch.randn(1, 77, config.cross_attention_dim, device="meta")
+    timesteps = torch.randint(0, 1000, (1,), device="meta")
+    added = None
+    if config.addition_embed_type == "text_time":
+        pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+        added = {"text_embeds": torch.randn(1, pooled, device="meta"), "time_ids": torch.randn(1, 6, device="meta")}
     with FlopCounterMode(display=False) as counter:
-        unet(latents, timesteps, hidden).sample.float().pow(2).mean().backward()
+        unet(latents, timesteps, hidden, added_cond_kwargs=added).sample.float().pow(2).mean().backward()
     return float(counter.get_total_flops())
 
 
+@lru_cache(maxsize=None)  # the same for every row of a run; a count of SDXL takes seconds
+def model_flops_per_image(model: Path, resolution: int, *, base_trains: bool) -> float:
+    """`unet_train_flops_per_image` for a diffusers folder at a resolution in pixels."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    vae_factor = 2 ** (len(AutoencoderKL.load_config(model / "vae")["block_out_channels"]) - 1)
+    return unet_train_flops_per_image(
+        UNet2DConditionModel.load_config(model / "unet"), resolution // vae_factor, base_trains=base_trains
+    )
+
+
 def reference_images_per_s(model: Path, batch: int, resolution: int, steps: int, warmup: int, device: str) -> tuple[float, float]:
-    """A training step as diffusers' train_text_to_image.py writes it; returns (images/s,
-    peak GiB)."""
+    """A training step as diffusers' train_text_to_image(_sdxl).py writes it; returns
+    (images/s, peak GiB)."""
     import torch.nn.functional as F
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
+    AcceleratorState._reset_state()  # the engine's last run left its own
     precision = "bf16" if device == "cuda" else "no"
     accelerator = Accelerator(mixed_precision=precision)
     models = load_models(str(model))
     weight_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    models.vae.requires_grad_(False).to(accelerator.device, dtype=weight_dtype)
-    models.text_encoder.requires_grad_(False).to(accelerator.device, dtype=weight_dtype)
+    # The SDXL script keeps the VAE in fp32 (it overflows in half precision) unless given
+    # a fp16-safe one; the SD1.5 script casts it to the weight dtype.
+    vae_dtype = torch.float32 if models.is_sdxl else weight_dtype
+    models.vae.requires_grad_(False).to(accelerator.device, dtype=vae_dtype)
+    encoders = [models.text_encoder] + ([models.text_encoder_2] if models.is_sdxl else [])
+    tokenizers = [models.tokenizer] + ([models.tokenizer_2] if models.is_sdxl else [])
+    for encoder in encoders:
+        encoder.requires_grad_(False).to(accelerator.device, dtype=weight_dtype)
     unet = models.unet.train()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-5)
     unet, optimizer = accelerator.prepare(unet, optimizer)
     scheduler = models.noise_scheduler
-    pixels = torch.randn(batch, 3, resolution, resolution, device=accelerator.device, dtype=weight_dtype)
-    ids = models.tokenizer(
-        ["photo of a cat"] * batch, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
-    ).input_ids.to(accelerator.device)
+    pixels = torch.randn(batch, 3, resolution, resolution, device=accelerator.device, dtype=vae_dtype)
+    ids = [
+        tokenizer(["photo of a cat"] * batch, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+        .input_ids.to(accelerator.device)
+        for tokenizer in tokenizers
+    ]
+    # SDXL micro-conditioning: original size, crop top-left, target size (all images unscaled, uncropped).
+    add_time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * batch, device=accelerator.device)
 
     times = []
     _reset_peak(device)
@@ -113,12 +192,19 @@ def reference_images_per_s(model: Path, batch: int, resolution: int, steps: int,
         _sync(device)
         start = time.perf_counter()
         latents = models.vae.encode(pixels).latent_dist.sample() * models.vae_scaling_factor
+        latents = latents.to(weight_dtype)
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), device=latents.device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
-        hidden = models.text_encoder(ids, return_dict=False)[0]
+        with torch.no_grad():
+            if models.is_sdxl:  # the script's encode_prompt: penultimate layers joined, second encoder's pooled output
+                outputs = [encoder(i, output_hidden_states=True) for encoder, i in zip(encoders, ids)]
+                hidden = torch.cat([out.hidden_states[-2] for out in outputs], dim=-1)
+                added = {"text_embeds": outputs[1][0], "time_ids": add_time_ids.to(weight_dtype)}
+            else:
+                hidden, added = encoders[0](ids[0], return_dict=False)[0], None
         with accelerator.autocast():
-            pred = unet(noisy, timesteps, hidden, return_dict=False)[0]
+            pred = unet(noisy, timesteps, hidden, added_cond_kwargs=added, return_dict=False)[0]
         loss = F.mse_loss(pred.float(), noise.float(), reduction="mean")
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(unet.parameters(), 1.0)
@@ -128,7 +214,7 @@ def reference_images_per_s(model: Path, batch: int, resolution: int, steps: int,
         if step >= warmup:
             times.append(time.perf_counter() - start)
     peak = _peak_gib(device)
-    del models, unet, optimizer, accelerator
+    del models, unet, optimizer, accelerator, encoders
     _free(device)
     return batch / statistics.median(times), peak
 
@@ -143,6 +229,7 @@ def engine_images_per_s(model: Path, data: Path, run_dir: Path, device: str, **p
             epochs=2,
             save_every_n_epochs=None,
             save_every_n_minutes=None,
+            keep_last_n_checkpoints=1,
             write_schedule=False,
             log_every_n_steps=1000,
             **preset,
@@ -157,8 +244,101 @@ def engine_images_per_s(model: Path, data: Path, run_dir: Path, device: str, **p
     _reset_peak(device)
     train(config, callbacks=[collect], progress_bar=False)
     peak = _peak_gib(device)
+    shutil.rmtree(run_dir, ignore_errors=True)  # an SDXL checkpoint with optimizer state is ~30 GB
     _free(device)
     return 1.0 / statistics.median(seconds_per_image), peak
+
+
+def presets(model: str, gpu: bool) -> dict[str, dict]:
+    """The engine's config keys for each case (the CPU smoke check skips what needs CUDA,
+    and compilation, which takes minutes on a CPU)."""
+    fast = dict(
+        mixed_precision="bf16" if gpu else "no",
+        cache_latents="memory",
+        cache_text_embeddings=True,
+        channels_last=True,
+        compile=gpu,
+        optimizer_args={"fused": True} if gpu else {},
+    )
+    lean = dict(fast, channels_last=False, compile=False, gradient_checkpointing=True, optimizer_args={},
+                optimizer="adamw8bit" if gpu else "adamw")
+    lora = dict(lean, optimizer="adamw", method="lora", network_dim=16, network_alpha=8.0, unet_lr=1e-4)
+    return {"fast": fast, "lean": lean, "lora": lora}
+
+
+@dataclass
+class Bench:
+    """One benchmark run: the model built once, references measured once per batch size."""
+
+    model: str
+    path: Path
+    work: Path
+    device: str
+    resolution: int
+    steps: int
+    warmup: int
+    peak_flops: float
+    references: dict[int, tuple[float, float]] = field(default_factory=dict)
+
+    def reference(self, batch: int) -> tuple[float, float]:
+        if batch not in self.references:
+            self.references[batch] = reference_images_per_s(self.path, batch, self.resolution, self.steps, self.warmup, self.device)
+            self.row(f"reference (b{batch})", *self.references[batch], ratio=1.0, base_trains=True)
+        return self.references[batch]
+
+    def engine(self, name: str, batch: int, preset: dict) -> None:
+        ref_ips, _ = self.reference(batch)
+        data = make_data_root(self.work / f"data-{batch}", batch * self.steps, self.resolution)
+        ips, peak = engine_images_per_s(
+            self.path, data, self.work / f"run-{name}", self.device, batch_size=batch, resolution=self.resolution, **preset
+        )
+        self.row(f"edlib {name} (b{batch})", ips, peak, ratio=ips / ref_ips, base_trains=preset.get("method") != "lora")
+
+    def row(self, label: str, ips: float, peak: float, *, ratio: float, base_trains: bool) -> None:
+        flops = model_flops_per_image(self.path, self.resolution, base_trains=base_trains)
+        mfu = flops * ips / self.peak_flops
+        print(f"{label:24} {ips:10.2f} {ratio:7.2f} {mfu:7.1%} {peak:9.2f}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=MODELS, default="sd15", help="architecture to benchmark")
+    parser.add_argument("--tiny", action="store_true", help="tiny model at 64 px on the CPU: a smoke check")
+    parser.add_argument("--cases", nargs="+", help="engine cases to run, in order (default: all of the model's)")
+    parser.add_argument("--batch-size", type=int, help="batch of every case (default: per case, see DEFAULTS)")
+    parser.add_argument("--resolution", type=int)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (engine: steps of its second epoch)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="GPU peak dense bf16 TFLOPS (H100 SXM, H200: 989)")
+    args = parser.parse_args(argv)
+
+    defaults = DEFAULTS[args.model]
+    cases = args.cases or defaults["cases"]
+    unknown = set(cases) - set(defaults["batch"])
+    if unknown:
+        parser.error(f"--cases: unknown for {args.model}: {', '.join(sorted(unknown))}; allowed: {', '.join(defaults['batch'])}")
+    device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
+    gpu = device == "cuda"
+    resolution = args.resolution or defaults["resolution"]
+    steps, warmup = args.steps, args.warmup
+    if args.tiny:
+        resolution, steps, warmup = 64, 3, 1
+    batches = {case: args.batch_size or (2 if args.tiny else defaults["batch"][case]) for case in cases}
+
+    work = Path(tempfile.mkdtemp(prefix="edlib-bench-"))
+    started = time.perf_counter()
+    if args.tiny:
+        path = build_tiny_pipeline(work / "model", variant="sdxl" if args.model == "sdxl" else "sd1")
+    else:
+        path = (build_sdxl if args.model == "sdxl" else build_sd15)(work / "model", device)
+    print(f"device: {torch.cuda.get_device_name() if gpu else 'cpu'}, resolution {resolution}, model "
+          f"{'tiny ' + args.model if args.tiny else NAMES[args.model]} (built in {time.perf_counter() - started:.0f} s)")
+    print(f"{'':24} {'images/s':>10} {'x ref':>7} {'MFU':>7} {'peak GiB':>9}", flush=True)
+    bench = Bench(args.model, path, work, device, resolution, steps, warmup, args.peak_tflops * 1e12)
+    for case in cases:
+        bench.engine(case, batches[case], presets(args.model, gpu)[case])
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"total {time.perf_counter() - started:.0f} s")
 
 
 def _sync(device: str) -> None:
@@ -176,55 +356,10 @@ def _peak_gib(device: str) -> float:
 
 
 def _free(device: str) -> None:
+    torch._dynamo.reset()  # compiled graphs hold on to the model they were traced from
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="tiny model at 64 px on the CPU: a smoke check")
-    parser.add_argument("--batch-size", type=int, default=16, help="batch of the reference and the fast preset")
-    parser.add_argument("--lean-batch-size", type=int, default=8)
-    parser.add_argument("--resolution", type=int, default=512)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps (engine: steps of its second epoch)")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--peak-tflops", type=float, default=989.0, help="GPU peak dense bf16 TFLOPS (H100 SXM: 989)")
-    args = parser.parse_args(argv)
-
-    device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
-    if args.tiny:
-        args.batch_size, args.lean_batch_size, args.resolution, args.steps, args.warmup = 2, 2, 64, 3, 1
-    work = Path(tempfile.mkdtemp(prefix="edlib-bench-"))
-    model = build_tiny_pipeline(work / "model") if args.tiny else build_sd15(work / "model")
-    gpu = device == "cuda"
-    fast = dict(
-        mixed_precision="bf16" if gpu else "no",
-        cache_latents="memory",
-        cache_text_embeddings=True,
-        compile=gpu,  # compiling on a CPU takes minutes; the smoke check skips it
-        optimizer_args={"fused": True} if gpu else {},
-    )
-    lean = dict(fast, compile=False, gradient_checkpointing=True, optimizer="adamw8bit" if gpu else "adamw", optimizer_args={})
-
-    rows = []
-    for name, batch, preset in (("fast", args.batch_size, fast), ("lean", args.lean_batch_size, lean)):
-        ref_ips, ref_peak = reference_images_per_s(model, batch, args.resolution, args.steps, args.warmup, device)
-        data = make_data_root(work / f"data-{batch}", batch * args.steps, args.resolution)
-        ips, peak = engine_images_per_s(
-            model, data, work / f"run-{name}", device, batch_size=batch, resolution=args.resolution, **preset
-        )
-        # Model FLOPs utilisation: the UNet's training FLOPs per image, at the measured rate.
-        flops_per_image = unet_train_flops(model, batch, args.resolution, device) / batch
-        peak_flops = args.peak_tflops * 1e12
-        rows.append((f"reference (b{batch})", ref_ips, 1.0, flops_per_image * ref_ips / peak_flops, ref_peak))
-        rows.append((f"edlib {name} (b{batch})", ips, ips / ref_ips, flops_per_image * ips / peak_flops, peak))
-
-    print(f"\ndevice: {torch.cuda.get_device_name() if gpu else 'cpu'}, resolution {args.resolution}, model "
-          f"{'tiny' if args.tiny else 'SD1.5 architecture, random weights'}")
-    print(f"{'':24} {'images/s':>10} {'x ref':>7} {'MFU':>7} {'peak GiB':>9}")
-    for label, ips, ratio, mfu_value, peak in rows:
-        print(f"{label:24} {ips:10.2f} {ratio:7.2f} {mfu_value:7.1%} {peak:9.2f}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ These are orientation figures, not promises:
 - **Time** = optimizer steps (from the preview) x images per step / images per second.
   Images per second come from `MEASURED`, throughput measured on one H100 80GB (torch
   2.11 + CUDA 13, diffusers 0.42.1, 2026-11; random weights with the published
-  architectures; SD1.5 at 512 px with batch 16, SDXL at 1024 px with batch 4, bf16 autocast). Only those rows are *measured*; everything else is labelled a
+  architectures; SD1.5 at 512 px with batch 16, SDXL at 1024 px with batch 4, bf16 autocast;
+  /work/shared/GPU_FIGURES.md, each row's text quoted in `MEASURED_SOURCE`, so a basis names
+  the row it comes from). Only those rows are *measured*; everything else is labelled a
   *scaled estimate*: other GPUs scale by their dense bf16 tensor TFLOPs relative to the H100
   (memory bandwidth, clocks and drivers are ignored), other resolutions by pixel count,
   settings without a row of their own from the nearest measured row by the ratio between
@@ -24,9 +26,11 @@ These are orientation figures, not promises:
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from edlib.train.config import TrainConfig
+from edlib.train.models import folder_is_sdxl, is_sdxl_file
 
 GIB = 1024**3
 
@@ -49,14 +53,17 @@ class Family:
 # SD1.5 full, AdamW, batch 16: (30.2 - 16 B x 860M) / 16 = 1.09 GiB (LoRA rows give 1.09 too);
 # with checkpointing: 0.16 (full, 8-bit) and 0.26 (LoRA), taken as 0.2.
 # SDXL full, AdamW, batch 4: (66.4 - 16 B x 2.57B) / 4 = 7.0 GiB; checkpointed + 8-bit: 0.42.
+# Parameter counts: the published configs in edlib.train.architectures (tests/bench checks
+# them): SDXL UNet 2,567.5M, CLIP-L 123.1M + OpenCLIP-bigG 694.7M, VAE 83.7M.
 FAMILIES = {
     "sd15": Family("SD1.5", 512, 859.5e6, 123.1e6, 83.7e6, 1.09, 0.2, 74.1),
-    "sdxl": Family("SDXL", 1024, 2567.5e6, 817.0e6, 83.7e6, 7.0, 0.42, 9.2),
+    "sdxl": Family("SDXL", 1024, 2567.5e6, 817.7e6, 83.7e6, 7.0, 0.42, 9.2),
 }
 
 ROW_LABELS = {
     "full_uncached": "full fine-tune, VAE and text encoder every step",
     "full": "full fine-tune, cached latents and text embeddings",
+    "full_fused": "full fine-tune, cached latents and text embeddings, fused AdamW",
     "full_compiled": "full fine-tune, cached, torch.compile",
     "full_checkpointed_8bit": "full fine-tune, cached, gradient checkpointing + 8-bit AdamW",
     "lora": "LoRA rank 16, base in bf16",
@@ -73,7 +80,21 @@ MEASURED: dict[tuple[str, str], float] = {
     ("sd15", "lora"): 90.4,
     ("sd15", "lora_checkpointed"): 56.0,
     ("sdxl", "full"): 9.2,
+    ("sdxl", "full_fused"): 11.5,
     ("sdxl", "full_checkpointed_8bit"): 5.8,
+}
+# Where each MEASURED figure comes from: its row in GPU_FIGURES.md (SD1.5 had no separate
+# unfused row: its "full" row is already fused AdamW with channels_last).
+MEASURED_SOURCE: dict[tuple[str, str], str] = {
+    ("sd15", "full_uncached"): "SD1.5, reference step in the style of diffusers' train_text_to_image.py (VAE + text encoder every step, AdamW), batch 16",
+    ("sd15", "full"): "SD1.5, cached latents and text embeddings, channels_last, fused AdamW, batch 16",
+    ("sd15", "full_compiled"): "SD1.5, cached, channels_last, fused AdamW + torch.compile, batch 16",
+    ("sd15", "full_checkpointed_8bit"): "SD1.5, cached, gradient checkpointing + bitsandbytes AdamW8bit, batch 16",
+    ("sd15", "lora"): "SD1.5 LoRA rank 16 on attention, base in bf16, batch 16",
+    ("sd15", "lora_checkpointed"): "SD1.5 LoRA rank 16 on attention, base in bf16, + gradient checkpointing, batch 16",
+    ("sdxl", "full"): "SDXL, cached, AdamW, batch 4",
+    ("sdxl", "full_fused"): "SDXL, cached, fused AdamW, batch 4",
+    ("sdxl", "full_checkpointed_8bit"): "SDXL, cached, gradient checkpointing + AdamW8bit, batch 4",
 }
 
 
@@ -107,7 +128,17 @@ OPTIMIZER_BYTES = {"adamw": 8.0, "adamw8bit": 2.0, "lion": 4.0, "prodigy": 16.0,
 
 
 def model_family(model: str) -> str:
-    """`sdxl` when the model's name says XL, else `sd15` (SD1.x/2.x-sized UNets)."""
+    """`sdxl` for an SDXL model, else `sd15` (SD1.x/2.x-sized UNets). A local diffusers folder
+    or .safetensors file says so itself (a second text encoder; read without loading any
+    weights); a hub id or other name by saying XL."""
+    path = Path(str(model)).expanduser()
+    try:
+        if (path / "model_index.json").is_file():
+            return "sdxl" if folder_is_sdxl(path) else "sd15"
+        if path.is_file() and path.suffix.lower() == ".safetensors":
+            return "sdxl" if is_sdxl_file(path) else "sd15"
+    except (OSError, ValueError):  # unreadable or not what it claims: fall back to the name
+        pass
     return "sdxl" if "xl" in str(model).lower() else "sd15"
 
 
@@ -195,7 +226,7 @@ def throughput(config: TrainConfig, gpu: str = REFERENCE_GPU, family: str | None
         rate *= factor
     label = f"{fam.name} {ROW_LABELS[row]}, batch {MEASURED_BATCH[fam_key]}"
     if not factors:
-        return Throughput(rate, True, f"measured on an H100: {label}")
+        return Throughput(rate, True, f"measured on an H100: {label} (GPU_FIGURES.md: {MEASURED_SOURCE[(fam_key, row)]})")
     scaled = "; ".join(why if factor == 1.0 else f"{why} x{factor:.2g}" for why, factor in factors)
     return Throughput(rate, False, f"scaled estimate from the H100 row {label}: {scaled}")
 
@@ -217,8 +248,12 @@ def _nearest_row(config: TrainConfig, family: str) -> tuple[str, list[tuple[str,
         return "full_uncached", factors
     elif config.compile and family == "sd15":
         row = "full_compiled"
+    elif family == "sdxl" and cached and config.optimizer == "adamw" and config.optimizer_args.get("fused"):
+        row = "full_fused"
     else:
         row = "full"
+    if config.compile and family == "sdxl" and config.method == "full" and not config.gradient_checkpointing:
+        factors.append(("torch.compile not measured for SDXL, timed without it", 1.0))
     if not cached:
         factors.append(("VAE and text encoder every step", MEASURED[("sd15", "full_uncached")] / MEASURED[("sd15", "full")]))
     return row, factors

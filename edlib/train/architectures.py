@@ -68,3 +68,53 @@ SD15_SCHEDULER = dict(
     skip_prk_steps=True,
     steps_offset=1,
 )
+
+# SDXL base 1.0 (stabilityai/stable-diffusion-xl-base-1.0): no attention at the top level,
+# 1, 2 and 10 transformer layers deeper down, and the pooled text embedding (1280) plus six
+# micro-conditioning numbers (6 x 256) added to the time embedding: 1280 + 1536 = 2816.
+SDXL_UNET = dict(
+    sample_size=128,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2, 10),
+    attention_head_dim=(5, 10, 20),
+    cross_attention_dim=2048,
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+    norm_num_groups=32,
+    norm_eps=1e-5,
+    flip_sin_to_cos=True,
+    freq_shift=0,
+    downsample_padding=1,
+    act_fn="silu",
+)
+# SD's VAE architecture, retrained: its own scaling factor, and it overflows in fp16.
+SDXL_VAE = dict(SD_VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True)
+# The first encoder is SD1.5's CLIP ViT-L; the second OpenCLIP ViT-bigG, with its projection
+# (CLIPTextModelWithProjection), whose pooled output conditions the UNet.
+SDXL_TEXT_ENCODER = SD15_TEXT_ENCODER
+SDXL_TEXT_ENCODER_2 = dict(
+    vocab_size=49408,
+    hidden_size=1280,
+    intermediate_size=5120,
+    num_hidden_layers=32,
+    num_attention_heads=20,
+    max_position_embeddings=77,
+    hidden_act="gelu",
+    projection_dim=1280,
+)
+SDXL_SCHEDULER = dict(  # EulerDiscreteScheduler
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    steps_offset=1,
+    timestep_spacing="leading",
+    prediction_type="epsilon",
+)

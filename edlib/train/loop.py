@@ -410,6 +410,8 @@ def _sample_losses(models, encoder: BatchEncoder, data, batch, config: TrainConf
     scheduler = models.noise_scheduler
     timesteps = sample_timesteps(scheduler, generators, device=latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
+    if config.channels_last:
+        noisy = noisy.contiguous(memory_format=torch.channels_last)
     prediction = predict(models.unet, noisy, timesteps, cond)
     raw = per_sample_loss(prediction, training_target(scheduler, latents, noise, timesteps))
     if not config.min_snr_gamma:
@@ -494,6 +496,8 @@ def _place_models(models, method: Method, config: TrainConfig, accelerator: Acce
         enable_gradient_checkpointing(models, text_encoders=tuple(n for n in models.text_encoder_names if n in trainable))
     for name in models.module_names:
         module = getattr(models, name)
+        if name == "unet" and config.channels_last:  # its inputs follow in `_sample_losses`
+            module.to(memory_format=torch.channels_last)
         if name not in trainable:
             module.to(accelerator.device, dtype=frozen_dtype(name, module, config.mixed_precision)).eval()
         elif name == "unet":

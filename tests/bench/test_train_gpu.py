@@ -1,0 +1,74 @@
+"""bench/train_gpu.py: the published architectures it builds, its FLOP count, and both tiny
+smoke modes end to end on the CPU (the GPU figures themselves are measured on an H100)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from edlib.train import architectures as arch
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "train_gpu.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("train_gpu", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _params(module: torch.nn.Module) -> float:
+    return sum(p.numel() for p in module.parameters()) / 1e6
+
+
+@pytest.mark.slow  # about 6 s: building the 3.5B-parameter graphs, even on the meta device
+def test_sdxl_configs_build_the_published_sizes():
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        unet = UNet2DConditionModel(**arch.SDXL_UNET)
+        vae = AutoencoderKL(**arch.SDXL_VAE)
+        clip_l = CLIPTextModel(CLIPTextConfig(**arch.SDXL_TEXT_ENCODER))
+        clip_g = CLIPTextModelWithProjection(CLIPTextConfig(**arch.SDXL_TEXT_ENCODER_2))
+    # Parameter counts of stabilityai/stable-diffusion-xl-base-1.0's components.
+    assert _params(unet) == pytest.approx(2567.46, abs=0.01)
+    assert _params(vae) == pytest.approx(83.65, abs=0.01)
+    assert _params(clip_l) == pytest.approx(123.06, abs=0.01)
+    assert _params(clip_g) == pytest.approx(694.66, abs=0.01)
+    assert clip_g.config.projection_dim == 1280 and clip_g.config.num_hidden_layers == 32
+    assert vae.config.scaling_factor == 0.13025 and vae.config.force_upcast
+    # The added embedding takes the pooled text (1280) and 6 micro-conditioning numbers x 256.
+    assert unet.add_embedding.linear_1.in_features == 1280 + 6 * 256
+
+
+@pytest.mark.slow
+def test_flop_count_matches_the_h100_figures(bench):
+    # /work/shared/GPU_FIGURES.md (torch.utils.flop_counter on the GPU): SD1.5 at 512 px
+    # 2,470 GFLOP, SDXL at 1024 px 20,623 GFLOP per image, forward + backward. The meta count
+    # differs by the attention kernel's counting (flash vs math), a few percent.
+    sd15 = bench.unet_train_flops_per_image(arch.SD15_UNET, 64, base_trains=True)
+    sdxl = bench.unet_train_flops_per_image(arch.SDXL_UNET, 128, base_trains=True)
+    assert sd15 / 1e9 == pytest.approx(2470, rel=0.05)
+    assert sdxl / 1e9 == pytest.approx(20623, rel=0.05)
+    # LoRA: no weight gradients, so about two thirds of a full step.
+    lora = bench.unet_train_flops_per_image(arch.SD15_UNET, 64, base_trains=False)
+    assert 0.55 < lora / sd15 < 0.75
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["sd15", "sdxl"])
+def test_tiny_smoke_mode_runs_every_case(bench, model, capsys):
+    bench.main(["--tiny", "--model", model])
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split(" (b")[0]: line.split()[-4:] for line in lines if " (b2) " in line}
+    expected = {"sd15": {"reference", "edlib lean", "edlib fast"}, "sdxl": {"reference", "edlib lean", "edlib lora", "edlib fast"}}
+    assert set(rows) == expected[model]
+    for label, (ips, ratio, mfu, peak) in rows.items():
+        assert float(ips) > 0 and float(ratio) > 0, (label, ips, ratio)
+        assert mfu.endswith("%") and peak == "nan"  # no CUDA: no peak memory
