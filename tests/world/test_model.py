@@ -54,19 +54,30 @@ def test_bundled_model_loads_offline_from_the_package():
     assert pipeline.vae.config.scaling_factor != VAE_CONFIG["scaling_factor"]
 
 
-def test_tokenizer_spells_novel_shapes_it_never_trained_on(bundled):
-    """A fine-tune can teach "zorblat": the tokenizer encodes it (and decodes it back)."""
+def test_tokenizer_gives_novel_shapes_one_token_it_never_trained_on(bundled):
+    """A fine-tune can teach "zorblat": it is one token of its own (not pieces shared with
+    "orange" and "black"), so teaching it changes no known word."""
     tokenizer = bundled.tokenizer
     for word in NOVEL_SHAPES:
         ids = tokenizer(word, add_special_tokens=False).input_ids
-        assert ids and tokenizer.unk_token_id not in ids
+        assert len(ids) == 1 and tokenizer.unk_token_id not in ids
         assert tokenizer.decode(ids).strip() == word
+
+
+def test_bundled_model_samples_and_trains_on_a_zero_terminal_snr_v_schedule():
+    from edlib.train.models import load_models
+
+    config = json.loads((bundled_model_path() / "scheduler" / "scheduler_config.json").read_text())
+    assert config["prediction_type"] == "v_prediction" and config["rescale_betas_zero_snr"] is True
+    assert config["timestep_spacing"] == "trailing"
+    models = load_models(bundled_model_path())  # no zero_terminal_snr asked: the model's own schedule
+    assert models.prediction_type == "v_prediction" and models.noise_scheduler.alphas_cumprod[-1] == 0
 
 
 def test_untrained_architecture_is_written_as_a_diffusers_folder(tmp_path):
     out = build_world_pipeline(tmp_path / "untrained", seed=3)
     index = json.loads((out / "model_index.json").read_text())
-    assert index["scheduler"][1] == "PNDMScheduler"
+    assert index["scheduler"][1] == "DDIMScheduler"
     pipeline = StableDiffusionPipeline.from_pretrained(out, local_files_only=True)
     assert pipeline.vae.config.block_out_channels[-1] == VAE_CONFIG["block_out_channels"][-1]
     assert pipeline.unet.config.sample_size * 4 == 64
