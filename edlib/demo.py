@@ -158,7 +158,7 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0, model: str | Path
         write_schedule(p.realise(epoch), result, schedules)
 
     new_prompts = scene_prompts([NEW_CONCEPT], 4 if quick else 16, seed)
-    old_prompts = _prompts(list(SHAPES), 4 if quick else 16, seed)
+    old_prompts = scene_prompts(list(SHAPES), 4 if quick else 16, seed)
     samples = out / "samples"
 
     _heading(f"Before: the base model ({model})")
