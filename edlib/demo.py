@@ -55,13 +55,13 @@ def _heading(text: str) -> None:
     print(f"\n== {text} ==", flush=True)
 
 
-def _prompts(shapes: list[str], count: int, seed: int) -> list[str]:
+def scene_prompts(shapes: list[str], count: int, seed: int) -> list[str]:
     """Full world captions of random scenes with these shapes (colours etc. random)."""
     rng = np.random.default_rng([seed, 7])
     return [caption(sample_scene(rng, shapes=shapes)) for _ in range(count)]
 
 
-def _sample_and_score(pipeline, prompts: list[str], out_dir: Path, label: str, seed: int) -> dict:
+def sample_and_score(pipeline, prompts: list[str], out_dir: Path, label: str, seed: int) -> dict:
     """Sample one image per prompt with edlib's sampler (PNGs with their settings, plus a
     grid) and score what they show with the automatic check."""
     from edlib.sample import PromptSpec, sample_images
@@ -87,7 +87,7 @@ def _report_line(name: str, before: dict, after: dict) -> str:
     )
 
 
-def _fine_tune(model: Path, data_root: Path, run_dir: Path, *, epochs: int, seed: int):
+def fine_tune(model: Path, data_root: Path, run_dir: Path, *, epochs: int, seed: int):
     """Full fine-tune of the bundled model's UNet and text encoder (the text encoder must
     learn what the new word means). Rerunning the demo resumes a finished run, which returns
     at once."""
@@ -157,28 +157,28 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0, model: str | Path
     for epoch in range(epochs):
         write_schedule(p.realise(epoch), result, schedules)
 
-    new_prompts = _prompts([NEW_CONCEPT], 4 if quick else 16, seed)
-    old_prompts = _prompts(list(SHAPES), 4 if quick else 16, seed)
+    new_prompts = scene_prompts([NEW_CONCEPT], 4 if quick else 16, seed)
+    old_prompts = scene_prompts(list(SHAPES), 4 if quick else 16, seed)
     samples = out / "samples"
 
     _heading(f"Before: the base model ({model})")
     # fp32 on the CPU: the bundled weights are stored in fp16 to keep the package small.
     base = load_pipeline(model, dtype=torch.float32)
-    before_new = _sample_and_score(base, new_prompts, samples / "before" / NEW_CONCEPT, "world-model", seed)
-    before_old = _sample_and_score(base, old_prompts, samples / "before" / "known-shapes", "world-model", seed)
+    before_new = sample_and_score(base, new_prompts, samples / "before" / NEW_CONCEPT, "world-model", seed)
+    before_old = sample_and_score(base, old_prompts, samples / "before" / "known-shapes", "world-model", seed)
     del base
     print(f"  e.g. {new_prompts[0]!r}: images in {samples / 'before'}")
 
     run_dir = out / "runs" / ("demo-quick" if quick else "demo")
     _heading(f"Fine-tuning on the CPU: {p.total_steps} steps, run folder {run_dir}")
     started = time.time()
-    summary = _fine_tune(model, data_root, run_dir, epochs=epochs, seed=seed)
+    summary = fine_tune(model, data_root, run_dir, epochs=epochs, seed=seed)
     print(f"  done in {time.time() - started:.0f} s: {summary}")
 
     _heading("After: the fine-tuned model")
     tuned = load_pipeline(run_dir, dtype=torch.float32)
-    after_new = _sample_and_score(tuned, new_prompts, samples / "after" / NEW_CONCEPT, run_dir.name, seed)
-    after_old = _sample_and_score(tuned, old_prompts, samples / "after" / "known-shapes", run_dir.name, seed)
+    after_new = sample_and_score(tuned, new_prompts, samples / "after" / NEW_CONCEPT, run_dir.name, seed)
+    after_old = sample_and_score(tuned, old_prompts, samples / "after" / "known-shapes", run_dir.name, seed)
     del tuned
     print(f"  images in {samples / 'after'}")
 

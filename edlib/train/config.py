@@ -186,7 +186,8 @@ class TrainConfig(BaseModel):
     zero_terminal_snr: bool = Field(
         False,
         description="Rescale the noise schedule so the last timestep is pure noise (Lin et al. 2023). Use "
-        "with v_prediction; the model must then be sampled with the same rescaled schedule.",
+        "with v_prediction; the model must then be sampled with the same rescaled schedule. A model whose "
+        "scheduler config has `rescale_betas_zero_snr: true` trains on that schedule even when this is false.",
     )
     noise_offset: float = Field(
         0.0,

@@ -261,7 +261,8 @@ def load_models(
 
     ``prediction_type`` None takes the model's own (from its scheduler config); "epsilon" or
     "v_prediction" overrides it. ``zero_terminal_snr`` rescales the betas so the last timestep
-    is pure noise. ``single_file_config`` is a hub id or local diffusers folder describing a
+    is pure noise; a model whose scheduler config has ``rescale_betas_zero_snr`` gets that
+    schedule whatever ``zero_terminal_snr`` says. ``single_file_config`` is a hub id or local diffusers folder describing a
     single file's architecture; without it diffusers infers the architecture from the file's
     keys (which needs the hub, or its cache, once). ``vae`` replaces the model's VAE (a hub id
     or a diffusers VAE folder), e.g. with an fp16-safe one.
@@ -281,6 +282,11 @@ def load_models(
             "zero_terminal_snr with epsilon prediction: at the last timestep the input is pure noise and "
             "the target is that noise, so the model learns nothing there; use prediction_type v_prediction"
         )
+    # A model sampled with a zero-terminal-SNR schedule (its scheduler config says so) was
+    # trained on it and must go on training on it: passing False here would silently train
+    # it on the plain schedule, at whose last timestep x_T still shows the image's mean
+    # colour, so the model learns to read colours from the noise instead of the prompt.
+    zero_terminal_snr = zero_terminal_snr or bool(scheduler_config.get("rescale_betas_zero_snr", False))
     noise_scheduler = DDPMScheduler.from_config(
         scheduler_config, prediction_type=prediction_type, rescale_betas_zero_snr=zero_terminal_snr
     )

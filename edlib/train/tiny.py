@@ -59,12 +59,29 @@ def _byte_level(word: str) -> str:
     return "".join(piece for piece, _ in pieces)
 
 
-def _clip_vocab_and_merges(words: Iterable[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """A CLIP-style BPE vocabulary: the 256 byte symbols, the same with ``</w>``, one merge
-    chain per word, then the two special tokens (the order CLIP's own vocab uses).
+def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """CLIP's BPE on one word: merge the lowest-ranked adjacent pair until none is ranked."""
+    while len(symbols) > 1:
+        pairs = [(ranks.get(pair, len(ranks)), i) for i, pair in enumerate(zip(symbols, symbols[1:]))]
+        rank, i = min(pairs)
+        if rank == len(ranks):
+            break
+        symbols = symbols[:i] + [symbols[i] + symbols[i + 1]] + symbols[i + 2 :]
+    return symbols
 
-    Each word is merged left to right (``c a`` -> ``ca``, ``ca t</w>`` -> ``cat</w>``); merges
-    are ranked shortest result first, so shared prefixes form before longer words use them.
+
+def _clip_vocab_and_merges(words: Iterable[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A CLIP-style BPE vocabulary: the 256 byte symbols, the same with ``</w>``, the merges
+    that make each word one token, then the two special tokens (the order CLIP's own vocab
+    uses).
+
+    BPE always applies the lowest-ranked merge it can, so a merge chain written per word
+    breaks as soon as another word's earlier merge splits it differently ("orange" ranks
+    ``o r`` before "zorblat" gets ``z o``). Each word is therefore run through BPE with the
+    merges so far, and while it is still in pieces, a merge of its first two pieces is
+    appended. An appended merge ranks after every earlier one, and BPE only reaches it
+    when no earlier merge applies, which never happens inside an already finished word:
+    adding a word never changes how the words before it tokenize.
     """
     from tokenizers import pre_tokenizers
 
@@ -73,22 +90,18 @@ def _clip_vocab_and_merges(words: Iterable[str]) -> tuple[dict[str, int], list[t
     for symbol in alphabet + [s + _EOW for s in alphabet]:
         vocab[symbol] = len(vocab)
 
-    merges: dict[tuple[str, str], int] = {}  # merge -> length of its result, insertion-ordered
+    ranks: dict[tuple[str, str], int] = {}
     for word in words:
         symbols = list(_byte_level(word.strip().lower()))
-        if len(symbols) < 2:
+        if not symbols:
             continue
         symbols[-1] += _EOW
-        left = symbols[0]
-        for right in symbols[1:]:
-            merges.setdefault((left, right), len(left) + len(right))
-            left += right
-    ranked = sorted(merges, key=merges.__getitem__)  # stable: ties keep first-seen order
-    for left, right in ranked:
-        vocab.setdefault(left + right, len(vocab))
+        while len(pieces := _bpe(symbols, ranks)) > 1:
+            ranks[(pieces[0], pieces[1])] = len(ranks)
+            vocab.setdefault(pieces[0] + pieces[1], len(vocab))
     for special in (_BOS, _EOS):
         vocab[special] = len(vocab)
-    return vocab, ranked
+    return vocab, list(ranks)
 
 
 def build_tiny_tokenizer(out_dir: str | Path, words: Iterable[str] | None = None):

@@ -42,6 +42,20 @@ def test_zero_terminal_snr_rescales_the_training_schedule(tiny_sd2v):
     assert plain[-1] > 0 and rescaled[-1] == 0
 
 
+def test_a_model_shipped_with_a_zero_terminal_snr_schedule_trains_on_it(tmp_path):
+    # Its samplers start from pure noise at the last timestep; training it on the plain
+    # schedule (the config default zero_terminal_snr: false) would teach it to expect
+    # some of the image still there.
+    from edlib.train.tiny import build_tiny_pipeline
+
+    path = build_tiny_pipeline(tmp_path / "m", variant="sd2-v")
+    config_file = path / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_file.read_text())
+    config.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    config_file.write_text(json.dumps(config))
+    assert load_models(path).noise_scheduler.alphas_cumprod[-1] == 0
+
+
 def test_dtype_applies_to_the_weights(tiny_sd1):
     models = load_models(tiny_sd1, dtype=torch.bfloat16)
     assert models.unet.dtype == models.vae.dtype == models.text_encoder.dtype == torch.bfloat16

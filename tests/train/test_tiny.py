@@ -83,6 +83,19 @@ def test_tokenizer_gives_words_one_token_and_spells_out_anything_else(tmp_path):
     assert tok.decode(ids, skip_special_tokens=True).replace(" ", "") == text.replace(" ", "")
 
 
+def test_tokenizer_gives_one_token_to_words_that_share_pieces(tmp_path):
+    # A merge chain per word broke when another word's merges came first: "orange" and
+    # "black" ranked `o r` and `b l a` early, so "zorblat" came out as z|or|bla|t and
+    # "background" as back|gr|o|u|n|d.
+    words = ["orange", "black", "round", "ground", "background", "zorblat", "big", "right", "on", "a"]
+    tok = build_tiny_tokenizer(tmp_path / "tok", words=words)
+    for word in words:
+        assert tok.tokenize(word) == [word + "</w>"], word
+    assert tok.tokenize("a big zorblat on a black background") == [
+        w + "</w>" for w in "a big zorblat on a black background".split()
+    ]
+
+
 def test_tokenizer_pads_and_truncates_to_77(tiny_sd1):
     pipe = StableDiffusionPipeline.from_pretrained(tiny_sd1)
     enc = pipe.tokenizer(

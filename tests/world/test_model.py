@@ -1,5 +1,5 @@
 """The bundled world model: it loads offline from the package, is the architecture
-edlib.world.model describes, and draws what it is asked for clearly better than chance."""
+edlib.world.model describes, and draws the asked colours and backgrounds clearly better than chance."""
 
 import json
 
@@ -24,10 +24,11 @@ from edlib.world.render import NOVEL_SHAPES, SHAPES
 
 # Measured on the committed model with the settings of the tests below (16 training-pair
 # captions, 8 DPM++ 2M steps): the check finds a shape in 94% of the images, with a mean
-# template overlap of 0.71. Prompt following is at chance (colour 1/8): see the xfail below.
+# template overlap of 0.77, and reads the asked colour in 94% (chance 1/8). Shape
+# following is still near chance (19%; see the model card), so it is not asserted.
 MIN_DRAWN = 0.75
 MIN_MEAN_OVERLAP = 0.55
-# What the model should reach once pretrained long enough (chance is 1/8).
+# Colour accuracy the bundled model must keep (chance is 1/8).
 MIN_COLOUR_ACCURACY = 0.5
 
 
@@ -54,19 +55,30 @@ def test_bundled_model_loads_offline_from_the_package():
     assert pipeline.vae.config.scaling_factor != VAE_CONFIG["scaling_factor"]
 
 
-def test_tokenizer_spells_novel_shapes_it_never_trained_on(bundled):
-    """A fine-tune can teach "zorblat": the tokenizer encodes it (and decodes it back)."""
+def test_tokenizer_gives_novel_shapes_one_token_it_never_trained_on(bundled):
+    """A fine-tune can teach "zorblat": it is one token of its own (not pieces shared with
+    "orange" and "black"), so teaching it changes no known word."""
     tokenizer = bundled.tokenizer
     for word in NOVEL_SHAPES:
         ids = tokenizer(word, add_special_tokens=False).input_ids
-        assert ids and tokenizer.unk_token_id not in ids
+        assert len(ids) == 1 and tokenizer.unk_token_id not in ids
         assert tokenizer.decode(ids).strip() == word
+
+
+def test_bundled_model_samples_and_trains_on_a_zero_terminal_snr_v_schedule():
+    from edlib.train.models import load_models
+
+    config = json.loads((bundled_model_path() / "scheduler" / "scheduler_config.json").read_text())
+    assert config["prediction_type"] == "v_prediction" and config["rescale_betas_zero_snr"] is True
+    assert config["timestep_spacing"] == "trailing"
+    models = load_models(bundled_model_path())  # no zero_terminal_snr asked: the model's own schedule
+    assert models.prediction_type == "v_prediction" and models.noise_scheduler.alphas_cumprod[-1] == 0
 
 
 def test_untrained_architecture_is_written_as_a_diffusers_folder(tmp_path):
     out = build_world_pipeline(tmp_path / "untrained", seed=3)
     index = json.loads((out / "model_index.json").read_text())
-    assert index["scheduler"][1] == "PNDMScheduler"
+    assert index["scheduler"][1] == "DDIMScheduler"
     pipeline = StableDiffusionPipeline.from_pretrained(out, local_files_only=True)
     assert pipeline.vae.config.block_out_channels[-1] == VAE_CONFIG["block_out_channels"][-1]
     assert pipeline.unet.config.sample_size * 4 == 64
@@ -87,15 +99,23 @@ def test_bundled_model_draws_world_images(bundled):
     assert np.mean([s.confidence for s in seen]) >= MIN_MEAN_OVERLAP
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the committed model (2800 steps on a shared 2-core CPU) draws world images but does not yet "
-    "follow prompts (accuracy at chance, see its model card); retrain longer with scripts/pretrain_world_model.py",
-)
 def test_bundled_model_draws_asked_colours_well_above_chance(bundled):
     result = evaluate(bundled, _training_captions(16), steps=8, shapes=SHAPES, batch_size=16)
     assert result["n"] == 16
     assert result["colour"] >= MIN_COLOUR_ACCURACY, result
+
+
+def test_background_follows_the_prompt_not_the_seed(bundled):
+    """The defect of the first bundled model: trained on SD1.5's schedule, it read the
+    background off the noise, so one seed gave one background whatever the prompt said."""
+    backgrounds = ["blue", "white", "black", "yellow"]
+    captions = [f"a large red circle in the center on a {b} background" for b in backgrounds]
+    seen = []
+    for seed in (0, 1):
+        images = [generate(bundled, [c], steps=8, seed=seed)[0] for c in captions]
+        seen += [classify(image).background for image in images]
+    hits = sum(s == b for s, b in zip(seen, backgrounds * 2))
+    assert hits >= 6, list(zip(backgrounds * 2, seen))
 
 
 def test_evaluate_saves_what_it_scored(bundled, tmp_path):
