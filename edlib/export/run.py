@@ -78,7 +78,8 @@ def export_run(
                 text_encoder_2=m.text_encoder_2,
             )
         ]
-    return export_a1111_embeddings(trained.method.learned_embeddings(m), out_dir, metadata=metadata)
+    second = trained.method.learned_embeddings(m, encoder="text_encoder_2") if m.is_sdxl else None
+    return export_a1111_embeddings(trained.method.learned_embeddings(m), out_dir, metadata=metadata, embeddings_g=second)
 
 
 def _sampling_scheduler_config(model: str, training_config):
