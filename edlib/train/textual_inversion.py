@@ -4,8 +4,9 @@ Each placeholder (say ``<ohwx>`` with 3 vectors) becomes new tokens ``<ohwx> <oh
 <ohwx>_2`` (the naming diffusers' ``load_textual_inversion`` and its pipelines use), added to
 the tokenizer, with new rows in the text encoder's embedding matrix initialised from the
 embedding of an init word ("person", "style", ...). Captions name the placeholder once;
-`TextualInversion.prepare_captions` spells it out as all its vectors, as diffusers' pipelines
-do at sampling time.
+`TextualInversion.prepare_captions` spells it out as all its vectors (`spell_out`), and edlib's
+sampling pipelines do the same from the tokenizer's added tokens (`vector_tokens`), so a
+prompt means at sampling time what a caption meant in training.
 
 Only the new rows train, through peft's trainable tokens: the rows live in a separate small
 parameter (the only one in the optimizer), and the embedding layer swaps them in when it runs.
@@ -18,6 +19,7 @@ placeholder and text encoder, see `TextualInversion`).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -51,10 +53,57 @@ class Placeholder(BaseModel):
             raise ValueError(f"{value!r} contains whitespace; a placeholder is one word like <ohwx>")
         return value
 
+    @field_validator("token")
+    @classmethod
+    def _lower_case(cls, value: str) -> str:
+        # CLIP's tokenizer lowercases every prompt before it looks for added tokens, and hands
+        # them back lowercased; diffusers' pipelines then look the lowercased word up among the
+        # added tokens to spell out a multi-vector embedding, and would never find <OhWx>.
+        if value != value.lower():
+            raise ValueError(
+                f"{value!r} has capital letters; CLIP's tokenizer reads prompts in lower case, so write "
+                f"the placeholder as {value.lower()!r} (prompts may still use any case)"
+            )
+        return value
+
     @property
     def tokens(self) -> list[str]:
         """The tokenizer tokens of its vectors: ``token, token_1, ..., token_{n-1}``."""
         return [self.token] + [f"{self.token}_{i}" for i in range(1, self.num_vectors)]
+
+
+def spell_out(text: str, vectors: Mapping[str, Sequence[str]]) -> str:
+    """``text`` with each multi-vector placeholder written as all its vector tokens
+    (``vectors``: placeholder -> its tokens, as `Placeholder.tokens`): ``<ohwx>`` -> ``<ohwx>
+    <ohwx>_1 <ohwx>_2``.
+
+    Matched in any case, as CLIP's tokenizer matches added tokens (``<OHWX>`` is ``<ohwx>``
+    to it); a placeholder already spelled out stays as it is, so spelling out twice changes
+    nothing (diffusers' own ``maybe_convert_prompt`` misses the first and doubles the second).
+    """
+    for token, tokens in vectors.items():
+        if len(tokens) < 2:
+            continue
+        spelled = " ".join(tokens)
+        # At each position the spelled-out form is tried first, and replaced by itself.
+        pattern = re.compile(rf"{re.escape(spelled)}|{re.escape(token)}(?!_\d)", re.IGNORECASE)
+        text = pattern.sub(lambda _: spelled, text)
+    return text
+
+
+def vector_tokens(tokenizer) -> dict[str, list[str]]:
+    """Multi-vector placeholders among a tokenizer's added tokens, by the naming edlib and
+    diffusers' ``load_textual_inversion`` use (``<ohwx>``, ``<ohwx>_1``, ...): placeholder ->
+    its tokens."""
+    added = set(tokenizer.get_added_vocab())
+    found = {}
+    for token in added:
+        tokens = [token]
+        while f"{token}_{len(tokens)}" in added:
+            tokens.append(f"{token}_{len(tokens)}")
+        if len(tokens) > 1:
+            found[token] = tokens
+    return found
 
 
 def placeholders(config) -> list[Placeholder]:
@@ -222,9 +271,6 @@ class TextualInversion(Method):
 
     def prepare_captions(self, captions: list[str]) -> list[str]:
         """Spell each multi-vector placeholder as all its tokens (``<ohwx>`` -> ``<ohwx>
-        <ohwx>_1 <ohwx>_2``), so every vector is in the prompt and trains."""
-        for placeholder in placeholders(self.config):
-            if placeholder.num_vectors > 1:
-                pattern = re.compile(re.escape(placeholder.token) + r"(?!_\d)")
-                captions = [pattern.sub(" ".join(placeholder.tokens), caption) for caption in captions]
-        return captions
+        <ohwx>_1 <ohwx>_2``, see `spell_out`), so every vector is in the prompt and trains."""
+        vectors = {placeholder.token: placeholder.tokens for placeholder in placeholders(self.config)}
+        return [spell_out(caption, vectors) for caption in captions]

@@ -121,9 +121,10 @@ def test_checkpoint_holds_just_the_new_rows_and_loads_back(tiny_sd1):
 
 def test_prepare_captions_spells_out_every_vector():
     method = TextualInversion(ti_config(OHWX, ZZ))
-    assert method.prepare_captions(["<ohwx>, photo of <ohwx> with <zz>", "no placeholder"]) == [
+    assert method.prepare_captions(["<ohwx>, photo of <ohwx> with <zz>", "no placeholder", "<ohwx> <ohwx>_1 <zz>"]) == [
         "<ohwx> <ohwx>_1, photo of <ohwx> <ohwx>_1 with <zz>",
         "no placeholder",
+        "<ohwx> <ohwx>_1 <zz>",  # already spelled out: unchanged
     ]
 
 
@@ -180,6 +181,18 @@ def test_textual_inversion_through_the_loop_changes_only_the_new_rows(tiny_sd1, 
     TextualInversion(ti_config(OHWX)).setup(models)
     start = embedding_rows(models, models.tokenizer.convert_tokens_to_ids(["<ohwx>", "<ohwx>_1"]))
     assert all(not torch.equal(learned[i], start[i]) for i in range(2))  # both vectors trained
+
+    # `edlib sample RUN` (load_pipeline of the run) conditions on both vectors, as training did
+    from edlib.sample.pipeline import load_pipeline
+    from edlib.train.trained import load_trained
+
+    trained = load_trained(straight)
+    pipe = load_pipeline(straight)
+    with torch.no_grad():
+        expected = encode_prompts(trained.models, trained.method.prepare_captions(["a photo of <ohwx>"])).hidden
+        for prompt in ("a photo of <ohwx>", "a photo of <OHWX>"):
+            hidden, _ = pipe.encode_prompt(prompt, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False)
+            assert torch.equal(hidden, expected), prompt
 
 
 # --- SDXL: the same placeholder in both tokenizers and encoders ---
