@@ -31,17 +31,29 @@ COLAB_CONTENT = Path("/content")
 RUNPOD_WORKSPACE = Path("/workspace")
 FOLDER_NAME = "edlib"  # the folder edlib's data and runs go into on Drive / the workspace
 
+# Where edlib is published, as GitHub's owner/name. A PLACEHOLDER until the public address is
+# decided: the notebooks' install line and Colab badges are written from it (they cannot
+# import edlib before installing it), so after changing it run
+# `python scripts/sync_notebook_setup.py`; tests/notebooks/test_sources.py fails until then.
+REPOSITORY = "edlib-project/edlib"
+
 # The versions this release of edlib was tested with. A newer minor release of these
 # libraries is where breaking changes come from (renamed arguments, moved classes), so a
 # mismatch is reported with the exact pin to go back to. The minimum versions come from the
 # package metadata (pyproject.toml's dependencies).
+# They are requirements/ci.txt's pins (a test keeps the two equal); huggingface_hub and
+# tokenizers move under transformers and diffusers, ipywidgets and plotly draw the panels.
 TESTED_VERSIONS = {
     "torch": "2.13.0",
     "diffusers": "0.42.1",
     "transformers": "5.23.0",
+    "tokenizers": "0.23.3",
+    "huggingface_hub": "2.4.0",
     "accelerate": "1.15.0",
     "peft": "0.21.2",
     "safetensors": "0.8.0",
+    "ipywidgets": "8.1.9",
+    "plotly": "7.1.0",
 }
 # torch is the one pin never installed for the user: hosted images ship a torch built for
 # their CUDA, and replacing it costs minutes and often breaks the GPU build.
@@ -179,12 +191,16 @@ def check_versions(
             )
         elif pin and Version(pin).release[:2] != version.release[:2]:
             newer = version > Version(pin)
+            if name in NOT_PINNED_ON_INSTALL:  # the platform's build matches its CUDA: keep it
+                fix = f"keep this build unless a cell fails with an error from {name}"
+            else:
+                fix = f"if a cell fails with an error from {name}, run: {advice} (then restart the runtime)"
             messages.append(
                 EnvMessage(
                     "warning",
                     name,
                     f"{name} {found} is {'newer' if newer else 'older'} than {pin}, the version edlib was tested "
-                    f"with. If a cell fails with an error from {name}, run: {advice} (then restart the runtime)",
+                    f"with; {fix}",
                 )
             )
         else:
@@ -219,17 +235,85 @@ def check_gpu(platform: str, cuda_available: bool) -> EnvMessage:
     return EnvMessage("warning", "gpu", f"No CUDA GPU: {hint}")
 
 
-def check_environment(platform: str | None = None, *, cuda_available: bool | None = None) -> list[EnvMessage]:
-    """Everything the quickstart checks on this machine: Python, package versions, GPU."""
+def check_pins(
+    installed: Mapping[str, str | None],
+    tested: Mapping[str, str] = TESTED_VERSIONS,
+    skip: tuple[str, ...] = NOT_PINNED_ON_INSTALL,
+) -> list[EnvMessage]:
+    """After the setup cell installed `pinned_requirements()`: every pinned library whose
+    installed version is not exactly its pin, as an error naming both versions (pip can
+    leave a preinstalled version in place, e.g. when another package holds it back). `skip`
+    (torch) is not pinned on install and is left to `check_versions`."""
+    messages = []
+    for name, pin in tested.items():
+        if name in skip:
+            continue
+        found = installed.get(name)
+        try:
+            same = found is not None and _release(Version(found)) == Version(pin)
+        except InvalidVersion:
+            same = False
+        if not same:
+            messages.append(
+                EnvMessage(
+                    "error",
+                    name,
+                    f"{name} is {found or 'not installed'}, but the setup cell pins {name}=={pin}: the pinned "
+                    f"install did not take. Run: pip install {name}=={pin} (then restart the runtime)",
+                )
+            )
+    return messages
+
+
+def check_loaded(
+    installed: Mapping[str, str | None],
+    modules: Mapping[str, object] | None = None,
+    names: tuple[str, ...] | list[str] = tuple(TESTED_VERSIONS),
+) -> list[EnvMessage]:
+    """Libraries this kernel imported before a newer (or older) version was installed: the
+    kernel keeps running the old code until it restarts, the usual cause of baffling errors
+    after a `pip install` in a notebook. One error per such library."""
+    modules = sys.modules if modules is None else modules
+    messages = []
+    for name in names:
+        module, found = modules.get(name.replace("-", "_")), installed.get(name)
+        loaded = getattr(module, "__version__", None)
+        if module is None or loaded is None or found is None:
+            continue
+        try:
+            differs = _release(Version(str(loaded))) != _release(Version(found))
+        except InvalidVersion:
+            differs = str(loaded) != found
+        if differs:
+            messages.append(
+                EnvMessage(
+                    "error",
+                    name,
+                    f"{name} {loaded} is loaded in this kernel but {found} is installed: restart the runtime "
+                    "(Colab: Runtime > Restart session; Jupyter: Kernel > Restart) and run the notebook again",
+                )
+            )
+    return messages
+
+
+def check_environment(
+    platform: str | None = None, *, cuda_available: bool | None = None, pinned: bool = False
+) -> list[EnvMessage]:
+    """Everything the notebooks check on this machine: Python, package versions against
+    edlib's minimums and tested versions, libraries loaded at another version than the one
+    installed, with `pinned` (the setup cell installed the pins) the exact pins, and a GPU."""
     import torch
 
     platform = detect_platform() if platform is None else platform
     requirements = edlib_requirements()
     names = [r.name for r in requirements] + [name for name in TESTED_VERSIONS]
+    installed = installed_versions(names)
     cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
     return [
         check_python(),
-        *check_versions(installed_versions(names), requirements),
+        *check_loaded(installed),
+        *(check_pins(installed) if pinned else []),
+        *check_versions(installed, requirements),
         check_gpu(platform, cuda),
     ]
 
@@ -248,6 +332,71 @@ def format_messages(messages: list[EnvMessage]) -> str:
 def pinned_requirements(tested: Mapping[str, str] = TESTED_VERSIONS) -> list[str]:
     """`name==version` for the tested libraries a notebook installs on a hosted runtime."""
     return [f"{name}=={version}" for name, version in tested.items() if name not in NOT_PINNED_ON_INSTALL]
+
+
+class EnvironmentProblem(RuntimeError):
+    """The install is not usable as it is; the message lists what to do."""
+
+
+def check_install(pinned: bool, *, platform: str | None = None) -> None:
+    """The setup cell's check, right after installing: raises `EnvironmentProblem` listing
+    every error (a pin that did not take, a library loaded at an old version, one missing or
+    too old), so "Run all" stops at the cause instead of failing later with a library's
+    baffling error. Otherwise prints one line, plus any warnings (returns nothing, so a
+    notebook cell ending with it shows only that)."""
+    messages = [m for m in check_environment(platform, pinned=pinned, cuda_available=True) if m.package != "gpu"]
+    errors = [m.text for m in messages if m.level == "error"]
+    if errors:
+        raise EnvironmentProblem("edlib's environment is not ready:\n- " + "\n- ".join(errors))
+    from edlib import __version__
+
+    warnings = [m.text for m in messages if m.level == "warning"]
+    pins = "at the pinned versions" if pinned else "versions checked"
+    print(f"edlib {__version__} ready ({pins})" + "".join(f"\nWARNING {w}" for w in warnings))
+
+
+SETUP_CELL = """\
+# Setup: on Colab (or any fresh kernel) this installs edlib and the library versions it was tested
+# with, then checks them; where edlib is already installed it installs nothing. Safe to re-run.
+import importlib
+import importlib.util
+import sys
+
+EDLIB = "{requirement}"
+ON_COLAB = "google.colab" in sys.modules
+if importlib.util.find_spec("edlib") is None:
+    %pip install -q "{{EDLIB}}"
+    importlib.invalidate_caches()
+if ON_COLAB:
+    from edlib.environment import pinned_requirements
+
+    PINS = " ".join(pinned_requirements())  # torch stays Colab's own CUDA build
+    %pip install -q {{PINS}}
+    from google.colab import output
+
+    output.enable_custom_widget_manager()  # how Colab shows ipywidgets 8 panels
+
+from edlib.environment import check_install
+
+check_install(pinned=ON_COLAB)  # stops here, saying what differs, if the install did not take"""
+
+
+def setup_cell_source(version: str | None = None, repository: str = REPOSITORY) -> str:
+    """The first code cell of every notebook (scripts/sync_notebook_setup.py writes it)."""
+    return SETUP_CELL.format(requirement=install_requirement(version, repository))
+
+
+def install_requirement(version: str | None = None, repository: str = REPOSITORY) -> str:
+    """What a notebook's setup cell gives pip to install edlib: the release `version` (this
+    one by default) with the notebook extras, from the public repository."""
+    if version is None:
+        from edlib import __version__ as version
+    return f"edlib[notebook] @ git+https://github.com/{repository}@v{version}"
+
+
+def colab_url(notebook: str, repository: str = REPOSITORY) -> str:
+    """The address that opens `notebooks/<notebook>` of the repository in Colab."""
+    return f"https://colab.research.google.com/github/{repository}/blob/main/notebooks/{notebook}"
 
 
 def default_base_model(folder: str | Path) -> Path:

@@ -10,6 +10,9 @@ from packaging.requirements import Requirement
 from edlib.environment import (
     TESTED_VERSIONS,
     check_environment,
+    check_install,
+    check_loaded,
+    check_pins,
     check_gpu,
     check_python,
     check_versions,
@@ -94,6 +97,8 @@ def test_environment_rot_is_a_warning_that_says_how_to_go_back():
     assert "diffusers 0.45.0 is newer than 0.42.1" in diffusers.text
     assert "pip install diffusers==0.42.1" in diffusers.text
     assert torch.level == "warning" and "older than 2.13.0" in torch.text
+    # torch is never pinned on install (a hosted build matches its CUDA): no pip line for it.
+    assert "keep this build" in torch.text and "pip install torch" not in torch.text
 
 
 def test_package_names_match_whatever_their_case():
@@ -159,6 +164,45 @@ def test_pins_installed_on_colab_satisfy_edlibs_own_minimums_and_leave_torch_alo
         name, version = pin.split("==")
         assert version == TESTED_VERSIONS[name]
         assert minimums.get(name) is None or minimums[name].contains(version)
+
+
+def test_tested_versions_are_the_ci_pins():
+    """The notebooks pin what CI tests: requirements/ci.txt."""
+    ci = Path(__file__).resolve().parents[1] / "requirements" / "ci.txt"
+    pins = dict(
+        line.split("==") for line in ci.read_text().splitlines() if "==" in line and not line.startswith("#")
+    )
+    pins = {name.lower().replace("-", "_"): version for name, version in pins.items()}
+    assert {name: pins.get(name) for name in TESTED_VERSIONS} == TESTED_VERSIONS
+
+
+def test_pins_that_did_not_take_are_errors_naming_both_versions():
+    installed = {**TESTED_VERSIONS, "diffusers": "0.42.2", "plotly": None, "torch": "2.4.0+cu121"}
+    messages = check_pins(installed)
+    assert [m.package for m in messages] == ["diffusers", "plotly"]  # torch is never pinned on install
+    assert all(m.level == "error" for m in messages)
+    assert "diffusers is 0.42.2, but the setup cell pins diffusers==0.42.1" in messages[0].text
+    assert "plotly is not installed" in messages[1].text and "pip install plotly==7.1.0" in messages[1].text
+    assert check_pins({**TESTED_VERSIONS, "transformers": "5.23.0+local"}) == []
+
+
+class _Module:
+    def __init__(self, version):
+        self.__version__ = version
+
+
+def test_a_library_loaded_before_another_version_was_installed_asks_for_a_restart():
+    installed = {"transformers": "5.23.0", "diffusers": "0.42.1", "peft": "0.21.2"}
+    modules = {"transformers": _Module("4.48.0"), "diffusers": _Module("0.42.1"), "os": object()}
+    [message] = check_loaded(installed, modules)
+    assert message.level == "error" and message.package == "transformers"
+    assert "transformers 4.48.0 is loaded in this kernel but 5.23.0 is installed: restart the runtime" in message.text
+
+
+def test_check_install_passes_here_and_the_check_with_pins_lists_each_difference(capsys):
+    check_install(pinned=True)  # this venv has exactly the pins
+    assert "ready (at the pinned versions)" in capsys.readouterr().out
+    assert not [m for m in check_environment("local", cuda_available=True, pinned=True) if m.level != "ok"]
 
 
 def test_default_base_model_is_a_loadable_model_written_once(tmp_path):

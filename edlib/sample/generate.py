@@ -29,6 +29,7 @@ from edlib.sample.pipeline import load_pipeline, pipeline_from_modules
 from edlib.sample.pngmeta import format_parameters, save_png
 from edlib.sample.prompts import RANDOM_SEED, PromptSpec
 from edlib.sample.samplers import canonical_sampler_name, make_scheduler
+from edlib.train.models import encode_sd_prompts
 
 logger = logging.getLogger("edlib.sample")
 
@@ -157,6 +158,7 @@ def resolve_spec(spec: PromptSpec, pipeline: DiffusionPipeline) -> PromptSpec:
         height=spec.height or height,
         seed=seed,
         sampler=canonical_sampler_name(spec.sampler),
+        clip_skip=spec.clip_skip or getattr(pipeline, "edlib_clip_skip", 1),
     )
 
 
@@ -166,8 +168,7 @@ def generate_image(pipeline: DiffusionPipeline, spec: PromptSpec) -> Image.Image
     generator = torch.Generator("cpu").manual_seed(spec.seed)
     with _swapped_scheduler(pipeline, scheduler), vae_memory_savers(pipeline.vae, spec.width, spec.height):
         output = pipeline(
-            prompt=spec.prompt,
-            negative_prompt=spec.negative_prompt or None,
+            **_prompt_arguments(pipeline, spec),
             num_inference_steps=spec.steps,
             guidance_scale=spec.cfg_scale,
             width=spec.width,
@@ -176,6 +177,24 @@ def generate_image(pipeline: DiffusionPipeline, spec: PromptSpec) -> Image.Image
             output_type="pil",
         )
     return output.images[0]
+
+
+def _prompt_arguments(pipeline: DiffusionPipeline, spec: PromptSpec) -> dict[str, Any]:
+    """The prompt as the pipeline should take it. With a clip_skip above 1, an SD pipeline
+    gets its embeddings from `edlib.train.models.encode_sd_prompts`, the function training
+    uses (diffusers' own clip_skip path breaks on transformers 5's CLIP); SDXL's pipeline
+    reads the layer itself (diffusers counts layers skipped: ours minus one)."""
+    prompts = {"prompt": spec.prompt, "negative_prompt": spec.negative_prompt or None}
+    if not spec.clip_skip or spec.clip_skip == 1:
+        return prompts
+    if hasattr(pipeline, "text_encoder_2"):
+        return {**prompts, "clip_skip": spec.clip_skip - 1}
+    encoder = pipeline.text_encoder
+    # These embeddings skip the pipeline's encode_prompt, and so its spelling out of
+    # multi-vector textual-inversion placeholders (`maybe_convert_prompt`): done here.
+    texts = [pipeline.maybe_convert_prompt(text, pipeline.tokenizer) for text in (spec.prompt, spec.negative_prompt)]
+    embeds = [encode_sd_prompts(pipeline.tokenizer, encoder, [text], spec.clip_skip).to(encoder.dtype) for text in texts]
+    return {"prompt_embeds": embeds[0], "negative_prompt_embeds": embeds[1]}
 
 
 def parameters_text(spec: PromptSpec, model_name: str = "") -> str:
@@ -190,6 +209,8 @@ def parameters_text(spec: PromptSpec, model_name: str = "") -> str:
         width=spec.width,
         height=spec.height,
         model=model_name,
+        # A1111 writes the setting only when it is not the default.
+        extra={"Clip skip": spec.clip_skip} if spec.clip_skip and spec.clip_skip > 1 else None,
     )
 
 

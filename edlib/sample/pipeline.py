@@ -68,13 +68,15 @@ def pipeline_from_modules(
     ema=None,
     text_encoder_2=None,
     tokenizer_2=None,
+    clip_skip: int = 1,
 ) -> DiffusionPipeline:
     """A pipeline around live (training) modules: no reload, no copy of any weight; an SDXL
     pipeline when ``text_encoder_2`` (and ``tokenizer_2``) are given.
 
     Pass the plain modules (``accelerator.unwrap_model(unet)``), not DDP/compile wrappers.
     ``scheduler_config`` is the model's (or the training noise scheduler's) config; each
-    prompt's sampler is built from it, keeping its betas and prediction type. ``ema``: a
+    prompt's sampler is built from it, keeping its betas and prediction type. ``clip_skip``:
+    the text encoder layer prompts use unless they say otherwise (a run's own). ``ema``: a
     diffusers ``EMAModel`` over the UNet's parameters (all of them, or its trainable ones);
     `sample_images` then samples with the EMA weights swapped in and swaps the training
     weights back afterwards.
@@ -95,6 +97,7 @@ def pipeline_from_modules(
         )
     pipeline.set_progress_bar_config(disable=True)  # sampling logs one line per image instead
     pipeline.edlib_ema = ema  # read by `sample_images`; a plain attribute, not a component
+    pipeline.edlib_clip_skip = clip_skip  # the default of prompts that set none (`resolve_spec`)
     return spell_out_placeholders_as_training_did(pipeline)
 
 
@@ -110,7 +113,7 @@ def _looks_like_hub_id(name: str) -> bool:
     return len(path.parts) == 2 and not name.startswith((".", "/", "~")) and not path.parent.exists()
 
 
-def pipeline_from_models(models, *, unet=None, ema=None) -> DiffusionPipeline:
+def pipeline_from_models(models, *, unet=None, ema=None, clip_skip: int = 1) -> DiffusionPipeline:
     """`pipeline_from_modules` for an `edlib.train.models.Models` bundle (``unet``: the plain
     UNet, when the bundle's is wrapped for training)."""
     return pipeline_from_modules(
@@ -122,6 +125,7 @@ def pipeline_from_models(models, *, unet=None, ema=None) -> DiffusionPipeline:
         ema=ema,
         text_encoder_2=models.text_encoder_2,
         tokenizer_2=models.tokenizer_2,
+        clip_skip=clip_skip,
     )
 
 
@@ -131,7 +135,8 @@ def pipeline_from_checkpoint(run_or_checkpoint: str | Path, *, dtype: torch.dtyp
     LoRA adapters or new embeddings), through `edlib.train.trained.load_trained`."""
     from edlib.train.trained import load_trained
 
-    return pipeline_from_models(load_trained(run_or_checkpoint, dtype=dtype or torch.float32).models)
+    trained = load_trained(run_or_checkpoint, dtype=dtype or torch.float32)
+    return pipeline_from_models(trained.models, clip_skip=trained.config.clip_skip)
 
 
 def load_pipeline(
@@ -147,7 +152,13 @@ def load_pipeline(
       diffusers folder or hub id with the matching configs; without it diffusers looks the
       model type up on the hub);
     - a run folder (its newest complete checkpoint) or one of its ``checkpoints/step-NNNNNN``.
+
+    ``dtype`` None is float32 (what a CPU needs); pass ``torch.float16`` or ``torch.bfloat16``
+    to sample in half precision on a GPU.
     """
+    # One dtype for every component: given None, diffusers loads fp32 while transformers 5
+    # keeps a text encoder's stored fp16, a mix no device can run.
+    dtype = dtype or torch.float32
     path = Path(model_or_run)
 
     def options(sdxl: bool) -> dict[str, Any]:

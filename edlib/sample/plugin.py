@@ -139,7 +139,11 @@ class SamplingPlugin(Plugin):
         """Sample every prompt from the live modules into ``samples/step-NNNNNN/``; returns
         the grid's path."""
         models, step = ctx.models, ctx.position.step
-        pipeline = pipeline_from_models(models, unet=ctx.accelerator.unwrap_model(models.unet, keep_torch_compile=False))
+        pipeline = pipeline_from_models(
+            models,
+            unet=ctx.accelerator.unwrap_model(models.unet, keep_torch_compile=False),
+            clip_skip=ctx.config.clip_skip,  # samples see the text encoder layer the UNet trains on
+        )
         with _ema_weights(ctx):
             paths = sample_images(
                 pipeline,

@@ -30,7 +30,13 @@ _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _SIZE = re.compile(r"^(\d+)x(\d+)$")
 
 # Settings line keys read back into the names `PromptSpec` uses, with their types.
-_KNOWN = {"Steps": ("steps", int), "Sampler": ("sampler", str), "CFG scale": ("cfg_scale", float), "Seed": ("seed", int)}
+_KNOWN = {
+    "Steps": ("steps", int),
+    "Sampler": ("sampler", str),
+    "CFG scale": ("cfg_scale", float),
+    "Seed": ("seed", int),
+    "Clip skip": ("clip_skip", int),
+}
 
 
 def _quote(value: Any) -> str:
@@ -80,7 +86,7 @@ def parse_parameters(text: str) -> dict[str, Any]:
     """Read a "parameters" text back.
 
     Returns ``prompt`` and ``negative_prompt``; ``steps``, ``sampler``, ``cfg_scale``, ``seed``,
-    ``width``, ``height`` and ``model`` (typed) when present; and any other setting under the
+    ``width``, ``height``, ``clip_skip`` and ``model`` (typed) when present; and any other setting under the
     name it has in the text (e.g. ``"Model hash"``), as a string.
     """
     *lines, last = text.strip().split("\n")

@@ -48,6 +48,9 @@ class PromptSpec:
     width: int | None = None
     height: int | None = None
     sampler: str = "DPM++ 2M Karras"
+    # Text encoder layer, counted as A1111 and training's `clip_skip` do (1 = last). None: the
+    # pipeline's own (a training run's `clip_skip`, so samples match how the model trains).
+    clip_skip: int | None = None
 
     def __post_init__(self) -> None:
         # Validate once here so specs built in code get the same checks as those from files.
@@ -77,6 +80,8 @@ def _check_spec(spec: PromptSpec) -> None:
     _check_int("steps", spec.steps, minimum=1)
     if isinstance(spec.cfg_scale, bool) or not isinstance(spec.cfg_scale, (int, float)) or spec.cfg_scale < 0:
         raise ValueError(f"cfg_scale must be a number >= 0, got {spec.cfg_scale!r}")
+    if spec.clip_skip is not None:
+        _check_int("clip_skip", spec.clip_skip, minimum=1)
     for name in ("width", "height"):
         value = getattr(spec, name)
         if value is not None:

@@ -22,6 +22,7 @@ from edlib.train.lr import LR_SCHEDULERS
 OPTIMIZERS = ("adamw", "adamw8bit", "lion", "prodigy", "adafactor")
 METHODS = ("full", "lora", "textual_inversion")
 # Keys holding file system paths: relative values in a config file resolve against its folder.
+DEFAULT_RESOLUTION = 512  # when the model's own size cannot be read (see `_native_resolution`)
 PATH_KEYS = ("data_root", "run_dir", "init_from", "sample_prompts", "validation_data_root")
 
 
@@ -70,10 +71,11 @@ class TrainConfig(BaseModel):
 
     # --- images and batches -----------------------------------------------------------------
     resolution: int = Field(
-        512,
+        DEFAULT_RESOLUTION,
         ge=64,
         description="Base training resolution in pixels (a multiple of 64). Aspect buckets have "
-        "about resolution x resolution pixels. 512 for SD1.x, 768 for SD2.x 768-v.",
+        "about resolution x resolution pixels. Unset: the model's native size read from its configs "
+        "(512 for SD1.x, 768 for SD2.x 768-v, 1024 for SDXL), or 512 when that cannot be read offline.",
     )
     batch_size: int = Field(4, ge=1, description="Images per batch on each GPU.")
     gradient_accumulation_steps: int = Field(
@@ -289,6 +291,18 @@ class TrainConfig(BaseModel):
     validate_every_n_epochs: int | None = Field(
         1, ge=1, description="Compute the validation loss every N epochs (when a validation set is configured)."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _native_resolution(cls, values: Any) -> Any:
+        """An unset resolution is the model's native one, so an SDXL model trains at 1024
+        without being told (and its buckets are SDXL's), an SD1.5 one at 512."""
+        if isinstance(values, dict) and values.get("resolution") is None and isinstance(values.get("model"), str):
+            from edlib.train.models import native_resolution
+
+            native = native_resolution(values["model"])
+            values = {**values, "resolution": native if native and native % 64 == 0 else DEFAULT_RESOLUTION}
+        return values
 
     @field_validator("method")
     @classmethod

@@ -179,6 +179,8 @@ def train(
         attention=config.attention,
         vae=config.vae,
     )
+    if config.text_encoder_2_lr is not None and not models.is_sdxl:
+        report.warning(f"text_encoder_2_lr is set, but {config.model} has one text encoder (SDXL has two): ignored")
     method = make_method(config)
     method.setup(models)
     _place_models(models, method, config, accelerator)  # before the optimizer: fused AdamW needs CUDA params

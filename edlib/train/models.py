@@ -79,9 +79,6 @@ class Conditioning:
     pooled: torch.Tensor | None = None
     time_ids: torch.Tensor | None = None
 
-    def __len__(self) -> int:
-        return len(self.hidden)
-
     def __getitem__(self, index) -> Conditioning:
         return Conditioning(*(None if t is None else t[index] for t in (self.hidden, self.pooled, self.time_ids)))
 
@@ -133,6 +130,35 @@ def is_sdxl_file(path: Path) -> bool:
 
     with safe_open(str(path), framework="pt") as handle:
         return any(key.startswith("conditioner.embedders.1.") for key in handle.keys())
+
+
+def native_resolution(model: str | Path) -> int | None:
+    """The image size a model was made for, read from its configs without loading weights:
+    the UNet's sample size times the VAE's downsampling (512 for SD1.x, 768 for SD2.x 768-v,
+    1024 for SDXL). None when it cannot be told offline (a hub model not in the local cache,
+    an SD single file, whose configs diffusers infers at load time)."""
+    configs = {}
+    text = str(model)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return 1024 if is_sdxl_file(path) else None
+    for name in ("unet", "vae"):
+        if path.is_dir():
+            candidate = path / name / "config.json"
+        elif not _looks_like_path(text):
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(text, f"{name}/config.json")
+            candidate = Path(cached) if isinstance(cached, str) else None
+        else:
+            candidate = None
+        if candidate is None or not candidate.is_file():
+            return None
+        configs[name] = json.loads(candidate.read_text(encoding="utf-8"))
+    try:
+        return int(configs["unet"]["sample_size"]) * 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def pipeline_class(sdxl: bool):
@@ -319,15 +345,20 @@ def encode_prompts(models: Models, captions: list[str], clip_skip: int = 1) -> C
     """
     if models.is_sdxl:
         return _encode_sdxl(models, captions, clip_skip)
-    encoder = models.text_encoder
+    return Conditioning(encode_sd_prompts(models.tokenizer, models.text_encoder, captions, clip_skip))
+
+
+def encode_sd_prompts(tokenizer, encoder, captions: list[str], clip_skip: int = 1) -> torch.Tensor:
+    """SD1.x/SD2.x hidden states of one text encoder (see `encode_prompts`)."""
     _check_clip_skip(encoder, clip_skip)
-    ids = tokenize(models.tokenizer, captions).to(encoder.device)
+    ids = tokenize(tokenizer, captions).to(encoder.device)
     if clip_skip == 1:
-        return Conditioning(encoder(ids).last_hidden_state)
+        return encoder(ids).last_hidden_state
     hidden = encoder(ids, output_hidden_states=True).hidden_states[-clip_skip]
-    # transformers 4 nests the layers under `text_model`; transformers 5 does not.
+    # transformers 4 nests the layers under `text_model`; transformers 5 does not (diffusers'
+    # own SD pipeline still reaches for `text_model`, and fails there with clip_skip).
     final_layer_norm = getattr(encoder, "text_model", encoder).final_layer_norm
-    return Conditioning(final_layer_norm(hidden))
+    return final_layer_norm(hidden)
 
 
 def _encode_sdxl(models: Models, captions: list[str], clip_skip: int) -> Conditioning:

@@ -173,10 +173,18 @@ class DatasetPanel:
                 _cell(format_value(f.settings.loss_scale), align="right"),
                 row.per_epoch,
                 row.share,
-                widgets.HBox(thumbs, layout=widgets.Layout(gap="4px")),
+                widgets.HBox(thumbs, layout=widgets.Layout(grid_gap="4px")),
             ]
         self.table.children = cells
         self._update()
+
+    def set_plan(self, *, batch_size: int, resolution: int, seed: int) -> None:
+        """Preview with another run's settings (the training form's), keeping any edits."""
+        self.resolution, self.seed = resolution, seed
+        if self.batch_size.value != batch_size:
+            self.batch_size.value = batch_size  # observed: updates the preview
+        else:
+            self._update()
 
     def edits(self) -> tuple[dict[str, str], dict[str, str]]:
         """(edited, invalid): folder -> typed text for values that differ from the files,
@@ -381,7 +389,7 @@ class BalancePanel:
         )
         self.widget = widgets.VBox(
             [
-                widgets.HBox([form, self.chart], layout=widgets.Layout(gap="16px")),
+                widgets.HBox([form, self.chart], layout=widgets.Layout(grid_gap="16px")),
                 self.table,
                 widgets.HBox([self.apply_button, self.undo_button]),
                 self.status,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import ipywidgets as widgets
 import torch
+from PIL import Image
 
 from edlib.data.scan import scan
 from edlib.export.run import FORMATS_BY_METHOD, export_run
@@ -56,6 +57,13 @@ def run_config(run_dir: Path) -> TrainConfig:
     if values is None:
         raise FileNotFoundError(f"{run_dir}: not a run folder (no config.yaml); train a run first")
     return TrainConfig.from_dict(values)
+
+
+def grid_display_width(path: Path, smallest: int = 480, largest: int = 960) -> int:
+    """How wide to show a grid: its own width, enlarged up to `smallest` (a toy model's 64 px
+    cells) and reduced to `largest` (512 px cells, many prompts) so it fits a laptop screen."""
+    with Image.open(path) as image:
+        return min(max(image.width, smallest), largest)
 
 
 def next_grid_path(folder: Path) -> Path:
@@ -102,18 +110,20 @@ class SamplingPanel:
         )
         self.negative = widgets.Text(description="negative", layout=widgets.Layout(width="95%"))
         self.models = widgets.SelectMultiple(description="rows", layout=widgets.Layout(width="320px", height="110px"))
-        self.refresh_button = widgets.Button(description="Refresh checkpoints", icon="refresh")
+        self.refresh_button = widgets.Button(description="Refresh checkpoints", icon="refresh", layout={"width": "190px"})
         self.sampler = widgets.Dropdown(options=list(SAMPLER_NAMES), value=sampler, description="sampler")
         self.seed = widgets.IntText(value=seed, description="seed")
         self.steps = widgets.BoundedIntText(value=steps, min=1, max=150, description="steps")
         self.cfg_scale = widgets.BoundedFloatText(value=cfg_scale, min=0.0, max=30.0, step=0.5, description="CFG")
         self.generate_button = widgets.Button(description="Generate grid", button_style="primary", icon="image")
-        self.grid = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
+        # Hidden until there is a grid (an empty image shows as a broken-image icon).
+        self.grid = widgets.Image(format="png", layout=widgets.Layout(max_width="100%", display="none"))
         self.grid_status = widgets.HTML()
 
         self.export_checkpoint = widgets.Dropdown(description="checkpoint")
         self.export_format = widgets.Dropdown(options=list(FORMATS_BY_METHOD[self.config.method]), description="format")
-        self.export_dtype = widgets.ToggleButtons(options=["fp16", "fp32"], value="fp16", description="weights")
+        # Labelled by a Label beside it: a ToggleButtons' own description wraps above its buttons.
+        self.export_dtype = widgets.ToggleButtons(options=["fp16", "fp32"], value="fp16", layout={"width": "auto"})
         self.export_dtype.style.button_width = "60px"
         self.export_button = widgets.Button(description="Export", button_style="success", icon="download")
         self.export_status = widgets.HTML()
@@ -134,10 +144,21 @@ class SamplingPanel:
                 self.grid,
                 widgets.HTML("<b>Export</b>"),
                 widgets.HBox([self.export_checkpoint, self.export_format]),
-                widgets.HBox([self.export_dtype, self.export_button]),
+                widgets.HBox(
+                    [widgets.Label("weights", layout={"width": "80px"}), self.export_dtype, self.export_button],
+                    layout={"align_items": "center", "grid_gap": "8px"},  # Layout has no "gap"; grid-gap is its alias
+                ),
                 self.export_status,
             ]
         )
+        for widget, name in (
+            (self.generate_button, "generate"),
+            (self.grid_status, "grid-status"),
+            (self.grid, "grid"),
+            (self.export_button, "export"),
+            (self.export_status, "export-status"),
+        ):
+            widget.add_class(f"edlib-{name}")  # hooks for the browser test
         self.include_base = include_base
         self.refresh()
         self.refresh_button.on_click(self.refresh)
@@ -196,6 +217,8 @@ class SamplingPanel:
         out = next_grid_path(self.run_dir / GRID_FOLDER)
         self.grid_path = sample_grid(rows, specs, out, device=self.device, dtype=self.dtype)
         self.grid.value = self.grid_path.read_bytes()
+        self.grid.layout.width = f"{grid_display_width(self.grid_path)}px"
+        self.grid.layout.display = None
         self.grid_status.value = ok_text(f"{len(rows)} rows x {len(specs)} prompts: {self.grid_path}")
         return self.grid_path
 

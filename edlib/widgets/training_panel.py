@@ -3,7 +3,9 @@ live view of the run (progress, loss, images/s, samples, images it cannot learn)
 
 The form turns into a `TrainConfig` (`config_from_form`, plain library code); the numbers
 come from `edlib.data.preview` (steps, LR curve) and `edlib.estimate` (memory, time, cost);
-the run is `edlib.train.start`, steered through its handle. Events arrive on the training
+the run is `edlib.train.start`, steered through its handle. Multipliers are edited with the
+data root's `DatasetPanel` (`multipliers_view`); the trainer re-reads multiply.txt at each
+epoch boundary, so a Save mid-run shapes the next epoch. Events arrive on the training
 thread: the panel only assigns widget values there (which ipywidgets sends to the browser
 from any thread) and replaces output lists wholesale, never capturing output with
 `with output:`, which is tied to the cell that is running.
@@ -43,6 +45,7 @@ from edlib.train.loop import Plugin
 from edlib.train.lr import LR_SCHEDULERS
 from edlib.train.run_dir import Event
 from edlib.widgets.common import error_text, ok_text, thumbnail_png
+from edlib.widgets.dataset_panel import DatasetPanel
 
 # Form fields where 0 means "off" (the config's null): a number box cannot hold "nothing".
 OPTIONAL_COUNTS = (
@@ -158,11 +161,14 @@ class TrainingPanel:
         self.losses: list[float] = []
         self.recent: deque[dict[str, Any]] = deque(maxlen=21)  # the last steps' metrics, for the live estimate
         self.sample_path: Path | None = None
+        self.epoch: int | None = None  # the epoch the run is in, from its events
+        self.epoch_samples: dict[int, int] = {}  # samples each epoch of this panel's runs was planned with
+        self._changed_for_epoch: int | None = None  # the first epoch that trains with a mid-run Save
         self._chart_drawn = 0.0
         self._lock = threading.Lock()
 
         defaults = TrainConfig.model_fields
-        style = {"description_width": "150px"}
+        style = {"description_width": "200px"}  # the longest key, gradient_accumulation_steps, in full
 
         def number(key, cls=widgets.IntText, **kw):
             default = defaults[key].default
@@ -201,9 +207,11 @@ class TrainingPanel:
         }
         for key, value in (values or {}).items():
             self.set(key, value)
+        for key, widget in self.fields.items():
+            widget.add_class(f"edlib-field-{key}")  # hooks for the browser test
 
         # Estimates.
-        self.gpu = widgets.Dropdown(options=list(GPUS), value=gpu, description="GPU", style=style)
+        self.gpu = widgets.Dropdown(options=list(GPUS), value=gpu, description="GPU", style=style, layout={"width": "420px"})
         self.price = widgets.BoundedFloatText(value=GPUS[gpu].price_per_hour, min=0, max=1000, step=0.1, description="price per hour ($)", style=style)
         self.plan = widgets.HTML()
         self.memory = widgets.HTML()
@@ -221,10 +229,27 @@ class TrainingPanel:
         self.progress = widgets.IntProgress(value=0, min=0, max=1, description="step 0", style=style, layout={"width": "520px"})
         self.live = widgets.HTML()
         self.loss_chart = widgets.Output()
-        self.sample_image = widgets.Image(format="png", layout={"max_width": "480px"})
+        # Hidden until the first sample: an empty image shows as a broken-image icon. A fixed
+        # width keeps the chart beside it; a 64 px toy grid would otherwise be blown up.
+        self.sample_image = widgets.Image(format="png", layout={"width": "320px", "height": "auto", "display": "none"})
         self.sample_label = widgets.HTML("<i>samples appear here (set sample_prompts)</i>")
         self.review_box = widgets.VBox()
         self.review_button = widgets.Button(description="Refresh review", icon="refresh")
+
+        # Multipliers, editable while the run trains: the data root's folder table.
+        self.multipliers = DatasetPanel(self.data_root, thumbnails=3, on_change=self._multipliers_saved)
+        self.multipliers_note = widgets.HTML()
+        self.multipliers_note.add_class("edlib-multipliers-note")
+        self.multipliers_view = widgets.VBox(
+            [
+                widgets.HTML(
+                    "<b>Multipliers</b> <span style='color:#666'>(saved values are used from the next epoch on; "
+                    "the epoch in progress keeps its plan)</span>"
+                ),
+                self.multipliers.widget,
+                self.multipliers_note,
+            ]
+        )
 
         f = self.fields
         sections = {
@@ -293,6 +318,17 @@ class TrainingPanel:
         self.save_button.on_click(lambda _b: self.handle and self.handle.save_now())
         self.sample_button.on_click(lambda _b: self.handle and self.handle.sample_now())
         self.review_button.on_click(lambda _b: self.refresh_review())
+        for widget, name in (
+            (self.start_button, "start"),
+            (self.stop_button, "stop"),
+            (self.status, "train-status"),
+            (self.progress, "progress"),
+            (self.live, "live"),
+            (self.plan, "plan"),
+            (self.loss_chart, "loss-chart"),
+            (advanced, "advanced"),
+        ):
+            widget.add_class(f"edlib-{name}")
         self._refresh()
 
     def _repr_mimebundle_(self, **kwargs):
@@ -353,6 +389,7 @@ class TrainingPanel:
             lr_power=config.lr_power,
         )
         _show(self.lr_chart, lr_figure(self.preview))
+        self.multipliers.set_plan(batch_size=config.batch_size, resolution=config.resolution, seed=config.seed)
         memory = estimate_memory(config)
         gpu = GPUS[self.gpu.value]
         fits = "fits" if memory.fits(gpu.name) else "<b style='color:#b00020'>does not fit</b>"
@@ -392,6 +429,7 @@ class TrainingPanel:
         with self._lock:
             self.loss_steps, self.losses = [], []
             self.recent.clear()
+        self.epoch, self.epoch_samples, self._changed_for_epoch = None, {}, None
         self.progress.value, self.progress.max = 0, max(self.estimate.steps, 1)
         try:  # another panel's run in this kernel (a re-run cell) must stop first
             self.handle = start(config, resume=resume, callbacks=[self._on_event], plugins=self.plugins)
@@ -435,7 +473,10 @@ class TrainingPanel:
             if time.monotonic() - self._chart_drawn >= CHART_SECONDS:
                 self.draw_loss_chart()
         elif event.kind == "epoch":
+            self.epoch = data["epoch"]
+            self.epoch_samples[data["epoch"]] = data["samples"]
             self.status.value = ok_text(f"epoch {data['epoch']}: {data['samples']} samples in {data['batches']} batches")
+            self._note_epoch(data["epoch"])
             if data["epoch"] > 0:
                 self.refresh_review()
         elif event.kind == "checkpoint":
@@ -443,13 +484,19 @@ class TrainingPanel:
         elif event.kind == "sample":
             self.sample_path = Path(data["path"])
             self.sample_image.value = self.sample_path.read_bytes()
-            self.sample_label.value = f"samples at step {data['step']}: {html.escape(str(self.sample_path))}"
+            self.sample_image.layout.display = None
+            where = _relative(self.sample_path, Path(self.fields["run_dir"].value))
+            self.sample_label.value = f"samples at step {data['step']}: <code>{html.escape(where)}</code>"
         elif event.kind == "sample_request":
             self.status.value = "Sample now: this run has no sample_prompts; set them before starting"
         elif event.kind == "warning":
             self.status.value = f"<span style='color:#b26a00'>{html.escape(data['message'])}</span>"
         elif event.kind in ("done", "error"):
             self.draw_loss_chart()
+            with self._lock:
+                last = self.recent[-1] if self.recent else None
+            if last is not None:
+                self._show_live(last, running=False)  # no ETA once it is over
             if event.kind == "done":
                 self.status.value = ok_text(f"finished at step {data['step']} ({data['stopped_by']})")
                 self.refresh_review()
@@ -461,11 +508,40 @@ class TrainingPanel:
             self.resume_button.disabled = not existing
             self.start_button.disabled = bool(existing)
 
-    def _show_live(self, metrics: dict[str, Any]) -> None:
+    # -- multipliers while it runs ---------------------------------------------------------
+
+    def _multipliers_saved(self) -> None:
+        """After a Save or Undo in the multiplier table: re-plan the form's estimate with the
+        files as written, and say which epoch of a running run first uses them."""
+        if self.multipliers.scan is not None:
+            self.scan = self.multipliers.scan
+        self._refresh()
+        if self.handle is not None and self.handle.running and self.epoch is not None:
+            self._changed_for_epoch = self.epoch + 1
+            self.multipliers_note.value = (
+                f"multiply.txt written while epoch {self.epoch} trains: the run uses the new multipliers from "
+                f"epoch {self.epoch + 1} on (if it gets there)"
+            )
+        else:
+            self.multipliers_note.value = "multiply.txt written: the next Start or Resume uses it"
+
+    def _note_epoch(self, epoch: int) -> None:
+        """When the epoch a mid-run Save was for begins, show its size next to the last one."""
+        if self._changed_for_epoch is None or epoch < self._changed_for_epoch:
+            return
+        self._changed_for_epoch = None
+        before = self.epoch_samples.get(epoch - 1)
+        was = f" (epoch {epoch - 1} had {before})" if before is not None else ""
+        self.multipliers_note.value = ok_text(
+            f"epoch {epoch} trains with the new multipliers: {self.epoch_samples[epoch]} samples{was}"
+        )
+
+    def _show_live(self, metrics: dict[str, Any], *, running: bool = True) -> None:
         """Progress line, and the cost estimate redone with this run's measured images/s."""
         line = (
-            f"loss {metrics['loss']:.4f} &middot; lr {metrics['lr']:.3g} &middot; "
-            f"{metrics['images_per_s']:.2f} images/s &middot; ETA {format_duration(metrics['eta_s'])}"
+            f"{'' if running else 'last step: '}loss {metrics['loss']:.4f} &middot; lr {metrics['lr']:.3g} &middot; "
+            f"{metrics['images_per_s']:.2f} images/s"
+            + (f" &middot; ETA {format_duration(metrics['eta_s'])}" if running else "")
         )
         if self.estimate is not None:
             with self._lock:
@@ -474,8 +550,9 @@ class TrainingPanel:
             if live is not self.estimate:
                 line += (
                     f"<br><span style='color:#666'>at the measured {live.throughput.images_per_s:.3g} images/s the run takes "
-                    f"{format_duration(live.seconds)}, about ${live.cost:.2f} at ${live.price_per_hour:g}/h "
-                    f"({format_duration(live.remaining_s)} left)</span>"
+                    f"{format_duration(live.seconds)}, about ${live.cost:.2f} at ${live.price_per_hour:g}/h"
+                    + (f" ({format_duration(live.remaining_s)} left)" if running else "")
+                    + "</span>"
                 )
         self.live.value = line
 
@@ -525,7 +602,16 @@ class TrainingPanel:
             return None
         self.status.value = ok_text(f"quarantined {rel_path}: the run drops it from its next epoch")
         self.refresh_review()
+        self.multipliers.rescan()  # its folder has one image fewer
         return where
+
+
+def _relative(path: Path, folder: Path) -> str:
+    """`path` as seen from `folder` when it is inside it (shorter to read), else in full."""
+    try:
+        return str(path.resolve().relative_to(folder.resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _default_precision() -> str:

@@ -1,4 +1,5 @@
-"""Every notebook in notebooks/ runs top to bottom on a small generated data root.
+"""Every notebook in notebooks/ runs top to bottom, twice in one kernel, on a small generated
+data root.
 
 The notebooks read their data root from EDLIB_DATA_ROOT (the parameters cell), so CI points
 them at a toy-world root written here; a failing cell fails the test with its traceback."""
@@ -40,7 +41,12 @@ def test_notebook_runs(path, data_root, tmp_path, monkeypatch):
     nb = nbformat.read(path, as_version=4)
     # The kernel is this interpreter (the venv), whatever kernels the machine has installed.
     client = NotebookClient(nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
-    client.execute()  # raises CellExecutionError with the failing cell's traceback
+    # Run All twice in one kernel: every cell must be safe to re-run (a user does, after an
+    # edit or a reconnect), with data, models and runs from the first pass already there.
+    with client.setup_kernel():
+        for _ in range(2):
+            for index, cell in enumerate(nb.cells):
+                client.execute_cell(cell, index)  # raises CellExecutionError with the cell's traceback
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
     widgets_shown = [

@@ -11,7 +11,7 @@ from edlib.sample import SAMPLER_NAMES, generate_image, load_pipeline, resolve_s
 from edlib.train import TrainConfig, train
 from edlib.train.tiny import build_tiny_pipeline
 from edlib.widgets import SamplingPanel
-from edlib.widgets.sampling_panel import BASE_LABEL, next_grid_path
+from edlib.widgets.sampling_panel import BASE_LABEL, grid_display_width, next_grid_path
 from edlib.world import write_data_root
 
 pytestmark = pytest.mark.slow
@@ -48,8 +48,10 @@ def run_dir(tmp_path_factory):
     return root / "runs" / "tiny"
 
 
-def test_rows_are_the_base_model_and_every_checkpoint_oldest_first(run_dir):
+def test_rows_are_the_base_model_and_every_checkpoint_oldest_first(run_dir, recwarn):
     panel = SamplingPanel(run_dir, PROMPTS)
+    # A layout key ipywidgets does not know (e.g. "gap") is dropped with only this warning.
+    assert not [w for w in recwarn if "unrecognized arguments" in str(w.message)]
     labels = [label for label, _ in panel.models.options]
     assert labels == [BASE_LABEL, "step-000002", "step-000004"]
     assert len(panel.models.value) == 3  # all selected
@@ -72,6 +74,7 @@ def test_generate_shows_a_checkpoints_by_prompts_grid_of_the_right_images(run_di
     assert panel.grid_path is not None, panel.grid_status.value
     assert panel.grid_path == run_dir / "samples" / "compare" / "grid-001.png"
     assert panel.grid.value == panel.grid_path.read_bytes()  # the grid is what is shown
+    assert panel.grid.layout.display is None and panel.grid.layout.width == f"{grid_display_width(panel.grid_path)}px"
     assert "2 rows x 2 prompts" in panel.grid_status.value
 
     grid = np.asarray(Image.open(panel.grid_path).convert("RGB"))
@@ -149,6 +152,12 @@ def test_default_prompts_are_captions_from_the_runs_data_root(run_dir):
 def test_a_folder_that_is_not_a_run_is_named_in_the_error(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"{tmp_path}: not a run folder"):
         SamplingPanel(tmp_path)
+
+
+def test_grids_are_shown_between_a_laptop_friendly_smallest_and_largest_width(tmp_path):
+    for width, shown in ((200, 480), (700, 700), (3000, 960)):
+        Image.new("RGB", (width, 50)).save(tmp_path / f"{width}.png")
+        assert grid_display_width(tmp_path / f"{width}.png") == shown
 
 
 def test_next_grid_path_skips_existing_grids(tmp_path):

@@ -1,8 +1,10 @@
 """The training panel in Python: the form builds the right TrainConfig and estimates, Start
 runs it with the live view filled from real events, Stop / Save now / Sample now reach the
-run, Resume continues it, and Quarantine moves an image out of the data root."""
+run, Resume continues it, Quarantine moves an image out of the data root, and multipliers
+saved in the panel mid-run shape the run's next epoch."""
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from edlib.data.scan import scan
 from edlib.estimate import GPUS
 from edlib.review import quarantined
 from edlib.train.checkpoint import list_checkpoints
+from edlib.train.loop import Plugin
 from edlib.train.loss_tracker import LossTracker, LossTrackerPlugin
 from edlib.train.tiny import build_tiny_pipeline
 from edlib.widgets.training_panel import (
@@ -130,9 +133,12 @@ def test_start_fills_the_live_view_and_quarantine_moves_an_image(tiny_model, dat
     scatter = chart_data(panel.loss_chart)[0]
     assert scatter["y"] == pytest.approx(panel.losses)  # the chart shows every step after the run
     assert panel.progress.value == panel.progress.max == 9 and panel.progress.description == "step 9 / 9"
-    assert "images/s" in panel.live.value and "ETA" in panel.live.value and "measured" in panel.live.value
+    # The last step's numbers stay; an ETA and time "left" would be stale once it is over.
+    assert "last step" in panel.live.value and "images/s" in panel.live.value and "measured" in panel.live.value
+    assert "ETA" not in panel.live.value and "left" not in panel.live.value
     assert "finished at step 9" in panel.status.value
     assert panel.sample_image.value == (run / "samples" / "step-000009" / "grid.png").read_bytes()
+    assert panel.sample_image.layout.display is None and "samples/step-000009/grid.png" in panel.sample_label.value
     # The run ended with a checkpoint: a fresh Start would clash with it, Resume is offered.
     assert panel.start_button.disabled and not panel.resume_button.disabled and panel.stop_button.disabled
 
@@ -180,6 +186,73 @@ def test_save_sample_stop_and_resume_reach_the_run(tiny_model, data_root, tmp_pa
     resumed = again.wait(timeout=120)
     assert resumed.step == stopped + 2 and resumed.stopped_by == "max_steps"
     assert again.loss_steps == [stopped + 1, stopped + 2]
+
+
+class PauseAtSteps(Plugin):
+    """Holds the training thread after the given optimizer steps until the test releases
+    it: a user's edit then lands at a known point of the run instead of racing the epoch."""
+
+    name = "pause_at_steps"
+
+    def __init__(self, steps):
+        self.reached = {s: threading.Event() for s in steps}
+        self.released = {s: threading.Event() for s in steps}
+
+    def on_step(self, ctx, metrics):
+        step = metrics["step"]
+        if step in self.reached:
+            self.reached[step].set()
+            if not self.released[step].wait(120):
+                raise TimeoutError(f"the test never released step {step}")
+
+    def at(self, step):
+        assert self.reached[step].wait(120), f"the run never reached step {step}"
+
+    def release(self, step):
+        self.released[step].set()
+
+
+def _folder_lines(run, epoch, folder):
+    lines = (run / "schedules" / f"ep{epoch}_batch_schedule.txt").read_text().splitlines()
+    return sum(f"\t{folder}/" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_multipliers_saved_mid_run_shape_the_next_epoch_and_undo_too(tiny_model, data_root, tmp_path):
+    run = tmp_path / "run"
+    pause = PauseAtSteps([1, 4])  # 6 images at batch 2: epoch 0 is steps 1-3
+    panel = TrainingPanel(data_root, tiny_model, run, values={**QUICK, "epochs": 3}, plugins=[pause])
+    table = panel.multipliers
+    assert table.batch_size.value == 2 and table.resolution == 64  # the table previews the form's run
+    panel.start_button.click()
+
+    pause.at(1)  # epoch 0 is training
+    table.rows["other"].multiply.value = "3"
+    table.save_button.click()
+    assert (data_root / "other" / "multiply.txt").read_text() == "3\n"
+    assert "from epoch 1 on" in panel.multipliers_note.value
+    assert panel.estimate.steps == 3 * 5  # the form re-plans the whole run with 10 samples per epoch
+    pause.release(1)
+
+    pause.at(4)  # the first step of epoch 1, which trains with the saved value
+    assert panel.epoch_samples == {0: 6, 1: 10}
+    assert "epoch 1 trains with the new multipliers: 10 samples (epoch 0 had 6)" in panel.multipliers_note.value
+    table.undo_button.click()
+    assert not (data_root / "other" / "multiply.txt").exists()  # there was none before the Save
+    assert table.rows["other"].multiply.value == "1"
+    assert "written while epoch 1 trains" in panel.multipliers_note.value and "from epoch 2 on" in panel.multipliers_note.value
+    pause.release(4)
+
+    summary = panel.wait(timeout=120)
+    assert panel.epoch_samples == {0: 6, 1: 10, 2: 6}
+    assert "epoch 2 trains with the new multipliers: 6 samples (epoch 1 had 10)" in panel.multipliers_note.value
+    assert summary.step == 3 + 5 + 3 and [m["step"] for m in panel.handle.metrics()] == list(range(1, 12))
+    # The run's own records agree: the schedules it trained, and its log of the changes.
+    assert [_folder_lines(run, e, "other") for e in range(3)] == [2, 6, 2]
+    assert [_folder_lines(run, e, "concept") for e in range(3)] == [4, 4, 4]
+    log = (run / "log.txt").read_text()
+    assert "epoch 1: other/multiply.txt: 1 -> 3" in log and "epoch 2: other/multiply.txt: 3 -> 1" in log
+    assert "epoch 0: other" not in log
 
 
 def test_loss_chart_thins_long_runs_and_keeps_the_running_mean():

@@ -215,3 +215,15 @@ def test_preservation_panel(root):
     panel.mode.value = "share"
     panel.amount.value = 1.5
     assert panel.text is None and panel.save_button.disabled and "between 0 and 1" in panel.result.value
+
+
+def test_panels_use_only_layout_keys_ipywidgets_knows(root, tmp_path, recwarn):
+    """An unknown layout key (CSS `gap` is not one) is dropped, with only a warning, in every
+    front end: the panel would look different from what its code says."""
+    from edlib.widgets import TrainingPanel
+
+    DatasetPanel(root)
+    BalancePanel(root)
+    PreservationPanel(root)
+    TrainingPanel(root, "some/model", tmp_path / "run")
+    assert not [str(w.message) for w in recwarn if "unrecognized arguments" in str(w.message)]

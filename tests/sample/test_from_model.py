@@ -142,3 +142,20 @@ def test_what_is_not_a_model_is_a_clear_error(tmp_path):
     (run / "checkpoints").mkdir(parents=True)
     with pytest.raises(ValueError, match="no complete checkpoint"):
         load_pipeline(run)
+
+
+def test_an_fp16_export_samples_on_the_cpu_by_default(tiny_model, tmp_path):
+    # transformers 5 keeps a stored fp16 text encoder in fp16 unless told otherwise, while
+    # diffusers loads the UNet in fp32: the pipeline must come out in one dtype.
+    from edlib.export.diffusers_folder import export_diffusers
+    from edlib.train.models import load_models
+
+    models = load_models(tiny_model)
+    export_diffusers(
+        models.unet, models.vae, models.text_encoder, models.tokenizer, models.noise_scheduler.config,
+        tmp_path / "fp16", dtype="fp16",
+    )
+    pipeline = load_pipeline(tmp_path / "fp16")
+    assert {pipeline.unet.dtype, pipeline.vae.dtype, pipeline.text_encoder.dtype} == {torch.float32}
+    (path,) = sample_images(pipeline, [PromptSpec("a cat", steps=2)], tmp_path / "out")
+    assert _pixels(path).std() > 0

@@ -91,3 +91,17 @@ def test_an_exported_embedding_gives_every_vector_in_diffusers_and_in_edlib(tiny
     pipe.load_textual_inversion(str(path), token="<ohwx>")
     for prompt in SAME_PROMPTS:
         assert_same(pipeline_conditioning(pipe, prompt), expected)
+
+
+def test_a_clip_skip_prompt_gets_every_vector_too(tiny_model):
+    # With clip_skip above 1 edlib computes an SD pipeline's prompt embeddings itself.
+    from edlib.sample.generate import _prompt_arguments, resolve_spec
+    from edlib.sample.prompts import PromptSpec
+
+    models, method = trained_ti(tiny_model)
+    pipe = pipeline_from_models(models, clip_skip=2)
+    with torch.no_grad():
+        expected = encode_prompts(models, method.prepare_captions([PROMPT]), clip_skip=2).hidden
+        for prompt in SAME_PROMPTS:
+            arguments = _prompt_arguments(pipe, resolve_spec(PromptSpec(prompt=prompt), pipe))
+            assert torch.allclose(arguments["prompt_embeds"], expected, rtol=0, atol=1e-6), prompt

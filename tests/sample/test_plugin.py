@@ -94,8 +94,9 @@ def _sample_dirs(run: Path) -> list[str]:
     return sorted(p.name for p in (run / "samples").iterdir()) if (run / "samples").exists() else []
 
 
-@pytest.mark.parametrize("method", ["full", "lora"])
-def test_sampling_during_a_run_leaves_training_unchanged(tiny_model, tmp_path, method):
+@pytest.mark.parametrize("model, method", [("tiny_model", "full"), ("tiny_model", "lora"), ("tiny_sdxl", "full")])
+def test_sampling_during_a_run_leaves_training_unchanged(request, tmp_path, model, method):
+    tiny_model = request.getfixturevalue(model)
     data = _data(tmp_path)
     plain, sampled = tmp_path / "plain", tmp_path / "sampled"
     events, plain_rng, sampled_rng = [], _RecordRng(), _RecordRng()

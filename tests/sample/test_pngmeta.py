@@ -64,7 +64,7 @@ def test_reads_what_automatic1111_writes():
         "height": 768,
         "Model hash": "6ce0161689",
         "model": "v1-5-pruned-emaonly",
-        "Clip skip": "2",
+        "clip_skip": 2,  # typed: sampling reads it back
         "Lora hashes": "style: 1a2b3c, other: 4d5e6f",
         "Version": "v1.7.0",
     }

@@ -190,3 +190,33 @@ def test_sdxl_trains_in_fp16_on_a_gpu_with_the_vae_upcast(tiny_sdxl, tmp_path):
     summary = _train_sdxl(tiny_sdxl, tmp_path, "fp16", mixed_precision="fp16", max_steps=3)
     losses = [record["loss"] for record in metrics(tmp_path / "fp16")]
     assert summary.step == 3 and all(loss == loss for loss in losses)
+
+
+def test_an_unset_resolution_is_the_models_native_one(tiny_sdxl, tmp_path):
+    from edlib.train.config import TrainConfig
+    from edlib.train.tiny import build_tiny_pipeline
+
+    # The tiny SDXL's UNet is made for 16x16 latents of a 4x VAE: 64 px; at 128 px, 128.
+    bigger = build_tiny_pipeline(tmp_path / "xl128", variant="sdxl", resolution=128)
+    assert TrainConfig.from_dict({"model": str(bigger), "data_root": "d"}).resolution == 128
+    assert TrainConfig.from_dict({"model": str(tiny_sdxl), "data_root": "d"}).resolution == 64
+    assert TrainConfig.from_dict({"model": str(bigger), "data_root": "d", "resolution": 256}).resolution == 256
+    # A hub id not in the local cache (tests are offline): the documented default.
+    assert TrainConfig.from_dict({"model": "nobody/not-cached", "data_root": "d"}).resolution == 512
+
+
+def test_a_v_prediction_sdxl_trains_towards_v(tmp_path):
+    from edlib.train.tiny import build_tiny_pipeline
+
+    folder = build_tiny_pipeline(tmp_path / "xl-v", variant="sdxl-v")
+    models = load_models(folder)
+    assert models.is_sdxl and models.prediction_type == "v_prediction"
+    assert models.noise_scheduler.config.prediction_type == "v_prediction"
+    summary = _train_sdxl(folder, tmp_path, "run", max_steps=2)
+    assert summary.step == 2 and all(r["loss"] > 0 for r in metrics(tmp_path / "run"))
+
+
+def test_a_second_text_encoder_rate_on_an_sd_model_is_warned_about(tiny_sd1, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(tiny_sd1, make_data_root(tmp_path / "data"), run, text_encoder_2_lr=1e-4, max_steps=1))
+    assert "text_encoder_2_lr is set, but" in (run / "log.txt").read_text(encoding="utf-8")

@@ -1,0 +1,65 @@
+"""What every notebook must hold, read from the files (no kernel): the Colab badge and the
+setup cell written from edlib.environment (one repository address, the pinned install and
+its check), a "what you will do" list first, a parameters cell, no secrets, no outputs."""
+
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from edlib.environment import REPOSITORY, colab_url, install_requirement, setup_cell_source
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb"))
+SYNC = "run `python scripts/sync_notebook_setup.py`"
+# A token pasted into a cell, or a login call given one as text.
+SECRET = re.compile(r"hf_[A-Za-z0-9]{20,}|(token|password|api_key)\s*=\s*['\"][^'\"]+['\"]|login\(\s*['\"]", re.I)
+
+
+@pytest.fixture(params=NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def nb(request):
+    return request.param.name, nbformat.read(request.param, as_version=4)
+
+
+def test_every_notebook_opens_with_what_you_will_do_and_its_colab_badge(nb):
+    name, notebook = nb
+    intro = notebook.cells[0]
+    assert intro.cell_type == "markdown" and "**What you will do**" in intro.source
+    assert re.search(r"^1\. .+^2\. ", intro.source, re.M | re.S), f"{name}: the steps are a numbered list"
+    assert f"({colab_url(name)})" in intro.source, f"{name}: the Colab badge is not {colab_url(name)}; {SYNC}"
+
+
+def test_every_notebook_installs_the_pinned_edlib_and_checks_it_first(nb):
+    name, notebook = nb
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    assert code[0].source == setup_cell_source(), f"{name}: the setup cell differs from edlib.environment; {SYNC}"
+    assert f"git+https://github.com/{REPOSITORY}@v" in install_requirement()
+    assert "check_install(pinned=ON_COLAB)" in code[0].source
+
+
+def test_every_notebook_has_a_parameters_cell_no_secrets_and_no_outputs(nb):
+    name, notebook = nb
+    assert any("parameters" in c.metadata.get("tags", []) for c in notebook.cells), f"{name}: no parameters cell"
+    for cell in notebook.cells:
+        assert not SECRET.search(cell.source), f"{name}: a cell holds what looks like a secret:\n{cell.source}"
+        if cell.cell_type == "code":
+            # Saved outputs would carry someone's paths and tokens, and go stale.
+            assert cell.outputs == [] and cell.execution_count is None, f"{name}: saved outputs"
+
+
+def test_the_secret_pattern_catches_pasted_tokens():
+    assert SECRET.search('login("hf_abcdefghijklmnopqrstuvwx")') and SECRET.search("token = 'abc'")
+    assert not SECRET.search('login(token=token or getpass("Hugging Face token: "))')
+
+
+def test_widgets_are_the_portable_ones():
+    """Colab, JupyterLab 4 and VS Code render the widgets of ipywidgets itself and plotly's
+    mime bundle; a third-party widget package would need a front-end extension that Colab and
+    VS Code do not have."""
+    imported = set()
+    for path in [*NOTEBOOKS, *(Path(__file__).resolve().parents[2] / "edlib" / "widgets").glob("*.py")]:
+        text = path.read_text(encoding="utf-8")
+        imported |= set(re.findall(r"(?:^|\\n|\n)\s*(?:\"\s*)?(?:import|from)\s+([A-Za-z_][\w]*)", text))
+    front_end = {"ipywidgets", "plotly", "IPython"}
+    extensions = {"ipympl", "bqplot", "ipyvolume", "ipyleaflet", "ipyevents", "ipycanvas", "ipydatagrid", "qgrid", "itkwidgets", "jupyter_bokeh", "anywidget"}
+    assert front_end & imported and not (imported & extensions), sorted(imported)
