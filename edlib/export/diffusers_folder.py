@@ -1,7 +1,8 @@
 """Export a full fine-tune as a diffusers folder (what ``from_pretrained`` loads).
 
 The folder is diffusers' own ``StableDiffusionPipeline.save_pretrained`` output (safetensors
-weights, configs, tokenizer, scheduler), without a safety checker. It is built beside the
+weights, configs, tokenizer, scheduler), without a safety checker; for SDXL (a second text
+encoder and tokenizer) ``StableDiffusionXLPipeline``'s. It is built beside the
 target under a temporary name and moved into place when complete, so a crash never leaves a
 folder that looks like a model and is not one.
 """
@@ -86,33 +87,43 @@ def export_diffusers(
     out_dir: str | Path,
     *,
     dtype: str | None = None,
+    text_encoder_2=None,
+    tokenizer_2=None,
 ) -> Path:
-    """Write a ``StableDiffusionPipeline`` folder to ``out_dir`` that ``from_pretrained`` loads.
+    """Write a ``StableDiffusionPipeline`` folder to ``out_dir`` that ``from_pretrained`` loads
+    (a ``StableDiffusionXLPipeline`` one with ``text_encoder_2`` and ``tokenizer_2``).
 
     ``scheduler_config`` is the base model's scheduler config (or scheduler); ``dtype`` is
     "fp16", "fp32" or None to keep the models' own dtype. The models are not changed. A
     previous diffusers export at ``out_dir`` is replaced; any other existing folder is an
     error. Returns ``out_dir``.
     """
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype: unknown value {dtype!r}; allowed: {', '.join(DTYPES)} or None")
+    if (text_encoder_2 is None) != (tokenizer_2 is None):
+        raise ValueError("SDXL export: text_encoder_2 and tokenizer_2 go together (give both or neither)")
     out_dir = Path(out_dir)
     _check_replaceable(out_dir)
     if dtype is not None:
         unet, vae, text_encoder = (_cpu_copy(model, DTYPES[dtype]) for model in (unet, vae, text_encoder))
+        if text_encoder_2 is not None:
+            text_encoder_2 = _cpu_copy(text_encoder_2, DTYPES[dtype])
 
-    pipeline = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=_scheduler_from(scheduler_config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    components = {
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "unet": unet,
+        "scheduler": _scheduler_from(scheduler_config),
+    }
+    if text_encoder_2 is not None:
+        pipeline = StableDiffusionXLPipeline(text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, **components)
+    else:
+        pipeline = StableDiffusionPipeline(
+            **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     built = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.partial")
     shutil.rmtree(built, ignore_errors=True)

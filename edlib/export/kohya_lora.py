@@ -10,10 +10,14 @@ into underscores:
     lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight ...
 
 For SD1.x and SD2.x, kohya's sd-scripts train the diffusers UNet, so UNet names use the
-diffusers module paths (``down_blocks_0_attentions_0``), not the original SD layout
-(``input_blocks_1_1``, which kohya uses for SDXL only); A1111 and ComfyUI map these names to
-their own layout and diffusers reads them directly. Text encoder names use transformers'
-``text_model.`` path, which transformers 5 no longer has in its module tree, so it is added.
+diffusers module paths (``down_blocks_0_attentions_0``), not the original SD layout. For SDXL
+kohya trains the original UNet, so SDXL names are the original module paths
+(``lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q``, ResNet layers as
+``in_layers_2``/``emb_layers_1``/``skip_connection``), mapped by the same tables as the
+single-file export (:mod:`edlib.export.sd_keys`), and its two text encoders are ``lora_te1_``
+(CLIP-L) and ``lora_te2_`` (OpenCLIP-G). A1111 and ComfyUI map these names to their own layout
+and diffusers reads them. Text encoder names use transformers' ``text_model.`` path, which
+transformers 5 no longer has in its module tree for ``CLIPTextModel``, so it is added.
 A convolution's ``lora_down`` has the base layer's kernel, its ``lora_up`` is 1x1 (LoCon).
 The loaders scale each layer's update by alpha / rank, as training did.
 
@@ -31,12 +35,14 @@ from typing import Any
 import torch
 
 from edlib import __version__
+from edlib.export import sd_keys
 from edlib.export.single_file import DTYPES, infer_variant, write_safetensors_atomic
 
 UNET_PREFIX = "lora_unet_"
 TEXT_ENCODER_PREFIX = "lora_te_"
+SDXL_TEXT_ENCODER_PREFIXES = ("lora_te1_", "lora_te2_")
 # kohya's names for the base model family, read by UIs to filter LoRAs by model.
-BASE_MODEL_VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2"}
+BASE_MODEL_VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
 
 
 def _lora_layers(module: torch.nn.Module) -> dict[str, Any]:
@@ -54,14 +60,25 @@ def _text_model_path(name: str) -> str:
     return name if name.startswith("text_model.") else f"text_model.{name}"
 
 
-def kohya_state_dict(unet: torch.nn.Module, text_encoder: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
-    """The adapters of ``unet`` (and ``text_encoder``, if it has any) under kohya's names, as
-    float32 CPU copies. Raises if the UNet has no LoRA layers."""
-    prefixed = [(UNET_PREFIX, name, layer) for name, layer in _lora_layers(unet).items()]
-    if not prefixed:
+def kohya_state_dict(
+    unet: torch.nn.Module, text_encoder: torch.nn.Module | None = None, text_encoder_2: torch.nn.Module | None = None
+) -> dict[str, torch.Tensor]:
+    """The adapters of ``unet`` (and of the text encoders that have any) under kohya's names,
+    as float32 CPU copies; SDXL's names when ``text_encoder_2`` is given. Raises if the UNet
+    has no LoRA layers."""
+    unet_layers = _lora_layers(unet)
+    if not unet_layers:
         raise ValueError("the UNet has no LoRA layers: was the LoRA method set up (and its weights loaded)?")
-    if text_encoder is not None:
-        prefixed += [(TEXT_ENCODER_PREFIX, _text_model_path(name), layer) for name, layer in _lora_layers(text_encoder).items()]
+    if text_encoder_2 is None:
+        prefixed = [(UNET_PREFIX, name, layer) for name, layer in unet_layers.items()]
+        encoders = [(TEXT_ENCODER_PREFIX, text_encoder)]
+    else:
+        table = sd_keys.unet_module_table(unet.config)
+        prefixed = [(UNET_PREFIX, sd_keys.original_path(name, table, "UNet"), layer) for name, layer in unet_layers.items()]
+        encoders = list(zip(SDXL_TEXT_ENCODER_PREFIXES, (text_encoder, text_encoder_2)))
+    for prefix, encoder in encoders:
+        if encoder is not None:
+            prefixed += [(prefix, _text_model_path(name), layer) for name, layer in _lora_layers(encoder).items()]
 
     tensors = {}
     for prefix, path, layer in prefixed:
@@ -100,10 +117,12 @@ def export_kohya_lora(
     dtype: str = "fp16",
     base_model: str | None = None,
     metadata: Mapping[str, Any] | None = None,
+    text_encoder_2: torch.nn.Module | None = None,
 ) -> Path:
-    """Write the LoRA adapters of ``unet`` (and of ``text_encoder`` if it has any) to
-    ``out_path`` (``.safetensors``) in kohya's layout, in ``dtype`` ("fp16" or "fp32"). The
-    text encoder is needed even without adapters: it tells SD1.x from SD2.x for the metadata.
+    """Write the LoRA adapters of ``unet`` (and of ``text_encoder``, and SDXL's
+    ``text_encoder_2``, where they have any) to ``out_path`` (``.safetensors``) in kohya's
+    layout, in ``dtype`` ("fp16" or "fp32"). The text encoders are needed even without
+    adapters: they tell SD1.x, SD2.x and SDXL apart for the names and the metadata.
 
     Pass the plain models (``accelerator.unwrap_model``) with their peft adapters, e.g. after
     `LoraMethod.setup` and `load_weights`. Metadata: kohya's ``ss_network_module``,
@@ -116,8 +135,8 @@ def export_kohya_lora(
     out_path = Path(out_path)
     if out_path.suffix != ".safetensors":
         raise ValueError(f"{out_path}: a kohya LoRA export must end in .safetensors")
-    tensors = kohya_state_dict(unet, text_encoder)
-    variant = infer_variant(text_encoder)
+    tensors = kohya_state_dict(unet, text_encoder, text_encoder_2)
+    variant = infer_variant(text_encoder, text_encoder_2)
     info = {
         **_network_settings(tensors),
         "ss_base_model_version": BASE_MODEL_VERSIONS[variant],

@@ -56,18 +56,30 @@ def export_run(
     if format == "diffusers":
         target = out_dir / f"{name}-diffusers"
         scheduler = _sampling_scheduler_config(trained.config.model, m.noise_scheduler.config)
-        return [export_diffusers(m.unet, m.vae, m.text_encoder, m.tokenizer, scheduler, target, dtype=dtype)]
+        second = {"text_encoder_2": m.text_encoder_2, "tokenizer_2": m.tokenizer_2} if m.is_sdxl else {}
+        return [export_diffusers(m.unet, m.vae, m.text_encoder, m.tokenizer, scheduler, target, dtype=dtype, **second)]
     if format == "single-file":
         target = out_dir / f"{name}.safetensors"
-        return [export_single_file(m.unet, m.vae, m.text_encoder, target, dtype=dtype, metadata=metadata)]
+        return [
+            export_single_file(
+                m.unet, m.vae, m.text_encoder, target, dtype=dtype, metadata=metadata, text_encoder_2=m.text_encoder_2
+            )
+        ]
     if format == "kohya-lora":
         target = out_dir / f"{name}-lora.safetensors"
         return [
             export_kohya_lora(
-                m.unet, m.text_encoder, target, dtype=dtype, base_model=trained.config.model, metadata=metadata
+                m.unet,
+                m.text_encoder,
+                target,
+                dtype=dtype,
+                base_model=trained.config.model,
+                metadata=metadata,
+                text_encoder_2=m.text_encoder_2,
             )
         ]
-    return export_a1111_embeddings(trained.method.learned_embeddings(m), out_dir, metadata=metadata)
+    second = trained.method.learned_embeddings(m, encoder="text_encoder_2") if m.is_sdxl else None
+    return export_a1111_embeddings(trained.method.learned_embeddings(m), out_dir, metadata=metadata, embeddings_g=second)
 
 
 def _sampling_scheduler_config(model: str, training_config):

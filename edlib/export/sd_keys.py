@@ -10,7 +10,7 @@ it, the component's config) and returns a new dict with original key names. Noth
 copied: the values are the same tensors, except where the original layout stores a weight in
 another shape (VAE attention, OpenCLIP's fused q/k/v). The tables are derived from the config
 (number of blocks, layers per block, which blocks have attention), so the same code maps the
-tiny test models and the real SD1.x / SD2.x models. A key the tables do not cover is an error
+tiny test models and the real SD1.x / SD2.x / SDXL models. A key the tables do not cover is an error
 that names it: a silently dropped weight would give a checkpoint that loads and is broken.
 """
 
@@ -25,6 +25,10 @@ UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "cond_stage_model.transformer.text_model."  # SD1.x: OpenAI CLIP ViT-L/14
 OPEN_CLIP_PREFIX = "cond_stage_model.model."  # SD2.x: OpenCLIP ViT-H/14
+# SDXL keeps both encoders in a list of "embedders": CLIP ViT-L in the transformers layout,
+# OpenCLIP ViT-bigG in OpenCLIP's own (with its text projection).
+SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer.text_model."
+SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
 
 StateDict = Mapping[str, torch.Tensor]
 
@@ -86,6 +90,9 @@ def unet_module_table(config: Mapping[str, Any]) -> dict[str, str]:
         "conv_norm_out": "out.0",
         "conv_out": "out.2",
     }
+    if config.get("addition_embed_type") == "text_time":  # SDXL: pooled text + micro-conditioning
+        table["add_embedding.linear_1"] = "label_emb.0.0"
+        table["add_embedding.linear_2"] = "label_emb.0.2"
 
     index = 1  # input_blocks.0 is conv_in
     for block, block_type in enumerate(down_types):
@@ -154,22 +161,23 @@ def vae_module_table(config: Mapping[str, Any]) -> dict[str, str]:
     return table
 
 
+def original_path(path: str, table: Mapping[str, str], component: str) -> str:
+    """A diffusers module or weight path in the original layout: renamed by the longest
+    module path of ``table`` it starts with."""
+    parts = path.split(".")
+    for cut in range(len(parts), 0, -1):
+        module = ".".join(parts[:cut])
+        if module in table:
+            return ".".join([table[module], *parts[cut:]])
+    raise ValueError(
+        f"{component}: weight {path!r} has no name in the original Stable Diffusion layout "
+        "(which only SD1.x / SD2.x / SDXL architectures have)"
+    )
+
+
 def rename(state_dict: StateDict, table: Mapping[str, str], component: str) -> dict[str, torch.Tensor]:
     """Rename every key by the longest module path of ``table`` it starts with."""
-    renamed = {}
-    for key, value in state_dict.items():
-        parts = key.split(".")
-        for cut in range(len(parts) - 1, 0, -1):
-            module = ".".join(parts[:cut])
-            if module in table:
-                renamed[".".join([table[module], *parts[cut:]])] = value
-                break
-        else:
-            raise ValueError(
-                f"{component}: weight {key!r} has no name in the original Stable Diffusion layout; "
-                "only SD1.x / SD2.x architectures can be exported to a single file"
-            )
-    return renamed
+    return {original_path(key, table, component): value for key, value in state_dict.items()}
 
 
 def unet_to_original(state_dict: StateDict, config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -204,23 +212,29 @@ def _text_model_keys(state_dict: StateDict) -> dict[str, torch.Tensor]:
         if not key.startswith(("embeddings.", "encoder.layers.", "final_layer_norm.")):
             raise ValueError(
                 f"text encoder: weight {key!r} is not part of a CLIPTextModel; "
-                "only SD1.x / SD2.x text encoders can be exported to a single file"
+                "only SD1.x / SD2.x / SDXL text encoders can be exported to a single file"
             )
     return keys
 
 
-def clip_to_original(state_dict: StateDict) -> dict[str, torch.Tensor]:
-    """SD1.x: the original stores the transformers CLIP text model itself, under
-    ``cond_stage_model.transformer.text_model.*``, so only the prefix changes."""
-    return {CLIP_PREFIX + key: value for key, value in _text_model_keys(state_dict).items()}
+def clip_to_original(state_dict: StateDict, prefix: str = CLIP_PREFIX) -> dict[str, torch.Tensor]:
+    """SD1.x (and SDXL's first encoder, with ``prefix`` `SDXL_CLIP_PREFIX`): the original
+    stores the transformers CLIP text model itself, so only the prefix changes."""
+    return {prefix + key: value for key, value in _text_model_keys(state_dict).items()}
 
 
-def open_clip_to_original(state_dict: StateDict) -> dict[str, torch.Tensor]:
-    """SD2.x: OpenCLIP's own names under ``cond_stage_model.model.*``.
+def open_clip_to_original(state_dict: StateDict, prefix: str = OPEN_CLIP_PREFIX) -> dict[str, torch.Tensor]:
+    """SD2.x (and SDXL's second encoder, with ``prefix`` `SDXL_OPEN_CLIP_PREFIX`): OpenCLIP's
+    own names under ``prefix``.
 
     OpenCLIP uses ``nn.MultiheadAttention``, which keeps q, k and v as one ``in_proj`` matrix
-    (rows: q, then k, then v). diffusers' loader splits it back in the same order.
+    (rows: q, then k, then v). diffusers' loader splits it back in the same order. SDXL's
+    encoder has a text projection (``CLIPTextModelWithProjection``): OpenCLIP multiplies by
+    the matrix (``x @ text_projection``) where a Linear layer multiplies by its transpose, so
+    it is stored transposed, ``[width, projection]``.
     """
+    state_dict = dict(state_dict)
+    projection = state_dict.pop("text_projection.weight", None)
     keys = _text_model_keys(state_dict)
     out = {
         "token_embedding.weight": keys.pop("embeddings.token_embedding.weight"),
@@ -239,4 +253,6 @@ def open_clip_to_original(state_dict: StateDict) -> dict[str, torch.Tensor]:
                 out[f"{target}{o_name}.{kind}"] = keys.pop(f"{source}{d_name}.{kind}")
     if keys:
         raise ValueError(f"text encoder: weights {sorted(keys)} have no name in the OpenCLIP layout")
-    return {OPEN_CLIP_PREFIX + key: value for key, value in out.items()}
+    if projection is not None:
+        out["text_projection"] = projection.T
+    return {prefix + key: value for key, value in out.items()}

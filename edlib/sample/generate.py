@@ -190,10 +190,10 @@ def _prompt_arguments(pipeline: DiffusionPipeline, spec: PromptSpec) -> dict[str
     if hasattr(pipeline, "text_encoder_2"):
         return {**prompts, "clip_skip": spec.clip_skip - 1}
     encoder = pipeline.text_encoder
-    embeds = [
-        encode_sd_prompts(pipeline.tokenizer, encoder, [text], spec.clip_skip).to(encoder.dtype)
-        for text in (spec.prompt, spec.negative_prompt)
-    ]
+    # These embeddings skip the pipeline's encode_prompt, and so its spelling out of
+    # multi-vector textual-inversion placeholders (`maybe_convert_prompt`): done here.
+    texts = [pipeline.maybe_convert_prompt(text, pipeline.tokenizer) for text in (spec.prompt, spec.negative_prompt)]
+    embeds = [encode_sd_prompts(pipeline.tokenizer, encoder, [text], spec.clip_skip).to(encoder.dtype) for text in texts]
     return {"prompt_embeds": embeds[0], "negative_prompt_embeds": embeds[1]}
 
 

@@ -5,6 +5,10 @@ loaded or copied: the images show exactly the weights of that step. After traini
 `load_pipeline` takes what users point at: a diffusers folder, a single-file checkpoint, a
 run folder or one of its checkpoints. SDXL models give a ``StableDiffusionXLPipeline``, which
 samples with the same prompt files and samplers.
+
+Every pipeline made here spells out multi-vector textual-inversion placeholders the way
+training did (`edlib.train.textual_inversion.spell_out`), whether edlib trained them or
+``load_textual_inversion`` added them later.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 from diffusers import DDPMScheduler, DiffusionPipeline, SchedulerMixin
 
 from edlib.train.models import folder_is_sdxl, hub_is_sdxl, is_sdxl_file, pipeline_class
+from edlib.train.textual_inversion import spell_out, vector_tokens
 
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
@@ -31,6 +36,26 @@ def _scheduler_from_config(scheduler_config: Mapping[str, Any]):
     if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, SchedulerMixin)):
         scheduler_class = DDPMScheduler
     return scheduler_class.from_config(dict(scheduler_config))
+
+
+def spell_out_placeholders_as_training_did(pipeline: DiffusionPipeline) -> DiffusionPipeline:
+    """Make ``pipeline`` spell out multi-vector placeholders as training captions are.
+
+    diffusers' pipelines pass every prompt (and negative prompt) through
+    ``maybe_convert_prompt(prompt, tokenizer)`` for each of their tokenizers before encoding.
+    Its own version misses a placeholder written in another case than it was added in (CLIP's
+    tokenizer still reads it as the placeholder, so the prompt gets one vector of several)
+    and doubles one already spelled out; this one, set on the instance, reads the
+    placeholders from that tokenizer's added tokens each call, so embeddings loaded later are
+    covered too. Returns ``pipeline``.
+    """
+
+    def maybe_convert_prompt(prompt, tokenizer):
+        vectors = vector_tokens(tokenizer)
+        return spell_out(prompt, vectors) if isinstance(prompt, str) else [spell_out(p, vectors) for p in prompt]
+
+    pipeline.maybe_convert_prompt = maybe_convert_prompt
+    return pipeline
 
 
 def pipeline_from_modules(
@@ -73,7 +98,7 @@ def pipeline_from_modules(
     pipeline.set_progress_bar_config(disable=True)  # sampling logs one line per image instead
     pipeline.edlib_ema = ema  # read by `sample_images`; a plain attribute, not a component
     pipeline.edlib_clip_skip = clip_skip  # the default of prompts that set none (`resolve_spec`)
-    return pipeline
+    return spell_out_placeholders_as_training_did(pipeline)
 
 
 def is_run_or_checkpoint(path: Path) -> bool:
@@ -160,4 +185,4 @@ def load_pipeline(
             f"{'/'.join(SINGLE_FILE_SUFFIXES)} file, a run folder or one of its checkpoints"
         )
     pipeline.set_progress_bar_config(disable=True)
-    return pipeline
+    return spell_out_placeholders_as_training_did(pipeline)

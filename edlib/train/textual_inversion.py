@@ -4,19 +4,22 @@ Each placeholder (say ``<ohwx>`` with 3 vectors) becomes new tokens ``<ohwx> <oh
 <ohwx>_2`` (the naming diffusers' ``load_textual_inversion`` and its pipelines use), added to
 the tokenizer, with new rows in the text encoder's embedding matrix initialised from the
 embedding of an init word ("person", "style", ...). Captions name the placeholder once;
-`TextualInversion.prepare_captions` spells it out as all its vectors, as diffusers' pipelines
-do at sampling time.
+`TextualInversion.prepare_captions` spells it out as all its vectors (`spell_out`), and edlib's
+sampling pipelines do the same from the tokenizer's added tokens (`vector_tokens`), so a
+prompt means at sampling time what a caption meant in training.
 
 Only the new rows train, through peft's trainable tokens: the rows live in a separate small
 parameter (the only one in the optimizer), and the embedding layer swaps them in when it runs.
 Every other weight, including the rest of the embedding matrix, is never handed to the
 optimizer, so weight decay or momentum cannot touch it: it stays bit-identical. A checkpoint
-holds just the new rows, one tensor ``[num_vectors, dim]`` per placeholder.
+holds just the new rows, one tensor ``[num_vectors, dim]`` per placeholder (SDXL: per
+placeholder and text encoder, see `TextualInversion`).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -50,10 +53,57 @@ class Placeholder(BaseModel):
             raise ValueError(f"{value!r} contains whitespace; a placeholder is one word like <ohwx>")
         return value
 
+    @field_validator("token")
+    @classmethod
+    def _lower_case(cls, value: str) -> str:
+        # CLIP's tokenizer lowercases every prompt before it looks for added tokens, and hands
+        # them back lowercased; diffusers' pipelines then look the lowercased word up among the
+        # added tokens to spell out a multi-vector embedding, and would never find <OhWx>.
+        if value != value.lower():
+            raise ValueError(
+                f"{value!r} has capital letters; CLIP's tokenizer reads prompts in lower case, so write "
+                f"the placeholder as {value.lower()!r} (prompts may still use any case)"
+            )
+        return value
+
     @property
     def tokens(self) -> list[str]:
         """The tokenizer tokens of its vectors: ``token, token_1, ..., token_{n-1}``."""
         return [self.token] + [f"{self.token}_{i}" for i in range(1, self.num_vectors)]
+
+
+def spell_out(text: str, vectors: Mapping[str, Sequence[str]]) -> str:
+    """``text`` with each multi-vector placeholder written as all its vector tokens
+    (``vectors``: placeholder -> its tokens, as `Placeholder.tokens`): ``<ohwx>`` -> ``<ohwx>
+    <ohwx>_1 <ohwx>_2``.
+
+    Matched in any case, as CLIP's tokenizer matches added tokens (``<OHWX>`` is ``<ohwx>``
+    to it); a placeholder already spelled out stays as it is, so spelling out twice changes
+    nothing (diffusers' own ``maybe_convert_prompt`` misses the first and doubles the second).
+    """
+    for token, tokens in vectors.items():
+        if len(tokens) < 2:
+            continue
+        spelled = " ".join(tokens)
+        # At each position the spelled-out form is tried first, and replaced by itself.
+        pattern = re.compile(rf"{re.escape(spelled)}|{re.escape(token)}(?!_\d)", re.IGNORECASE)
+        text = pattern.sub(lambda _: spelled, text)
+    return text
+
+
+def vector_tokens(tokenizer) -> dict[str, list[str]]:
+    """Multi-vector placeholders among a tokenizer's added tokens, by the naming edlib and
+    diffusers' ``load_textual_inversion`` use (``<ohwx>``, ``<ohwx>_1``, ...): placeholder ->
+    its tokens."""
+    added = set(tokenizer.get_added_vocab())
+    found = {}
+    for token in added:
+        tokens = [token]
+        while f"{token}_{len(tokens)}" in added:
+            tokens.append(f"{token}_{len(tokens)}")
+        if len(tokens) > 1:
+            found[token] = tokens
+    return found
 
 
 def placeholders(config) -> list[Placeholder]:
@@ -78,14 +128,25 @@ def _token_embedding(text_encoder) -> torch.nn.Module:
     return text_encoder.get_input_embeddings()
 
 
+# Per text encoder: the tokenizer that feeds it and the checkpoint file of its new rows.
+_ENCODERS = {"text_encoder": ("tokenizer", CHECKPOINT_FILE), "text_encoder_2": ("tokenizer_2", f"{CHECKPOINT_FILE}_2")}
+
+
 class TextualInversion(Method):
     """Textual inversion of `placeholder_tokens`, trained at `text_encoder_lr` (the new
-    embeddings are the only part of the text encoder that trains)."""
+    embeddings are the only part of the text encoder that trains).
+
+    SDXL reads a prompt with both its encoders, so each placeholder becomes the same new
+    tokens in both tokenizers, with rows in both embedding matrices started from the same
+    init word; the second encoder's rows train at `text_encoder_2_lr` (null: the same rate;
+    0: they keep their initial vectors). This is the pair an SDXL embedding file holds
+    (``clip_l``, ``clip_g``).
+    """
 
     name = "textual_inversion"
 
     def trainable_module_names(self, models) -> set[str]:
-        return {"text_encoder"}
+        return set(self.text_encoder_lrs(models))
 
     def setup(self, models) -> None:
         from peft import TrainableTokensConfig, inject_adapter_in_model
@@ -95,12 +156,31 @@ class TextualInversion(Method):
                 "text_encoder_lr: textual_inversion trains the new embeddings at this rate; it is "
                 f"{self.config.text_encoder_lr:g}; set it, e.g. to 5e-3"
             )
-        if models.is_sdxl:
-            raise ValueError("method: textual_inversion does not support SDXL models yet (full and lora do)")
         for name in models.module_names:
             getattr(models, name).requires_grad_(False)
-        tokenizer, text_encoder = models.tokenizer, models.text_encoder
+        # Every check before any change: a bad placeholder leaves both encoders untouched.
+        initial = {name: self._initial_ids(getattr(models, _ENCODERS[name][0])) for name in models.text_encoder_names}
+        trained = self.text_encoder_lrs(models)
+        for name, placeholder_ids in initial.items():
+            tokenizer, text_encoder = getattr(models, _ENCODERS[name][0]), getattr(models, name)
+            for placeholder, _ in placeholder_ids:
+                tokenizer.add_tokens(placeholder.tokens)
+            # New rows at the end of the matrix; the existing rows are copied unchanged.
+            old_rows = text_encoder.get_input_embeddings().weight
+            text_encoder.resize_token_embeddings(len(tokenizer))
+            weight = text_encoder.get_input_embeddings().weight
+            with torch.no_grad():
+                for placeholder, init_ids in placeholder_ids:
+                    new_ids = tokenizer.convert_tokens_to_ids(placeholder.tokens)
+                    weight[new_ids] = self._initial_vectors(old_rows, init_ids, placeholder.num_vectors)
 
+            config = TrainableTokensConfig(target_modules=["token_embedding"], token_indices=self._new_ids(tokenizer))
+            inject_adapter_in_model(config, text_encoder)
+            for param in self._rows(models, encoder=name).values():
+                param.requires_grad_(name in trained)
+
+    def _initial_ids(self, tokenizer) -> list[tuple[Placeholder, list[int]]]:
+        """Each placeholder with its init word's token ids in ``tokenizer``, checked to be new."""
         initial = []
         for placeholder in placeholders(self.config):
             taken = [token for token in placeholder.tokens if self._known(tokenizer, token)]
@@ -113,21 +193,7 @@ class TextualInversion(Method):
             if not init_ids:
                 raise ValueError(f"placeholder_tokens: init_word {placeholder.init_word!r} gives no tokens")
             initial.append((placeholder, init_ids))
-            tokenizer.add_tokens(placeholder.tokens)
-
-        # New rows at the end of the matrix; the existing rows are copied unchanged.
-        old_rows = text_encoder.get_input_embeddings().weight
-        text_encoder.resize_token_embeddings(len(tokenizer))
-        weight = text_encoder.get_input_embeddings().weight
-        with torch.no_grad():
-            for placeholder, init_ids in initial:
-                new_ids = tokenizer.convert_tokens_to_ids(placeholder.tokens)
-                weight[new_ids] = self._initial_vectors(old_rows, init_ids, placeholder.num_vectors)
-
-        config = TrainableTokensConfig(target_modules=["token_embedding"], token_indices=self._new_ids(tokenizer))
-        inject_adapter_in_model(config, text_encoder)
-        for param in self._rows(models).values():
-            param.requires_grad_(True)
+        return initial
 
     @staticmethod
     def _known(tokenizer, token: str) -> bool:
@@ -148,19 +214,23 @@ class TextualInversion(Method):
     def _new_ids(self, tokenizer) -> list[int]:
         return tokenizer.convert_tokens_to_ids([t for p in placeholders(self.config) for t in p.tokens])
 
-    def _rows(self, models, unwrap=lambda m: m) -> dict[str, torch.nn.Parameter]:
-        """peft's parameter holding the new rows (one adapter: ``default``)."""
-        layer = _token_embedding(unwrap(models.text_encoder))
+    def _rows(self, models, unwrap=lambda m: m, encoder: str = "text_encoder") -> dict[str, torch.nn.Parameter]:
+        """peft's parameter holding the new rows of ``encoder`` (one adapter: ``default``)."""
+        layer = _token_embedding(unwrap(getattr(models, encoder)))
         if not hasattr(layer, "trainable_tokens_delta"):
-            raise ValueError("textual_inversion: the text encoder has no new embeddings; call setup(models) first")
+            raise ValueError(f"textual_inversion: {encoder} has no new embeddings; call setup(models) first")
         return dict(layer.trainable_tokens_delta)
 
     def param_groups(self, models) -> list[dict[str, Any]]:
-        return [{"name": "embeddings", "params": list(self._rows(models).values()), "lr": self.config.text_encoder_lr}]
+        return [
+            {"name": _ENCODERS[name][1], "params": list(self._rows(models, encoder=name).values()), "lr": lr}
+            for name, lr in self.text_encoder_lrs(models).items()
+        ]
 
-    def learned_embeddings(self, models, unwrap=lambda m: m) -> dict[str, torch.Tensor]:
-        """Placeholder token -> its trained vectors ``[num_vectors, dim]`` (CPU copies)."""
-        (rows,) = self._rows(models, unwrap).values()
+    def learned_embeddings(self, models, unwrap=lambda m: m, encoder: str = "text_encoder") -> dict[str, torch.Tensor]:
+        """Placeholder token -> its trained vectors ``[num_vectors, dim]`` in ``encoder``
+        (SDXL: "text_encoder" or "text_encoder_2"), as CPU copies."""
+        (rows,) = self._rows(models, unwrap, encoder).values()
         rows = rows.detach().float().cpu()
         out, start = {}, 0
         for placeholder in placeholders(self.config):
@@ -169,19 +239,25 @@ class TextualInversion(Method):
         return out
 
     def checkpoint_weights(self, models, unwrap=lambda m: m) -> dict[str, dict[str, torch.Tensor]]:
-        return {CHECKPOINT_FILE: self.learned_embeddings(models, unwrap)}
+        """The new rows of every text encoder (also of one held at lr 0: they are tiny, and an
+        export needs them), one file per encoder."""
+        return {_ENCODERS[name][1]: self.learned_embeddings(models, unwrap, name) for name in models.text_encoder_names}
 
     def load_weights(self, models, weights: dict[str, dict[str, torch.Tensor]], unwrap=lambda m: m) -> None:
-        if set(weights) != {CHECKPOINT_FILE}:
+        files = {_ENCODERS[name][1]: name for name in models.text_encoder_names}
+        if set(weights) != set(files):
             raise ValueError(
-                f"checkpoint holds weights for {sorted(weights)} but textual_inversion saves only "
-                f"{CHECKPOINT_FILE!r}: was it saved with another method?"
+                f"checkpoint holds weights for {sorted(weights)} but textual_inversion of this model saves "
+                f"{sorted(files)}: was it saved with another method or another model (SD vs SDXL)?"
             )
-        saved = weights[CHECKPOINT_FILE]
-        wanted = self.learned_embeddings(models, unwrap)
+        for file_name, encoder in files.items():
+            self._load_rows(models, weights[file_name], unwrap, encoder)
+
+    def _load_rows(self, models, saved: dict[str, torch.Tensor], unwrap, encoder: str) -> None:
+        wanted = self.learned_embeddings(models, unwrap, encoder)
         if set(saved) != set(wanted):
             raise ValueError(f"checkpoint has embeddings for {sorted(saved)}, placeholder_tokens asks for {sorted(wanted)}")
-        (rows,) = self._rows(models, unwrap).values()
+        (rows,) = self._rows(models, unwrap, encoder).values()
         start = 0
         with torch.no_grad():
             for token, current in wanted.items():
@@ -195,9 +271,6 @@ class TextualInversion(Method):
 
     def prepare_captions(self, captions: list[str]) -> list[str]:
         """Spell each multi-vector placeholder as all its tokens (``<ohwx>`` -> ``<ohwx>
-        <ohwx>_1 <ohwx>_2``), so every vector is in the prompt and trains."""
-        for placeholder in placeholders(self.config):
-            if placeholder.num_vectors > 1:
-                pattern = re.compile(re.escape(placeholder.token) + r"(?!_\d)")
-                captions = [pattern.sub(" ".join(placeholder.tokens), caption) for caption in captions]
-        return captions
+        <ohwx>_1 <ohwx>_2``, see `spell_out`), so every vector is in the prompt and trains."""
+        vectors = {placeholder.token: placeholder.tokens for placeholder in placeholders(self.config)}
+        return [spell_out(caption, vectors) for caption in captions]

@@ -6,8 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from edlib.export.a1111_embedding import embedding_file_name, export_a1111_embedding, export_a1111_embeddings
 from edlib.train.models import encode_prompts, load_models
@@ -23,9 +24,11 @@ def trained_embeddings(folder):
     models = load_models(folder)
     method = TextualInversion(SimpleNamespace(placeholder_tokens=PLACEHOLDERS, text_encoder_lr=1e-3, text_encoder_2_lr=None, unet_lr=0.0))
     method.setup(models)
-    (rows,) = method.param_groups(models)[0]["params"]
+    generator = torch.Generator().manual_seed(2)
     with torch.no_grad():
-        rows.add_(torch.randn(rows.shape, generator=torch.Generator().manual_seed(2)))
+        for group in method.param_groups(models):  # SDXL: both encoders' rows
+            (rows,) = group["params"]
+            rows.add_(torch.randn(rows.shape, generator=generator))
     return models, method
 
 
@@ -47,6 +50,29 @@ def test_diffusers_loads_each_embedding_and_encodes_the_same(tiny_folders, tmp_p
     with torch.no_grad():
         actual = pipe.text_encoder(ids).last_hidden_state
     assert torch.allclose(actual, expected, rtol=0, atol=1e-6)
+
+
+def test_sdxl_embedding_holds_clip_l_and_clip_g_that_diffusers_loads_per_encoder(tiny_sdxl, tmp_path):
+    models, method = trained_embeddings(tiny_sdxl)
+    with torch.no_grad():
+        expected = encode_prompts(models, method.prepare_captions([PROMPT]))
+    paths = export_a1111_embeddings(
+        method.learned_embeddings(models), tmp_path, embeddings_g=method.learned_embeddings(models, encoder="text_encoder_2")
+    )
+    assert [p.name for p in paths] == ["ohwx.safetensors", "zz.safetensors"]
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl)
+    for token, path in zip(["<ohwx>", "<zz>"], paths):
+        tensors = load_file(str(path))
+        assert set(tensors) == {"clip_l", "clip_g"}
+        assert tensors["clip_l"].shape[1] == 32 and tensors["clip_g"].shape[1] == 48
+        # as diffusers documents for SDXL embeddings: each tensor into its own encoder
+        pipe.load_textual_inversion(tensors["clip_l"], token=token, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
+        pipe.load_textual_inversion(tensors["clip_g"], token=token, text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)
+    with torch.no_grad():
+        hidden, _, pooled, _ = pipe.encode_prompt(PROMPT, device="cpu", do_classifier_free_guidance=False)
+    assert torch.allclose(hidden, expected.hidden, rtol=0, atol=1e-6)
+    assert torch.allclose(pooled, expected.pooled, rtol=0, atol=1e-6)
 
 
 def test_file_holds_emb_params_and_the_name(tiny_folders, tmp_path):
@@ -75,4 +101,8 @@ def test_bad_inputs_are_clear_errors(tmp_path):
         export_a1111_embedding("<a>", torch.zeros(8), tmp_path / "a.safetensors")
     with pytest.raises(ValueError, match="must end in .safetensors"):
         export_a1111_embedding("<a>", vectors, tmp_path / "a.pt")
+    with pytest.raises(ValueError, match="2 clip_l vectors but 3 clip_g"):
+        export_a1111_embedding("<a>", vectors, tmp_path / "a.safetensors", vectors_g=torch.zeros(3, 8))
+    with pytest.raises(ValueError, match="clip_g has"):
+        export_a1111_embeddings({"<a>": vectors}, tmp_path, embeddings_g={"<b>": vectors})
     assert list(tmp_path.iterdir()) == []

@@ -108,8 +108,8 @@ def test_bad_options_are_errors_that_say_what_is_allowed(tiny_folders, tmp_path)
         export_single_file(*models, tmp_path / "m.safetensors", dtype="int8")
     with pytest.raises(ValueError, match=r"m\.ckpt.*\.safetensors"):
         export_single_file(*models, tmp_path / "m.ckpt")
-    with pytest.raises(ValueError, match="variant.*'sdxl'.*sd1, sd2"):
-        export_single_file(*models, tmp_path / "m.safetensors", variant="sdxl")
+    with pytest.raises(ValueError, match="variant.*'sd3'.*sd1, sd2, sdxl"):
+        export_single_file(*models, tmp_path / "m.safetensors", variant="sd3")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -12,7 +12,6 @@ from edlib.data.scan import scan
 from edlib.train.batches import BatchEncoder, crop_top_left, load_pixels, local_batch, micro_conditioning
 from edlib.train.checkpoint import load_checkpoint, resolve_checkpoint
 from edlib.train.loop import frozen_dtype, train
-from edlib.train.methods import make_method
 from edlib.train.models import Conditioning, encode_prompts, load_models, predict
 from edlib.data.schedule import realise_epoch
 from tests.train.loop_support import (
@@ -184,15 +183,6 @@ def test_a_replacement_vae_is_loaded_from_the_vae_key(tiny_sdxl, tmp_path):
 
     with pytest.raises(ModelError, match="not a diffusers VAE folder"):
         load_models(tiny_sdxl, vae=str(tmp_path))
-
-
-def test_textual_inversion_on_sdxl_is_refused_clearly(tiny_sdxl, tmp_path):
-    config = tiny_config(
-        tiny_sdxl, make_data_root(tmp_path / "data"), tmp_path / "run", method="textual_inversion",
-        text_encoder_lr=1e-3, placeholder_tokens=[{"token": "<ohwx>", "init_word": "cat"}],
-    )
-    with pytest.raises(ValueError, match="textual_inversion does not support SDXL"):
-        make_method(config).setup(load_models(tiny_sdxl))
 
 
 @pytest.mark.gpu

@@ -121,9 +121,10 @@ def test_checkpoint_holds_just_the_new_rows_and_loads_back(tiny_sd1):
 
 def test_prepare_captions_spells_out_every_vector():
     method = TextualInversion(ti_config(OHWX, ZZ))
-    assert method.prepare_captions(["<ohwx>, photo of <ohwx> with <zz>", "no placeholder"]) == [
+    assert method.prepare_captions(["<ohwx>, photo of <ohwx> with <zz>", "no placeholder", "<ohwx> <ohwx>_1 <zz>"]) == [
         "<ohwx> <ohwx>_1, photo of <ohwx> <ohwx>_1 with <zz>",
         "no placeholder",
+        "<ohwx> <ohwx>_1 <zz>",  # already spelled out: unchanged
     ]
 
 
@@ -180,3 +181,128 @@ def test_textual_inversion_through_the_loop_changes_only_the_new_rows(tiny_sd1, 
     TextualInversion(ti_config(OHWX)).setup(models)
     start = embedding_rows(models, models.tokenizer.convert_tokens_to_ids(["<ohwx>", "<ohwx>_1"]))
     assert all(not torch.equal(learned[i], start[i]) for i in range(2))  # both vectors trained
+
+    # `edlib sample RUN` (load_pipeline of the run) conditions on both vectors, as training did
+    from edlib.sample.pipeline import load_pipeline
+    from edlib.train.trained import load_trained
+
+    trained = load_trained(straight)
+    pipe = load_pipeline(straight)
+    with torch.no_grad():
+        expected = encode_prompts(trained.models, trained.method.prepare_captions(["a photo of <ohwx>"])).hidden
+        for prompt in ("a photo of <ohwx>", "a photo of <OHWX>"):
+            hidden, _ = pipe.encode_prompt(prompt, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False)
+            assert torch.equal(hidden, expected), prompt
+
+
+# --- SDXL: the same placeholder in both tokenizers and encoders ---
+
+
+def sdxl_steps(models, method, *, steps=3, captions=("a photo of <ohwx>", "<zz> style painting"), weight_decay=0.5):
+    """Real AdamW steps on SDXL (both encoders' conditioning, pooled embedding and
+    micro-conditioning, as the loop's `predict` gives them)."""
+    from edlib.train.models import predict
+    from edlib.train.noise import per_sample_loss, sample_noise, sample_timesteps, training_target
+
+    optimizer = torch.optim.AdamW(method.param_groups(models), weight_decay=weight_decay)
+    generator = torch.Generator().manual_seed(0)
+    time_ids = torch.tensor([[64.0, 64, 0, 0, 64, 64]] * len(captions))
+    for _ in range(steps):
+        latents = torch.randn(len(captions), 4, 8, 8, generator=generator)
+        noise = sample_noise(latents, generator)
+        timesteps = sample_timesteps(models.noise_scheduler, generator, batch_size=len(captions))
+        noisy = models.noise_scheduler.add_noise(latents, noise, timesteps)
+        cond = encode_prompts(models, method.prepare_captions(list(captions))).with_time_ids(time_ids)
+        target = training_target(models.noise_scheduler, latents, noise, timesteps)
+        per_sample_loss(predict(models.unet, noisy, timesteps, cond), target).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def test_sdxl_gets_the_placeholder_in_both_tokenizers_and_encoders(tiny_sdxl):
+    models = load_models(tiny_sdxl)
+    originals = {name: getattr(models, name).get_input_embeddings().weight.detach().clone() for name in ("text_encoder", "text_encoder_2")}
+    method = TextualInversion(SimpleNamespace(**{**vars(ti_config(OHWX, ZZ, text_encoder_lr=5e-3)), "text_encoder_2_lr": 1e-3}))
+    method.setup(models)
+
+    for tokenizer_name, encoder_name, width in (("tokenizer", "text_encoder", 32), ("tokenizer_2", "text_encoder_2", 48)):
+        tokenizer, encoder = getattr(models, tokenizer_name), getattr(models, encoder_name)
+        assert tokenizer.tokenize("a <ohwx> <ohwx>_1 <zz>")[1:] == ["<ohwx>", "<ohwx>_1", "<zz>"]
+        person = tokenizer.convert_tokens_to_ids("person</w>")
+        with torch.no_grad():
+            rows = encoder.get_input_embeddings()(torch.tensor([tokenizer.convert_tokens_to_ids(["<ohwx>", "<ohwx>_1"])]))[0]
+        assert rows.shape == (2, width)
+        assert torch.equal(rows[0], originals[encoder_name][person]) and torch.equal(rows[1], originals[encoder_name][person])
+
+    groups = {group["name"]: group for group in method.param_groups(models)}
+    assert {name: group["lr"] for name, group in groups.items()} == {"embeddings": 5e-3, "embeddings_2": 1e-3}
+    assert [tuple(group["params"][0].shape) for group in groups.values()] == [(3, 32), (3, 48)]
+    trainable = [p for name in models.module_names for p in getattr(models, name).parameters() if p.requires_grad]
+    assert len(trainable) == 2
+    assert method.trainable_module_names(models) == {"text_encoder", "text_encoder_2"}
+
+
+def test_sdxl_steps_change_only_the_new_rows_of_both_encoders(tiny_sdxl):
+    models = load_models(tiny_sdxl)
+    method = TextualInversion(ti_config(OHWX, ZZ))
+    method.setup(models)
+    before = {name: state(getattr(models, name)) for name in models.module_names}
+    starts = {name: method.learned_embeddings(models, encoder=name) for name in ("text_encoder", "text_encoder_2")}
+
+    sdxl_steps(models, method)
+
+    delta = "embeddings.token_embedding.trainable_tokens_delta.default"
+    for name in models.module_names:
+        after = state(getattr(models, name))
+        changed = {key for key, value in before[name].items() if not torch.equal(after[key], value)}
+        assert changed == ({f"text_model.{delta}"} if name == "text_encoder_2" else {delta} if name == "text_encoder" else set()), name
+    for name, start in starts.items():
+        learned = method.learned_embeddings(models, encoder=name)
+        assert all(not torch.equal(learned[token][i], start[token][i]) for token in start for i in range(len(start[token]))), name
+
+
+def test_an_sdxl_second_encoder_at_lr_0_keeps_its_initial_vectors(tiny_sdxl):
+    models = load_models(tiny_sdxl)
+    method = TextualInversion(SimpleNamespace(**{**vars(ti_config(OHWX)), "text_encoder_2_lr": 0.0}))
+    method.setup(models)
+    start = {name: method.learned_embeddings(models, encoder=name)["<ohwx>"] for name in ("text_encoder", "text_encoder_2")}
+    assert [group["name"] for group in method.param_groups(models)] == ["embeddings"]
+    sdxl_steps(models, method, captions=("a photo of <ohwx>",))
+    assert torch.equal(method.learned_embeddings(models, encoder="text_encoder_2")["<ohwx>"], start["text_encoder_2"])
+    assert not torch.equal(method.learned_embeddings(models)["<ohwx>"], start["text_encoder"])
+    # the checkpoint still holds both encoders' rows: an SDXL embedding file needs both
+    assert set(method.checkpoint_weights(models)) == {"embeddings", "embeddings_2"}
+
+
+def _set_up(folder):
+    models = load_models(folder)
+    TextualInversion(ti_config(OHWX)).setup(models)
+    return models
+
+
+def test_sdxl_textual_inversion_through_the_loop_resumes_exactly(tiny_sdxl, tmp_path):
+    from edlib.train.checkpoint import load_checkpoint, resolve_checkpoint
+    from edlib.train.loop import train
+    from tests.train.loop_support import make_data_root, tiny_config
+
+    data = make_data_root(tmp_path / "data")
+    for image in data.rglob("*.png"):
+        image.with_suffix(".txt").write_text(f"a photo of <ohwx>, {image.stem.split('_')[0]}", encoding="utf-8")
+    settings = dict(
+        method="textual_inversion", placeholder_tokens=[OHWX], text_encoder_lr=1e-2, batch_size=2,
+        optimizer_args={"weight_decay": 0.0},
+    )  # fmt: skip
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(tiny_config(tiny_sdxl, data, straight, **settings))
+    config = tiny_config(tiny_sdxl, data, resumed, **settings)
+    assert train(config, callbacks=[stop_after(resumed, 1)]).stopped_by == "stop request"
+    train(config, resume="latest")
+
+    weights = {run: load_checkpoint(resolve_checkpoint("latest", run)).weights for run in (straight, resumed)}
+    assert set(weights[straight]) == {"embeddings", "embeddings_2"}
+    start = _set_up(tiny_sdxl)
+    for file_name, encoder in (("embeddings", "text_encoder"), ("embeddings_2", "text_encoder_2")):
+        learned = weights[straight][file_name]["<ohwx>"]
+        assert torch.allclose(weights[resumed][file_name]["<ohwx>"], learned, rtol=0, atol=1e-6), file_name
+        initial = TextualInversion(ti_config(OHWX)).learned_embeddings(start, encoder=encoder)["<ohwx>"]
+        assert all(not torch.equal(learned[i], initial[i]) for i in range(2)), file_name  # both vectors trained
