@@ -28,7 +28,7 @@ from edlib.sample.grid import make_grid
 from edlib.sample.pipeline import load_pipeline, pipeline_from_modules
 from edlib.sample.pngmeta import format_parameters, save_png
 from edlib.sample.prompts import RANDOM_SEED, PromptSpec
-from edlib.sample.samplers import canonical_sampler_name, make_scheduler
+from edlib.sample.samplers import make_scheduler, sampler_for_schedule
 from edlib.train.models import encode_sd_prompts
 
 logger = logging.getLogger("edlib.sample")
@@ -157,7 +157,7 @@ def resolve_spec(spec: PromptSpec, pipeline: DiffusionPipeline) -> PromptSpec:
         width=spec.width or width,
         height=spec.height or height,
         seed=seed,
-        sampler=canonical_sampler_name(spec.sampler),
+        sampler=sampler_for_schedule(spec.sampler, pipeline.scheduler.config),
         clip_skip=spec.clip_skip or getattr(pipeline, "edlib_clip_skip", 1),
     )
 

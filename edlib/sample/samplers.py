@@ -103,6 +103,29 @@ def canonical_sampler_name(name: str) -> str:
     return get_sampler(name).name
 
 
+def sampler_for_schedule(name: str, scheduler_config: Mapping[str, Any]) -> str:
+    """The sampler that runs for ``name`` on a model's schedule: on a zero-terminal-SNR
+    schedule a Karras sampler runs with its plain spacing instead. Karras sigmas reach up to
+    the last timestep's (huge) sigma and bunch most steps there: the timesteps repeat
+    (999, 999, 998, ...), and diffusers' DPM++ 2M Karras indexes past its sigmas at 30 steps.
+    The name returned is the one that goes into the PNG, so the file says what made it."""
+    sampler = get_sampler(name)
+    if not (scheduler_config.get("rescale_betas_zero_snr") and sampler.options.get("use_karras_sigmas")):
+        return sampler.name
+    plain = sampler.name.removesuffix(" Karras")
+    if sampler.name not in _warned:
+        _warned.add(sampler.name)
+        logger.warning(
+            "sampler %s: Karras sigmas do not fit this model's zero-terminal-SNR schedule; sampling with %s",
+            sampler.name,
+            plain,
+        )
+    return plain
+
+
+_warned: set[str] = set()
+
+
 def make_scheduler(name: str, scheduler_config: Mapping[str, Any], *, seed: int | None = None) -> SchedulerMixin:
     """A fresh scheduler for sampler ``name`` built from a model's ``scheduler_config``.
 

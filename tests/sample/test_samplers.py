@@ -116,3 +116,17 @@ def test_sampler_that_cannot_follow_a_zero_terminal_snr_schedule_warns(caplog):
 
     assert "sampler LMS cannot use the zero-terminal-SNR schedule" in caplog.text
     assert "DPM++ 2M Karras" in caplog.text  # says which samplers can
+
+
+def test_karras_samplers_run_plain_on_a_zero_terminal_snr_schedule(caplog):
+    # Karras sigmas on such a schedule repeat timesteps and crash DPM++ 2M Karras at 30 steps.
+    from edlib.sample.samplers import sampler_for_schedule
+
+    config = dict(DDIMScheduler().config, rescale_betas_zero_snr=True, timestep_spacing="trailing", prediction_type="v_prediction")
+    assert sampler_for_schedule("dpm++ 2m karras", config) == "DPM++ 2M"
+    assert sampler_for_schedule("DPM++ 2M SDE Karras", config) == "DPM++ 2M SDE"
+    assert sampler_for_schedule("Euler a", config) == "Euler a"
+    assert sampler_for_schedule("DPM++ 2M Karras", dict(DDIMScheduler().config)) == "DPM++ 2M Karras"
+    scheduler = make_scheduler(sampler_for_schedule("DPM++ 2M Karras", config), config)
+    scheduler.set_timesteps(30)
+    assert len(set(scheduler.timesteps.tolist())) == 30

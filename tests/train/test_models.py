@@ -1,6 +1,7 @@
 """load_models and the encoders, on tiny models written to disk like real ones."""
 
 import copy
+import json
 import importlib.util
 
 import pytest
