@@ -147,16 +147,16 @@ def _text_encoder(variant: str, tokenizer, *, second: bool = False):
 def _unet(variant: str, sample_size: int):
     from diffusers import UNet2DConditionModel
 
+    common = dict(
+        sample_size=sample_size, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        norm_num_groups=32,
+    )
     if variant in SDXL_VARIANTS:
         # SDXL's shape in miniature: no attention at the top level, several transformer
         # layers deeper down, linear projections, and the pooled text + 6 micro-conditioning
         # numbers added to the time embedding ("text_time").
         return UNet2DConditionModel(
-            sample_size=sample_size,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(32, 64),
-            layers_per_block=1,
+            **common,
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
             transformer_layers_per_block=(1, 2),
@@ -166,15 +166,10 @@ def _unet(variant: str, sample_size: int):
             addition_embed_type="text_time",
             addition_time_embed_dim=_SDXL_TIME_EMBED,
             projection_class_embeddings_input_dim=_SDXL_PROJECTION + 6 * _SDXL_TIME_EMBED,
-            norm_num_groups=32,
         )
     sd2 = variant == "sd2-v"
     return UNet2DConditionModel(
-        sample_size=sample_size,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
+        **common,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=32,
@@ -182,7 +177,6 @@ def _unet(variant: str, sample_size: int):
         # linear (not 1x1 conv) projections in and out of its transformer blocks.
         attention_head_dim=[2, 4] if sd2 else 4,
         use_linear_projection=sd2,
-        norm_num_groups=32,
     )
 
 
