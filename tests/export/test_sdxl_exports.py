@@ -17,7 +17,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from edlib.export import export_diffusers, export_kohya_lora, export_single_file
 from edlib.export.kohya_lora import kohya_state_dict
 from edlib.export.single_file import original_state_dict
-from edlib.train.architectures import SD_VAE
+from edlib.train.architectures import SDXL_TEXT_ENCODER, SDXL_TEXT_ENCODER_2, SDXL_UNET, SDXL_VAE
 from edlib.train.lora import LoraMethod, adapter_parameters
 from edlib.train.models import load_models
 from tests.export.outputs import assert_same_outputs, component_outputs
@@ -122,31 +122,13 @@ def test_variant_and_text_encoders_must_agree(tiny_sdxl, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-# The published SDXL base 1.0 architecture, built on the meta device (no memory, no weights).
-SDXL_UNET = dict(
-    sample_size=128,
-    block_out_channels=(320, 640, 1280),
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    layers_per_block=2,
-    transformer_layers_per_block=(1, 2, 10),
-    attention_head_dim=(5, 10, 20),
-    cross_attention_dim=2048,
-    use_linear_projection=True,
-    addition_embed_type="text_time",
-    addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,
-)
-CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, hidden_act="quick_gelu", projection_dim=768)
-CLIP_G = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20, hidden_act="gelu", projection_dim=1280)
-
-
 def test_real_sdxl_architecture_maps_to_the_original_key_set():
     with init_empty_weights():
+        # The published SDXL base 1.0 architecture on the meta device (no memory, no weights).
         unet = UNet2DConditionModel(**SDXL_UNET)
-        vae = AutoencoderKL(**SD_VAE)
-        clip_l = CLIPTextModel(CLIPTextConfig(**CLIP_L))
-        clip_g = CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_G))
+        vae = AutoencoderKL(**SDXL_VAE)
+        clip_l = CLIPTextModel(CLIPTextConfig(**SDXL_TEXT_ENCODER))
+        clip_g = CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TEXT_ENCODER_2))
     checkpoint = original_state_dict(unet, vae, clip_l, variant="sdxl", text_encoder_2=clip_g)
 
     def count(prefix):

@@ -150,9 +150,9 @@ def test_placeholder_vector_names_follow_diffusers():
     assert Placeholder(token="<x>", init_word="dog", num_vectors=3).tokens == ["<x>", "<x>_1", "<x>_2"]
 
 
-def test_textual_inversion_through_the_loop_changes_only_the_new_rows(tiny_sd1, tmp_path):
-    """`method: textual_inversion` in the real loop: the checkpoint holds just the
-    placeholder's vectors, they moved, and a resumed run ends where a straight one does."""
+def _straight_and_resumed_weights(model, tmp_path):
+    """Train `<ohwx>` through the real loop twice: straight, and stopped after step 1 then
+    resumed. Returns (the straight run's folder, {run folder: checkpoint weights})."""
     from edlib.train.checkpoint import load_checkpoint, resolve_checkpoint
     from edlib.train.loop import train
     from tests.train.loop_support import make_data_root, tiny_config
@@ -167,12 +167,18 @@ def test_textual_inversion_through_the_loop_changes_only_the_new_rows(tiny_sd1, 
         optimizer_args={"weight_decay": 0.0},
     )  # fmt: skip
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    train(tiny_config(tiny_sd1, data, straight, **settings))
-    config = tiny_config(tiny_sd1, data, resumed, **settings)
+    train(tiny_config(model, data, straight, **settings))
+    config = tiny_config(model, data, resumed, **settings)
     assert train(config, callbacks=[stop_after(resumed, 1)]).stopped_by == "stop request"
     train(config, resume="latest")
+    return straight, {run: load_checkpoint(resolve_checkpoint("latest", run)).weights for run in (straight, resumed)}
 
-    weights = {run: load_checkpoint(resolve_checkpoint("latest", run)).weights for run in (straight, resumed)}
+
+def test_textual_inversion_through_the_loop_changes_only_the_new_rows(tiny_sd1, tmp_path):
+    """`method: textual_inversion` in the real loop: the checkpoint holds just the
+    placeholder's vectors, they moved, and a resumed run ends where a straight one does."""
+    straight, weights = _straight_and_resumed_weights(tiny_sd1, tmp_path)
+    resumed = tmp_path / "resumed"
     assert set(weights[straight]) == {"embeddings"} and set(weights[straight]["embeddings"]) == {"<ohwx>"}
     learned = weights[straight]["embeddings"]["<ohwx>"]
     assert torch.allclose(weights[resumed]["embeddings"]["<ohwx>"], learned, rtol=0, atol=1e-6)
@@ -281,24 +287,8 @@ def _set_up(folder):
 
 
 def test_sdxl_textual_inversion_through_the_loop_resumes_exactly(tiny_sdxl, tmp_path):
-    from edlib.train.checkpoint import load_checkpoint, resolve_checkpoint
-    from edlib.train.loop import train
-    from tests.train.loop_support import make_data_root, tiny_config
-
-    data = make_data_root(tmp_path / "data")
-    for image in data.rglob("*.png"):
-        image.with_suffix(".txt").write_text(f"a photo of <ohwx>, {image.stem.split('_')[0]}", encoding="utf-8")
-    settings = dict(
-        method="textual_inversion", placeholder_tokens=[OHWX], text_encoder_lr=1e-2, batch_size=2,
-        optimizer_args={"weight_decay": 0.0},
-    )  # fmt: skip
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    train(tiny_config(tiny_sdxl, data, straight, **settings))
-    config = tiny_config(tiny_sdxl, data, resumed, **settings)
-    assert train(config, callbacks=[stop_after(resumed, 1)]).stopped_by == "stop request"
-    train(config, resume="latest")
-
-    weights = {run: load_checkpoint(resolve_checkpoint("latest", run)).weights for run in (straight, resumed)}
+    straight, weights = _straight_and_resumed_weights(tiny_sdxl, tmp_path)
+    resumed = tmp_path / "resumed"
     assert set(weights[straight]) == {"embeddings", "embeddings_2"}
     start = _set_up(tiny_sdxl)
     for file_name, encoder in (("embeddings", "text_encoder"), ("embeddings_2", "text_encoder_2")):
