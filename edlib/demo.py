@@ -112,6 +112,7 @@ def fine_tune(model: Path, data_root: Path, run_dir: Path, *, epochs: int, seed:
             "save_every_n_minutes": None,
             "keep_last_n_checkpoints": 1,
             "log_every_n_steps": 25,
+            "export_formats": ["diffusers", "single-file"],  # written when the run ends
         }
     )
     checkpoints = run_dir / "checkpoints"
@@ -124,7 +125,6 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0, model: str | Path
     before/after scores. `quick` is a much shorter fine-tune (for CI): it runs the same
     steps but learns little. `model`: a diffusers folder of a world model (default: the
     bundled one)."""
-    from edlib.export import export_run
     from edlib.sample import load_pipeline
     from edlib.world.model import bundled_model_path
 
@@ -186,8 +186,8 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0, model: str | Path
     print(_report_line(f"new concept ({NEW_CONCEPT})", before_new, after_new))
     print(_report_line("known shapes (preservation)", before_old, after_old))
 
-    _heading("Export")
-    exports = export_run(run_dir, "diffusers") + export_run(run_dir, "single-file")
+    _heading("Exports (written by the run when it ended)")
+    exports = summary.exports
     for path in exports:
         print(f"  {path}")
 

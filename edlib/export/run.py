@@ -15,13 +15,12 @@ from edlib.export.a1111_embedding import export_a1111_embeddings
 from edlib.export.diffusers_folder import export_diffusers
 from edlib.export.kohya_lora import export_kohya_lora
 from edlib.export.single_file import export_single_file
+from edlib.train.config import EXPORT_FORMATS, TrainConfig
+from edlib.train.methods import Method
+from edlib.train.models import Models
 from edlib.train.trained import load_trained
 
-FORMATS_BY_METHOD = {
-    "full": ("diffusers", "single-file"),
-    "lora": ("kohya-lora",),
-    "textual_inversion": ("a1111-embedding",),
-}
+FORMATS_BY_METHOD = EXPORT_FORMATS
 FORMATS = tuple(f for formats in FORMATS_BY_METHOD.values() for f in formats)
 
 
@@ -33,29 +32,56 @@ def export_run(
     dtype: str = "fp16",
 ) -> list[Path]:
     """Export a run's newest complete checkpoint (or the checkpoint given); returns what was
-    written. `dtype` ("fp16"/"fp32") applies to the weight files."""
-    if format not in FORMATS:
-        raise ValueError(f"--format: unknown value {format!r}; allowed: {', '.join(FORMATS)}")
+    written. `dtype` ("fp16"/"fp32") applies to the weight files. A run with EMA exports
+    its EMA weights (see `load_trained`)."""
+    _check_format(format)
     trained = load_trained(run_or_checkpoint)
-    method = trained.config.method
-    if format not in FORMATS_BY_METHOD[method]:
-        raise ValueError(
-            f"{trained.checkpoint}: a {method!r} run exports as {' or '.join(FORMATS_BY_METHOD[method])}, not {format!r}"
-        )
     run_dir = trained.checkpoint.parent.parent
-    out_dir = Path(out) if out is not None else run_dir / "exports"
-    name = f"{run_dir.name}-step{trained.step:06d}"
+    return export_models(
+        trained.models,
+        trained.method,
+        trained.config,
+        format,
+        out_dir=Path(out) if out is not None else run_dir / "exports",
+        run_name=run_dir.name,
+        step=trained.step,
+        dtype=dtype,
+        where=str(trained.checkpoint),
+    )
+
+
+def export_models(
+    models: Models,
+    method: Method,
+    config: TrainConfig,
+    format: str,
+    *,
+    out_dir: Path,
+    run_name: str,
+    step: int,
+    dtype: str = "fp16",
+    where: str = "export",
+) -> list[Path]:
+    """Export modules as they are now: a loaded checkpoint's (`export_run`) or, at the end
+    of a run, the training modules themselves (plain ones: `accelerator.unwrap_model`), so
+    ending a run needs no second copy of the model in memory. `where` names the source in
+    errors."""
+    _check_format(format)
+    if format not in FORMATS_BY_METHOD[config.method]:
+        allowed = " or ".join(FORMATS_BY_METHOD[config.method])
+        raise ValueError(f"{where}: a {config.method!r} run exports as {allowed}, not {format!r}")
+    name = f"{run_name}-step{step:06d}"
     metadata = {
-        "base_model": trained.config.model,
-        "edlib_run": run_dir.name,
-        "edlib_step": trained.step,
-        "edlib_method": method,
+        "base_model": config.model,
+        "edlib_run": run_name,
+        "edlib_step": step,
+        "edlib_method": config.method,
         "edlib_version": __version__,
     }
-    m = trained.models
+    m = models
     if format == "diffusers":
         target = out_dir / f"{name}-diffusers"
-        scheduler = _sampling_scheduler_config(trained.config.model, m.noise_scheduler.config)
+        scheduler = _sampling_scheduler_config(config.model, m.noise_scheduler.config)
         second = {"text_encoder_2": m.text_encoder_2, "tokenizer_2": m.tokenizer_2} if m.is_sdxl else {}
         return [export_diffusers(m.unet, m.vae, m.text_encoder, m.tokenizer, scheduler, target, dtype=dtype, **second)]
     if format == "single-file":
@@ -73,13 +99,18 @@ def export_run(
                 m.text_encoder,
                 target,
                 dtype=dtype,
-                base_model=trained.config.model,
+                base_model=config.model,
                 metadata=metadata,
                 text_encoder_2=m.text_encoder_2,
             )
         ]
-    second = trained.method.learned_embeddings(m, encoder="text_encoder_2") if m.is_sdxl else None
-    return export_a1111_embeddings(trained.method.learned_embeddings(m), out_dir, metadata=metadata, embeddings_g=second)
+    second = method.learned_embeddings(m, encoder="text_encoder_2") if m.is_sdxl else None
+    return export_a1111_embeddings(method.learned_embeddings(m), out_dir, metadata=metadata, embeddings_g=second)
+
+
+def _check_format(format: str) -> None:
+    if format not in FORMATS:
+        raise ValueError(f"--format: unknown value {format!r}; allowed: {', '.join(FORMATS)}")
 
 
 def _sampling_scheduler_config(model: str, training_config):

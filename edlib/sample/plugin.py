@@ -14,9 +14,8 @@ reports a "sample" event with the grid's path, for the notebook to show.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from edlib.sample.generate import GRID_NAME, sample_images
 from edlib.sample.pipeline import pipeline_from_models
 from edlib.sample.prompts import PromptSpec, prompt_specs
 from edlib.train.config import TrainConfig
+from edlib.train.ema import ema_weights
 from edlib.train.loop import Context, Plugin
 
 SAMPLES_DIR = "samples"
@@ -144,7 +144,7 @@ class SamplingPlugin(Plugin):
             unet=ctx.accelerator.unwrap_model(models.unet, keep_torch_compile=False),
             clip_skip=ctx.config.clip_skip,  # samples see the text encoder layer the UNet trains on
         )
-        with _ema_weights(ctx):
+        with ema_weights(ctx.ema, ctx.method.trainable_parameters(models)):
             paths = sample_images(
                 pipeline,
                 self.prompts,
@@ -155,23 +155,3 @@ class SamplingPlugin(Plugin):
             )
         del pipeline  # holds only references to the training modules; nothing outlives the event
         return paths[0].parent / GRID_NAME
-
-
-@contextlib.contextmanager
-def _ema_weights(ctx: Context) -> Iterator[None]:
-    """The run's EMA weights in place of the training weights while sampling, the training
-    weights back on exit (bit for bit: `EMAModel.store` keeps an exact copy, on the CPU).
-
-    The EMA covers every trainable parameter of the method (a training text encoder's too,
-    LoRA adapters only for LoRA), in the order the loop made it from, so the swap goes
-    through the method rather than through the UNet alone."""
-    if ctx.ema is None:
-        yield
-        return
-    parameters = ctx.method.trainable_parameters(ctx.models)
-    ctx.ema.store(parameters)
-    ctx.ema.copy_to(parameters)
-    try:
-        yield
-    finally:
-        ctx.ema.restore(parameters)

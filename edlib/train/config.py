@@ -21,6 +21,15 @@ from edlib.train.lr import LR_SCHEDULERS
 
 OPTIMIZERS = ("adamw", "adamw8bit", "lion", "prodigy", "adafactor")
 METHODS = ("full", "lora", "textual_inversion")
+# What each method's result can be exported as (DESIGN.md "Output formats"), and what a run
+# exports when it ends unless `export_formats` says otherwise: the one file A1111 and
+# ComfyUI users load.
+EXPORT_FORMATS = {
+    "full": ("diffusers", "single-file"),
+    "lora": ("kohya-lora",),
+    "textual_inversion": ("a1111-embedding",),
+}
+END_EXPORT_FORMATS = {"full": "single-file", "lora": "kohya-lora", "textual_inversion": "a1111-embedding"}
 # Keys holding file system paths: relative values in a config file resolve against its folder.
 DEFAULT_RESOLUTION = 512  # when the model's own size cannot be read (see `_native_resolution`)
 PATH_KEYS = ("data_root", "run_dir", "init_from", "sample_prompts", "validation_data_root")
@@ -270,6 +279,16 @@ class TrainConfig(BaseModel):
     sample_at_end: bool = Field(
         True, description="Generate samples when training ends (with `sample_prompts` set)."
     )
+    export_formats: list[str] | None = Field(
+        None,
+        description="Exports written to the run's exports/ when training ends (also after a stop request), from "
+        "the final weights (EMA weights when `ema_decay` is set). Null: the method's usual format: `single-file` "
+        "for full, `kohya-lora` for lora, `a1111-embedding` for textual_inversion. A full fine-tune may also list "
+        "`diffusers`. []: none (`edlib export RUN` exports any checkpoint later).",
+    )
+    export_dtype: Literal["fp16", "fp32"] = Field(
+        "fp16", description="Weight dtype of the exports written at the end of a run."
+    )
     loss_tracking: bool = Field(
         True,
         description="Track each image's timestep-normalised loss and write image_loss.csv "
@@ -353,11 +372,23 @@ class TrainConfig(BaseModel):
                 "cache_text_embeddings: captions change every step with shuffle_caption; "
                 "set shuffle_caption: false or cache_text_embeddings: false"
             )
+        allowed = EXPORT_FORMATS[self.method]
+        wrong = [f for f in self.export_formats or () if f not in allowed]
+        if wrong:
+            raise ValueError(
+                f"export_formats: a {self.method!r} run exports as {', '.join(allowed)}, not {', '.join(map(repr, wrong))}"
+            )
         if self.hard_example_boost and not self.loss_tracking:
             raise ValueError(
                 "hard_example_boost: boosts the images the loss tracker flags; set loss_tracking: true or hard_example_boost: 0"
             )
         return self
+
+    def exports_at_end(self) -> tuple[str, ...]:
+        """The formats exported when the run ends (see `export_formats`)."""
+        if self.export_formats is None:
+            return (END_EXPORT_FORMATS[self.method],)
+        return tuple(dict.fromkeys(self.export_formats))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:

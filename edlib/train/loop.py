@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -37,12 +37,13 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
-from edlib.data.preview import preview
+from edlib.data.preview import optimizer_steps, preview
 from edlib.data.scan import reread_settings, scan
 from edlib.data.schedule import realise_epoch, write_schedule
 from edlib.data.types import DataRootError, ScanResult
 from edlib.train import checkpoint as ckpt
 from edlib.train.batches import BatchEncoder, LocalBatch, batch_loss_scale, local_batch, sample_generators
+from edlib.train.ema import make_ema
 from edlib.train.config import RESUME_IMMUTABLE_KEYS, ConfigError, TrainConfig, diff_configs
 from edlib.train.lr import make_lr_scheduler
 from edlib.train.methods import Method, make_method
@@ -64,6 +65,7 @@ class RunSummary:
     stopped_by: str  # "epochs", "max_steps" or "stop request"
     last_checkpoint: Path | None
     last_loss: float | None
+    exports: list[Path] = field(default_factory=list)  # written at the end (`export_formats`)
 
 
 class TrainingError(RuntimeError):
@@ -195,7 +197,7 @@ def train(
         power=config.lr_power,
     )
     trainable = method.trainable_parameters(models)
-    ema = _make_ema(config, trainable)
+    ema = make_ema(config.ema_decay, trainable)
 
     # Fresh start, a new phase from another run's weights, or an exact resume.
     position, epoch_settings, epoch_weights = _begin(
@@ -224,7 +226,7 @@ def train(
     last_loss, last_save_time = None, time.time()
 
     while position.epoch < config.epochs and stopped_by == "epochs":
-        epoch = position.epoch
+        epoch, changes = position.epoch, []
         if epoch != first_epoch:  # settings edited during the last epoch apply from now on
             data, changes = reread_settings(data)
             ctx.data = data
@@ -245,7 +247,19 @@ def train(
         )
         if config.write_schedule and accelerator.is_main_process:
             write_schedule(schedule, data, run.schedules)
-        report.event("epoch", {"epoch": epoch, "batches": len(schedule), "samples": schedule.n_samples, "from_batch": position.batch})
+        if epoch != first_epoch and (changes or epoch_weights):
+            total_steps = _replanned_steps(data, config, world, position, len(schedule), total_steps, report)
+            bar.total = total_steps
+        report.event(
+            "epoch",
+            {
+                "epoch": epoch,
+                "batches": len(schedule),
+                "samples": schedule.n_samples,
+                "from_batch": position.batch,
+                "total_steps": total_steps,
+            },
+        )
 
         for start in range(position.batch, len(schedule), accumulation):
             step_start = time.time()
@@ -345,10 +359,11 @@ def train(
     if last_saved is None or ckpt.checkpoint_step(last_saved) != position.step:
         last_saved = _save(ctx, report, optimizer, lr_scheduler, plugins)
     bar.close()
+    exports = _export_at_end(ctx, last_saved)
     report.event("done", {"step": position.step, "epoch": position.epoch, "stopped_by": stopped_by})
     report.log(f"training ended at step {position.step} ({stopped_by}); last checkpoint {last_saved}")
     accelerator.end_training()
-    return RunSummary(Path(config.run_dir), position.step, position.epoch, stopped_by, last_saved, last_loss)
+    return RunSummary(Path(config.run_dir), position.step, position.epoch, stopped_by, last_saved, last_loss, exports)
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -374,6 +389,10 @@ def _accelerator(config: TrainConfig) -> Accelerator:
 def planned_steps(data, config: TrainConfig, num_processes: int = 1) -> int:
     """Optimizer steps the LR schedule is laid out for: exactly what the preview shows
     (ceil(batches / accumulation) per epoch, summed, capped by max_steps)."""
+    return _preview(data, config, num_processes).total_steps
+
+
+def _preview(data, config: TrainConfig, num_processes: int):
     return preview(
         data,
         epochs=config.epochs,
@@ -382,7 +401,20 @@ def planned_steps(data, config: TrainConfig, num_processes: int = 1) -> int:
         seed=config.seed,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         max_steps=config.max_steps,
-    ).total_steps
+    )
+
+
+def _replanned_steps(data, config: TrainConfig, world: int, position: Position, batches: int, planned: int, report) -> int:
+    """The run's length re-counted at an epoch start whose epoch differs from the plan (a
+    multiplier edited mid-run, per-image weights): steps done, this epoch's steps from its
+    real schedule, later epochs' under the current settings. Progress and ETA follow it; the
+    LR schedule keeps the length it was laid out for (it holds its end value past it)."""
+    later = _preview(data, config, world).steps_per_epoch_all[position.epoch + 1 :]
+    now = optimizer_steps(batches - position.batch, config.gradient_accumulation_steps)
+    total = min(position.step + now + sum(later), config.max_steps or math.inf)
+    if total != planned:
+        report.log(f"epoch {position.epoch}: the run now takes {total} steps (planned: {planned})")
+    return total
 
 
 def _item_weights(plugins: Sequence[Plugin], ctx: Context) -> dict[str, float] | None:
@@ -419,12 +451,44 @@ def _sample_losses(models, encoder: BatchEncoder, data, batch, config: TrainConf
     return raw * min_snr_weights(scheduler, timesteps, config.min_snr_gamma).to(raw.device), raw, timesteps
 
 
-def _make_ema(config: TrainConfig, parameters: list[torch.nn.Parameter]):
-    if not config.ema_decay:
-        return None
-    from diffusers.training_utils import EMAModel
+def _export_at_end(ctx: Context, checkpoint: Path) -> list[Path]:
+    """Export the run's result in `config.export_formats` from the modules in memory (no
+    second copy of the model), the EMA weights put in when the run keeps them: the training
+    weights are saved in `checkpoint` and not needed again. Main process only. A failed
+    export is a warning, not a lost run: the checkpoint is complete and `edlib export`
+    retries from it."""
+    config, accelerator, report = ctx.config, ctx.accelerator, ctx.report
+    written: list[Path] = []
+    if accelerator.is_main_process and config.exports_at_end():
+        from edlib.export.run import export_models  # edlib.export imports edlib.train
 
-    return EMAModel(parameters, decay=config.ema_decay)
+        if ctx.ema is not None:
+            ctx.ema.copy_to(ctx.method.trainable_parameters(ctx.models))
+        models = replace(ctx.models, unet=accelerator.unwrap_model(ctx.models.unet, keep_torch_compile=False))
+        for format in config.exports_at_end():
+            try:
+                paths = export_models(
+                    models,
+                    ctx.method,
+                    config,
+                    format,
+                    out_dir=ctx.run.path / "exports",
+                    run_name=ctx.run.path.name,
+                    step=ctx.position.step,
+                    dtype=config.export_dtype,
+                )
+            except Exception as error:  # noqa: BLE001 - the run is saved; say how to retry
+                report.warning(
+                    f"export {format} failed: {error}. The run is saved ({checkpoint}); "
+                    f"retry with: edlib export {ctx.run.path} --format {format}"
+                )
+                continue
+            for path in paths:
+                report.log(f"exported {format}: {path}")
+                report.event("export", {"format": format, "path": str(path), "step": ctx.position.step})
+            written += paths
+    accelerator.wait_for_everyone()
+    return written
 
 
 def _begin(config, resume, run, report, method, models, optimizer, lr_scheduler, ema, accelerator, plugins):

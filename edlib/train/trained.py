@@ -16,6 +16,7 @@ import torch
 
 from edlib.train.checkpoint import load_checkpoint, resolve_checkpoint
 from edlib.train.config import TrainConfig
+from edlib.train.ema import load_ema_weights
 from edlib.train.methods import Method, make_method
 from edlib.train.models import Models, load_models
 
@@ -29,8 +30,10 @@ class TrainedModel:
     method: Method
 
 
-def load_trained(run_or_checkpoint: str | Path, *, dtype: torch.dtype = torch.float32) -> TrainedModel:
-    """A run folder (its newest complete checkpoint) or one `checkpoints/step-NNNNNN`."""
+def load_trained(run_or_checkpoint: str | Path, *, dtype: torch.dtype = torch.float32, ema: bool = True) -> TrainedModel:
+    """A run folder (its newest complete checkpoint) or one `checkpoints/step-NNNNNN`. A run
+    with EMA (`ema_decay`) gives its EMA weights, as its samples during training showed,
+    unless `ema` is False (the raw training weights)."""
     checkpoint = load_checkpoint(resolve_checkpoint(Path(run_or_checkpoint)))
     config = TrainConfig.from_dict(checkpoint.state["config"])
     models = load_models(
@@ -43,6 +46,8 @@ def load_trained(run_or_checkpoint: str | Path, *, dtype: torch.dtype = torch.fl
     method = make_method(config)
     method.setup(models)
     method.load_weights(models, checkpoint.weights)
+    if ema and checkpoint.state.get("ema") is not None:
+        load_ema_weights(method.trainable_parameters(models), checkpoint.state["ema"], str(checkpoint.path))
     for name in models.module_names:
         getattr(models, name).requires_grad_(False).eval()
     return TrainedModel(checkpoint.path, checkpoint.step, config, models, method)

@@ -474,6 +474,7 @@ class TrainingPanel:
                 self.draw_loss_chart()
         elif event.kind == "epoch":
             self.epoch = data["epoch"]
+            self.progress.max = max(data["total_steps"], 1)  # re-counted when multipliers changed
             self.epoch_samples[data["epoch"]] = data["samples"]
             self.status.value = ok_text(f"epoch {data['epoch']}: {data['samples']} samples in {data['batches']} batches")
             self._note_epoch(data["epoch"])

@@ -153,6 +153,29 @@ def test_settings_are_reread_at_each_epoch(tiny_sd1, tmp_path):
     assert "epoch 1: warm/multiply.txt" in (run / "log.txt").read_text()
 
 
+def test_a_multiplier_raised_mid_run_recounts_the_steps_and_the_lr_holds_its_end(tiny_sd1, tmp_path):
+    """Epochs of 2 steps, 3 epochs planned (6 steps); warm x3 from epoch 1 makes later epochs
+    4 steps: each epoch event carries the re-counted total (what the progress bar and ETA
+    use) and the run ends there. The cosine LR was laid out for 6 steps and holds its end
+    value after them instead of rising again."""
+    data = make_data_root(tmp_path / "data")
+    run = tmp_path / "run"
+    totals = {}
+
+    def watch(event):
+        if event.kind == "epoch":
+            totals[event.data["epoch"]] = event.data["total_steps"]
+        if event.kind == "step" and event.data["step"] == 1:
+            _write(data / "warm" / "multiply.txt", "3\n")
+
+    config = tiny_config(tiny_sd1, data, run, epochs=3, lr_scheduler="cosine")
+    assert train(config, callbacks=[watch]).step == 10
+    assert totals == {0: 6, 1: 10, 2: 10}
+    assert "epoch 1: the run now takes 10 steps (planned: 6)" in (run / "log.txt").read_text()
+    lrs = [m["lr"] for m in metrics(run)]
+    assert lrs[5] == pytest.approx(0.0, abs=1e-12) and lrs[6:] == [lrs[5]] * 4
+
+
 def test_control_files_save_sample_and_stop(tiny_sd1, tmp_path):
     """Requests are files in control/, as a user or notebook writes them for a CLI run."""
     data = make_data_root(tmp_path / "data")
