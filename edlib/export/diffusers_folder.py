@@ -12,28 +12,12 @@ from __future__ import annotations
 import copy
 import os
 import shutil
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from edlib.export.single_file import DTYPES
-
-
-def _scheduler_from(scheduler_config: Any):
-    """A scheduler from its config (as saved in ``scheduler_config.json``, with
-    ``_class_name``) or a scheduler object itself."""
-    import diffusers
-
-    if isinstance(scheduler_config, diffusers.SchedulerMixin):
-        return scheduler_config
-    if not isinstance(scheduler_config, Mapping) or "_class_name" not in scheduler_config:
-        raise ValueError("scheduler_config: expected a diffusers scheduler config with '_class_name'")
-    scheduler_class = getattr(diffusers, scheduler_config["_class_name"], None)
-    if scheduler_class is None:
-        raise ValueError(f"scheduler_config: diffusers has no scheduler {scheduler_config['_class_name']!r}")
-    return scheduler_class.from_config(scheduler_config)
+from edlib.sample.samplers import scheduler_from_config
 
 
 def _cpu_copy(model, dtype: torch.dtype):
@@ -116,7 +100,7 @@ def export_diffusers(
         "text_encoder": text_encoder,
         "tokenizer": tokenizer,
         "unet": unet,
-        "scheduler": _scheduler_from(scheduler_config),
+        "scheduler": scheduler_from_config(scheduler_config),
     }
     if text_encoder_2 is not None:
         pipeline = StableDiffusionXLPipeline(text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, **components)

@@ -17,25 +17,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import diffusers
 import torch
-from diffusers import DDPMScheduler, DiffusionPipeline, SchedulerMixin
+from diffusers import DiffusionPipeline
 
+from edlib.sample.samplers import scheduler_from_config
 from edlib.train.models import folder_is_sdxl, hub_is_sdxl, is_sdxl_file, pipeline_class
 from edlib.train.textual_inversion import spell_out, vector_tokens
 
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
-
-
-def _scheduler_from_config(scheduler_config: Mapping[str, Any]):
-    """The scheduler class the config names (the model's or the training noise scheduler's),
-    so ``pipeline.scheduler.config`` keeps every key samplers are later built from."""
-    name = scheduler_config.get("_class_name", "")
-    scheduler_class = getattr(diffusers, name, None) if name else None
-    if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, SchedulerMixin)):
-        scheduler_class = DDPMScheduler
-    return scheduler_class.from_config(dict(scheduler_config))
 
 
 def spell_out_placeholders_as_training_did(pipeline: DiffusionPipeline) -> DiffusionPipeline:
@@ -86,7 +76,7 @@ def pipeline_from_modules(
         "vae": vae,
         "text_encoder": text_encoder,
         "tokenizer": tokenizer,
-        "scheduler": _scheduler_from_config(scheduler_config),
+        "scheduler": scheduler_from_config(scheduler_config),
     }
     if text_encoder_2 is not None:
         pipeline = pipeline_class(sdxl=True)(text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, **components)

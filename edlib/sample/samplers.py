@@ -156,3 +156,19 @@ def zero_terminal_snr_samplers() -> list[str]:
         for sampler in _SAMPLERS
         if "rescale_betas_zero_snr" in inspect.signature(sampler.scheduler_class.__init__).parameters
     ]
+
+
+def scheduler_from_config(scheduler_config: Mapping[str, Any] | SchedulerMixin) -> SchedulerMixin:
+    """A scheduler object as it is, or one of the class its config names (`_class_name`, as
+    saved in scheduler_config.json), so its config keeps every key samplers and exports are
+    later built from. Sampling and exporting both build theirs here."""
+    import diffusers
+
+    if isinstance(scheduler_config, SchedulerMixin):
+        return scheduler_config
+    if not isinstance(scheduler_config, Mapping) or "_class_name" not in scheduler_config:
+        raise ValueError("scheduler_config: expected a diffusers scheduler config with '_class_name'")
+    scheduler_class = getattr(diffusers, scheduler_config["_class_name"], None)
+    if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, SchedulerMixin)):
+        raise ValueError(f"scheduler_config: diffusers has no scheduler {scheduler_config['_class_name']!r}")
+    return scheduler_class.from_config(dict(scheduler_config))
