@@ -6,7 +6,7 @@
 # - Installs the wheels in .whl/ if there are any (packages the GPU machine lacks; see
 #   bench/README.md for the list and `bench/fetch_gpu_wheels.sh`), into /tmp/site.
 # - Writes its logs to $OUT if set (else /tmp/edlib-gpu-check): env.txt, pip.log, pytest.log,
-#   sd15.log, sdxl.log, summary.txt.
+#   sample_memory.log, sd15.log, sdxl.log, summary.txt.
 # - Sized to end within GPU_CHECK_BUDGET_S seconds (default 530, under 9 minutes on an H100):
 #   each stage gets at most its share of what is left, and the benchmarks print each row as
 #   it is measured, so a stage cut short keeps its rows. The compiled ("fast") cases run last
@@ -68,15 +68,21 @@ TINY=()
 [[ "${GPU_CHECK_TINY:-0}" == 1 ]] && TINY=(--tiny)
 declare -A CASES=([sdxl]="lean lora fast" [sd15]="lean fast")
 stage pytest 90 "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider $GPU_TESTS
+# Issue 4: sampling during a lean SD1.5 run must need no more memory than its training steps.
+stage sample_memory 90 "$PYTHON" bench/sample_memory_gpu.py --model sd15 "${TINY[@]}"
 # SDXL first (issue 9's figures); SD1.5 gets what is left: its compiled case needs ~3 min more.
 stage sdxl 300 "$PYTHON" bench/train_gpu.py --model sdxl --steps "$STEPS" --warmup 2 "${TINY[@]}"
 stage sd15 300 "$PYTHON" bench/train_gpu.py --model sd15 --steps "$STEPS" --warmup 2 "${TINY[@]}"
 
-for name in pytest sdxl sd15; do
+for name in pytest sample_memory sdxl sd15; do
   [[ -f "$LOGS/$name.log" ]] || continue
   echo "--- $name" >>"$SUMMARY"
   if [[ $name == pytest ]]; then
     grep -E "passed|failed|error|skipped" "$LOGS/$name.log" | tail -n 3 >>"$SUMMARY"
+    continue
+  fi
+  if [[ $name == sample_memory ]]; then
+    grep -E "^(device|training|sampling|peaks|total)" "$LOGS/$name.log" >>"$SUMMARY"
     continue
   fi
   grep -E "^(device|  |reference|edlib|total)" "$LOGS/$name.log" >>"$SUMMARY"

@@ -72,3 +72,15 @@ def test_tiny_smoke_mode_runs_every_case(bench, model, capsys):
     for label, (ips, ratio, mfu, peak) in rows.items():
         assert float(ips) > 0 and float(ratio) > 0, (label, ips, ratio)
         assert mfu.endswith("%") and peak == "nan"  # no CUDA: no peak memory
+
+
+def test_sample_memory_bench_runs_its_tiny_mode_on_the_cpu(capsys):
+    """bench/sample_memory_gpu.py end to end on the tiny model: two epochs, a sampling event
+    after each (the peaks themselves need CUDA)."""
+    spec = importlib.util.spec_from_file_location("sample_memory_gpu", BENCH.parent / "sample_memory_gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--tiny", "--steps", "1", "--sample-steps", "2"])
+    out = capsys.readouterr().out
+    assert "sd15 lean preset, batch 2, 64 px, 2 sampling event(s)" in out
+    assert "peaks: not measured (needs CUDA)" in out
