@@ -163,6 +163,7 @@ class TrainingPanel:
         self.sample_path: Path | None = None
         self.epoch: int | None = None  # the epoch the run is in, from its events
         self.epoch_samples: dict[int, int] = {}  # samples each epoch of this panel's runs was planned with
+        self.exports: list[Path] = []  # what the last run exported when it ended
         self._changed_for_epoch: int | None = None  # the first epoch that trains with a mid-run Save
         self._chart_drawn = 0.0
         self._lock = threading.Lock()
@@ -430,6 +431,7 @@ class TrainingPanel:
             self.loss_steps, self.losses = [], []
             self.recent.clear()
         self.epoch, self.epoch_samples, self._changed_for_epoch = None, {}, None
+        self.exports = []
         self.progress.value, self.progress.max = 0, max(self.estimate.steps, 1)
         try:  # another panel's run in this kernel (a re-run cell) must stop first
             self.handle = start(config, resume=resume, callbacks=[self._on_event], plugins=self.plugins)
@@ -488,6 +490,9 @@ class TrainingPanel:
             self.sample_image.layout.display = None
             where = _relative(self.sample_path, Path(self.fields["run_dir"].value))
             self.sample_label.value = f"samples at step {data['step']}: <code>{html.escape(where)}</code>"
+        elif event.kind == "export":
+            self.exports.append(Path(data["path"]))
+            self.status.value = ok_text(f"exported {data['format']}: {Path(data['path']).name}")
         elif event.kind == "sample_request":
             self.status.value = "Sample now: this run has no sample_prompts; set them before starting"
         elif event.kind == "warning":
@@ -499,7 +504,8 @@ class TrainingPanel:
             if last is not None:
                 self._show_live(last, running=False)  # no ETA once it is over
             if event.kind == "done":
-                self.status.value = ok_text(f"finished at step {data['step']} ({data['stopped_by']})")
+                exported = f"; exported to exports/: {', '.join(p.name for p in self.exports)}" if self.exports else ""
+                self.status.value = ok_text(f"finished at step {data['step']} ({data['stopped_by']}){exported}")
                 self.refresh_review()
             else:
                 self.status.value = error_text(RuntimeError(f"{data['type']}: {data['message']}"))

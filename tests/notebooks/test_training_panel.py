@@ -137,6 +137,9 @@ def test_start_fills_the_live_view_and_quarantine_moves_an_image(tiny_model, dat
     assert "last step" in panel.live.value and "images/s" in panel.live.value and "measured" in panel.live.value
     assert "ETA" not in panel.live.value and "left" not in panel.live.value
     assert "finished at step 9" in panel.status.value
+    # The run's own export at its end (a full fine-tune: one single file), named in the status.
+    assert panel.exports == [run / "exports" / "run-step000009.safetensors"] and panel.exports[0].is_file()
+    assert "exported to exports/: run-step000009.safetensors" in panel.status.value
     assert panel.sample_image.value == (run / "samples" / "step-000009" / "grid.png").read_bytes()
     assert panel.sample_image.layout.display is None and "samples/step-000009/grid.png" in panel.sample_label.value
     # The run ended with a checkpoint: a fresh Start would clash with it, Resume is offered.
