@@ -47,7 +47,7 @@ def test_exports_hold_the_ema_weights_when_the_run_keeps_them(tiny_folders, tmp_
 
 def test_a_lora_run_ends_with_its_kohya_file_and_a_diffusers_folder_is_refused(tiny_folders, tmp_path):
     data = make_data_root(tmp_path / "data")
-    settings = dict(method="lora", network_dim=4, network_alpha=2.0, unet_lr=1e-3, epochs=1)
+    settings = dict(method="lora", network_dim=4, network_alpha=2.0, conv_dim=2, unet_lr=1e-3, epochs=1, ema_decay=0.5)
     summary = train(tiny_config(tiny_folders["sd1"], data, tmp_path / "run", **settings))
     [written] = summary.exports
     assert written.name == "run-step000002-lora.safetensors"
@@ -71,3 +71,17 @@ def test_a_failed_export_is_a_warning_and_the_run_stays_saved(tiny_folders, tmp_
     assert summary.exports == [] and summary.last_checkpoint.is_dir()
     assert len(warnings) == 2 and all(f"retry with: edlib export {run} --format" in w for w in warnings)
     assert load_trained(run).step == 2  # the saved run is whole
+
+
+def test_a_textual_inversion_run_ends_with_its_embedding(tiny_folders, tmp_path):
+    data = make_data_root(tmp_path / "data")
+    for image in data.rglob("*.png"):
+        image.with_suffix(".txt").write_text(f"a photo of <zq>, {image.stem.split('_')[0]}", encoding="utf-8")
+    settings = dict(
+        method="textual_inversion", placeholder_tokens=[{"token": "<zq>", "init_word": "person", "num_vectors": 2}],
+        text_encoder_lr=1e-2, unet_lr=0.0, epochs=1, ema_decay=0.5,
+    )  # fmt: skip
+    [written] = train(tiny_config(tiny_folders["sd1"], data, tmp_path / "run", **settings)).exports
+    assert written.parent == tmp_path / "run" / "exports" and written.suffix == ".safetensors"
+    [later] = export_run(tmp_path / "run", "a1111-embedding", out=tmp_path / "later")
+    assert later.name == written.name and _same_tensors(written, later)
