@@ -231,12 +231,14 @@ class TrainConfig(BaseModel):
     cache_latents: Literal["no", "memory", "disk"] = Field(
         "no",
         description="Encode each image with the VAE once and reuse the latents: `memory`, `disk` (in the "
-        "run folder, reused on resume) or `no`.",
+        "run folder, reused on resume) or `no`. On a GPU the VAE then waits in CPU memory, brought to the GPU "
+        "only to encode an image not yet cached (the first epoch) and for sampling and validation.",
     )
     cache_text_embeddings: bool = Field(
         False,
         description="Encode each caption once and reuse it. Only with a frozen text encoder "
-        "(`text_encoder_lr: 0`) and fixed captions (no `shuffle_caption`).",
+        "(`text_encoder_lr: 0`) and fixed captions (no `shuffle_caption`). On a GPU the text encoder(s) then "
+        "wait in CPU memory, as the VAE does with `cache_latents`.",
     )
     compile: bool = Field(
         False, description="Compile the UNet with torch.compile (faster steps after a slow first one)."
