@@ -47,8 +47,8 @@ from edlib.train.config import RESUME_IMMUTABLE_KEYS, ConfigError, TrainConfig, 
 from edlib.train.lr import make_lr_scheduler
 from edlib.train.methods import Method, make_method
 from edlib.train.models import enable_gradient_checkpointing, load_models, predict
-from edlib.train.offload import home_device
 from edlib.train.noise import min_snr_weights, per_sample_loss, sample_noise, sample_timesteps, training_target
+from edlib.train.offload import home_device
 from edlib.train.optim import make_optimizer
 from edlib.train.run_dir import Event, Reporter, RunDir
 
