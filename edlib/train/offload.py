@@ -3,11 +3,12 @@
 With `cache_latents` the VAE only encodes images not yet in the cache; with
 `cache_text_embeddings` the frozen text encoder(s) only encode captions not yet in it. A
 training step then needs neither, so on an accelerator they are kept in CPU memory (for
-SDXL that is 1.8 GB of bf16 weights off the GPU: what lets a full fine-tune fit 24 GB) and
-brought to the training device only for the moments that run them: encoding a cache miss
-(each batch of the first epoch), a sampling event, a validation pass. Modules keep their
-dtype on the way, and each runs on the training device, so cached values and samples are the
-same as without offloading. On a CPU-only run the training device is the CPU: nothing moves.
+SDXL about 1.8 GB of bf16 weights the GPU need not hold) and brought to the training device
+only for the moments that run them: encoding cache misses (a move there and back for each
+batch of the first epoch that has one: a fraction of a second for SDXL's encoders), a
+sampling event, a validation pass. Modules keep their dtype on the way, and each runs on the
+training device, so cached values and samples are the same as without offloading. On a
+CPU-only run the training device is the CPU: nothing moves.
 """
 
 from __future__ import annotations
