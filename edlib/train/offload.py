@@ -6,10 +6,9 @@ training step then needs neither, so on an accelerator they are kept in CPU memo
 SDXL about 1.8 GB of bf16 weights the GPU need not hold) and brought to the training device
 only for the moments that run them: encoding cache misses (a move there and back for each
 batch of the first epoch that has one; for SDXL's encoders about 0.1-0.3 s by PCIe bandwidth,
-not yet measured), a
-sampling event, a validation pass. Modules keep their dtype on the way, and each runs on the
-training device, so cached values and samples are the same as without offloading. On a
-CPU-only run the training device is the CPU: nothing moves.
+not yet measured), a sampling event, a validation pass. Modules keep their dtype on the way,
+and each runs on the training device, so cached values and samples are the same as without
+offloading. On a CPU-only run the training device is the CPU: nothing moves.
 """
 
 from __future__ import annotations
