@@ -15,9 +15,11 @@ These are orientation figures, not promises:
   settings without a row of their own from the nearest measured row by the ratio between
   two measured rows. Once a run trains, `refine_time` replaces the table by the run's own
   measured images/s, which is the figure to trust.
-- **Memory** = weights + gradients + optimizer state of what trains (bytes per parameter),
-  + frozen weights, + activations per image x batch size (scaled by pixel count), + 1 GiB
-  for the CUDA context and allocator slack. The activation constants are fitted to the peak
+- **Memory** = weights + gradients + optimizer state of what trains (bytes per parameter:
+  fp32 weights and gradients, bf16 with `full_bf16`, whose fp32-state optimizers then keep
+  bf16 state too), + frozen weights on the GPU (a VAE or text encoder whose outputs are all
+  cached waits in CPU memory, see edlib.train.offload), + activations per image x batch size
+  (scaled by pixel count), + 1 GiB for the CUDA context and allocator slack. The activation constants are fitted to the peak
   memory of the same H100 rows, so at the measured settings the estimate reproduces them;
   elsewhere expect +-30%. Real peaks also depend on attention kernels, caption length and
   fragmentation.
@@ -123,8 +125,18 @@ GPUS = {
     )
 }
 
-# Bytes of optimizer state per trained parameter (fp32 states; 8-bit Adam keeps two bytes).
-OPTIMIZER_BYTES = {"adamw": 8.0, "adamw8bit": 2.0, "lion": 4.0, "prodigy": 16.0, "adafactor": 0.5}
+# Optimizer state per trained parameter: full-size states, each in the weights' dtype (torch's
+# AdamW, Lion and Prodigy make them with zeros_like), or a fixed size (8-bit Adam's two
+# bytes; Adafactor's factored second moment, about half a byte).
+OPTIMIZER_STATES = {"adamw": 2, "lion": 1, "prodigy": 4}
+OPTIMIZER_FIXED_BYTES = {"adamw8bit": 2.0, "adafactor": 0.5}
+
+
+def trained_bytes_per_parameter(config: TrainConfig) -> float:
+    """Weights + gradients + optimizer state (+ an fp32 EMA) of one trained parameter."""
+    weight = 2 if config.full_bf16 else 4
+    optimizer = OPTIMIZER_FIXED_BYTES.get(config.optimizer) or OPTIMIZER_STATES[config.optimizer] * weight
+    return 2 * weight + optimizer + (4 if config.ema_decay is not None else 0)
 
 
 def model_family(model: str) -> str:
@@ -166,9 +178,7 @@ def estimate_memory(config: TrainConfig, family: str | None = None) -> MemoryEst
     """Peak GPU memory of one GPU training `config` (see the module docstring)."""
     fam = FAMILIES[family or model_family(config.model)]
     precision_bytes = 4 if config.mixed_precision == "no" else 2  # frozen weights, activations
-    state_bytes = 4 + 4 + OPTIMIZER_BYTES[config.optimizer]  # fp32 weights + grads + optimizer
-    if config.ema_decay is not None:
-        state_bytes += 4
+    state_bytes = trained_bytes_per_parameter(config)
 
     if config.method == "full":
         trained, frozen = fam.unet_params, 0.0
@@ -177,9 +187,9 @@ def estimate_memory(config: TrainConfig, family: str | None = None) -> MemoryEst
     text_trains = config.method == "full" and config.text_encoder_lr > 0
     if text_trains:
         trained += fam.text_encoder_params
-    elif not config.cache_text_embeddings:
+    elif not config.cache_text_embeddings:  # cached: the text encoders wait in CPU memory
         frozen += fam.text_encoder_params
-    if config.cache_latents == "no":
+    if config.cache_latents == "no":  # cached: so does the VAE
         frozen += fam.vae_params
 
     per_image = fam.activation_gib_checkpointed if config.gradient_checkpointing else fam.activation_gib

@@ -70,6 +70,23 @@ def test_memory_options_lower_the_estimate():
     assert estimate_memory(config(mixed_precision="no")).total_gib > base
 
 
+def test_full_bf16_halves_the_trained_weights_gradients_and_fp32_optimizer_state():
+    sdxl_lean = dict(model=SDXL, resolution=1024, batch_size=4, gradient_checkpointing=True, optimizer="adamw8bit")
+    fp32, bf16 = estimate_memory(config(**sdxl_lean)), estimate_memory(config(**sdxl_lean, full_bf16=True))
+    part = "trained weights, gradients, optimizer"
+    params = 2567.5e6
+    assert fp32.parts[part] == pytest.approx(params * (4 + 4 + 2) / 2**30)  # 8-bit Adam: 2 bytes either way
+    assert bf16.parts[part] == pytest.approx(params * (2 + 2 + 2) / 2**30)
+    # Issue 9's lean SDXL preset: over a 24 GB card in fp32 (measured 25.6 GiB), under it in bf16.
+    assert fp32.total_gib > 24 and not fp32.fits("RTX 4090 24GB")
+    assert bf16.total_gib < 20 and bf16.fits("RTX 4090 24GB")
+    # AdamW's states follow the weights' dtype; an EMA stays fp32.
+    adamw = estimate_memory(config(**{**sdxl_lean, "optimizer": "adamw"}, full_bf16=True))
+    assert adamw.parts[part] == pytest.approx(params * (2 + 2 + 4) / 2**30)
+    ema = estimate_memory(config(**sdxl_lean, full_bf16=True, ema_decay=0.999))
+    assert ema.parts[part] == pytest.approx(params * (2 + 2 + 2 + 4) / 2**30)
+
+
 def test_fits_compares_with_the_gpu_memory():
     estimate = estimate_memory(config())  # about 31 GiB
     assert estimate.fits("H100 80GB") and estimate.fits("A100 40GB")

@@ -4,7 +4,8 @@ every N epochs, every N minutes, at the end of the run, and when asked (``contro
 
 Images come from the live training modules (EMA weights swapped in when the run keeps one),
 assembled into a pipeline for the event and dropped afterwards, so sampling loads nothing and
-keeps no second reference to any module. `sample_images` leaves training as it was (modes,
+keeps no second reference to any module. Encoders the run keeps in CPU memory (see
+`edlib.train.offload`) are on the training device for the event and back after it. `sample_images` leaves training as it was (modes,
 weights, every global RNG stream), so a run with samples trains exactly as one without.
 
 Only the main process samples; the others wait at a barrier, so all processes leave the event
@@ -28,6 +29,7 @@ from edlib.sample.prompts import PromptSpec, prompt_specs
 from edlib.train.config import TrainConfig
 from edlib.train.ema import ema_weights
 from edlib.train.loop import Context, Plugin
+from edlib.train.offload import encoders_on_device
 
 SAMPLES_DIR = "samples"
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -144,7 +146,9 @@ class SamplingPlugin(Plugin):
             unet=ctx.accelerator.unwrap_model(models.unet, keep_torch_compile=False),
             clip_skip=ctx.config.clip_skip,  # samples see the text encoder layer the UNet trains on
         )
-        with ema_weights(ctx.ema, ctx.method.trainable_parameters(models)):
+        # Offloaded encoders come to the training device for the event only: sampling needs
+        # no more memory than a training step's (the gradients are freed by now).
+        with ema_weights(ctx.ema, ctx.method.trainable_parameters(models)), encoders_on_device(ctx):
             paths = sample_images(
                 pipeline,
                 self.prompts,

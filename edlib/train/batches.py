@@ -31,6 +31,7 @@ from edlib.data.captions import training_caption
 from edlib.data.images import load_rgb
 from edlib.data.types import ScanResult
 from edlib.train.models import Conditioning, encode_images, encode_prompts
+from edlib.train.offload import offloaded_modules, on_device
 
 
 def load_pixels(path: str | Path, size: tuple[int, int], flip: bool) -> torch.Tensor:
@@ -189,10 +190,15 @@ class BatchEncoder:
     Text embeddings are cached by caption string, so the cache is exact even when a
     caption varies (dropout gives the empty caption, one more entry); the config refuses
     the cache when a text encoder trains or tags are shuffled.
+
+    Tensors come out on `device` (default: the UNet's). Encoders kept in CPU memory between
+    uses (`edlib.train.offload`) are brought there to encode what the caches miss.
     """
 
-    def __init__(self, models, config, *, text_encoder_trains: bool, cache_dir: Path, prepare_captions=list):
+    def __init__(self, models, config, *, text_encoder_trains: bool, cache_dir: Path, prepare_captions=list, device=None):
         self.models = models
+        self.device = torch.device(device) if device is not None else next(models.unet.parameters()).device
+        self.offloaded = offloaded_modules(config, models)
         self.prepare_captions = prepare_captions
         self.config = config
         self.text_encoder_trains = text_encoder_trains
@@ -210,20 +216,19 @@ class BatchEncoder:
         return latents, cond
 
     def latents(self, scan: ScanResult, batch: LocalBatch) -> torch.Tensor:
-        device = self.models.vae.device
         paths = [Path(scan.root) / scan.items[i].path for i in batch.items]
         if self.latent_cache is None:
             pixels = torch.stack([load_pixels(p, batch.bucket, f) for p, f in zip(paths, batch.flips)])
-            return encode_images(self.models, pixels)
-        out = []
-        for path, flip in zip(paths, batch.flips):
-            key = self.latent_cache.key(path, batch.bucket, flip)
-            cached = self.latent_cache.get(key)
-            if cached is None:
-                cached = encode_images(self.models, load_pixels(path, batch.bucket, flip)[None])[0]
-                self.latent_cache.put(key, cached)
-            out.append(cached.to(device))
-        return torch.stack(out)
+            return encode_images(self.models, pixels).to(self.device)
+        keys = [self.latent_cache.key(path, batch.bucket, flip) for path, flip in zip(paths, batch.flips)]
+        found = {key: self.latent_cache.get(key) for key in keys}
+        missing = {key: (path, flip) for key, path, flip in zip(keys, paths, batch.flips) if found[key] is None}
+        if missing:
+            with self._on_device("vae"):
+                for key, (path, flip) in missing.items():  # one at a time: the same latents whatever the batch
+                    found[key] = encode_images(self.models, load_pixels(path, batch.bucket, flip)[None])[0]
+                    self.latent_cache.put(key, found[key])
+        return torch.stack([found[key].to(self.device) for key in keys])
 
     def text_embeddings(self, captions: list[str]) -> Conditioning:
         clip_skip = self.config.clip_skip
@@ -234,7 +239,12 @@ class BatchEncoder:
                 return encode_prompts(self.models, captions, clip_skip)
             missing = sorted({c for c in captions if c not in self.text_cache})
             if missing:
-                encoded = encode_prompts(self.models, missing, clip_skip)
+                with self._on_device(*self.models.text_encoder_names):
+                    encoded = encode_prompts(self.models, missing, clip_skip).to(self.device)
                 for k, caption in enumerate(missing):
                     self.text_cache[caption] = encoded[k]
             return Conditioning.stack([self.text_cache[c] for c in captions])
+
+    def _on_device(self, *names: str):
+        """The named encoders on the training device for a cache miss, if they are offloaded."""
+        return on_device(self.models, [name for name in names if name in self.offloaded], self.device)

@@ -224,18 +224,30 @@ class TrainConfig(BaseModel):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass: much less memory, about 20-30% slower."
     )
+    full_bf16: bool = Field(
+        False,
+        description="Keep the trained weights, and so their gradients, in bf16 instead of fp32 (kohya's "
+        "`--full_bf16`, OneTrainer's bf16 train dtype): weights, gradients and optimizer state take about half "
+        "the memory (an SDXL full fine-tune with `gradient_checkpointing`, `adamw8bit` and both caches fits a "
+        "24 GB card). Needs `mixed_precision: bf16` and `method: full`. Risk: bf16 keeps 8 significant bits, so "
+        "an update below about 1/256 of a weight rounds away; at the tiny full fine-tune rates (1e-6) many "
+        "weights stop moving. Use a higher `unet_lr` than in fp32 or `adafactor`, and watch the samples. "
+        "An EMA (`ema_decay`) stays fp32; exports are written in the dtype asked for.",
+    )
     attention: Literal["sdpa", "xformers"] = Field(
         "sdpa", description="Attention kernel: `sdpa` (PyTorch's fused attention) or `xformers` (must be installed)."
     )
     cache_latents: Literal["no", "memory", "disk"] = Field(
         "no",
         description="Encode each image with the VAE once and reuse the latents: `memory`, `disk` (in the "
-        "run folder, reused on resume) or `no`.",
+        "run folder, reused on resume) or `no`. On a GPU the VAE then waits in CPU memory, brought to the GPU "
+        "only to encode an image not yet cached (the first epoch) and for sampling and validation.",
     )
     cache_text_embeddings: bool = Field(
         False,
         description="Encode each caption once and reuse it. Only with a frozen text encoder "
-        "(`text_encoder_lr: 0`) and fixed captions (no `shuffle_caption`).",
+        "(`text_encoder_lr: 0`) and fixed captions (no `shuffle_caption`). On a GPU the text encoder(s) then "
+        "wait in CPU memory, as the VAE does with `cache_latents`.",
     )
     compile: bool = Field(
         False, description="Compile the UNet with torch.compile (faster steps after a slow first one)."
@@ -378,6 +390,16 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 f"export_formats: a {self.method!r} run exports as {', '.join(allowed)}, not {', '.join(map(repr, wrong))}"
             )
+        if self.full_bf16 and self.mixed_precision != "bf16":
+            raise ValueError(
+                f"full_bf16: keeps the trained weights in bf16, which needs mixed_precision: bf16 (got "
+                f"{self.mixed_precision!r}); set mixed_precision: bf16 or full_bf16: false"
+            )
+        if self.full_bf16 and self.method != "full":
+            raise ValueError(
+                f"full_bf16: is for method: full (got {self.method!r}): LoRA adapters and new embeddings are a few "
+                "million parameters, so bf16 would save little memory and lose their small updates; set full_bf16: false"
+            )
         if self.hard_example_boost and not self.loss_tracking:
             raise ValueError(
                 "hard_example_boost: boosts the images the loss tracker flags; set loss_tracking: true or hard_example_boost: 0"
@@ -514,6 +536,7 @@ RESUME_IMMUTABLE_KEYS: dict[str, str] = {
     "optimizer": "the optimizer state in the checkpoint belongs to this optimizer",
     "optimizer_args": "the restored optimizer state carries these hyperparameters",
     "ema_decay": "the checkpoint holds (or lacks) EMA weights for this setting",
+    "full_bf16": "the checkpoint's weights and optimizer state are in this precision; changing it rounds them or trains on from rounded values",
     "prediction_type": "the model is being trained towards this target",
     "zero_terminal_snr": "the model is being trained on this noise schedule",
     "clip_skip": "the UNet is being trained on embeddings from this text encoder layer",

@@ -24,7 +24,9 @@ def make_ema(decay: float | None, parameters: list[torch.nn.Parameter]):
         return None
     from diffusers.training_utils import EMAModel
 
-    return EMAModel(parameters, decay=decay)
+    ema = EMAModel(parameters, decay=decay)
+    ema.to(dtype=torch.float32)  # with full_bf16 too: an average of tiny updates needs fp32
+    return ema
 
 
 @contextlib.contextmanager

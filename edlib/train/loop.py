@@ -49,6 +49,7 @@ from edlib.train.lr import make_lr_scheduler
 from edlib.train.methods import Method, make_method
 from edlib.train.models import enable_gradient_checkpointing, load_models, predict
 from edlib.train.noise import min_snr_weights, per_sample_loss, sample_noise, sample_timesteps, training_target
+from edlib.train.offload import home_device
 from edlib.train.optim import make_optimizer
 from edlib.train.run_dir import Event, Reporter, RunDir
 
@@ -212,6 +213,7 @@ def train(
         text_encoder_trains=method.text_encoder_trains(models),
         cache_dir=run.path / "cache",
         prepare_captions=method.prepare_captions,
+        device=accelerator.device,
     )
     ctx = Context(config, accelerator, run, models, method, position, ema, data, report)
     for plugin in plugins:
@@ -547,15 +549,17 @@ def _begin(config, resume, run, report, method, models, optimizer, lr_scheduler,
 
 
 def _place_models(models, method: Method, config: TrainConfig, accelerator: Accelerator) -> None:
-    """Trainable modules stay fp32 (autocast lowers their matmuls); frozen ones move to the
-    device in the mixed-precision dtype (half the memory) in eval mode, except a VAE that
-    overflows in fp16 (SDXL's: its config says `force_upcast`), which stays fp32 under fp16
-    unless the model's VAE is an fp16-safe one.
+    """Trainable modules stay fp32 (autocast lowers their matmuls), or bf16 with `full_bf16`;
+    frozen ones go in the mixed-precision dtype (half the memory) in eval mode, except a VAE
+    that overflows in fp16 (SDXL's: its config says `force_upcast`), which stays fp32 under
+    fp16 unless the model's VAE is an fp16-safe one. Frozen modules go to the device, or stay
+    in CPU memory when the run caches all they compute (`edlib.train.offload`).
 
     Only the UNet is wrapped by accelerate (DDP on several processes). A training text
     encoder is not: `encode_prompts` needs the plain module, so its gradients are averaged
     across processes by `_average_gradients` instead of by DDP."""
     trainable = method.trainable_modules(models)
+    trained_dtype = torch.bfloat16 if config.full_bf16 else None
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(models, text_encoders=tuple(n for n in models.text_encoder_names if n in trainable))
     for name in models.module_names:
@@ -563,14 +567,15 @@ def _place_models(models, method: Method, config: TrainConfig, accelerator: Acce
         if name == "unet" and config.channels_last:  # its inputs follow in `_sample_losses`
             module.to(memory_format=torch.channels_last)
         if name not in trainable:
-            module.to(accelerator.device, dtype=frozen_dtype(name, module, config.mixed_precision)).eval()
+            device = home_device(name, config, models, accelerator.device)
+            module.to(device, dtype=frozen_dtype(name, module, config.mixed_precision)).eval()
         elif name == "unet":
-            unet = accelerator.prepare(module.train())
+            unet = accelerator.prepare(module.to(dtype=trained_dtype).train())
             # Compiled last, around the DDP wrapper; accelerate's unwrap_model sees through
             # both when the checkpoint takes the plain module's weights.
             setattr(models, name, torch.compile(unet) if config.compile else unet)
         else:
-            module.to(accelerator.device).train()
+            module.to(accelerator.device, dtype=trained_dtype).train()
 
 
 def frozen_dtype(name: str, module: torch.nn.Module, mixed_precision: str) -> torch.dtype | None:

@@ -30,6 +30,7 @@ from edlib.train.batches import load_pixels, micro_conditioning
 from edlib.train.loop import Plugin
 from edlib.train.models import encode_images, encode_prompts, predict
 from edlib.train.noise import per_sample_loss, training_target
+from edlib.train.offload import encoders_on_device
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,6 @@ class ValidationPlugin(Plugin):
             return
         # The plain UNet, not a DDP wrapper: only this process's forward, no collective.
         models = replace(ctx.models, unet=ctx.accelerator.unwrap_model(ctx.models.unet))
-        with ctx.accelerator.autocast():
+        with ctx.accelerator.autocast(), encoders_on_device(ctx):
             result = validation_loss(models, self.val, self._batches, seed=config.seed, clip_skip=config.clip_skip)
         metrics.update(result.metrics())

@@ -84,3 +84,22 @@ def test_sample_memory_bench_runs_its_tiny_mode_on_the_cpu(capsys):
     out = capsys.readouterr().out
     assert "sd15 lean preset, batch 2, 64 px, 2 sampling event(s)" in out
     assert "peaks: not measured (needs CUDA)" in out
+
+
+def test_the_sdxl_lean_preset_is_full_bf16_and_estimated_under_24_gib(bench):
+    from edlib.estimate import estimate_memory
+    from edlib.train.config import TrainConfig
+
+    def estimate(model, case):
+        batch, resolution = bench.DEFAULTS[model]["batch"][case], bench.DEFAULTS[model]["resolution"]
+        preset = bench.presets(model, gpu=True)[case]
+        name = "stabilityai/stable-diffusion-xl-base-1.0" if model == "sdxl" else "stable-diffusion-v1-5/stable-diffusion-v1-5"
+        config = TrainConfig.from_dict(dict(model=name, data_root="data", batch_size=batch, resolution=resolution, **preset))
+        return preset, estimate_memory(config).total_gib
+
+    preset, gib = estimate("sdxl", "lean")
+    assert preset["full_bf16"] and preset["optimizer"] == "adamw8bit" and preset["gradient_checkpointing"]
+    assert gib < 24  # issue 9's target, to be measured on a GPU (bench/README.md)
+    # SD1.5's lean case stays what issue 3 defines (checkpointing + 8-bit AdamW), as does SDXL's LoRA.
+    assert "full_bf16" not in bench.presets("sd15", gpu=True)["lean"] and "full_bf16" not in bench.presets("sdxl", gpu=True)["lora"]
+

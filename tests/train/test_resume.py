@@ -73,24 +73,33 @@ def _final(run: Path):
     return {**ckpt.weights["unet"], **ckpt.weights["text_encoder"]}, ckpt.state["ema"]["shadow_params"]
 
 
-def test_stop_and_resume_equals_an_uninterrupted_run(tiny_sd1, tmp_path):
+# kohya's --full_bf16: trained weights, gradients and optimizer state in bf16 (the EMA in fp32).
+FULL_BF16 = dict(mixed_precision="bf16", full_bf16=True)
+
+
+@pytest.mark.parametrize("precision", [{}, FULL_BF16], ids=["fp32", "full_bf16"])
+def test_stop_and_resume_equals_an_uninterrupted_run(tiny_sd1, tmp_path, precision):
     data = _data(tmp_path)
     straight, once, twice = tmp_path / "straight", tmp_path / "once", tmp_path / "twice"
+    settings = {**EXACT, **precision}
 
-    assert train(tiny_config(tiny_sd1, data, straight, **EXACT)).step == 6
+    assert train(tiny_config(tiny_sd1, data, straight, **settings)).step == 6
 
     # (a) stop mid-epoch (step 3 = epoch 1, batch 2), resume for the rest.
-    config = tiny_config(tiny_sd1, data, once, **EXACT)
+    config = tiny_config(tiny_sd1, data, once, **settings)
     assert train(config, callbacks=[_stop_at(once, 3)]).stopped_by == "stop request"
     assert train(config, resume="latest").step == 6
     # (b) resuming a resumed run: stop at 2 and at 5 (both mid-step-group positions).
-    config = tiny_config(tiny_sd1, data, twice, **EXACT)
+    config = tiny_config(tiny_sd1, data, twice, **settings)
     train(config, callbacks=[_stop_at(twice, 2)])
     assert train(config, resume="latest", callbacks=[_stop_at(twice, 5)]).step == 5
     assert train(config, resume="latest").step == 6
 
     reference = metrics(straight)
     weights, ema = _final(straight)
+    trained_dtype = torch.bfloat16 if precision else torch.float32
+    assert {w.dtype for w in weights.values()} == {trained_dtype}  # UNet and text encoder
+    assert {e.dtype for e in ema} == {torch.float32}
     for run in (once, twice):
         records = metrics(run)
         assert [r["step"] for r in records] == list(range(1, 7))  # each step once, in order
