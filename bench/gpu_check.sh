@@ -66,7 +66,7 @@ GPU_TESTS=$(grep -rl "pytest.mark.gpu" tests --include='*.py' | sort)
 # GPU_CHECK_TINY=1: the tiny models on the CPU, to try this script itself without a GPU.
 TINY=()
 [[ "${GPU_CHECK_TINY:-0}" == 1 ]] && TINY=(--tiny)
-declare -A CASES=([sdxl]="lean lora fast" [sd15]="lean fast")
+declare -A CASES=([sdxl]="lean lora fast" [sd15]="lean lora lora-no-ckpt fast")
 stage pytest 90 "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider $GPU_TESTS
 # Issue 4: sampling during a lean SD1.5 run must need no more memory than its training steps.
 stage sample_memory 90 "$PYTHON" bench/sample_memory_gpu.py --model sd15 "${TINY[@]}"

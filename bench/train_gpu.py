@@ -57,7 +57,11 @@ MODELS = ("sd15", "sdxl")
 # Defaults per model: resolution, and the cases in the order they run (the compiled one last:
 # it takes minutes to compile, and a run cut short should have the others).
 DEFAULTS = {
-    "sd15": dict(resolution=512, cases=("lean", "fast"), batch={"fast": 16, "lean": 8}),
+    "sd15": dict(
+        resolution=512,
+        cases=("lean", "lora", "lora-no-ckpt", "fast"),
+        batch={"fast": 16, "lean": 8, "lora": 16, "lora-no-ckpt": 16},
+    ),
     "sdxl": dict(resolution=1024, cases=("lean", "lora", "fast"), batch={"fast": 4, "lean": 4, "lora": 4}),
 }
 NAMES = {"sd15": "SD1.5 architecture, random weights", "sdxl": "SDXL base 1.0 architecture, random weights"}
@@ -267,7 +271,8 @@ def presets(model: str, gpu: bool) -> dict[str, dict]:
     lora = dict(lean, optimizer="adamw", method="lora", network_dim=16, network_alpha=8.0, unet_lr=1e-4)
     if model == "sdxl":  # bf16 weights and gradients: 2.57B fp32 ones alone would take 19 GiB (bf16 runs on a CPU too)
         lean = dict(lean, mixed_precision="bf16", full_bf16=True)
-    return {"fast": fast, "lean": lean, "lora": lora}
+    # Issue 6: LoRA with and without checkpointing; with it, the preset meant to fit 8 GiB.
+    return {"fast": fast, "lean": lean, "lora": lora, "lora-no-ckpt": dict(lora, gradient_checkpointing=False)}
 
 
 @dataclass

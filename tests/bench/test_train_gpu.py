@@ -67,7 +67,7 @@ def test_tiny_smoke_mode_runs_every_case(bench, model, capsys):
     bench.main(["--tiny", "--model", model])
     lines = capsys.readouterr().out.splitlines()
     rows = {line.split(" (b")[0]: line.split()[-4:] for line in lines if " (b2) " in line}
-    expected = {"sd15": {"reference", "edlib lean", "edlib fast"}, "sdxl": {"reference", "edlib lean", "edlib lora", "edlib fast"}}
+    expected = {"sd15": {"reference", "edlib lean", "edlib lora", "edlib lora-no-ckpt", "edlib fast"}, "sdxl": {"reference", "edlib lean", "edlib lora", "edlib fast"}}
     assert set(rows) == expected[model]
     for label, (ips, ratio, mfu, peak) in rows.items():
         assert float(ips) > 0 and float(ratio) > 0, (label, ips, ratio)
