@@ -14,6 +14,7 @@ WHEELS=(
   pydantic==2.14.3 pydantic_core==2.50.4 annotated-types==0.8.0 typing-inspection==0.4.5
   torchsde==0.2.6 trampoline==0.1.2
   bitsandbytes==0.50.2  # the release GPU_FIGURES.md used: it ships a CUDA 13 build
+  torchao==0.18.0  # stochastic rounding for full_bf16 (the SDXL lean preset)
 )
 platforms=()
 for tag in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64; do

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edlib.train.lr import LR_SCHEDULERS
 
 OPTIMIZERS = ("adamw", "adamw8bit", "lion", "prodigy", "adafactor")
+STOCHASTIC_ROUNDING_OPTIMIZERS = ("adamw", "adamw8bit")  # torchao implements bf16 stochastic rounding for these
 METHODS = ("full", "lora", "textual_inversion")
 # What each method's result can be exported as (DESIGN.md "Output formats"), and what a run
 # exports when it ends unless `export_formats` says otherwise: the one file A1111 and
@@ -229,10 +230,18 @@ class TrainConfig(BaseModel):
         description="Keep the trained weights, and so their gradients, in bf16 instead of fp32 (kohya's "
         "`--full_bf16`, OneTrainer's bf16 train dtype): weights, gradients and optimizer state take about half "
         "the memory (an SDXL full fine-tune with `gradient_checkpointing`, `adamw8bit` and both caches fits a "
-        "24 GB card). Needs `mixed_precision: bf16` and `method: full`. Risk: bf16 keeps 8 significant bits, so "
-        "an update below about 1/256 of a weight rounds away; at the tiny full fine-tune rates (1e-6) many "
-        "weights stop moving. Use a higher `unet_lr` than in fp32 or `adafactor`, and watch the samples. "
-        "An EMA (`ema_decay`) stays fp32; exports are written in the dtype asked for.",
+        "24 GB card). Needs `mixed_precision: bf16` and `method: full`. bf16 keeps 8 significant bits, so an "
+        "update below half a bf16 step of a weight would round away; `stochastic_rounding` (on by default) "
+        "keeps the average update exact. An EMA (`ema_decay`) stays fp32; exports are written in the dtype "
+        "asked for.",
+    )
+    stochastic_rounding: bool = Field(
+        True,
+        description="With `full_bf16`: round each weight update to bf16 stochastically (torchao's AdamW/AdamW8bit "
+        "with `bf16_stochastic_round`), so updates below bf16's resolution still move the weights by the right "
+        "amount on average. With nearest rounding, AdamW at lr 1e-6 moves under 1% of typical SD weights and "
+        "about 1% of the total it should (docs/methods.md). Needs `optimizer: adamw` or `adamw8bit` and the "
+        "torchao package (in edlib[gpu]). false: nearest rounding (e.g. with adafactor).",
     )
     attention: Literal["sdpa", "xformers"] = Field(
         "sdpa", description="Attention kernel: `sdpa` (PyTorch's fused attention) or `xformers` (must be installed)."
@@ -395,6 +404,12 @@ class TrainConfig(BaseModel):
                 f"full_bf16: keeps the trained weights in bf16, which needs mixed_precision: bf16 (got "
                 f"{self.mixed_precision!r}); set mixed_precision: bf16 or full_bf16: false"
             )
+        if self.full_bf16 and self.stochastic_rounding and self.optimizer not in STOCHASTIC_ROUNDING_OPTIMIZERS:
+            raise ValueError(
+                f"stochastic_rounding: with full_bf16 it needs optimizer adamw or adamw8bit (torchao's), not "
+                f"{self.optimizer!r}; change the optimizer, or set stochastic_rounding: false (small updates then "
+                "round away)"
+            )
         if self.full_bf16 and self.method != "full":
             raise ValueError(
                 f"full_bf16: is for method: full (got {self.method!r}): LoRA adapters and new embeddings are a few "
@@ -536,6 +551,7 @@ RESUME_IMMUTABLE_KEYS: dict[str, str] = {
     "optimizer": "the optimizer state in the checkpoint belongs to this optimizer",
     "optimizer_args": "the restored optimizer state carries these hyperparameters",
     "ema_decay": "the checkpoint holds (or lacks) EMA weights for this setting",
+    "stochastic_rounding": "with full_bf16 it picks the optimizer implementation whose state the checkpoint holds",
     "full_bf16": "the checkpoint's weights and optimizer state are in this precision; changing it rounds them or trains on from rounded values",
     "prediction_type": "the model is being trained towards this target",
     "zero_terminal_snr": "the model is being trained on this noise schedule",

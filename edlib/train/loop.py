@@ -187,7 +187,12 @@ def train(
     method = make_method(config)
     method.setup(models)
     _place_models(models, method, config, accelerator)  # before the optimizer: fused AdamW needs CUDA params
-    optimizer = make_optimizer(config.optimizer, method.param_groups(models), config.optimizer_args)
+    optimizer = make_optimizer(
+        config.optimizer,
+        method.param_groups(models),
+        config.optimizer_args,
+        stochastic_rounding=config.full_bf16 and config.stochastic_rounding,
+    )
     total_steps = planned_steps(data, config, accelerator.num_processes)
     lr_scheduler = make_lr_scheduler(
         optimizer,
@@ -315,7 +320,7 @@ def train(
                 "step": position.step,
                 "epoch": epoch + group.stop / len(schedule),
                 "loss": last_loss,
-                "lr": lr_scheduler.get_last_lr()[0],
+                "lr": float(lr_scheduler.get_last_lr()[0]),  # torchao keeps it as a tensor
                 "images_per_s": len(group) * config.batch_size * world / max(now - step_start, 1e-9),
                 "eta_s": report.eta(position.step, total_steps, now - step_start),
                 "samples": position.samples,

@@ -159,3 +159,32 @@ def test_lr_schedules_hold_their_end_value_past_the_planned_steps():
             opt.step()
             sched.step()
         assert lrs[10:] == [lrs[10]] * 5, name
+
+
+def test_stochastic_rounding_moves_bf16_weights_by_updates_below_their_resolution():
+    """full_bf16's trap, measured: AdamW at lr 1e-6 on bf16 weights of SD-like size (sd 0.05)
+    with nearest rounding moves the weights by ~1% of what it should; torchao's stochastic
+    rounding gets the average right (and both end in bf16)."""
+    pytest.importorskip("torchao")  # in requirements/ci.txt: this runs in CI
+    torch.manual_seed(0)
+    start = (torch.randn(256, 256) * 0.05).bfloat16()
+    moved = {}
+    for rounding in (False, True):
+        weight = torch.nn.Parameter(start.clone())
+        groups = [{"params": [weight], "lr": 1e-6}]
+        optimizer = make_optimizer("adamw", groups, {"weight_decay": 0.0}, stochastic_rounding=rounding)
+        for _ in range(10):
+            weight.grad = torch.ones_like(weight)  # Adam's first steps then move every weight by -lr
+            optimizer.step()
+        assert weight.dtype == torch.bfloat16
+        moved[rounding] = (weight.detach().float() - start.float()).mean().item() / -1e-5
+    assert moved[False] < 0.05 and moved[True] == pytest.approx(1.0, abs=0.05)
+
+
+def test_full_bf16_stochastic_rounding_needs_an_optimizer_torchao_has(tmp_path):
+    from edlib.train.config import ConfigError, TrainConfig
+
+    values = dict(model="m", data_root=str(tmp_path), mixed_precision="bf16", full_bf16=True, optimizer="adafactor")
+    with pytest.raises(ConfigError, match="stochastic_rounding: with full_bf16 it needs optimizer adamw or adamw8bit"):
+        TrainConfig.from_dict(values)
+    assert not TrainConfig.from_dict({**values, "stochastic_rounding": False}).stochastic_rounding
