@@ -29,6 +29,7 @@ from edlib.sample.pipeline import load_pipeline, pipeline_from_modules
 from edlib.sample.pngmeta import format_parameters, save_png
 from edlib.sample.prompts import RANDOM_SEED, PromptSpec
 from edlib.sample.samplers import make_scheduler, sampler_for_schedule
+from edlib.train.ema import ema_weights
 from edlib.train.models import encode_sd_prompts
 
 logger = logging.getLogger("edlib.sample")
@@ -92,20 +93,9 @@ def _ema_parameters(ema, unet: torch.nn.Module) -> list[torch.nn.Parameter]:
     )
 
 
-@contextlib.contextmanager
-def ema_weights(ema, unet: torch.nn.Module) -> Iterator[None]:
-    """Sample with the EMA weights in the UNet; the training weights are back on exit.
-    (``EMAModel.store`` keeps its copy on the CPU, so this needs no extra GPU memory.)"""
-    if ema is None:
-        yield
-        return
-    parameters = _ema_parameters(ema, unet)
-    ema.store(parameters)
-    ema.copy_to(parameters)
-    try:
-        yield
-    finally:
-        ema.restore(parameters)
+def _unet_ema_weights(ema, unet: torch.nn.Module):
+    """Sample with the EMA weights in the UNet; the training weights are back on exit."""
+    return ema_weights(ema, _ema_parameters(ema, unet) if ema is not None else [])
 
 
 @contextlib.contextmanager
@@ -238,7 +228,7 @@ def _generate_all(
     with (
         preserved_rng_state(),
         eval_mode(modules),
-        ema_weights(getattr(pipeline, "edlib_ema", None), pipeline.unet),
+        _unet_ema_weights(getattr(pipeline, "edlib_ema", None), pipeline.unet),
         torch.no_grad(),
         torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None),
     ):
