@@ -184,6 +184,11 @@ def train(
     )
     if config.text_encoder_2_lr is not None and not models.is_sdxl:
         report.warning(f"text_encoder_2_lr is set, but {config.model} has one text encoder (SDXL has two): ignored")
+    if config.full_bf16 and not config.stochastic_rounding:
+        report.warning(
+            "full_bf16 with stochastic_rounding: false: weight updates under half a bf16 step (about 1/512 of a "
+            f"weight) are rounded away, so at unet_lr {config.unet_lr:g} many weights may not move; watch the samples"
+        )
     method = make_method(config)
     method.setup(models)
     _place_models(models, method, config, accelerator)  # before the optimizer: fused AdamW needs CUDA params

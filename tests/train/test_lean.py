@@ -151,3 +151,13 @@ def test_on_a_gpu_the_cached_encoders_leave_it_between_steps(tiny_sdxl, tmp_path
     assert all(where["unet"] == "cuda" for where in watch.between_steps)
     assert all(where[name] == "cpu" for where in watch.between_steps for name in ("vae", "text_encoder", "text_encoder_2"))
     assert watch.encoder_calls and all(where == "cuda" for _, where in watch.encoder_calls)
+
+
+def test_full_bf16_with_nearest_rounding_warns_that_small_updates_round_away(tiny_sd1, tmp_path):
+    warnings = []
+    config = tiny_config(
+        tiny_sd1, make_data_root(tmp_path / "data"), tmp_path / "run", epochs=1, optimizer="adafactor",
+        stochastic_rounding=False, export_formats=[], **LEAN,
+    )  # fmt: skip
+    train(config, callbacks=[lambda e: warnings.append(e.data["message"]) if e.kind == "warning" else None])
+    assert any("stochastic_rounding: false: weight updates under half a bf16 step" in w for w in warnings)
