@@ -132,16 +132,39 @@ def is_sdxl_file(path: Path) -> bool:
         return any(key.startswith("conditioner.embedders.1.") for key in handle.keys())
 
 
+# The UNet's first cross-attention key in the original layout: its input width is the text
+# encoder's (768 for SD1.x's CLIP, 1024 for SD2.x's OpenCLIP).
+_SD_CROSS_ATTENTION_KEY = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+
+
+def _single_file_resolution(path: Path) -> int | None:
+    """From a .safetensors header: 1024 for SDXL, 768 for SD2.x (diffusers loads an SD2 single
+    file without a config as SD 2.1 768-v; an SD 2 *base* file wants `resolution: 512`), 512
+    for SD1.x. None for a .ckpt (pickled: not read before loading) or an unknown layout."""
+    if path.suffix.lower() != ".safetensors":
+        return None
+    if is_sdxl_file(path):
+        return 1024
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        if _SD_CROSS_ATTENTION_KEY not in handle.keys():
+            return None
+        width = handle.get_slice(_SD_CROSS_ATTENTION_KEY).get_shape()[-1]
+    return {768: 512, 1024: 768}.get(width)
+
+
 def native_resolution(model: str | Path) -> int | None:
     """The image size a model was made for, read from its configs without loading weights:
     the UNet's sample size times the VAE's downsampling (512 for SD1.x, 768 for SD2.x 768-v,
-    1024 for SDXL). None when it cannot be told offline (a hub model not in the local cache,
-    an SD single file, whose configs diffusers infers at load time)."""
+    1024 for SDXL). A single file's is the size of the configs diffusers loads it with (see
+    `_single_file_resolution`). None when it cannot be told offline (a hub model not in the
+    local cache, a .ckpt)."""
     configs = {}
     text = str(model)
     path = Path(text).expanduser()
     if path.is_file():
-        return 1024 if is_sdxl_file(path) else None
+        return _single_file_resolution(path)
     for name in ("unet", "vae"):
         if path.is_dir():
             candidate = path / name / "config.json"

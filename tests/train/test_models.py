@@ -167,3 +167,26 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_sd1):
     checkpointed = unet_and_text_grads(models)
     for expected, got in zip(plain, checkpointed, strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("keys", "native"),
+    [
+        ({"model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, 768)}, 512),
+        ({"model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, 1024)}, 768),
+        ({"conditioner.embedders.1.model.ln_final.weight": (1280,)}, 1024),
+        ({"something.else": (4,)}, None),
+    ],
+    ids=["sd1", "sd2", "sdxl", "unknown"],
+)
+def test_a_single_files_native_resolution_is_read_from_its_header(tmp_path, keys, native):
+    """SD1.x 512, SD2.x 768 (what diffusers loads an SD2 file without a config as: 2.1 768-v),
+    SDXL 1024; only the header is read (the tensors here are empty placeholders of the real
+    key names and widths)."""
+    from edlib.train.models import native_resolution
+
+    path = tmp_path / "model.safetensors"
+    save_file({key: torch.zeros(shape) for key, shape in keys.items()}, str(path))
+    assert native_resolution(path) == native
+    (tmp_path / "model.ckpt").write_bytes(b"pickled")
+    assert native_resolution(tmp_path / "model.ckpt") is None
