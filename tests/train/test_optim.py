@@ -161,18 +161,23 @@ def test_lr_schedules_hold_their_end_value_past_the_planned_steps():
         assert lrs[10:] == [lrs[10]] * 5, name
 
 
-def test_stochastic_rounding_moves_bf16_weights_by_updates_below_their_resolution():
+@pytest.mark.parametrize(
+    ("name", "device"),
+    [("adamw", "cpu"), pytest.param("adamw", "cuda", marks=pytest.mark.gpu), pytest.param("adamw8bit", "cuda", marks=pytest.mark.gpu)],
+)
+def test_stochastic_rounding_moves_bf16_weights_by_updates_below_their_resolution(name, device):
     """full_bf16's trap, measured: AdamW at lr 1e-6 on bf16 weights of SD-like size (sd 0.05)
     with nearest rounding moves the weights by ~1% of what it should; torchao's stochastic
-    rounding gets the average right (and both end in bf16)."""
+    rounding gets the average right (and both end in bf16). On CUDA also torchao's AdamW8bit
+    against bitsandbytes' (the SDXL lean preset's optimizer)."""
     pytest.importorskip("torchao")  # in requirements/ci.txt: this runs in CI
     torch.manual_seed(0)
-    start = (torch.randn(256, 256) * 0.05).bfloat16()
+    start = (torch.randn(256, 256) * 0.05).bfloat16().to(device)
     moved = {}
     for rounding in (False, True):
         weight = torch.nn.Parameter(start.clone())
         groups = [{"params": [weight], "lr": 1e-6}]
-        optimizer = make_optimizer("adamw", groups, {"weight_decay": 0.0}, stochastic_rounding=rounding)
+        optimizer = make_optimizer(name, groups, {"weight_decay": 0.0}, stochastic_rounding=rounding)
         for _ in range(10):
             weight.grad = torch.ones_like(weight)  # Adam's first steps then move every weight by -lr
             optimizer.step()
