@@ -324,7 +324,7 @@ def this_run(args, run_dirs: list[Path], timings: dict) -> dict:
             if index
             else "random weights"
             if args.continue_from is None
-            else f"the weights of {args.continue_from} (--continue-from)"
+            else "the previous phase's weights (`--continue-from` the model it made)"
         )
         phases.append(
             {
@@ -421,7 +421,8 @@ def write_card(out: Path, args, vae: dict, schedules: dict, runs: list[dict], ev
     earlier_min = sum(run["minutes"] for run in runs[:-1])
     vae_check = vae["check_on_reconstructions"]
     vae_stage = (
-        f"VAE reused, not retrained, from `{vae['reused_from']}` (`--vae-from`); its latent scale measured again."
+        f"VAE reused, not retrained, from `{vae['reused_from']}` "
+        f"(`{'--continue-from' if args.continue_from else '--vae-from'}`); its latent scale measured again."
         if vae.get("reused_from")
         else "VAE alone, plain PyTorch loop in the script (edlib's engine trains UNets and text encoders, not "
         f"VAEs): {vae['steps']} steps, batch {vae['batch']} of random {vae['crop']}x{vae['crop']} crops, AdamW lr "
