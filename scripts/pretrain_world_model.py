@@ -421,8 +421,12 @@ def write_card(out: Path, args, vae: dict, schedules: dict, runs: list[dict], ev
     earlier_min = sum(run["minutes"] for run in runs[:-1])
     vae_check = vae["check_on_reconstructions"]
     vae_stage = (
-        f"VAE reused, not retrained, from `{vae['reused_from']}` "
-        f"(`{'--continue-from' if args.continue_from else '--vae-from'}`); its latent scale measured again."
+        (
+            "VAE reused, not retrained, from the model this run continues (`--continue-from`)"
+            if args.continue_from
+            else f"VAE reused, not retrained, from `{vae['reused_from']}` (`--vae-from`)"
+        )
+        + "; its latent scale measured again."
         if vae.get("reused_from")
         else "VAE alone, plain PyTorch loop in the script (edlib's engine trains UNets and text encoders, not "
         f"VAEs): {vae['steps']} steps, batch {vae['batch']} of random {vae['crop']}x{vae['crop']} crops, AdamW lr "
