@@ -55,6 +55,20 @@ def test_bundled_model_loads_offline_from_the_package():
     assert pipeline.vae.config.scaling_factor != VAE_CONFIG["scaling_factor"]
 
 
+def test_model_card_tells_every_phase_that_made_the_weights():
+    """pretraining.json records each run and phase (a continued model keeps the earlier
+    ones); the card, written from it, names each command and phase."""
+    path = bundled_model_path()
+    runs = json.loads((path / "pretraining.json").read_text())["runs"]
+    card = (path / "README.md").read_text()
+    phases = [phase for run in runs for phase in run["phases"]]
+    assert phases and phases[0]["start"] == "random weights"
+    for number, phase in enumerate(phases, 1):
+        assert f"phase {number}: {phase['steps']} steps from {phase['start']}" in card
+    for run in runs:
+        assert f"`{run['command']}`" in card
+
+
 def test_tokenizer_gives_novel_shapes_one_token_it_never_trained_on(bundled):
     """A fine-tune can teach "zorblat": it is one token of its own (not pieces shared with
     "orange" and "black"), so teaching it changes no known word."""
