@@ -418,8 +418,12 @@ def denoising_check(pipeline, data_root: Path, args) -> dict[str, dict]:
         generators = [torch.Generator().manual_seed(args.seed + i) for i in range(len(images))]
         with torch.no_grad():
             out = img2img(
-                captions, image=images, strength=strength, num_inference_steps=args.eval_steps,
-                guidance_scale=4.0, generator=generators,
+                captions,
+                image=images,
+                strength=strength,
+                num_inference_steps=args.eval_steps,
+                guidance_scale=4.0,
+                generator=generators,
             ).images
         results[str(strength)] = score(out, captions, shapes=SHAPES)
     return results
