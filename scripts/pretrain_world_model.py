@@ -17,7 +17,16 @@ the same command and continues; the UNet stage resumes from its newest checkpoin
 5. export:   the run's last checkpoint as an fp16 diffusers folder into --out.
 6. evaluate: generate images for held-out and training captions, score them with the
              automatic check (`edlib.world.evaluate`).
-7. card:     --out/README.md with architecture, data, steps, losses, timings, accuracy.
+7. card:     --out/README.md with architecture, data, steps, losses, timings, accuracy, and
+             --out/pretraining.json, the record of every phase that made the weights.
+
+`--continue-from` (e.g. the bundled model) trains that model further instead of starting
+from random weights: its VAE is reused, its UNet and text encoder are the first phase's
+starting point (a fresh optimizer and LR schedule), and its pretraining.json's phases come
+first in the card, so the card tells the whole history of the weights:
+
+    python scripts/pretrain_world_model.py --work /tmp/wm --out /tmp/wm/out \
+        --continue-from edlib/world/pretrained --steps 3000 --warmup 100 --threads 1
 
 The noise schedule is SD1.5's betas rescaled to zero terminal SNR, with v prediction
 (`edlib.world.model.SCHEDULER_CONFIG`): with SD1.5's own schedule the last timestep still
@@ -59,6 +68,8 @@ from edlib.world.render import COLOURS, POSITIONS, SHAPES, SIZES
 
 REPO = Path(__file__).resolve().parent.parent
 DATA_FOLDER = "world"
+# The record of the phases that made a model's weights, beside its card.
+HISTORY = "pretraining.json"
 
 
 def parse_args() -> argparse.Namespace:
@@ -78,7 +89,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--vae-batch", type=int, default=16)
     parser.add_argument("--vae-lr", type=float, default=2e-3)
     parser.add_argument("--vae-crop", type=int, default=32, help="train the VAE on random crops this size")
+    parser.add_argument(
+        "--continue-from",
+        type=Path,
+        default=None,
+        help="a world model folder written by this script (e.g. the bundled one): pretraining continues from "
+        "its weights (VAE reused, UNet and text encoder trained further with a fresh optimizer and LR "
+        "schedule) and the card lists its phases before the new ones",
+    )
     parser.add_argument("--steps", type=int, default=1000, help="UNet/text encoder optimizer steps")
+    parser.add_argument("--warmup", type=int, default=200, help="LR warm-up steps of the first phase")
     parser.add_argument(
         "--extra-steps", type=int, default=0, help="steps of a second phase (a warm restart of the LR schedule)"
     )
@@ -238,7 +258,7 @@ def train_phase(base: Path, data_root: Path, run_dir: Path, args, *, steps: int,
 def train_unet(base: Path, data_root: Path, work: Path, args, timings: dict) -> list[Path]:
     """Phase 1 (`--steps`), then phase 2 (`--extra-steps`, if any); returns the run
     folders, last phase last. Each finished phase leaves a marker so a rerun skips it."""
-    phases = [("run", args.steps, 200)] + ([("run2", args.extra_steps, 50)] if args.extra_steps else [])
+    phases = [("run", args.steps, args.warmup)] + ([("run2", args.extra_steps, 50)] if args.extra_steps else [])
     run_dirs: list[Path] = []
     for name, steps, warmup in phases:
         run_dir = work / name
@@ -278,6 +298,49 @@ def unet_losses(run_dir: Path) -> dict:
         "steps": rows[-1]["step"],
         "first_100_mean_loss": round(float(np.mean(losses[:100])), 4),
         "last_100_mean_loss": round(float(np.mean(losses[-100:])), 4),
+    }
+
+
+def earlier_runs(continue_from: Path | None) -> list[dict]:
+    """The runs recorded in --continue-from's pretraining.json (none when starting afresh)."""
+    if continue_from is None:
+        return []
+    path = continue_from / HISTORY
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--continue-from {continue_from}: {HISTORY} missing; it records the phases that made the weights, "
+            "so the new model card can tell them (this script writes it beside every model card)"
+        )
+    return json.loads(path.read_text())["runs"]
+
+
+def this_run(args, run_dirs: list[Path], timings: dict) -> dict:
+    """The record of this invocation: its command, wall time and phases."""
+    warmups = [args.warmup, 50]
+    phases = []
+    for index, run_dir in enumerate(run_dirs):
+        start = (
+            "the previous phase's weights (init_from)"
+            if index
+            else "random weights"
+            if args.continue_from is None
+            else "the previous phase's weights (`--continue-from` the model it made)"
+        )
+        phases.append(
+            {
+                "start": start,
+                "lr": args.lr,
+                "batch": args.batch,
+                "schedule": "cosine",
+                "warmup_steps": warmups[index],
+                "minutes": round(timings[f"unet {run_dir.name}"] / 60, 1),
+                **unet_losses(run_dir),
+            }
+        )
+    return {
+        "command": "python scripts/pretrain_world_model.py " + " ".join(sys.argv[1:]),
+        "minutes": round(sum(timings.values()) / 60, 1),
+        "phases": phases,
     }
 
 
@@ -327,6 +390,42 @@ def evaluate_model(out: Path, work: Path, args) -> dict:
         )
         print(f"evaluation {name}: {results[name]}", flush=True)
     results["held_out_pairs"] = sorted(" ".join(p) for p in split.held_out)
+    results["denoising"] = denoising_check(pipeline, work / "data", args)
+    print(f"denoising: {results['denoising']}", flush=True)
+    return results
+
+
+DENOISING_STRENGTHS = (0.1, 0.3, 0.5, 0.7, 0.9)
+DENOISING_IMAGES = 32
+
+
+def denoising_check(pipeline, data_root: Path, args) -> dict[str, dict]:
+    """Shape accuracy when the model denoises training images noised part way (img2img at
+    each strength, with their own captions). It tells a denoiser that cannot keep a shape
+    it is shown apart from one that draws shapes but does not take them from the prompt."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    from edlib.sample.samplers import make_scheduler
+
+    img2img = StableDiffusionImg2ImgPipeline(**pipeline.components, requires_safety_checker=False)
+    img2img.scheduler = make_scheduler("DDIM", pipeline.scheduler.config)
+    img2img.set_progress_bar_config(disable=True)
+    paths = sorted((data_root / DATA_FOLDER).glob("*.png"))[-DENOISING_IMAGES:]
+    images = [Image.open(path).convert("RGB") for path in paths]
+    captions = [path.with_suffix(".txt").read_text(encoding="utf-8").strip() for path in paths]
+    results = {"images": score(images, captions, shapes=SHAPES)}
+    for strength in DENOISING_STRENGTHS:
+        generators = [torch.Generator().manual_seed(args.seed + i) for i in range(len(images))]
+        with torch.no_grad():
+            out = img2img(
+                captions,
+                image=images,
+                strength=strength,
+                num_inference_steps=args.eval_steps,
+                guidance_scale=4.0,
+                generator=generators,
+            ).images
+        results[str(strength)] = score(out, captions, shapes=SHAPES)
     return results
 
 
@@ -334,7 +433,9 @@ def model_size_mb(out: Path) -> float:
     return round(sum(p.stat().st_size for p in out.rglob("*.safetensors")) / 2**20, 2)
 
 
-def write_card(out: Path, args, vae: dict, schedules: dict, unet: list[dict], evaluation: dict, timings: dict) -> None:
+def write_card(out: Path, args, vae: dict, schedules: dict, runs: list[dict], evaluation: dict, timings: dict) -> None:
+    """The model card; `runs` are the records of every invocation that trained the weights,
+    this one last (see `this_run`)."""
     def pct(value) -> str:
         return "n/a" if value is None else f"{100 * value:.0f}%"
 
@@ -342,16 +443,36 @@ def write_card(out: Path, args, vae: dict, schedules: dict, unet: list[dict], ev
         return f"| {name} | {result['n']} | {pct(result['colour'])} | {pct(result['shape'])} | {pct(result['both'])} | {pct(result['background'])} |"
 
     total_min = sum(timings.values()) / 60
-    phases = "\n".join(
-        f"   - phase {i + 1}: {p['steps']} steps, cosine LR schedule"
-        + (" (200 warm-up steps)" if i == 0 else " restarted (50 warm-up steps) from phase 1's weights (`init_from`)")
-        + f"; loss (v MSE) from {p['first_100_mean_loss']} (mean of its first 100 steps) to "
-        f"{p['last_100_mean_loss']} (mean of its last 100)."
-        for i, p in enumerate(unet)
+    phases = [(number + 1, phase) for number, phase in enumerate(p for run in runs for p in run["phases"])]
+    phase_lines = "\n".join(
+        f"   - phase {n}: {p['steps']} steps from {p['start']}, batch {p['batch']}, AdamW lr {p['lr']}, "
+        f"{p['schedule']} LR schedule ({p['warmup_steps']} warm-up steps), {p['minutes']} min; loss (v MSE) from "
+        f"{p['first_100_mean_loss']} (mean of its first 100 steps) to {p['last_100_mean_loss']} (mean of its last 100)."
+        for n, p in phases
+    )
+    commands = "\n".join(
+        f"- `{run['command']}` ({run['minutes']} min{'' if len(runs) == 1 else ', run ' + str(i + 1)})"
+        for i, run in enumerate(runs)
+    )
+    earlier_min = sum(run["minutes"] for run in runs[:-1])
+    denoising = evaluation["denoising"]
+    strengths = [str(strength) for strength in DENOISING_STRENGTHS]
+    # Noised half way the image still fixes its shape; a denoiser that loses it there
+    # cannot draw shapes from pure noise, whatever the prompt says.
+    denoising_verdict = (
+        "Noised half way (strength 0.5) most shapes are already lost: what limits the shape is the "
+        "denoiser itself, not how the prompt reaches it."
+        if denoising["0.5"]["shape"] < 0.5 * denoising["images"]["shape"]
+        else ""
     )
     vae_check = vae["check_on_reconstructions"]
     vae_stage = (
-        f"VAE reused, not retrained, from `{vae['reused_from']}` (`--vae-from`); its latent scale measured again."
+        (
+            "VAE reused, not retrained, from the model this run continues (`--continue-from`)"
+            if args.continue_from
+            else f"VAE reused, not retrained, from `{vae['reused_from']}` (`--vae-from`)"
+        )
+        + "; its latent scale measured again."
         if vae.get("reused_from")
         else "VAE alone, plain PyTorch loop in the script (edlib's engine trains UNets and text encoders, not "
         f"VAEs): {vae['steps']} steps, batch {vae['batch']} of random {vae['crop']}x{vae['crop']} crops, AdamW lr "
@@ -365,7 +486,7 @@ def write_card(out: Path, args, vae: dict, schedules: dict, unet: list[dict], ev
     verdict = (
         f"On held-out pairs it draws the asked {' and '.join(above) or 'nothing'} clearly above chance (at least "
         "twice the chance rate)"
-        + (f"; the asked {' and '.join(below)} not yet (near chance): more steps are needed for that." if below else ".")
+        + (f"; the asked {' and '.join(below)} not yet (near chance)." if below else ".")
         + " Its images are blurry small-model images of the world; the check is built to read them."
     )
     card = f"""# edlib world model
@@ -378,8 +499,9 @@ It lets the demo, notebooks and tests run the whole edlib flow (scan, train, sam
 on a CPU with no download. Load it with `edlib.world.model.bundled_model_path()`.
 
 Rebuild with `python scripts/pretrain_world_model.py --work /tmp/worldmodel` (all numbers
-below were written by that script). These weights were built by
-`python scripts/pretrain_world_model.py {' '.join(sys.argv[1:])}`.
+below were written by that script). These weights were built by, in order:
+
+{commands}
 
 ## Architecture
 
@@ -413,12 +535,12 @@ x {len(SIZES)} sizes x {len(POSITIONS)} positions x {len(COLOURS) - 1} backgroun
    Reconstruction error on {vae["test_images"]} unseen images: {vae['test_mae_0_255']} (mean absolute, 0-255 scale); the automatic
    check reads colour {pct(vae_check['colour'])} and shape {pct(vae_check['shape'])} of the reconstructions right.
 2. UNet and text encoder with the VAE frozen, through edlib's own engine (`edlib.train.train`,
-   method `full`, v prediction, zero terminal SNR), batch {args.batch}, AdamW lr {args.lr} for both,
-   caption dropout 0.1, latents cached.
-{phases}
+   method `full`, v prediction, zero terminal SNR), the same learning rate for both,
+   caption dropout 0.1, latents cached; each phase a fresh optimizer and LR schedule.
+{phase_lines}
 
-Wall time: {total_min:.0f} minutes in all ({', '.join(f'{k} {v / 60:.1f} min' for k, v in timings.items())})
-on {platform.machine()} CPU, {torch.get_num_threads()} torch thread(s) on a 2-core machine shared with other work, no GPU.
+Wall time: {total_min:.0f} minutes for the last run ({', '.join(f'{k} {v / 60:.1f} min' for k, v in timings.items())})
+{f"plus {earlier_min:.0f} minutes of the runs before it " if earlier_min else ""}on {platform.machine()} CPU, {torch.get_num_threads()} torch thread(s) on a 2-core machine shared with other work, no GPU.
 
 ## What it can draw
 
@@ -433,6 +555,16 @@ judged among the {len(SHAPES)} base shapes (chance: colour 1/{len(COLOURS)}, sha
 
 The held-out row is the honest one: the model never saw those colours on those shapes.
 {verdict}
+
+How much of a shape the model keeps when it is shown one: its own training images, noised
+part way and denoised with their captions (img2img, DDIM, {args.eval_steps} steps, guidance 4.0, {denoising['images']['n']} images
+whose shape the check reads in {pct(denoising['images']['shape'])}), keep the shape the check reads in:
+
+| strength | {' | '.join(strengths)} |
+| --- | {' | '.join('---' for _ in strengths)} |
+| shape kept | {' | '.join(pct(denoising[k]['shape']) for k in strengths)} |
+
+{denoising_verdict}
 """
     (out / "README.md").write_text(card, encoding="utf-8")
 
@@ -446,10 +578,15 @@ def main() -> None:
     timings_path = work / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
 
+    runs = earlier_runs(args.continue_from)  # read first: a missing record fails before training
     with timed(timings, "data", work):
         data_root = make_data(work, args.images, args.seed)
     base = work / "base"
-    if not (base / "model_index.json").is_file():
+    if args.continue_from is not None:
+        args.vae_from = args.vae_from or args.continue_from
+        if not (base / "model_index.json").is_file():
+            shutil.copytree(args.continue_from, base, ignore=shutil.ignore_patterns("README.md", HISTORY))
+    elif not (base / "model_index.json").is_file():
         build_world_pipeline(base, seed=args.seed)
     with timed(timings, "vae", work):
         vae = train_vae(base, data_root, args, work / "vae_metrics.json")
@@ -457,14 +594,15 @@ def main() -> None:
     schedules = schedule_check(base)
     print(f"colour separation in x_T: {schedules}", flush=True)
     run_dirs = train_unet(base, data_root, work, args, timings)
-    unet = [unet_losses(run_dir) for run_dir in run_dirs]
-    print(f"unet: {unet}", flush=True)
+    print(f"unet: {[unet_losses(run_dir) for run_dir in run_dirs]}", flush=True)
     with timed(timings, "export", work, redone=True):
         export_model(run_dirs[-1], base, work, args.out)
     with timed(timings, "evaluate", work, redone=True):
         evaluation = evaluate_model(args.out, work, args)
     (work / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
-    write_card(args.out, args, vae, schedules, unet, evaluation, timings)
+    runs.append(this_run(args, run_dirs, timings))
+    write_card(args.out, args, vae, schedules, runs, evaluation, timings)
+    (args.out / HISTORY).write_text(json.dumps({"runs": runs}, indent=2) + "\n")
     print(f"model and card written to {args.out}", flush=True)
 
 
