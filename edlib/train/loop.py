@@ -43,8 +43,8 @@ from edlib.data.schedule import realise_epoch, write_schedule
 from edlib.data.types import DataRootError, ScanResult
 from edlib.train import checkpoint as ckpt
 from edlib.train.batches import BatchEncoder, LocalBatch, batch_loss_scale, local_batch, sample_generators
-from edlib.train.ema import make_ema
 from edlib.train.config import RESUME_IMMUTABLE_KEYS, ConfigError, TrainConfig, diff_configs
+from edlib.train.ema import make_ema
 from edlib.train.lr import make_lr_scheduler
 from edlib.train.methods import Method, make_method
 from edlib.train.models import enable_gradient_checkpointing, load_models, predict
