@@ -19,10 +19,10 @@ These are orientation figures, not promises:
   fp32 weights and gradients, bf16 with `full_bf16`, whose fp32-state optimizers then keep
   bf16 state too), + frozen weights on the GPU (a VAE or text encoder whose outputs are all
   cached waits in CPU memory, see edlib.train.offload), + activations per image x batch size
-  (scaled by pixel count), + 1 GiB for the CUDA context and allocator slack. The activation constants are fitted to the peak
-  memory of the same H100 rows, so at the measured settings the estimate reproduces them;
-  elsewhere expect +-30%. Real peaks also depend on attention kernels, caption length and
-  fragmentation.
+  (scaled by pixel count), + 1 GiB for the CUDA context and allocator slack. The activation
+  constants are fitted to the peak memory of the same H100 rows, so at the measured settings
+  the estimate reproduces them; elsewhere expect +-30%. Real peaks also depend on attention
+  kernels, caption length and fragmentation.
 """
 
 from __future__ import annotations

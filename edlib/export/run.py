@@ -20,8 +20,7 @@ from edlib.train.methods import Method
 from edlib.train.models import Models
 from edlib.train.trained import load_trained
 
-FORMATS_BY_METHOD = EXPORT_FORMATS
-FORMATS = tuple(f for formats in FORMATS_BY_METHOD.values() for f in formats)
+FORMATS = tuple(f for formats in EXPORT_FORMATS.values() for f in formats)
 
 
 def export_run(
@@ -67,8 +66,8 @@ def export_models(
     ending a run needs no second copy of the model in memory. `where` names the source in
     errors."""
     _check_format(format)
-    if format not in FORMATS_BY_METHOD[config.method]:
-        allowed = " or ".join(FORMATS_BY_METHOD[config.method])
+    if format not in EXPORT_FORMATS[config.method]:
+        allowed = " or ".join(EXPORT_FORMATS[config.method])
         raise ValueError(f"{where}: a {config.method!r} run exports as {allowed}, not {format!r}")
     name = f"{run_name}-step{step:06d}"
     metadata = {

@@ -5,8 +5,9 @@ every N epochs, every N minutes, at the end of the run, and when asked (``contro
 Images come from the live training modules (EMA weights swapped in when the run keeps one),
 assembled into a pipeline for the event and dropped afterwards, so sampling loads nothing and
 keeps no second reference to any module. Encoders the run keeps in CPU memory (see
-`edlib.train.offload`) are on the training device for the event and back after it. `sample_images` leaves training as it was (modes,
-weights, every global RNG stream), so a run with samples trains exactly as one without.
+`edlib.train.offload`) are on the training device for the event and back after it.
+`sample_images` leaves training as it was (modes, weights, every global RNG stream), so a run
+with samples trains exactly as one without.
 
 Only the main process samples; the others wait at a barrier, so all processes leave the event
 together. Each event writes ``samples/step-NNNNNN/`` (one PNG per prompt and ``grid.png``) and

@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 
 from edlib.data.scan import scan
-from edlib.export.run import FORMATS_BY_METHOD, export_run
+from edlib.export.run import export_run
 from edlib.sample import SAMPLER_NAMES, PromptSpec, run_checkpoints, sample_grid
-from edlib.train.config import TrainConfig
+from edlib.train.config import EXPORT_FORMATS, TrainConfig
 from edlib.train.run_dir import RunDir
 from edlib.widgets.common import error_text, ok_text
 
@@ -121,7 +121,7 @@ class SamplingPanel:
         self.grid_status = widgets.HTML()
 
         self.export_checkpoint = widgets.Dropdown(description="checkpoint")
-        self.export_format = widgets.Dropdown(options=list(FORMATS_BY_METHOD[self.config.method]), description="format")
+        self.export_format = widgets.Dropdown(options=list(EXPORT_FORMATS[self.config.method]), description="format")
         # Labelled by a Label beside it: a ToggleButtons' own description wraps above its buttons.
         self.export_dtype = widgets.ToggleButtons(options=["fp16", "fp32"], value="fp16", layout={"width": "auto"})
         self.export_dtype.style.button_width = "60px"
