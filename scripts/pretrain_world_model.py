@@ -76,7 +76,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="working folder (data, runs, evaluation)")
     parser.add_argument("--out", type=Path, default=REPO / "edlib" / "world" / "pretrained", help="where the model goes")
-    parser.add_argument("--images", type=int, default=6000, help="training images to generate")
+    parser.add_argument("--images", type=int, default=12000, help="training images to generate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vae-steps", type=int, default=1500)
     parser.add_argument(
@@ -97,12 +97,15 @@ def parse_args() -> argparse.Namespace:
         "its weights (VAE reused, UNet and text encoder trained further with a fresh optimizer and LR "
         "schedule) and the card lists its phases before the new ones",
     )
-    parser.add_argument("--steps", type=int, default=1000, help="UNet/text encoder optimizer steps")
+    parser.add_argument("--steps", type=int, default=9000, help="UNet/text encoder optimizer steps")
     parser.add_argument("--warmup", type=int, default=200, help="LR warm-up steps of the first phase")
     parser.add_argument(
         "--extra-steps", type=int, default=0, help="steps of a second phase (a warm restart of the LR schedule)"
     )
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument(
+        "--ema-decay", type=float, default=0.999, help="EMA of the weights, which is what gets exported; 0: none"
+    )
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--eval-captions", type=int, default=64, help="captions per evaluation set")
     parser.add_argument("--eval-steps", type=int, default=20, help="sampler steps in evaluation")
@@ -248,6 +251,8 @@ def train_phase(base: Path, data_root: Path, run_dir: Path, args, *, steps: int,
             "save_every_n_minutes": None,
             "keep_last_n_checkpoints": 2,
             "log_every_n_steps": 50,
+            "ema_decay": args.ema_decay or None,
+            "export_formats": [],  # export_model writes the fp16 diffusers folder itself
         }
     )
     checkpoints = run_dir / "checkpoints"
@@ -301,16 +306,24 @@ def unet_losses(run_dir: Path) -> dict:
     }
 
 
-def earlier_runs(continue_from: Path | None) -> list[dict]:
-    """The runs recorded in --continue-from's pretraining.json (none when starting afresh)."""
+def earlier_runs(continue_from: Path | None, work: Path) -> list[dict]:
+    """The runs recorded in --continue-from's pretraining.json (none when starting afresh).
+
+    Read once and kept in `work`: a rerun of the same command (to finish an interrupted
+    run, or to evaluate again) whose --out is its --continue-from would otherwise read
+    the record it wrote itself and list its own run twice."""
     if continue_from is None:
         return []
+    snapshot = work / f"continued_{HISTORY}"
+    if snapshot.is_file():
+        return json.loads(snapshot.read_text())["runs"]
     path = continue_from / HISTORY
     if not path.is_file():
         raise FileNotFoundError(
             f"--continue-from {continue_from}: {HISTORY} missing; it records the phases that made the weights, "
             "so the new model card can tell them (this script writes it beside every model card)"
         )
+    shutil.copy2(path, snapshot)
     return json.loads(path.read_text())["runs"]
 
 
@@ -390,42 +403,6 @@ def evaluate_model(out: Path, work: Path, args) -> dict:
         )
         print(f"evaluation {name}: {results[name]}", flush=True)
     results["held_out_pairs"] = sorted(" ".join(p) for p in split.held_out)
-    results["denoising"] = denoising_check(pipeline, work / "data", args)
-    print(f"denoising: {results['denoising']}", flush=True)
-    return results
-
-
-DENOISING_STRENGTHS = (0.1, 0.3, 0.5, 0.7, 0.9)
-DENOISING_IMAGES = 32
-
-
-def denoising_check(pipeline, data_root: Path, args) -> dict[str, dict]:
-    """Shape accuracy when the model denoises training images noised part way (img2img at
-    each strength, with their own captions). It tells a denoiser that cannot keep a shape
-    it is shown apart from one that draws shapes but does not take them from the prompt."""
-    from diffusers import StableDiffusionImg2ImgPipeline
-
-    from edlib.sample.samplers import make_scheduler
-
-    img2img = StableDiffusionImg2ImgPipeline(**pipeline.components, requires_safety_checker=False)
-    img2img.scheduler = make_scheduler("DDIM", pipeline.scheduler.config)
-    img2img.set_progress_bar_config(disable=True)
-    paths = sorted((data_root / DATA_FOLDER).glob("*.png"))[-DENOISING_IMAGES:]
-    images = [Image.open(path).convert("RGB") for path in paths]
-    captions = [path.with_suffix(".txt").read_text(encoding="utf-8").strip() for path in paths]
-    results = {"images": score(images, captions, shapes=SHAPES)}
-    for strength in DENOISING_STRENGTHS:
-        generators = [torch.Generator().manual_seed(args.seed + i) for i in range(len(images))]
-        with torch.no_grad():
-            out = img2img(
-                captions,
-                image=images,
-                strength=strength,
-                num_inference_steps=args.eval_steps,
-                guidance_scale=4.0,
-                generator=generators,
-            ).images
-        results[str(strength)] = score(out, captions, shapes=SHAPES)
     return results
 
 
@@ -455,17 +432,21 @@ def write_card(out: Path, args, vae: dict, schedules: dict, runs: list[dict], ev
         for i, run in enumerate(runs)
     )
     earlier_min = sum(run["minutes"] for run in runs[:-1])
-    denoising = evaluation["denoising"]
-    strengths = [str(strength) for strength in DENOISING_STRENGTHS]
-    # Noised half way the image still fixes its shape; a denoiser that loses it there
-    # cannot draw shapes from pure noise, whatever the prompt says.
-    denoising_verdict = (
-        "Noised half way (strength 0.5) most shapes are already lost: what limits the shape is the "
-        "denoiser itself, not how the prompt reaches it."
-        if denoising["0.5"]["shape"] < 0.5 * denoising["images"]["shape"]
-        else ""
-    )
     vae_check = vae["check_on_reconstructions"]
+    attending = [kind.startswith("CrossAttn") for kind in UNET_CONFIG["down_block_types"]]
+    cross_attention_levels = (
+        "every level"
+        if all(attending)
+        else ", ".join(f"{RESOLUTION // 4 >> level}x{RESOLUTION // 4 >> level}" for level, on in enumerate(attending) if on)
+    )
+    from diffusers import UNet2DConditionModel
+
+    unet_params = sum(p.numel() for p in UNet2DConditionModel(**UNET_CONFIG).parameters())
+    ema = (
+        f"an EMA of the weights (decay {args.ema_decay}; the EMA weights are the ones exported)"
+        if args.ema_decay
+        else "no EMA"
+    )
     vae_stage = (
         (
             "VAE reused, not retrained, from the model this run continues (`--continue-from`)"
@@ -508,7 +489,8 @@ below were written by that script). These weights were built by, in order:
 - VAE: `AutoencoderKL`, blocks {list(VAE_CONFIG['block_out_channels'])}, 4x downsampling, 4 latent channels
   ({RESOLUTION // 4}x{RESOLUTION // 4}x4 latents), scaling factor {vae['scaling_factor']} (1 / latent std).
 - UNet: blocks {list(UNET_CONFIG['block_out_channels'])}, {UNET_CONFIG['layers_per_block']} layer per block,
-  cross-attention at the two upper levels, cross-attention dim {UNET_CONFIG['cross_attention_dim']}.
+  cross-attention at {cross_attention_levels}, cross-attention dim {UNET_CONFIG['cross_attention_dim']};
+  {unet_params / 1e6:.1f}M parameters.
 - Text encoder: CLIP, {TEXT_ENCODER_CONFIG['num_hidden_layers']} layers, width {TEXT_ENCODER_CONFIG['hidden_size']};
   its BPE vocabulary (`edlib.train.tiny.build_tiny_tokenizer`) gives every word of the world
   and the novel shape names (zorblat, blicket, ...) one token. Pretraining never shows a
@@ -536,7 +518,7 @@ x {len(SIZES)} sizes x {len(POSITIONS)} positions x {len(COLOURS) - 1} backgroun
    check reads colour {pct(vae_check['colour'])} and shape {pct(vae_check['shape'])} of the reconstructions right.
 2. UNet and text encoder with the VAE frozen, through edlib's own engine (`edlib.train.train`,
    method `full`, v prediction, zero terminal SNR), the same learning rate for both,
-   caption dropout 0.1, latents cached; each phase a fresh optimizer and LR schedule.
+   caption dropout 0.1, latents cached, {ema}; each phase a fresh optimizer and LR schedule.
 {phase_lines}
 
 Wall time: {total_min:.0f} minutes for the last run ({', '.join(f'{k} {v / 60:.1f} min' for k, v in timings.items())})
@@ -555,16 +537,6 @@ judged among the {len(SHAPES)} base shapes (chance: colour 1/{len(COLOURS)}, sha
 
 The held-out row is the honest one: the model never saw those colours on those shapes.
 {verdict}
-
-How much of a shape the model keeps when it is shown one: its own training images, noised
-part way and denoised with their captions (img2img, DDIM, {args.eval_steps} steps, guidance 4.0, {denoising['images']['n']} images
-whose shape the check reads in {pct(denoising['images']['shape'])}), keep the shape the check reads in:
-
-| strength | {' | '.join(strengths)} |
-| --- | {' | '.join('---' for _ in strengths)} |
-| shape kept | {' | '.join(pct(denoising[k]['shape']) for k in strengths)} |
-
-{denoising_verdict}
 """
     (out / "README.md").write_text(card, encoding="utf-8")
 
@@ -577,8 +549,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     timings_path = work / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    runs = earlier_runs(args.continue_from, work)  # read first: a missing record fails before training
 
-    runs = earlier_runs(args.continue_from)  # read first: a missing record fails before training
     with timed(timings, "data", work):
         data_root = make_data(work, args.images, args.seed)
     base = work / "base"
