@@ -1,6 +1,6 @@
 """The preservation lab: does mixing real world images into a fine-tune stop forgetting?
 
-    python scripts/preservation_lab.py --out /tmp/lab            # about 10-15 minutes on a CPU
+    python scripts/preservation_lab.py --out /tmp/lab            # about 9 minutes on a 2-core CPU
     python scripts/preservation_lab.py --out /tmp/lab --quick    # a minute: the flow, not the numbers
 
 Runs `edlib demo`'s fine-tune of the bundled world model (new shape "zorblat", 40 images;

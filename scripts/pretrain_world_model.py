@@ -464,11 +464,14 @@ def write_card(out: Path, args, vae: dict, schedules: dict, runs: list[dict], ev
     chance = {"colour": 1 / len(COLOURS), "background": 1 / (len(COLOURS) - 1), "shape": 1 / len(SHAPES)}
     above = [name for name, rate in chance.items() if held[name] >= 2 * rate]
     below = [name for name in chance if name not in above]
+    def listing(names: list[str]) -> str:
+        return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names) or "nothing"
+
     verdict = (
-        f"On held-out pairs it draws the asked {' and '.join(above) or 'nothing'} clearly above chance (at least "
+        f"On held-out pairs it draws the asked {listing(above)} clearly above chance (at least "
         "twice the chance rate)"
-        + (f"; the asked {' and '.join(below)} not yet (near chance)." if below else ".")
-        + " Its images are blurry small-model images of the world; the check is built to read them."
+        + (f"; the asked {listing(below)} not yet (near chance)." if below else ".")
+        + " Its edges are softer than the renders'; the check is built to read them."
     )
     card = f"""# edlib world model
 
