@@ -464,6 +464,7 @@ def write_card(out: Path, args, vae: dict, schedules: dict, runs: list[dict], ev
     chance = {"colour": 1 / len(COLOURS), "background": 1 / (len(COLOURS) - 1), "shape": 1 / len(SHAPES)}
     above = [name for name, rate in chance.items() if held[name] >= 2 * rate]
     below = [name for name in chance if name not in above]
+
     def listing(names: list[str]) -> str:
         return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names) or "nothing"
 
