@@ -25,6 +25,7 @@ from edlib.data.preview import format_preview, preview
 from edlib.data.scan import format_report, scan
 from edlib.data.schedule import write_schedule
 from edlib.world import caption, sample_scene, score, write_data_root
+from edlib.world.model import SAMPLE_STEPS
 from edlib.world.render import ALL_SHAPES, SHAPES
 
 log = logging.getLogger("edlib.demo")
@@ -46,7 +47,6 @@ RESOLUTION = 64
 BATCH_SIZE = 8
 LEARNING_RATE = 3e-4
 # Sampling settings for the before/after images (the model card's evaluation uses the same).
-SAMPLE_STEPS = 20
 SAMPLE_CFG = 4.0
 SAMPLER = "DPM++ 2M"
 

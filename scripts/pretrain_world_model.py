@@ -59,6 +59,7 @@ from edlib.world import (
 )
 from edlib.world.model import (
     RESOLUTION,
+    SAMPLE_STEPS,
     TEXT_ENCODER_CONFIG,
     UNET_CONFIG,
     VAE_CONFIG,
@@ -108,7 +109,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--eval-captions", type=int, default=64, help="captions per evaluation set")
-    parser.add_argument("--eval-steps", type=int, default=20, help="sampler steps in evaluation")
+    parser.add_argument("--eval-steps", type=int, default=SAMPLE_STEPS, help="sampler steps in evaluation")
     parser.add_argument(
         "--threads", type=int, default=None, help="CPU threads for torch (default: torch's); 1 on a shared machine"
     )
@@ -410,6 +411,14 @@ def model_size_mb(out: Path) -> float:
     return round(sum(p.stat().st_size for p in out.rglob("*.safetensors")) / 2**20, 2)
 
 
+def parameter_count(weights: Path) -> int:
+    """Parameters in a safetensors file, read from its header (no tensor is loaded)."""
+    from safetensors import safe_open
+
+    with safe_open(weights, framework="pt") as file:
+        return sum(math.prod(file.get_slice(name).get_shape()) for name in file.keys())
+
+
 def write_card(out: Path, args, vae: dict, schedules: dict, runs: list[dict], evaluation: dict, timings: dict) -> None:
     """The model card; `runs` are the records of every invocation that trained the weights,
     this one last (see `this_run`)."""
@@ -439,9 +448,7 @@ def write_card(out: Path, args, vae: dict, schedules: dict, runs: list[dict], ev
         if all(attending)
         else ", ".join(f"{RESOLUTION // 4 >> level}x{RESOLUTION // 4 >> level}" for level, on in enumerate(attending) if on)
     )
-    from diffusers import UNet2DConditionModel
-
-    unet_params = sum(p.numel() for p in UNet2DConditionModel(**UNET_CONFIG).parameters())
+    unet_params = parameter_count(out / "unet" / "diffusion_pytorch_model.safetensors")
     ema = (
         f"an EMA of the weights (decay {args.ema_decay}; the EMA weights are the ones exported)"
         if args.ema_decay

@@ -24,6 +24,9 @@ from edlib.train.tiny import build_tiny_tokenizer
 from edlib.world.grammar import vocabulary
 
 RESOLUTION = 64
+# DPM++ 2M steps to sample it with: its model card and the demo measure with 20; below
+# about 12 its colours slip (tests/world/test_model.py has the numbers).
+SAMPLE_STEPS = 20
 
 VAE_CONFIG = {
     "in_channels": 3,
