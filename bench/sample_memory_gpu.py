@@ -28,9 +28,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_gpu  # noqa: E402 - the same model builders, data root and presets
 
-from edlib.train.config import TrainConfig  # noqa: E402
-from edlib.train.loop import Plugin, train  # noqa: E402
-from edlib.train.tiny import build_tiny_pipeline  # noqa: E402
+from edlib.model.config import TrainConfig  # noqa: E402
+from edlib.model.tiny import build_tiny_pipeline  # noqa: E402
+from edlib.train.hooks import Plugin  # noqa: E402
+from edlib.train.loop import train  # noqa: E402
 
 BATCH = {"sd15": 8, "sdxl": 4}
 

@@ -4,7 +4,7 @@
     python bench/train_gpu.py --model sdxl        # on an H100: SDXL base 1.0 architecture, 1024 px
     python bench/train_gpu.py --tiny [--model sdxl]   # smoke check anywhere (CPU, tiny model, 64 px)
 
-Builds the published architectures (edlib.train.architectures) with random weights (nothing
+Builds the published architectures (edlib.model.architectures) with random weights (nothing
 is downloaded, and speed does not depend on weight values), then times in one run:
 
 - reference: a step written the way diffusers' examples/text_to_image/train_text_to_image.py
@@ -47,11 +47,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from edlib.model.config import TrainConfig  # noqa: E402
+from edlib.model.models import load_models  # noqa: E402
+from edlib.model.tiny import build_tiny_pipeline, build_tiny_tokenizer  # noqa: E402
 from edlib.train import architectures as arch  # noqa: E402
-from edlib.train.config import TrainConfig  # noqa: E402
 from edlib.train.loop import train  # noqa: E402
-from edlib.train.models import load_models  # noqa: E402
-from edlib.train.tiny import build_tiny_pipeline, build_tiny_tokenizer  # noqa: E402
 
 MODELS = ("sd15", "sdxl")
 # Defaults per model: resolution, and the cases in the order they run (the compiled one last:

@@ -29,6 +29,7 @@ def _cmd_preview(args) -> int:
     from edlib.data.preview import format_preview, preview
     from edlib.data.scan import scan
     from edlib.data.schedule import write_schedule
+    from edlib.model.lr import with_lr_curve
 
     result = scan(args.data_root)
     if result.errors:
@@ -41,11 +42,9 @@ def _cmd_preview(args) -> int:
         seed=args.seed,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         max_steps=args.max_steps,
-        lr=args.lr,
-        lr_scheduler=args.lr_scheduler,
-        lr_warmup_steps=args.lr_warmup_steps,
         validation_fraction=args.validation_fraction,
     )
+    p = with_lr_curve(p, args.lr_scheduler, args.lr, warmup_steps=args.lr_warmup_steps)
     if args.write_schedule:
         for epoch in range(args.epochs):
             write_schedule(p.realise(epoch), p.planner.scan, args.write_schedule)  # the training images
@@ -114,7 +113,7 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_review(args) -> int:
-    from edlib.review import format_review, quarantine, restore, review, review_folders, run_data_root
+    from edlib.train.review import format_review, quarantine, restore, review, review_folders, run_data_root
 
     if args.quarantine:
         manifest = quarantine(run_data_root(args.run), args.quarantine, run_dir=args.run, reason="edlib review")
@@ -248,6 +247,6 @@ def main(argv: list[str] | None = None) -> int:
 def _is_user_error(e: Exception) -> bool:
     if isinstance(e, (ValueError, FileNotFoundError, FileExistsError)):
         return True
-    if "edlib.train.loop" in sys.modules:
-        return isinstance(e, sys.modules["edlib.train.loop"].TrainingError)
+    if "edlib.train.progress" in sys.modules:
+        return isinstance(e, sys.modules["edlib.train.progress"].TrainingError)
     return False

@@ -403,8 +403,8 @@ def default_base_model(folder: str | Path) -> Path:
     """The offline base model: edlib's bundled world model when this install has it, else a
     tiny Stable Diffusion model (random weights) written once to `folder/tiny-sd`. Both load
     through the same code path as a hub id or a downloaded model."""
-    from edlib.train.tiny import build_tiny_pipeline
-    from edlib.world.model import bundled_model_path
+    from edlib.model.tiny import build_tiny_pipeline
+    from edlib.model.world import bundled_model_path
 
     try:
         return bundled_model_path()

@@ -7,7 +7,7 @@ Runs `edlib demo`'s fine-tune of the bundled world model (new shape "zorblat", 4
 stars, 10 images) once with no preservation folder and once per --fractions value (the
 multiplier on 200 ordinary world images), scores each with the automatic check on the same
 prompts and seeds, and writes lab.md (the table), lab.json and lab.html (a plotly chart)
-into --out. The logic lives in edlib.world.lab.
+into --out. The logic lives in edlib.demo.lab.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from edlib.world.lab import DEFAULT_FRACTIONS, format_table, run_lab, write_chart
+from edlib.demo.lab import DEFAULT_FRACTIONS, format_table, run_lab, write_chart
 
 
 def main() -> None:

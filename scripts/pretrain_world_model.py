@@ -8,7 +8,7 @@ the same command and continues; the UNet stage resumes from its newest checkpoin
 1. data:     toy-world images with captions (`write_data_root`), the held-out (colour,
              shape) pairs of `caption_split` excluded, so evaluation on them measures
              composition, not memory. Novel shapes (zorblat, ...) are never drawn.
-2. base:     the untrained architecture (`edlib.world.model.build_world_pipeline`).
+2. base:     the untrained architecture (`edlib.model.world.build_world_pipeline`).
 3. vae:      the AutoencoderKL, trained alone by a short plain-PyTorch loop here (edlib's
              engine trains UNets and text encoders, not VAEs) with an L1 reconstruction
              loss and a small KL term; its latent scaling factor is set to 1 / latent std.
@@ -16,7 +16,7 @@ the same command and continues; the UNet stage resumes from its newest checkpoin
              with the VAE frozen and latents cached.
 5. export:   the run's last checkpoint as an fp16 diffusers folder into --out.
 6. evaluate: generate images for held-out and training captions, score them with the
-             automatic check (`edlib.world.evaluate`).
+             automatic check (`edlib.demo.evaluate`).
 7. card:     --out/README.md with architecture, data, steps, losses, timings, accuracy, and
              --out/pretraining.json, the record of every phase that made the weights.
 
@@ -26,12 +26,12 @@ starting point (a fresh optimizer and LR schedule), and its pretraining.json's p
 first in the card, so the card tells the whole history of the weights:
 
     python scripts/pretrain_world_model.py --work /tmp/wm --out /tmp/wm/out \
-        --continue-from edlib/world/pretrained --steps 3000 --warmup 100 --threads 1
+        --continue-from edlib/model/world_pretrained --steps 3000 --warmup 100 --threads 1
 
 The noise schedule is SD1.5's betas rescaled to zero terminal SNR, with v prediction
-(`edlib.world.model.SCHEDULER_CONFIG`): with SD1.5's own schedule the last timestep still
+(`edlib.model.world.SCHEDULER_CONFIG`): with SD1.5's own schedule the last timestep still
 shows a 16x16 latent's colours, and a model trained on it ignores its prompt (see
-`edlib.world.noise_check`; the card reports the numbers).
+`edlib.demo.noise_check`; the card reports the numbers).
 """
 
 from __future__ import annotations
@@ -49,6 +49,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from edlib.model.world import (
+    RESOLUTION,
+    SAMPLE_STEPS,
+    TEXT_ENCODER_CONFIG,
+    UNET_CONFIG,
+    VAE_CONFIG,
+    build_world_pipeline,
+)
 from edlib.world import (
     caption,
     caption_split,
@@ -56,14 +64,6 @@ from edlib.world import (
     sample_scene,
     score,
     write_data_root,
-)
-from edlib.world.model import (
-    RESOLUTION,
-    SAMPLE_STEPS,
-    TEXT_ENCODER_CONFIG,
-    UNET_CONFIG,
-    VAE_CONFIG,
-    build_world_pipeline,
 )
 from edlib.world.render import COLOURS, POSITIONS, SHAPES, SIZES
 
@@ -76,7 +76,7 @@ HISTORY = "pretraining.json"
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="working folder (data, runs, evaluation)")
-    parser.add_argument("--out", type=Path, default=REPO / "edlib" / "world" / "pretrained", help="where the model goes")
+    parser.add_argument("--out", type=Path, default=REPO / "edlib" / "model" / "world_pretrained", help="where the model goes")
     parser.add_argument("--images", type=int, default=12000, help="training images to generate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vae-steps", type=int, default=1500)
@@ -225,8 +225,8 @@ def train_phase(base: Path, data_root: Path, run_dir: Path, args, *, steps: int,
     """One phase of UNet + text encoder training through edlib's engine: a cosine LR
     schedule over `steps`. A later phase starts from the previous one's weights with a
     fresh schedule (`init_from`: a warm restart), the way a user extends a run."""
+    from edlib.model.config import TrainConfig
     from edlib.train import train
-    from edlib.train.config import TrainConfig
 
     steps_per_epoch = math.ceil(args.images / args.batch)
     config = TrainConfig.from_dict(
@@ -285,8 +285,8 @@ def schedule_check(base: Path) -> dict:
     schedule and under the world model's own, with the trained VAE."""
     from diffusers import DDPMScheduler
 
-    from edlib.train.models import load_models
-    from edlib.world.noise_check import colour_separation_at_last_timestep
+    from edlib.demo.noise_check import colour_separation_at_last_timestep
+    from edlib.model.models import load_models
 
     models = load_models(base)
     sd15 = DDPMScheduler.from_config(models.noise_scheduler.config, rescale_betas_zero_snr=False)
@@ -388,8 +388,8 @@ def training_captions(split, count: int, seed: int) -> list[str]:
 
 
 def evaluate_model(out: Path, work: Path, args) -> dict:
+    from edlib.demo.evaluate import evaluate
     from edlib.sample import load_pipeline
-    from edlib.world.evaluate import evaluate
 
     pipeline = load_pipeline(out, dtype=torch.float32)
     split = caption_split(seed=args.seed)
@@ -488,7 +488,7 @@ transformers `CLIPTextModel` + `CLIPTokenizer`; SD1.5's betas rescaled to zero t
 v prediction, DDIM as its scheduler) pretrained from scratch on edlib's toy world: coloured shapes on plain
 backgrounds at {RESOLUTION}x{RESOLUTION}, e.g. "a small red circle on the left on a blue background".
 It lets the demo, notebooks and tests run the whole edlib flow (scan, train, sample, export)
-on a CPU with no download. Load it with `edlib.world.model.bundled_model_path()`.
+on a CPU with no download. Load it with `edlib.model.world.bundled_model_path()`.
 
 Rebuild with `python scripts/pretrain_world_model.py --work /tmp/worldmodel` (all numbers
 below were written by that script). These weights were built by, in order:
@@ -503,15 +503,15 @@ below were written by that script). These weights were built by, in order:
   cross-attention at {cross_attention_levels}, cross-attention dim {UNET_CONFIG['cross_attention_dim']};
   {unet_params / 1e6:.1f}M parameters.
 - Text encoder: CLIP, {TEXT_ENCODER_CONFIG['num_hidden_layers']} layers, width {TEXT_ENCODER_CONFIG['hidden_size']};
-  its BPE vocabulary (`edlib.train.tiny.build_tiny_tokenizer`) gives every word of the world
+  its BPE vocabulary (`edlib.model.tiny.build_tiny_tokenizer`) gives every word of the world
   and the novel shape names (zorblat, blicket, ...) one token. Pretraining never shows a
   novel shape: a fine-tune teaches its word (that is what `edlib demo` does).
 - Noise schedule: SD1.5's scaled-linear betas (0.00085..0.012, 1000 steps) rescaled to zero
-  terminal SNR, v prediction, "trailing" timesteps (`edlib.world.model.SCHEDULER_CONFIG`).
+  terminal SNR, v prediction, "trailing" timesteps (`edlib.model.world.SCHEDULER_CONFIG`).
   Why: under SD1.5's own schedule the last training timestep keeps sqrt({schedules['sd15_alpha_bar_last']}) of the
   latents, and the mean of a 16x16 latent averages the noise down 16x, so plain colours stay
   {schedules['sd15']['median']} noise standard deviations apart in x_T (median over colour pairs, min {schedules['sd15']['min']};
-  `edlib.world.noise_check`). A model trained on it reads the background off the noise and
+  `edlib.demo.noise_check`). A model trained on it reads the background off the noise and
   ignores the prompt; at sampling x_T is pure noise and the seed picks the colour. Under
   this schedule the separation is {schedules['world_model']['median']}: the colour has to come from the text.
 - Weights: fp16 safetensors, {model_size_mb(out)} MB in all.

@@ -19,10 +19,27 @@ def pytest_configure(config):
 
 
 @pytest.fixture(scope="session")
+def tiny_sd1(tmp_path_factory):
+    """A tiny SD1-style (epsilon) diffusers folder, built once per test session from configs and
+    loaded through the same path a user's model takes; treat it as read-only."""
+    from edlib.model.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd1") / "model", variant="sd1")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd2v(tmp_path_factory):
+    """A tiny SD2-style (v-prediction) diffusers folder; treat it as read-only."""
+    from edlib.model.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd2v") / "model", variant="sd2-v")
+
+
+@pytest.fixture(scope="session")
 def tiny_sdxl(tmp_path_factory):
     """A tiny SDXL diffusers folder (two text encoders, micro-conditioning); read-only for
-    tests. Here rather than in one package: training, sampling and export tests all use it."""
-    from edlib.train.tiny import build_tiny_pipeline
+    tests. Here, like the SD1/SD2 ones, because model, training, sampling and export tests all use it."""
+    from edlib.model.tiny import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-sdxl") / "model", variant="sdxl")
 

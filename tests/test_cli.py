@@ -114,7 +114,7 @@ def test_demo_quick_runs_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_train_resume_and_sample_from_the_command_line(tmp_path):
-    from edlib.train.tiny import build_tiny_pipeline
+    from edlib.model.tiny import build_tiny_pipeline
     from tests.train.loop_support import make_data_root
 
     model = build_tiny_pipeline(tmp_path / "model")
@@ -155,7 +155,7 @@ def test_bad_config_key_is_named(tmp_path):
 
 
 def _train_tiny(tmp_path, name, extra: str) -> Path:
-    from edlib.train.tiny import build_tiny_pipeline
+    from edlib.model.tiny import build_tiny_pipeline
     from tests.train.loop_support import make_data_root
 
     model = tmp_path / "model"

@@ -10,10 +10,10 @@ from packaging.requirements import Requirement
 from edlib.environment import (
     TESTED_VERSIONS,
     check_environment,
+    check_gpu,
     check_install,
     check_loaded,
     check_pins,
-    check_gpu,
     check_python,
     check_versions,
     default_base_model,

@@ -3,7 +3,9 @@
 Per folder: images, multiplier, expected samples per epoch and share of the epoch. Per
 epoch: the exact number of batches and optimizer steps (fractional multipliers make them
 vary between epochs; the counts come from the same draws as the realised schedules). For
-the run: total steps, the learning-rate curve, bucket usage and fill, and warnings. Any
+the run: total steps, bucket usage and fill, and warnings. The learning-rate curve over
+those steps comes from the model layer (`edlib.model.lr.with_lr_curve`), which the CLI and
+the notebook panels call: this layer builds no optimizer. Any
 epoch can be realised exactly with `Preview.realise(epoch)`. With a validation fraction,
 the images held out for the validation loss are listed and everything else is counted
 from the images that remain for training, as the trainer does.
@@ -21,7 +23,6 @@ import numpy as np
 from edlib.data.holdout import describe_split, split_validation
 from edlib.data.schedule import EpochCounts, EpochPlanner, EpochSchedule
 from edlib.data.types import ScanResult
-from edlib.train.lr import lr_curve
 
 
 def optimizer_steps(batches: int, gradient_accumulation_steps: int) -> int:
@@ -68,11 +69,11 @@ class Preview:
     steps_per_epoch_all: list[int]
     total_steps: int  # over all epochs, capped by max_steps
     max_steps: int | None
-    lr_scheduler: str
-    lr: list[float]  # learning rate at each optimizer step
     buckets: list[BucketPreview]
     planner: EpochPlanner = field(repr=False)  # realises epochs with the previewed settings
     warnings: list[str] = field(default_factory=list)
+    lr_scheduler: str | None = None  # with `lr`: filled in by `edlib.model.lr.with_lr_curve`
+    lr: list[float] = field(default_factory=list, repr=False)  # learning rate at each optimizer step
     validation_fraction: float = 0.0
     validation: ScanResult | None = field(default=None, repr=False)  # the held-out images, if any
     validation_text: str = ""  # describe_split's per-folder account of the hold-out
@@ -118,12 +119,9 @@ class Preview:
             "fill_per_epoch": self.fill_per_epoch,
             "total_steps": self.total_steps,
             "max_steps": self.max_steps,
-            "lr": {
-                "scheduler": self.lr_scheduler,
-                "start": lr[0] if lr else None,
-                "peak": max(lr) if lr else None,
-                "end": lr[-1] if lr else None,
-            },
+            "lr": None
+            if not lr
+            else {"scheduler": self.lr_scheduler, "start": lr[0], "peak": max(lr), "end": lr[-1]},
             "buckets": [
                 {"size": f"{b.size[0]}x{b.size[1]}", "images": b.images, "samples": b.samples, "fill": b.fill}
                 for b in self.buckets
@@ -149,11 +147,6 @@ def preview(
     seed: int = 0,
     gradient_accumulation_steps: int = 1,
     max_steps: int | None = None,
-    lr: float = 1e-6,
-    lr_scheduler: str = "constant",
-    lr_warmup_steps: int = 0,
-    lr_num_cycles: int = 1,
-    lr_power: float = 1.0,
     validation_fraction: float = 0.0,
 ) -> Preview:
     """Plan a run over `scan` (see the module docstring); cheap enough for every keystroke
@@ -196,15 +189,6 @@ def preview(
         steps_per_epoch_all=steps,
         total_steps=total,
         max_steps=max_steps,
-        lr_scheduler=lr_scheduler,
-        lr=lr_curve(
-            lr_scheduler,
-            lr,
-            total_steps=total,
-            warmup_steps=lr_warmup_steps,
-            num_cycles=lr_num_cycles,
-            power=lr_power,
-        ),
         buckets=buckets,
         planner=planner,
         validation_fraction=validation_fraction,

@@ -15,10 +15,10 @@ from edlib.export.a1111_embedding import export_a1111_embeddings
 from edlib.export.diffusers_folder import export_diffusers
 from edlib.export.kohya_lora import export_kohya_lora
 from edlib.export.single_file import export_single_file
-from edlib.train.config import EXPORT_FORMATS, TrainConfig
-from edlib.train.methods import Method
-from edlib.train.models import Models
-from edlib.train.trained import load_trained
+from edlib.model.config import EXPORT_FORMATS, TrainConfig
+from edlib.model.methods import Method
+from edlib.model.models import Models
+from edlib.model.trained import load_trained
 
 FORMATS = tuple(f for formats in EXPORT_FORMATS.values() for f in formats)
 

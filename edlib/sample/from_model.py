@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
+from edlib.model.checkpoint import checkpoint_step, list_checkpoints, resolve_checkpoint
 from edlib.sample.generate import sample_grid, sample_images
 from edlib.sample.pipeline import is_run_or_checkpoint, load_pipeline
 from edlib.sample.prompts import PromptSpec, load_prompts
-from edlib.train.checkpoint import checkpoint_step, list_checkpoints, resolve_checkpoint
 
 GRID_FILE = "checkpoints-grid.png"
 

@@ -24,13 +24,13 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
+from edlib.model.ema import ema_weights
+from edlib.model.models import encode_sd_prompts
 from edlib.sample.grid import make_grid
 from edlib.sample.pipeline import load_pipeline, pipeline_from_modules
 from edlib.sample.pngmeta import format_parameters, save_png
 from edlib.sample.prompts import RANDOM_SEED, PromptSpec
 from edlib.sample.samplers import make_scheduler, sampler_for_schedule
-from edlib.train.ema import ema_weights
-from edlib.train.models import encode_sd_prompts
 
 logger = logging.getLogger("edlib.sample")
 
@@ -171,7 +171,7 @@ def generate_image(pipeline: DiffusionPipeline, spec: PromptSpec) -> Image.Image
 
 def _prompt_arguments(pipeline: DiffusionPipeline, spec: PromptSpec) -> dict[str, Any]:
     """The prompt as the pipeline should take it. With a clip_skip above 1, an SD pipeline
-    gets its embeddings from `edlib.train.models.encode_sd_prompts`, the function training
+    gets its embeddings from `edlib.model.models.encode_sd_prompts`, the function training
     uses (diffusers' own clip_skip path breaks on transformers 5's CLIP); SDXL's pipeline
     reads the layer itself (diffusers counts layers skipped: ours minus one)."""
     prompts = {"prompt": spec.prompt, "negative_prompt": spec.negative_prompt or None}

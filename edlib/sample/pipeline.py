@@ -7,7 +7,7 @@ run folder or one of its checkpoints. SDXL models give a ``StableDiffusionXLPipe
 samples with the same prompt files and samplers.
 
 Every pipeline made here spells out multi-vector textual-inversion placeholders the way
-training did (`edlib.train.textual_inversion.spell_out`), whether edlib trained them or
+training did (`edlib.model.methods.textual_inversion.spell_out`), whether edlib trained them or
 ``load_textual_inversion`` added them later.
 """
 
@@ -20,12 +20,10 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline
 
+from edlib.model.identify import SINGLE_FILE_SUFFIXES, folder_is_sdxl, hub_is_sdxl, is_sdxl_file
+from edlib.model.methods.textual_inversion import spell_out, vector_tokens
+from edlib.model.models import pipeline_class
 from edlib.sample.samplers import scheduler_from_config
-from edlib.train.models import folder_is_sdxl, hub_is_sdxl, is_sdxl_file, pipeline_class
-from edlib.train.textual_inversion import spell_out, vector_tokens
-
-
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
 
 def spell_out_placeholders_as_training_did(pipeline: DiffusionPipeline) -> DiffusionPipeline:
@@ -104,7 +102,7 @@ def _looks_like_hub_id(name: str) -> bool:
 
 
 def pipeline_from_models(models, *, unet=None, ema=None, clip_skip: int = 1) -> DiffusionPipeline:
-    """`pipeline_from_modules` for an `edlib.train.models.Models` bundle (``unet``: the plain
+    """`pipeline_from_modules` for an `edlib.model.models.Models` bundle (``unet``: the plain
     UNet, when the bundle's is wrapped for training)."""
     return pipeline_from_modules(
         models.unet if unet is None else unet,
@@ -122,8 +120,8 @@ def pipeline_from_models(models, *, unet=None, ema=None, clip_skip: int = 1) -> 
 def pipeline_from_checkpoint(run_or_checkpoint: str | Path, *, dtype: torch.dtype | None = None) -> DiffusionPipeline:
     """The pipeline of a training checkpoint (a run folder means its newest complete one):
     the run's base model with what the run trained put back by its method (full weights,
-    LoRA adapters or new embeddings), through `edlib.train.trained.load_trained`."""
-    from edlib.train.trained import load_trained
+    LoRA adapters or new embeddings), through `edlib.model.trained.load_trained`."""
+    from edlib.model.trained import load_trained
 
     trained = load_trained(run_or_checkpoint, dtype=dtype or torch.float32)
     return pipeline_from_models(trained.models, clip_skip=trained.config.clip_skip)

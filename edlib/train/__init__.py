@@ -6,15 +6,15 @@
     handle = start(load_config("train.yaml"))              # background thread (notebooks)
     handle.wait()
 
-Names are imported on first use, so `import edlib.train.config` (the preview, the CLI's
+Names are imported on first use, so `import edlib.model.config` (the preview, the CLI's
 argument checks) does not pay for importing torch, diffusers and accelerate.
 """
 
 from importlib import import_module
 
 _EXPORTS = {
-    "TrainConfig": "edlib.train.config",
-    "load_config": "edlib.train.config",
+    "TrainConfig": "edlib.model.config",
+    "load_config": "edlib.model.config",
     "train": "edlib.train.loop",
     "RunSummary": "edlib.train.loop",
     "start": "edlib.train.handle",

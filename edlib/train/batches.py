@@ -30,8 +30,8 @@ from safetensors.torch import load_file, save_file
 from edlib.data.captions import training_caption
 from edlib.data.images import load_rgb
 from edlib.data.types import ScanResult
-from edlib.train.models import Conditioning, encode_images, encode_prompts
-from edlib.train.offload import offloaded_modules, on_device
+from edlib.model.models import Conditioning, encode_images, encode_prompts
+from edlib.model.offload import offloaded_modules, on_device
 
 
 def load_pixels(path: str | Path, size: tuple[int, int], flip: bool) -> torch.Tensor:
@@ -150,7 +150,7 @@ class LatentCache:
     `mode` "memory" keeps CPU tensors in a dict; "disk" writes safetensors files to
     `directory`, reused by a resumed run (the key includes the file's size and mtime, so an
     edited image is encoded again). Latents are the VAE posterior mean (see
-    `edlib.train.models.encode_images`), so cached and uncached training are identical.
+    `edlib.model.models.encode_images`), so cached and uncached training are identical.
     """
 
     def __init__(self, mode: str, directory: Path | None = None):
@@ -192,7 +192,7 @@ class BatchEncoder:
     the cache when a text encoder trains or tags are shuffled.
 
     Tensors come out on `device` (default: the UNet's). Encoders kept in CPU memory between
-    uses (`edlib.train.offload`) are brought there to encode what the caches miss.
+    uses (`edlib.model.offload`) are brought there to encode what the caches miss.
     """
 
     def __init__(self, models, config, *, text_encoder_trains: bool, cache_dir: Path, prepare_captions=list, device=None):

@@ -16,8 +16,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from edlib.train.config import TrainConfig
-from edlib.train.loop import Plugin, RunSummary, train
+from edlib.model.config import TrainConfig
+from edlib.train.hooks import Plugin
+from edlib.train.loop import RunSummary, train
 from edlib.train.loss_tracker import ImageStats, LossTrackerPlugin
 from edlib.train.run_dir import Event, RunDir
 

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from edlib.data.types import ScanResult
-from edlib.train.loop import Context, Plugin
+from edlib.train.hooks import Context, Plugin
 
 CSV_COLUMNS = ("path", "folder", "caption", "observations", "mean", "std", "trend", "last_step", "flagged")
 

@@ -7,7 +7,7 @@
       log.txt         human-readable log, also sent to Python logging (console / notebook)
       metrics.jsonl   one JSON object per optimizer step
       schedules/      ep{E}_batch_schedule.txt when write_schedule is on
-      checkpoints/    see edlib.train.checkpoint
+      checkpoints/    see edlib.model.checkpoint
       control/        request files: `stop`, `save`, `sample`
 
 Only the main process writes; other processes of a multi-GPU run get a `RunDir` whose

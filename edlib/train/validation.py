@@ -26,11 +26,11 @@ import torch
 from edlib.data.buckets import assign_buckets, make_buckets
 from edlib.data.holdout import _rank, describe_split, split_validation  # noqa: F401 (describe_split re-exported)
 from edlib.data.types import ScanResult
+from edlib.model.models import encode_images, encode_prompts, predict
+from edlib.model.offload import encoders_on_device
 from edlib.train.batches import load_pixels, micro_conditioning
-from edlib.train.loop import Plugin
-from edlib.train.models import encode_images, encode_prompts, predict
+from edlib.train.hooks import Plugin
 from edlib.train.noise import per_sample_loss, training_target
-from edlib.train.offload import encoders_on_device
 
 
 @dataclass(frozen=True)

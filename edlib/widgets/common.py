@@ -19,8 +19,8 @@ from edlib.data.balance import BalanceEntry, BalancePlan, apply_balance, undo_ba
 from edlib.data.folder_files import parse_setting
 from edlib.data.images import ImageReadError, load_rgb
 from edlib.data.types import DataRootError, ScanResult
-from edlib.demo import DEMO_SPEC
 from edlib.world import write_data_root
+from edlib.world.demo_data import DEMO_SPEC
 
 THUMBNAIL_PX = 56
 

@@ -1,7 +1,7 @@
 """Notebook panel for preservation mixing: pick the preservation folder, say how much of it
 each epoch should hold, and see the multiplier, the mix per epoch and how long it takes
 until every preservation image has been shown. The numbers come from
-`edlib.preservation`; Save writes the folder's multiply.txt with undo history."""
+`edlib.data.preservation`; Save writes the folder's multiply.txt with undo history."""
 
 from __future__ import annotations
 
@@ -12,9 +12,7 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 from IPython.display import display
 
-from edlib.data.scan import scan
-from edlib.data.types import DataRootError, ScanResult
-from edlib.preservation import (
+from edlib.data.preservation import (
     Coverage,
     EpochMix,
     coverage,
@@ -22,6 +20,8 @@ from edlib.preservation import (
     mix_per_epoch,
     preservation_multiplier,
 )
+from edlib.data.scan import scan
+from edlib.data.types import DataRootError, ScanResult
 from edlib.widgets.common import (
     error_text,
     folder_label,

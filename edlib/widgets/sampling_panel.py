@@ -17,8 +17,8 @@ from PIL import Image
 
 from edlib.data.scan import scan
 from edlib.export.run import export_run
+from edlib.model.config import EXPORT_FORMATS, TrainConfig
 from edlib.sample import SAMPLER_NAMES, PromptSpec, run_checkpoints, sample_grid
-from edlib.train.config import EXPORT_FORMATS, TrainConfig
 from edlib.train.run_dir import RunDir
 from edlib.widgets.common import error_text, ok_text
 

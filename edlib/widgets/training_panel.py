@@ -2,7 +2,7 @@
 live view of the run (progress, loss, images/s, samples, images it cannot learn).
 
 The form turns into a `TrainConfig` (`config_from_form`, plain library code); the numbers
-come from `edlib.data.preview` (steps, LR curve) and `edlib.estimate` (memory, time, cost);
+come from `edlib.data.preview` (steps, LR curve) and `edlib.model.estimate` (memory, time, cost);
 the run is `edlib.train.start`, steered through its handle. Multipliers are edited with the
 data root's `DatasetPanel` (`multipliers_view`); the trainer re-reads multiply.txt at each
 epoch boundary, so a Save mid-run shapes the next epoch. Events arrive on the training
@@ -25,10 +25,12 @@ import ipywidgets as widgets
 import numpy as np
 import plotly.graph_objects as go
 
-from edlib.data.preview import Preview, preview
+from edlib.data.preview import Preview
 from edlib.data.scan import scan
 from edlib.data.types import DataRootError, ScanResult
-from edlib.estimate import (
+from edlib.model.checkpoint import list_checkpoints
+from edlib.model.config import METHODS, OPTIMIZERS, ConfigError, TrainConfig
+from edlib.model.estimate import (
     GPUS,
     REFERENCE_GPU,
     TimeEstimate,
@@ -37,12 +39,11 @@ from edlib.estimate import (
     format_duration,
     refine_time,
 )
-from edlib.review import quarantine
-from edlib.train.checkpoint import list_checkpoints
-from edlib.train.config import METHODS, OPTIMIZERS, ConfigError, TrainConfig
+from edlib.model.lr import LR_SCHEDULERS
+from edlib.model.plan import preview_run
 from edlib.train.handle import RunHandle, start
-from edlib.train.loop import Plugin
-from edlib.train.lr import LR_SCHEDULERS
+from edlib.train.hooks import Plugin
+from edlib.train.review import quarantine
 from edlib.train.run_dir import Event
 from edlib.widgets.common import error_text, ok_text, thumbnail_png
 from edlib.widgets.dataset_panel import DatasetPanel
@@ -375,20 +376,7 @@ class TrainingPanel:
             self.plan.value = error_text(e)
             self.start_button.disabled = True
             return
-        self.preview = preview(
-            self.scan,
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            resolution=config.resolution,
-            seed=config.seed,
-            gradient_accumulation_steps=config.gradient_accumulation_steps,
-            max_steps=config.max_steps,
-            lr=config.unet_lr if config.method != "textual_inversion" else config.text_encoder_lr,
-            lr_scheduler=config.lr_scheduler,
-            lr_warmup_steps=config.lr_warmup_steps,
-            lr_num_cycles=config.lr_num_cycles,
-            lr_power=config.lr_power,
-        )
+        self.preview = preview_run(self.scan, config)
         _show(self.lr_chart, lr_figure(self.preview))
         self.multipliers.set_plan(batch_size=config.batch_size, resolution=config.resolution, seed=config.seed)
         memory = estimate_memory(config)
@@ -595,7 +583,7 @@ class TrainingPanel:
 
     def quarantine(self, rel_path: str) -> Path | None:
         """Move an image (and its caption files) to the data root's `_quarantine/`;
-        `edlib.review.restore` brings it back."""
+        `edlib.train.review.restore` brings it back."""
         run_dir = Path(self.fields["run_dir"].value)
         try:
             where = quarantine(

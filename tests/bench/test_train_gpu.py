@@ -87,8 +87,8 @@ def test_sample_memory_bench_runs_its_tiny_mode_on_the_cpu(capsys):
 
 
 def test_the_sdxl_lean_preset_is_full_bf16_and_estimated_under_24_gib(bench):
-    from edlib.estimate import estimate_memory
-    from edlib.train.config import TrainConfig
+    from edlib.model.config import TrainConfig
+    from edlib.model.estimate import estimate_memory
 
     def estimate(model, case):
         batch, resolution = bench.DEFAULTS[model]["batch"][case], bench.DEFAULTS[model]["resolution"]

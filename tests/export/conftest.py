@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from edlib.train.tiny import build_tiny_pipeline
+from edlib.model.tiny import build_tiny_pipeline
 
 VARIANTS = {"sd1": "sd1", "sd2": "sd2-v"}  # export variant -> tiny pipeline variant
 

@@ -11,8 +11,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from edlib.export.a1111_embedding import embedding_file_name, export_a1111_embedding, export_a1111_embeddings
-from edlib.train.models import encode_prompts, load_models
-from edlib.train.textual_inversion import TextualInversion
+from edlib.model.methods.textual_inversion import TextualInversion
+from edlib.model.models import encode_prompts, load_models
 
 PLACEHOLDERS = [{"token": "<ohwx>", "init_word": "person", "num_vectors": 3}, {"token": "<zz>", "init_word": "cat"}]
 PROMPT = "a photo of <ohwx> next to a <zz>"

@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import load_file
 
 from edlib.export import export_run
-from edlib.train.checkpoint import load_checkpoint, resolve_checkpoint
-from edlib.train.config import ConfigError
+from edlib.model.checkpoint import load_checkpoint, resolve_checkpoint
+from edlib.model.config import ConfigError
+from edlib.model.trained import load_trained
 from edlib.train.loop import train
-from edlib.train.trained import load_trained
 from tests.train.loop_support import make_data_root, one_torch_thread, tiny_config  # noqa: F401
 
 

@@ -7,9 +7,9 @@ from diffusers import StableDiffusionXLPipeline
 from safetensors.torch import load_file
 
 from edlib.export import export_run
+from edlib.model.models import encode_prompts
+from edlib.model.trained import load_trained
 from edlib.train.loop import train
-from edlib.train.models import encode_prompts
-from edlib.train.trained import load_trained
 from tests.export.outputs import assert_same_outputs, component_outputs
 from tests.train.loop_support import make_data_root, one_torch_thread, tiny_config  # noqa: F401 - autouse fixture
 

@@ -12,8 +12,8 @@ from diffusers import StableDiffusionPipeline
 from safetensors import safe_open
 
 from edlib.export.kohya_lora import export_kohya_lora, kohya_state_dict
-from edlib.train.lora import LoraMethod, adapter_parameters
-from edlib.train.models import load_models
+from edlib.model.methods.lora import LoraMethod, adapter_parameters
+from edlib.model.models import load_models
 
 _BLOCK = r"(down_blocks_\d+|mid_block|up_blocks_\d+)"
 _TENSOR = r"\.(lora_down\.weight|lora_up\.weight|alpha)$"

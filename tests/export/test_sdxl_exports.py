@@ -17,9 +17,9 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from edlib.export import export_diffusers, export_kohya_lora, export_single_file
 from edlib.export.kohya_lora import kohya_state_dict
 from edlib.export.single_file import original_state_dict
-from edlib.train.architectures import SDXL_TEXT_ENCODER, SDXL_TEXT_ENCODER_2, SDXL_UNET, SDXL_VAE
-from edlib.train.lora import LoraMethod, adapter_parameters
-from edlib.train.models import load_models
+from edlib.model.architectures import SDXL_TEXT_ENCODER, SDXL_TEXT_ENCODER_2, SDXL_UNET, SDXL_VAE
+from edlib.model.methods.lora import LoraMethod, adapter_parameters
+from edlib.model.models import load_models
 from tests.export.outputs import assert_same_outputs, component_outputs
 
 

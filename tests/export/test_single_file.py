@@ -14,7 +14,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 import edlib
 from edlib.export import export_single_file, single_file
 from edlib.export.single_file import original_state_dict
-from edlib.train.architectures import (
+from edlib.model.architectures import (
     SD2_TEXT_ENCODER,
     SD2_UNET,
     SD15_TEXT_ENCODER,

@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from edlib.model.tiny import build_tiny_pipeline
 from edlib.sample import SAMPLER_NAMES, generate_image, load_pipeline, resolve_spec
 from edlib.train import TrainConfig, train
-from edlib.train.tiny import build_tiny_pipeline
 from edlib.widgets import SamplingPanel
 from edlib.widgets.sampling_panel import BASE_LABEL, grid_display_width, next_grid_path
 from edlib.world import write_data_root

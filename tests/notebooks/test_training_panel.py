@@ -14,12 +14,13 @@ import torch
 
 from edlib.data.preview import preview
 from edlib.data.scan import scan
-from edlib.estimate import GPUS
-from edlib.review import quarantined
-from edlib.train.checkpoint import list_checkpoints
-from edlib.train.loop import Plugin
+from edlib.model.checkpoint import list_checkpoints
+from edlib.model.estimate import GPUS
+from edlib.model.lr import with_lr_curve
+from edlib.model.tiny import build_tiny_pipeline
+from edlib.train.hooks import Plugin
 from edlib.train.loss_tracker import LossTracker, LossTrackerPlugin
-from edlib.train.tiny import build_tiny_pipeline
+from edlib.train.review import quarantined
 from edlib.widgets.training_panel import (
     TrainingPanel,
     config_from_form,
@@ -84,7 +85,7 @@ def test_form_builds_the_config_and_the_estimates(data_root, tmp_path):
     assert config.lr_scheduler == "cosine" and config.method == "full" and config.unet_lr == 1e-6
 
     # The plan: the preview's steps, its LR curve, and the estimate for the chosen GPU.
-    expected = preview(scan(data_root), epochs=3, batch_size=2, resolution=64, seed=config.seed, lr=1e-6, lr_scheduler="cosine")
+    expected = with_lr_curve(preview(scan(data_root), epochs=3, batch_size=2, resolution=64, seed=config.seed), "cosine", 1e-6)
     assert panel.estimate.steps == expected.total_steps and f"<b>{expected.total_steps}</b> optimizer steps" in panel.plan.value
     curve = chart_data(panel.lr_chart)[0]
     assert curve["y"] == pytest.approx(expected.lr) and curve["y"][0] > curve["y"][-1]  # cosine decays

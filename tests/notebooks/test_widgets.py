@@ -1,15 +1,15 @@
 """The notebook panels driven from Python: set widget values, click buttons, and check the
-numbers against edlib.data.preview / edlib.preservation and the files written on disk."""
+numbers against edlib.data.preview / edlib.data.preservation and the files written on disk."""
 
 from fractions import Fraction
 
 import pytest
 
 from edlib.data.balance import plan_balance
+from edlib.data.preservation import coverage, expected_mix, mix_per_epoch, preservation_multiplier
 from edlib.data.preview import preview
 from edlib.data.scan import scan
 from edlib.data.schedule import EpochPlanner
-from edlib.preservation import coverage, expected_mix, mix_per_epoch, preservation_multiplier
 from edlib.widgets import BalancePanel, DatasetPanel, PreservationPanel, share_figure, weight_nodes, write_multipliers
 from edlib.widgets.common import with_multipliers
 from edlib.world import write_data_root

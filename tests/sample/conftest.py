@@ -1,18 +1,18 @@
 """Fixtures for the sampling tests: tiny diffusers folders built once per session by
-`edlib.train.tiny` and loaded through the same `load_pipeline` a user's model goes through."""
+`edlib.model.tiny` and loaded through the same `load_pipeline` a user's model goes through."""
 
 from pathlib import Path
 
 import pytest
 
+from edlib.model.tiny import build_tiny_pipeline
 from edlib.sample import load_pipeline
-from edlib.train.tiny import build_tiny_pipeline
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    """A tiny SD1-style (epsilon) model folder; treat it as read-only."""
-    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd1") / "model", variant="sd1")
+def tiny_model(tiny_sd1) -> Path:
+    """A tiny SD1-style (epsilon) model folder (tests/conftest.py's); treat it as read-only."""
+    return tiny_sd1
 
 
 @pytest.fixture(scope="session")
@@ -22,9 +22,9 @@ def other_tiny_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_v_model(tmp_path_factory) -> Path:
-    """A tiny SD2-style v-prediction model folder."""
-    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd2v") / "model", variant="sd2-v")
+def tiny_v_model(tiny_sd2v) -> Path:
+    """A tiny SD2-style v-prediction model folder (tests/conftest.py's)."""
+    return tiny_sd2v
 
 
 @pytest.fixture(scope="session")

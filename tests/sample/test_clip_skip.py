@@ -5,10 +5,18 @@ import numpy as np
 import pytest
 import torch
 
-from edlib.sample import PromptSpec, generate_image, load_pipeline, parse_parameters, read_parameters, resolve_spec, sample_images
+from edlib.model.models import encode_prompts, load_models
+from edlib.sample import (
+    PromptSpec,
+    generate_image,
+    load_pipeline,
+    parse_parameters,
+    read_parameters,
+    resolve_spec,
+    sample_images,
+)
 from edlib.sample.samplers import make_scheduler
 from edlib.train.loop import train
-from edlib.train.models import encode_prompts, load_models
 from tests.train.loop_support import make_data_root, one_torch_thread, tiny_config  # noqa: F401
 
 

@@ -1,5 +1,5 @@
 """Sampling after training: X/Y grids over models, and models named by folder, single file,
-run folder or checkpoint (the layout `edlib.train.checkpoint` writes)."""
+run folder or checkpoint (the layout `edlib.model.checkpoint` writes)."""
 
 import numpy as np
 import pytest
@@ -7,6 +7,8 @@ import torch
 import yaml
 from PIL import Image
 
+from edlib.model.checkpoint import save_checkpoint
+from edlib.model.config import TrainConfig
 from edlib.sample import (
     PromptSpec,
     load_pipeline,
@@ -17,8 +19,6 @@ from edlib.sample import (
     sample_images,
     sample_model,
 )
-from edlib.train.checkpoint import save_checkpoint
-from edlib.train.config import TrainConfig
 
 PROMPTS = [PromptSpec("a photo of a cat", steps=2, seed=1), PromptSpec("a blue car", steps=2, seed=2, sampler="Euler a")]
 
@@ -148,7 +148,7 @@ def test_an_fp16_export_samples_on_the_cpu_by_default(tiny_model, tmp_path):
     # transformers 5 keeps a stored fp16 text encoder in fp16 unless told otherwise, while
     # diffusers loads the UNet in fp32: the pipeline must come out in one dtype.
     from edlib.export.diffusers_folder import export_diffusers
-    from edlib.train.models import load_models
+    from edlib.model.models import load_models
 
     models = load_models(tiny_model)
     export_diffusers(

@@ -10,9 +10,9 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from edlib.export.a1111_embedding import export_a1111_embeddings
+from edlib.model.methods.textual_inversion import TextualInversion
+from edlib.model.models import encode_prompts, load_models
 from edlib.sample.pipeline import load_pipeline, pipeline_from_models
-from edlib.train.models import encode_prompts, load_models
-from edlib.train.textual_inversion import TextualInversion
 
 OHWX = {"token": "<ohwx>", "init_word": "person", "num_vectors": 3}
 PROMPT = "a photo of <ohwx>, red"

@@ -7,10 +7,10 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 from PIL import Image
 
+from edlib.model.models import load_models
 from edlib.sample import SAMPLER_NAMES, PromptSpec, generate_image, load_pipeline, resolve_spec, sample_images
 from edlib.sample.pipeline import pipeline_from_models
 from edlib.train.loop import train
-from edlib.train.models import load_models
 from tests.train.loop_support import make_data_root, one_torch_thread, tiny_config  # noqa: F401
 
 

@@ -6,9 +6,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from edlib.train.checkpoint import load_checkpoint, resolve_checkpoint
-from edlib.train.config import ConfigError
-from edlib.train.loop import Plugin, train
+from edlib.model.checkpoint import load_checkpoint, resolve_checkpoint
+from edlib.model.config import ConfigError
+from edlib.train.hooks import Plugin
+from edlib.train.loop import train
 from edlib.train.loss_tracker import LossTracker, LossTrackerPlugin
 from tests.train.loop_support import make_data_root, metrics, one_torch_thread, tiny_config  # noqa: F401 - autouse fixture
 from tests.train.test_loss_tracker import _synthetic_stream

@@ -2,8 +2,9 @@
 
 import torch
 
-from edlib.train.checkpoint import load_checkpoint, resolve_checkpoint
-from edlib.train.loop import Plugin, train
+from edlib.model.checkpoint import load_checkpoint, resolve_checkpoint
+from edlib.train.hooks import Plugin
+from edlib.train.loop import train
 from tests.train.loop_support import (  # noqa: F401
     checkpoint_weights,
     make_data_root,

@@ -7,8 +7,8 @@ import traceback
 import pytest
 
 from edlib.data.types import DataRootError
+from edlib.model.checkpoint import list_checkpoints
 from edlib.train import start
-from edlib.train.checkpoint import list_checkpoints
 from edlib.train.loss_tracker import LossTracker, LossTrackerPlugin
 from tests.train.loop_support import make_data_root, metrics, one_torch_thread, tiny_config  # noqa: F401
 

@@ -9,8 +9,10 @@ import pytest
 import torch
 from transformers import CLIPTextModel
 
-from edlib.train.checkpoint import list_checkpoints, resolve_checkpoint
-from edlib.train.loop import Plugin, TrainingError, train
+from edlib.model.checkpoint import list_checkpoints, resolve_checkpoint
+from edlib.train.hooks import Plugin
+from edlib.train.loop import train
+from edlib.train.progress import TrainingError
 from tests.train.loop_support import (
     checkpoint_weights,
     make_data_root,

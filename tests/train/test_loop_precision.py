@@ -4,8 +4,9 @@ fp32, and (on CUDA, fp16) the grad scaler's state goes into checkpoints and come
 import pytest
 import torch
 
-from edlib.train.checkpoint import load_checkpoint, resolve_checkpoint
-from edlib.train.loop import Plugin, train
+from edlib.model.checkpoint import load_checkpoint, resolve_checkpoint
+from edlib.train.hooks import Plugin
+from edlib.train.loop import train
 from tests.train.loop_support import make_data_root, metrics, one_torch_thread, tiny_config  # noqa: F401
 
 

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from edlib.train.lora import LoraMethod, adapter_layers, adapter_parameters
-from edlib.train.models import encode_prompts, load_models
+from edlib.model.methods.lora import LoraMethod, adapter_layers, adapter_parameters
+from edlib.model.models import encode_prompts, load_models
 from edlib.train.noise import per_sample_loss, sample_noise, sample_timesteps, training_target
 from tests.train.loop_support import one_torch_thread  # noqa: F401 - autouse fixture
 
@@ -218,7 +218,7 @@ def test_bad_rank_is_an_error(tiny_sd1):
 def test_lora_through_the_loop_resumes_exactly(tiny_sd1, tmp_path):
     """`method: lora` in the real loop: checkpoints hold only adapters, and a run stopped
     after step 2 and resumed gives the losses and adapters of a run that never stopped."""
-    from edlib.train.checkpoint import load_checkpoint, resolve_checkpoint
+    from edlib.model.checkpoint import load_checkpoint, resolve_checkpoint
     from edlib.train.loop import train
     from tests.train.loop_support import make_data_root, metrics, tiny_config
 

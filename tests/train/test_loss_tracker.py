@@ -12,8 +12,10 @@ import torch
 from PIL import Image
 
 from edlib.data.scan import scan
+from edlib.model.checkpoint import load_checkpoint, resolve_checkpoint
+from edlib.model.models import encode_images, load_models
+from edlib.model.tiny import build_tiny_pipeline
 from edlib.train.batches import load_pixels
-from edlib.train.checkpoint import load_checkpoint, resolve_checkpoint
 from edlib.train.loop import train
 from edlib.train.loss_tracker import (
     LossTracker,
@@ -21,8 +23,6 @@ from edlib.train.loss_tracker import (
     boost_weights,
     read_csv,
 )
-from edlib.train.models import encode_images, load_models
-from edlib.train.tiny import build_tiny_pipeline
 from edlib.world.dataset import write_data_root
 from tests.train.loop_support import one_torch_thread, tiny_config  # noqa: F401 - autouse fixture
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edlib.train.checkpoint import resolve_checkpoint
+from edlib.model.checkpoint import resolve_checkpoint
 from edlib.train.loop import train
 from tests.train.loop_support import (
     checkpoint_weights,
@@ -29,8 +29,9 @@ _SCRIPT = textwrap.dedent(
     import json, sys
     from pathlib import Path
 
-    from edlib.train.config import TrainConfig
-    from edlib.train.loop import Plugin, train
+    from edlib.model.config import TrainConfig
+    from edlib.train.hooks import Plugin
+    from edlib.train.loop import train
 
     class Record(Plugin):
         name = "record"

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from edlib.train.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint
-from edlib.train.config import ConfigError
-from edlib.train.loop import Plugin, train
+from edlib.model.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint
+from edlib.model.config import ConfigError
+from edlib.train.hooks import Plugin
+from edlib.train.loop import train
 from tests.train.loop_support import (
     checkpoint_weights,
     make_data_root,
@@ -142,8 +143,8 @@ _KILL_SCRIPT = textwrap.dedent(
     import sys, time
     from pathlib import Path
 
-    import edlib.train.checkpoint as checkpoint
-    from edlib.train.config import TrainConfig
+    import edlib.model.checkpoint as checkpoint
+    from edlib.model.config import TrainConfig
     from edlib.train.loop import train
 
     real_save_file = checkpoint.save_file

@@ -9,11 +9,12 @@ import torch
 from PIL import Image
 
 from edlib.data.scan import scan
-from edlib.train.batches import BatchEncoder, crop_top_left, load_pixels, local_batch, micro_conditioning
-from edlib.train.checkpoint import load_checkpoint, resolve_checkpoint
-from edlib.train.loop import frozen_dtype, train
-from edlib.train.models import Conditioning, encode_prompts, load_models, predict
 from edlib.data.schedule import realise_epoch
+from edlib.model.checkpoint import load_checkpoint, resolve_checkpoint
+from edlib.model.models import Conditioning, encode_prompts, load_models, predict
+from edlib.train.batches import BatchEncoder, crop_top_left, load_pixels, local_batch, micro_conditioning
+from edlib.train.loop import train
+from edlib.train.setup import frozen_dtype
 from tests.train.loop_support import (
     checkpoint_weights,
     make_data_root,
@@ -179,7 +180,7 @@ def test_a_replacement_vae_is_loaded_from_the_vae_key(tiny_sdxl, tmp_path):
     vae.save_pretrained(tmp_path / "fp16-safe-vae")
     models = load_models(tiny_sdxl, vae=str(tmp_path / "fp16-safe-vae"))
     assert models.vae_scaling_factor == pytest.approx(0.2) and not models.vae.config.force_upcast
-    from edlib.train.models import ModelError
+    from edlib.model.models import ModelError
 
     with pytest.raises(ModelError, match="not a diffusers VAE folder"):
         load_models(tiny_sdxl, vae=str(tmp_path))
@@ -193,8 +194,8 @@ def test_sdxl_trains_in_fp16_on_a_gpu_with_the_vae_upcast(tiny_sdxl, tmp_path):
 
 
 def test_an_unset_resolution_is_the_models_native_one(tiny_sdxl, tmp_path):
-    from edlib.train.config import TrainConfig
-    from edlib.train.tiny import build_tiny_pipeline
+    from edlib.model.config import TrainConfig
+    from edlib.model.tiny import build_tiny_pipeline
 
     # The tiny SDXL's UNet is made for 16x16 latents of a 4x VAE: 64 px; at 128 px, 128.
     bigger = build_tiny_pipeline(tmp_path / "xl128", variant="sdxl", resolution=128)
@@ -206,7 +207,7 @@ def test_an_unset_resolution_is_the_models_native_one(tiny_sdxl, tmp_path):
 
 
 def test_a_v_prediction_sdxl_trains_towards_v(tmp_path):
-    from edlib.train.tiny import build_tiny_pipeline
+    from edlib.model.tiny import build_tiny_pipeline
 
     folder = build_tiny_pipeline(tmp_path / "xl-v", variant="sdxl-v")
     models = load_models(folder)

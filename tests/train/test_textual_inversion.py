@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from edlib.train.models import encode_prompts, load_models
-from edlib.train.textual_inversion import Placeholder, TextualInversion
+from edlib.model.methods.textual_inversion import Placeholder, TextualInversion
+from edlib.model.models import encode_prompts, load_models
 from tests.train.loop_support import one_torch_thread  # noqa: F401 - autouse fixture
 from tests.train.test_lora import stop_after, train_steps
 
@@ -153,7 +153,7 @@ def test_placeholder_vector_names_follow_diffusers():
 def _straight_and_resumed_weights(model, tmp_path):
     """Train `<ohwx>` through the real loop twice: straight, and stopped after step 1 then
     resumed. Returns (the straight run's folder, {run folder: checkpoint weights})."""
-    from edlib.train.checkpoint import load_checkpoint, resolve_checkpoint
+    from edlib.model.checkpoint import load_checkpoint, resolve_checkpoint
     from edlib.train.loop import train
     from tests.train.loop_support import make_data_root, tiny_config
 
@@ -189,8 +189,8 @@ def test_textual_inversion_through_the_loop_changes_only_the_new_rows(tiny_sd1, 
     assert all(not torch.equal(learned[i], start[i]) for i in range(2))  # both vectors trained
 
     # `edlib sample RUN` (load_pipeline of the run) conditions on both vectors, as training did
+    from edlib.model.trained import load_trained
     from edlib.sample.pipeline import load_pipeline
-    from edlib.train.trained import load_trained
 
     trained = load_trained(straight)
     pipe = load_pipeline(straight)
@@ -207,7 +207,7 @@ def test_textual_inversion_through_the_loop_changes_only_the_new_rows(tiny_sd1, 
 def sdxl_steps(models, method, *, steps=3, captions=("a photo of <ohwx>", "<zz> style painting"), weight_decay=0.5):
     """Real AdamW steps on SDXL (both encoders' conditioning, pooled embedding and
     micro-conditioning, as the loop's `predict` gives them)."""
-    from edlib.train.models import predict
+    from edlib.model.models import predict
     from edlib.train.noise import per_sample_loss, sample_noise, sample_timesteps, training_target
 
     optimizer = torch.optim.AdamW(method.param_groups(models), weight_decay=weight_decay)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from edlib.data.scan import scan
-from edlib.train.loop import Plugin
-from edlib.train.models import load_models
+from edlib.model.models import load_models
+from edlib.train.hooks import Plugin
 from edlib.train.validation import (
     describe_split,
     fixed_timesteps,
@@ -87,8 +87,8 @@ def test_validation_loss_repeats_exactly_and_follows_the_weights(tiny_sd1, tmp_p
 def test_validation_loss_reaches_metrics_through_the_config(tmp_path):
     """validation_fraction in the config: held-out images never train, and every epoch's
     last step carries the same-noise validation loss in metrics.jsonl."""
+    from edlib.model.tiny import build_tiny_pipeline
     from edlib.train.loop import train
-    from edlib.train.tiny import build_tiny_pipeline
     from tests.train.loop_support import make_data_root, metrics, tiny_config
 
     data = make_data_root(tmp_path / "data", folders={"a": ["red", "white", "blue"], "b": ["green", "blue", "red"]})

@@ -1,0 +1,614 @@
+"""The training configuration: one validated model, loaded from YAML with `key=value` overrides.
+
+Every key is documented by its field description; `config_reference_markdown()` turns those
+into docs/config.md, so the reference cannot drift from the code. Defaults are what a newcomer
+fine-tuning SD1.5 on a single GPU should use.
+
+Keys are flat (as in the YAML files users write and the CLI overrides they type), and a
+validation error names the key, what is wrong and the allowed values.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edlib.model.lr import LR_SCHEDULERS
+
+OPTIMIZERS = ("adamw", "adamw8bit", "lion", "prodigy", "adafactor")
+STOCHASTIC_ROUNDING_OPTIMIZERS = ("adamw", "adamw8bit")  # torchao implements bf16 stochastic rounding for these
+METHODS = ("full", "lora", "textual_inversion")
+# What each method's result can be exported as (DESIGN.md "Output formats"), and what a run
+# exports when it ends unless `export_formats` says otherwise: the one file A1111 and
+# ComfyUI users load.
+EXPORT_FORMATS = {
+    "full": ("diffusers", "single-file"),
+    "lora": ("kohya-lora",),
+    "textual_inversion": ("a1111-embedding",),
+}
+END_EXPORT_FORMATS = {"full": "single-file", "lora": "kohya-lora", "textual_inversion": "a1111-embedding"}
+# Keys holding file system paths: relative values in a config file resolve against its folder.
+DEFAULT_RESOLUTION = 512  # when the model's own size cannot be read (see `_native_resolution`)
+PATH_KEYS = ("data_root", "run_dir", "init_from", "sample_prompts", "validation_data_root")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names every offending key."""
+
+
+class TrainConfig(BaseModel):
+    """Everything a training run needs. See docs/config.md for the reference."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # --- what to train on -------------------------------------------------------------------
+    model: str = Field(
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        description="Base model: a Hugging Face hub id, a local diffusers folder, or a single "
+        "`.safetensors`/`.ckpt` file. A relative path resolves against the config file's folder.",
+    )
+    vae: str | None = Field(
+        None,
+        description="Replace the model's VAE: a hub id or a local folder of a diffusers VAE (its config.json and "
+        "weights), e.g. `madebyollin/sdxl-vae-fp16-fix`, the fp16-safe SDXL VAE for cards without bf16 (T4). "
+        "Null: the model's own.",
+    )
+    data_root: Path = Field(
+        description="Folder tree of training images (required). Every image below it is a training "
+        "item; `multiply.txt` and `loss_scale.txt` control each folder."
+    )
+    run_dir: Path = Field(
+        Path("runs/train"),
+        description="The run folder: config, logs, checkpoints, samples and exports go here. "
+        "Resuming continues the run found in this folder.",
+    )
+    method: str = Field(
+        "full",
+        description="Training method. `full` fine-tunes the UNet (and the text encoder when "
+        "`text_encoder_lr` > 0). `lora` trains LoRA/LoCon adapters (see `network_dim`), "
+        "`textual_inversion` trains new words (see `placeholder_tokens`). docs/methods.md has presets.",
+    )
+    init_from: Path | None = Field(
+        None,
+        description="Start a new phase from another run's weights (a run folder or one of its "
+        "checkpoints) with a fresh optimizer and LR schedule, e.g. a second phase at a higher "
+        "resolution. Null starts from `model`.",
+    )
+
+    # --- images and batches -----------------------------------------------------------------
+    resolution: int = Field(
+        DEFAULT_RESOLUTION,
+        ge=64,
+        description="Base training resolution in pixels (a multiple of 64). Aspect buckets have "
+        "about resolution x resolution pixels. Unset: the model's native size read from its configs "
+        "(512 for SD1.x, 768 for SD2.x 768-v, 1024 for SDXL), or 512 when that cannot be read offline.",
+    )
+    batch_size: int = Field(4, ge=1, description="Images per batch on each GPU.")
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, description="Batches accumulated into one optimizer step (effective batch = batch_size x this x GPUs)."
+    )
+    epochs: int = Field(10, ge=1, description="Number of epochs (passes over the multiplied data root).")
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop after this many optimizer steps even if epochs remain. Null: run all epochs."
+    )
+    seed: int = Field(
+        555, description="Seed of everything random: the per-epoch schedule, noise, dropout. Same seed, same run."
+    )
+    write_schedule: bool = Field(
+        True, description="Write each epoch's batch schedule to `schedules/` in the run folder before training it."
+    )
+
+    # --- captions ---------------------------------------------------------------------------
+    clip_skip: int = Field(
+        1,
+        ge=1,
+        description="Text encoder layer whose output conditions the UNet, counted from the end: 1 = last "
+        "layer (SD default), 2 = penultimate layer (common for anime models). Final layer norm is applied.",
+    )
+    shuffle_caption: bool = Field(
+        False, description="Shuffle the comma-separated tags of each caption every time it is used."
+    )
+    keep_tokens: int = Field(
+        0, ge=0, description="With `shuffle_caption`: this many leading comma-separated tags stay in front, unshuffled."
+    )
+    caption_dropout: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Probability of training a sample with an empty caption (the conditional dropping "
+        "rate; helps classifier-free guidance). A folder's `cond_dropout.txt` overrides it.",
+    )
+
+    # --- learning rate and optimizer --------------------------------------------------------
+    unet_lr: float = Field(1e-6, ge=0.0, description="Learning rate of the UNet.")
+    text_encoder_lr: float = Field(
+        0.0,
+        ge=0.0,
+        description="Learning rate of the text encoder. 0 keeps it frozen (bit-identical), the safe default.",
+    )
+    text_encoder_2_lr: float | None = Field(
+        None,
+        ge=0.0,
+        description="SDXL only: learning rate of the second text encoder (OpenCLIP ViT-bigG). Null: the same as "
+        "`text_encoder_lr`; 0 keeps it frozen while the first one trains.",
+    )
+    lr_scheduler: Literal[LR_SCHEDULERS] = Field(  # type: ignore[valid-type]
+        "constant", description="Learning-rate schedule over the run's optimizer steps."
+    )
+    lr_warmup_steps: int = Field(0, ge=0, description="Optimizer steps of linear warm-up from 0 to the learning rate.")
+    lr_num_cycles: int = Field(1, ge=1, description="Number of hard restarts for `cosine_with_restarts`.")
+    lr_power: float = Field(1.0, gt=0.0, description="Power of the `polynomial` decay (1.0 = linear).")
+    optimizer: Literal[OPTIMIZERS] = Field(  # type: ignore[valid-type]
+        "adamw",
+        description="Optimizer. `adamw8bit` needs bitsandbytes and CUDA (`pip install edlib[gpu]`); "
+        "`lion` needs lion-pytorch; `prodigy` needs prodigyopt (use lr 1.0 with it).",
+    )
+    optimizer_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra keyword arguments for the optimizer, e.g. `{weight_decay: 0.01, betas: [0.9, 0.999]}`.",
+    )
+    max_grad_norm: float | None = Field(
+        1.0, gt=0.0, description="Clip the gradient norm to this value. Null turns clipping off."
+    )
+    ema_decay: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="Keep an exponential moving average of the weights with this decay (e.g. 0.9999). Null: off.",
+    )
+
+    # --- LoRA / LoCon (method: lora) ---------------------------------------------------------
+    network_dim: int = Field(
+        16, ge=1, description="LoRA rank: size of the adapters (4-32 for a character or style; higher holds more)."
+    )
+    network_alpha: float = Field(
+        8.0,
+        gt=0.0,
+        description="LoRA alpha: the adapters' output is scaled by network_alpha / network_dim (as in kohya); "
+        "half the rank is a common choice.",
+    )
+    conv_dim: int | None = Field(
+        None,
+        ge=1,
+        description="LoCon: also adapt the UNet's 3x3 convolutions (ResNet blocks, down/upsamplers) at this "
+        "rank, e.g. 8. Null: plain LoRA (attention and feed-forward layers only).",
+    )
+    conv_alpha: float = Field(4.0, gt=0.0, description="LoCon alpha: convolution adapters scale by conv_alpha / conv_dim.")
+
+    # --- textual inversion (method: textual_inversion) ---------------------------------------
+    placeholder_tokens: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="New words to learn, each `{token: <ohwx>, init_word: person, num_vectors: 1}`: `token` is "
+        "written in captions, `init_word` starts its vectors, `num_vectors` (1-8) sets its capacity. "
+        "They train at `text_encoder_lr`.",
+    )
+
+    # --- loss and noise ---------------------------------------------------------------------
+    prediction_type: Literal["epsilon", "v_prediction"] | None = Field(
+        None,
+        description="What the UNet predicts. Null takes it from the model's scheduler config (epsilon "
+        "for SD1.x, v_prediction for SD2.x 768-v); set it only to override a wrong config.",
+    )
+    zero_terminal_snr: bool = Field(
+        False,
+        description="Rescale the noise schedule so the last timestep is pure noise (Lin et al. 2023). Use "
+        "with v_prediction; the model must then be sampled with the same rescaled schedule. A model whose "
+        "scheduler config has `rescale_betas_zero_snr: true` trains on that schedule even when this is false.",
+    )
+    noise_offset: float = Field(
+        0.0,
+        ge=0.0,
+        description="Noise offset (adds a per-channel constant to the noise) so the model learns very dark and bright images. Typical: 0.02-0.1.",
+    )
+    multires_noise_iterations: int = Field(
+        0, ge=0, description="Pyramid (multi-resolution) noise levels added to the noise. 0 = off; typical 6-10."
+    )
+    multires_noise_discount: float = Field(
+        0.3, gt=0.0, le=1.0, description="Weight decay per level of the pyramid noise (kohya default 0.3)."
+    )
+    min_snr_gamma: float | None = Field(
+        None,
+        gt=0.0,
+        description="Min-SNR loss weighting (Hang et al. 2023) with this gamma, 5.0 recommended. Null: off.",
+    )
+
+    # --- speed and memory -------------------------------------------------------------------
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        "no",
+        description="Mixed precision. `bf16` on recent GPUs (Ampere and newer) is faster and safe; `fp16` for "
+        "older cards (with a loss scaler); `no` is full fp32 (CPU, debugging).",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: much less memory, about 20-30% slower."
+    )
+    full_bf16: bool = Field(
+        False,
+        description="Keep the trained weights, and so their gradients, in bf16 instead of fp32 (kohya's "
+        "`--full_bf16`, OneTrainer's bf16 train dtype): weights, gradients and optimizer state take about half "
+        "the memory (an SDXL full fine-tune with `gradient_checkpointing`, `adamw8bit` and both caches fits a "
+        "24 GB card). Needs `mixed_precision: bf16` and `method: full`. bf16 keeps 8 significant bits, so an "
+        "update below half a bf16 step of a weight would round away; `stochastic_rounding` (on by default) "
+        "keeps the average update exact. An EMA (`ema_decay`) stays fp32; exports are written in the dtype "
+        "asked for.",
+    )
+    stochastic_rounding: bool = Field(
+        True,
+        description="With `full_bf16`: round each weight update to bf16 stochastically (torchao's AdamW/AdamW8bit "
+        "with `bf16_stochastic_round`), so updates below bf16's resolution still move the weights by the right "
+        "amount on average. With nearest rounding, AdamW at lr 1e-6 moves under 1% of typical SD weights and "
+        "about 1% of the total it should (docs/methods.md). Needs `optimizer: adamw` or `adamw8bit` and the "
+        "torchao package (in edlib[gpu]). false: nearest rounding (e.g. with adafactor).",
+    )
+    attention: Literal["sdpa", "xformers"] = Field(
+        "sdpa", description="Attention kernel: `sdpa` (PyTorch's fused attention) or `xformers` (must be installed)."
+    )
+    cache_latents: Literal["no", "memory", "disk"] = Field(
+        "no",
+        description="Encode each image with the VAE once and reuse the latents: `memory`, `disk` (in the "
+        "run folder, reused on resume) or `no`. On a GPU the VAE then waits in CPU memory, brought to the GPU "
+        "only to encode an image not yet cached (the first epoch) and for sampling and validation.",
+    )
+    cache_text_embeddings: bool = Field(
+        False,
+        description="Encode each caption once and reuse it. Only with a frozen text encoder "
+        "(`text_encoder_lr: 0`) and fixed captions (no `shuffle_caption`). On a GPU the text encoder(s) then "
+        "wait in CPU memory, as the VAE does with `cache_latents`.",
+    )
+    compile: bool = Field(
+        False, description="Compile the UNet with torch.compile (faster steps after a slow first one)."
+    )
+    channels_last: bool = Field(
+        False,
+        description="Keep the UNet's weights and its input latents in channels_last memory format, which "
+        "GPU convolution kernels run faster on (bf16/fp16 on Ampere and newer). Same results; no gain on a CPU.",
+    )
+
+    # --- saving, logging, sampling ----------------------------------------------------------
+    save_every_n_steps: int | None = Field(
+        None, ge=1, description="Save a checkpoint every N optimizer steps. Null: off."
+    )
+    save_every_n_epochs: int | None = Field(1, ge=1, description="Save a checkpoint every N epochs. Null: off.")
+    save_every_n_minutes: float | None = Field(
+        30.0,
+        gt=0.0,
+        description="Save a checkpoint every N minutes of training, so a vanished GPU loses little. Null: off.",
+    )
+    keep_last_n_checkpoints: int | None = Field(
+        2, ge=1, description="Delete older checkpoints, keeping the newest N. Null keeps all."
+    )
+    log_every_n_steps: int = Field(
+        10, ge=1, description="Write a progress line to log.txt and the console every N optimizer steps."
+    )
+    tensorboard: bool = Field(
+        False, description="Also write TensorBoard logs to the run folder (needs tensorboard installed)."
+    )
+    sample_prompts: Path | list[str] | None = Field(
+        None,
+        description="Prompts for sample images during training: a prompt file or a list of prompts. Null: no samples.",
+    )
+    sample_every_n_steps: int | None = Field(
+        None, ge=1, description="Generate samples every N optimizer steps. Null: off."
+    )
+    sample_every_n_epochs: int | None = Field(None, ge=1, description="Generate samples every N epochs. Null: off.")
+    sample_every_n_minutes: float | None = Field(
+        None, gt=0.0, description="Generate samples every N minutes. Null: off."
+    )
+    sample_at_end: bool = Field(
+        True, description="Generate samples when training ends (with `sample_prompts` set)."
+    )
+    export_formats: list[str] | None = Field(
+        None,
+        description="Exports written to the run's exports/ when training ends (also after a stop request), from "
+        "the final weights (EMA weights when `ema_decay` is set). Null: the method's usual format: `single-file` "
+        "for full, `kohya-lora` for lora, `a1111-embedding` for textual_inversion. A full fine-tune may also list "
+        "`diffusers`. []: none (`edlib export RUN` exports any checkpoint later).",
+    )
+    export_dtype: Literal["fp16", "fp32"] = Field(
+        "fp16", description="Weight dtype of the exports written at the end of a run."
+    )
+    loss_tracking: bool = Field(
+        True,
+        description="Track each image's timestep-normalised loss and write image_loss.csv "
+        "(see docs/loss_tracking.md and `edlib review`).",
+    )
+    hard_example_boost: float = Field(
+        0.0,
+        ge=-1.0,
+        le=1.0,
+        description="Sample images the loss tracker flags (1 + this) times as often from the next epoch on "
+        "(1: twice as often; negative: less often, -1: not at all). 0: off. Needs loss_tracking.",
+    )
+    validation_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Hold out this fraction of each folder's images (chosen by seed) for the validation loss. 0: none.",
+    )
+    validation_data_root: Path | None = Field(
+        None, description="A separate folder of validation images (instead of `validation_fraction`)."
+    )
+    validate_every_n_steps: int | None = Field(
+        None, ge=1, description="Compute the validation loss every N optimizer steps. Null: off."
+    )
+    validate_every_n_epochs: int | None = Field(
+        1, ge=1, description="Compute the validation loss every N epochs (when a validation set is configured)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _native_resolution(cls, values: Any) -> Any:
+        """An unset resolution is the model's native one, so an SDXL model trains at 1024
+        without being told (and its buckets are SDXL's), an SD1.5 one at 512."""
+        if isinstance(values, dict) and values.get("resolution") is None and isinstance(values.get("model"), str):
+            from edlib.model.identify import native_resolution
+
+            native = native_resolution(values["model"])
+            values = {**values, "resolution": native if native and native % 64 == 0 else DEFAULT_RESOLUTION}
+        return values
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        if value not in METHODS:
+            raise ValueError(f"unknown method {value!r}; allowed: {', '.join(METHODS)}")
+        return value
+
+    @field_validator("mixed_precision", "cache_latents", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `no` as false; `mixed_precision: no` must still mean "no".
+        return "no" if value is False else value
+
+    @field_validator("data_root", "run_dir", "init_from", "validation_data_root")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # Stored absolute, so the run's config.yaml and checkpoints mean the same folders
+        # whatever the working folder of a later resume, sample or export.
+        return value.expanduser().absolute() if value is not None else None
+
+    @field_validator("resolution")
+    @classmethod
+    def _multiple_of_64(cls, value: int) -> int:
+        if value % 64:
+            raise ValueError("must be a multiple of 64 (aspect buckets have sides that are multiples of 64)")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.method == "textual_inversion" and not self.placeholder_tokens:
+            raise ValueError("placeholder_tokens: textual_inversion needs at least one, e.g. [{token: <ohwx>, init_word: person}]")
+        if self.method == "textual_inversion" and self.text_encoder_lr <= 0:
+            raise ValueError("text_encoder_lr: textual_inversion trains the new embeddings at this rate; set it, e.g. 5e-3")
+        if self.cache_text_embeddings and (self.text_encoder_lr > 0 or (self.text_encoder_2_lr or 0) > 0):
+            raise ValueError(
+                "cache_text_embeddings: cannot cache while a text encoder trains (text_encoder_lr or "
+                "text_encoder_2_lr > 0); set them to 0 or cache_text_embeddings: false"
+            )
+        if self.cache_text_embeddings and self.shuffle_caption:
+            raise ValueError(
+                "cache_text_embeddings: captions change every step with shuffle_caption; "
+                "set shuffle_caption: false or cache_text_embeddings: false"
+            )
+        allowed = EXPORT_FORMATS[self.method]
+        wrong = [f for f in self.export_formats or () if f not in allowed]
+        if wrong:
+            raise ValueError(
+                f"export_formats: a {self.method!r} run exports as {', '.join(allowed)}, not {', '.join(map(repr, wrong))}"
+            )
+        if self.full_bf16 and self.mixed_precision != "bf16":
+            raise ValueError(
+                f"full_bf16: keeps the trained weights in bf16, which needs mixed_precision: bf16 (got "
+                f"{self.mixed_precision!r}); set mixed_precision: bf16 or full_bf16: false"
+            )
+        if self.full_bf16 and self.stochastic_rounding and self.optimizer not in STOCHASTIC_ROUNDING_OPTIMIZERS:
+            raise ValueError(
+                f"stochastic_rounding: with full_bf16 it needs optimizer adamw or adamw8bit (torchao's), not "
+                f"{self.optimizer!r}; change the optimizer, or set stochastic_rounding: false (small updates then "
+                "round away)"
+            )
+        if self.full_bf16 and self.method != "full":
+            raise ValueError(
+                f"full_bf16: is for method: full (got {self.method!r}): LoRA adapters and new embeddings are a few "
+                "million parameters, so bf16 would save little memory and lose their small updates; set full_bf16: false"
+            )
+        if self.hard_example_boost and not self.loss_tracking:
+            raise ValueError(
+                "hard_example_boost: boosts the images the loss tracker flags; set loss_tracking: true or hard_example_boost: 0"
+            )
+        return self
+
+    def exports_at_end(self) -> tuple[str, ...]:
+        """The formats exported when the run ends (see `export_formats`)."""
+        if self.export_formats is None:
+            return (END_EXPORT_FORMATS[self.method],)
+        return tuple(dict.fromkeys(self.export_formats))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Validate a plain mapping, raising one `ConfigError` that names every bad key."""
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            raise ConfigError(_describe(error)) from None
+
+    def to_yaml(self) -> str:
+        """The config as YAML, every key written out, in declaration order."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_yaml(), encoding="utf-8")
+        return path
+
+
+def _describe(error: ValidationError) -> str:
+    """One readable line per problem: the key, what is wrong, and what was given."""
+    known = list(TrainConfig.model_fields)
+    lines = []
+    for item in error.errors(include_url=False):
+        key = ".".join(str(part) for part in item["loc"]) or "config"
+        if item["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "docs/config.md lists every key"
+            lines.append(f"{key}: unknown key; {hint}")
+        elif item["type"] == "missing":
+            lines.append(f"{key}: required, not given")
+        elif item["type"] == "literal_error":
+            lines.append(f"{key}: unknown value {item['input']!r}; allowed: {item['ctx']['expected']}")
+        elif not item["loc"]:  # a check across keys: its message names them
+            lines.append(item["msg"].removeprefix("Value error, "))
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            lines.append(f"{key}: {message} (got {item['input']!r})")
+    return "invalid training config:\n  " + "\n  ".join(lines)
+
+
+def _resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Make relative paths absolute against `base` (the config file's folder, or the current
+    folder for command-line overrides). `model` counts as a path only when it looks like one
+    (starts with `.`, `/` or `~`) or names something that exists; otherwise it is a hub id."""
+    resolved = dict(values)
+    for key in PATH_KEYS:
+        value = resolved.get(key)
+        if isinstance(value, str) and value:
+            resolved[key] = str((base / Path(value).expanduser()).resolve())
+    for key in ("model", "vae"):
+        model = resolved.get(key)
+        if isinstance(model, str) and model:
+            candidate = base / Path(model).expanduser()
+            if model.startswith((".", "/", "~")) or candidate.exists():
+                resolved[key] = str(candidate.resolve())
+    return resolved
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """`["unet_lr=2e-6", "max_steps=500"]` -> `{"unet_lr": 2e-06, "max_steps": 500}`.
+
+    Values are read as YAML, so numbers, booleans, `null` and lists (`[a, b]`) work as in a
+    config file."""
+    values: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. max_steps=500")
+        try:
+            values[key.strip()] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({error})") from None
+    return values
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Read a YAML config file, apply `key=value` overrides, validate.
+
+    Relative paths in the file resolve against the file's folder (so a project folder can be
+    moved as a whole); relative paths in overrides resolve against the current folder, as a
+    command-line user expects."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not a readable YAML file ({error})") from None
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of key: value lines, found {type(values).__name__}")
+    values = _resolve_paths(values, path.resolve().parent)
+    values.update(_resolve_paths(parse_overrides(overrides), Path.cwd()))
+    try:
+        return TrainConfig.from_dict(values)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+# Keys that may not change when a run resumes, and why. Changing any of them would make the
+# checkpoint's state meaningless or the continued run silently different from the one started;
+# a deliberate change of these is a new phase (`init_from`), not a resume. All other keys may
+# change on resume (the change is logged), e.g. max_steps, save cadence, caching, logging.
+RESUME_IMMUTABLE_KEYS: dict[str, str] = {
+    "model": "the checkpoint's weights are a fine-tune of this base model",
+    "method": "the checkpoint holds this method's state (full weights, adapters or embeddings)",
+    "init_from": "the run's chain of phases is fixed when it starts",
+    "resolution": "images are already assigned to buckets for this resolution in the current epoch",
+    "batch_size": "the position in the epoch is counted in batches of this size",
+    "gradient_accumulation_steps": "the optimizer step count and LR schedule position depend on it",
+    "seed": "the per-epoch schedules and the RNG streams restored from the checkpoint derive from it",
+    "unet_lr": "the LR scheduler state restored from the checkpoint holds the base learning rates",
+    "text_encoder_lr": "it decides what trains (0 = frozen) and the optimizer's parameter groups",
+    "text_encoder_2_lr": "it decides what trains (0 = frozen) and the optimizer's parameter groups",
+    "vae": "the cached latents and the UNet's training target come from this VAE",
+    "lr_scheduler": "the restored LR scheduler state belongs to this schedule",
+    "lr_warmup_steps": "it shapes the LR schedule the run is following",
+    "lr_num_cycles": "it shapes the LR schedule the run is following",
+    "lr_power": "it shapes the LR schedule the run is following",
+    "optimizer": "the optimizer state in the checkpoint belongs to this optimizer",
+    "optimizer_args": "the restored optimizer state carries these hyperparameters",
+    "ema_decay": "the checkpoint holds (or lacks) EMA weights for this setting",
+    "stochastic_rounding": "with full_bf16 it picks the optimizer implementation whose state the checkpoint holds",
+    "full_bf16": "the checkpoint's weights and optimizer state are in this precision; changing it rounds them or trains on from rounded values",
+    "prediction_type": "the model is being trained towards this target",
+    "zero_terminal_snr": "the model is being trained on this noise schedule",
+    "clip_skip": "the UNet is being trained on embeddings from this text encoder layer",
+    "network_dim": "the checkpoint's LoRA adapters have this rank",
+    "network_alpha": "the LoRA adapters are being trained at this scale",
+    "conv_dim": "the checkpoint's LoCon adapters have this rank (or there are none)",
+    "conv_alpha": "the LoCon adapters are being trained at this scale",
+    "placeholder_tokens": "the checkpoint holds embeddings for these tokens",
+    "validation_fraction": "it decides which images train; the epoch being resumed was planned without the held-out ones",
+}
+
+
+def diff_configs(old: TrainConfig, new: TrainConfig) -> tuple[dict[str, tuple[Any, Any]], dict[str, tuple[Any, Any]]]:
+    """Changes between a run's config and the config it is resumed with, as
+    `(immutable_changes, mutable_changes)`, each `{key: (old_value, new_value)}`."""
+    before, after = old.model_dump(mode="json"), new.model_dump(mode="json")
+    changed = {key: (before[key], after[key]) for key in before if before[key] != after[key]}
+    immutable = {key: change for key, change in changed.items() if key in RESUME_IMMUTABLE_KEYS}
+    mutable = {key: change for key, change in changed.items() if key not in RESUME_IMMUTABLE_KEYS}
+    return immutable, mutable
+
+
+def config_reference_markdown() -> str:
+    """The reference of every config key (docs/config.md), generated from the field descriptions."""
+    lines = [
+        "# Training configuration reference",
+        "",
+        "<!-- Generated by edlib.model.config.config_reference_markdown(); do not edit by hand. -->",
+        "",
+        "A training config is a YAML file of `key: value` lines; any key can also be given on the",
+        "command line as `key=value` (values are read as YAML). Relative paths in a config file are",
+        "relative to the file's folder. Keys marked *fixed on resume* cannot change when a run is",
+        "resumed; start a new phase with `init_from` instead.",
+        "",
+        "A first config needs only the data; everything else has a newcomer-safe default:",
+        "",
+        "```yaml",
+        "model: stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "data_root: data",
+        "run_dir: runs/first",
+        "mixed_precision: bf16   # on a recent GPU",
+        "```",
+        "",
+        "| key | default | description |",
+        "| --- | --- | --- |",
+    ]
+    for name, field in TrainConfig.model_fields.items():
+        if field.is_required():
+            default = "*required*"
+        else:
+            value = field.get_default(call_default_factory=True)
+            shown = value.as_posix() if isinstance(value, Path) else value
+            default = "`" + yaml.safe_dump(shown, default_flow_style=True).strip().removesuffix("...").strip() + "`"
+        description = field.description or ""
+        if name in RESUME_IMMUTABLE_KEYS:
+            description += f" *Fixed on resume: {RESUME_IMMUTABLE_KEYS[name]}.*"
+        description = description.replace("|", "\\|")  # a pipe would end the table cell
+        lines.append(f"| `{name}` | {default} | {description} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,340 @@
+"""Loading a Stable Diffusion model for training, and the two encoders the loop calls.
+
+A model is a hub id, a local diffusers folder, or a single ``.safetensors``/``.ckpt`` file in
+the original SD layout; all three go through diffusers' own pipeline loaders, so what trains
+is exactly what diffusers (and the sampler) would load. The training noise scheduler is always
+a ``DDPMScheduler`` built from the model's scheduler config: the config carries the beta
+schedule and prediction type, while the sampling scheduler class (PNDM, DDIM, ...) does not
+matter for adding noise.
+
+SDXL models (a ``text_encoder_2`` in the pipeline) load through ``StableDiffusionXLPipeline``
+into the same ``Models`` bundle, with ``tokenizer_2``/``text_encoder_2`` set; everything that
+differs between the families is in the text conditioning (`encode_prompts` returns a
+`Conditioning` with SDXL's pooled embedding, and the batch adds its micro-conditioning), so the
+loop calls `predict` the same way for both.
+
+``vae_scale_factor`` is read from the VAE config (``2 ** (len(block_out_channels) - 1)``: 8 for
+SD's VAE, 4 for the tiny test VAE), never assumed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from edlib.model.identify import (  # noqa: F401 - native_resolution: part of this module's API
+    SINGLE_FILE_SUFFIXES,
+    folder_is_sdxl,
+    hub_is_sdxl,
+    is_sdxl_file,
+    looks_like_path,
+    native_resolution,
+)
+
+log = logging.getLogger(__name__)
+
+ATTENTION = ("sdpa", "xformers")
+
+
+class ModelError(ValueError):
+    """The model cannot be loaded; the message names what was given and what is wrong."""
+
+
+@dataclass
+class Models:
+    """The pieces of an SD model the trainer works with."""
+
+    tokenizer: object  # transformers CLIPTokenizer
+    text_encoder: torch.nn.Module  # transformers CLIPTextModel
+    vae: torch.nn.Module  # diffusers AutoencoderKL
+    unet: torch.nn.Module  # diffusers UNet2DConditionModel
+    noise_scheduler: object  # diffusers DDPMScheduler, used to add noise and build targets
+    vae_scale_factor: int  # pixels per latent pixel along each side
+    vae_scaling_factor: float  # latents are multiplied by this so they have about unit variance
+    prediction_type: str  # "epsilon" or "v_prediction"
+    source: str  # what was loaded: hub id, folder or file
+    tokenizer_2: object | None = None  # SDXL's second tokenizer (None for SD1.x/SD2.x)
+    text_encoder_2: torch.nn.Module | None = None  # SDXL: transformers CLIPTextModelWithProjection
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.text_encoder_2 is not None
+
+    @property
+    def text_encoder_names(self) -> tuple[str, ...]:
+        """`Models` attribute names of the text encoders, in the order their outputs join."""
+        return ("text_encoder", "text_encoder_2") if self.is_sdxl else ("text_encoder",)
+
+    @property
+    def module_names(self) -> tuple[str, ...]:
+        """Every neural network of the model: the text encoder(s), the VAE and the UNet."""
+        return (*self.text_encoder_names, "vae", "unet")
+
+
+@dataclass
+class Conditioning:
+    """What conditions the UNet besides the noisy latents and the timestep: the text
+    encoders' hidden states ``(B, 77, D)`` and, for SDXL, the second encoder's projected
+    pooled embedding ``(B, P)`` and the micro-conditioning ``(B, 6)``: original height and
+    width, crop top and left, target height and width, in pixels."""
+
+    hidden: torch.Tensor
+    pooled: torch.Tensor | None = None
+    time_ids: torch.Tensor | None = None
+
+    def __getitem__(self, index) -> Conditioning:
+        return Conditioning(*(None if t is None else t[index] for t in (self.hidden, self.pooled, self.time_ids)))
+
+    @staticmethod
+    def stack(parts: list[Conditioning]) -> Conditioning:
+        """One batch from single samples (each indexed out of a batch, as the cache keeps them)."""
+        def joined(name):
+            values = [getattr(part, name) for part in parts]
+            return None if values[0] is None else torch.stack(values)
+
+        return Conditioning(joined("hidden"), joined("pooled"), joined("time_ids"))
+
+    def to(self, *args, **kwargs) -> Conditioning:
+        return Conditioning(*(None if t is None else t.to(*args, **kwargs) for t in (self.hidden, self.pooled, self.time_ids)))
+
+    def with_time_ids(self, time_ids: torch.Tensor) -> Conditioning:
+        return replace(self, time_ids=time_ids.to(self.hidden.device))
+
+
+def predict(unet, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+    """The UNet's prediction for noisy latents at the timesteps: SD1.x/SD2.x take the text
+    hidden states alone; SDXL adds the pooled embedding and micro-conditioning to the time
+    embedding (diffusers' ``added_cond_kwargs``)."""
+    if cond.pooled is None:
+        return unet(noisy, timesteps, cond.hidden).sample
+    if cond.time_ids is None:
+        raise ValueError("SDXL needs micro-conditioning (original size, crop, target size) for every sample")
+    added = {"text_embeds": cond.pooled, "time_ids": cond.time_ids.to(cond.pooled.dtype)}
+    return unet(noisy, timesteps, cond.hidden, added_cond_kwargs=added).sample
+
+
+def pipeline_class(sdxl: bool):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    return StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
+
+
+def _load_pipeline(model: str, dtype: torch.dtype, single_file_config: str | None):
+    # SD pipelines are loaded without their safety checker (training needs none); SDXL has none.
+    no_safety = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    if not looks_like_path(model):
+        try:
+            if hub_is_sdxl(model):
+                return pipeline_class(sdxl=True).from_pretrained(model, dtype=dtype)
+            return pipeline_class(sdxl=False).from_pretrained(model, dtype=dtype, **no_safety)
+        except OSError as error:
+            raise ModelError(
+                f"model: could not load {model!r} from the Hugging Face hub ({error}). If this machine is "
+                f"offline, download the model first (huggingface-cli download {model}) or set model to a "
+                "local diffusers folder or .safetensors file."
+            ) from error
+
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise ModelError(f"model: {path} does not exist (expected a diffusers folder or a .safetensors/.ckpt file)")
+    if path.is_dir():
+        index = path / "model_index.json"
+        if not index.is_file():
+            raise ModelError(f"model: {path} is a folder but not a diffusers model (no model_index.json in it)")
+        if folder_is_sdxl(path):
+            return pipeline_class(sdxl=True).from_pretrained(path, dtype=dtype)
+        return pipeline_class(sdxl=False).from_pretrained(path, dtype=dtype, **no_safety)
+    if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+        raise ModelError(f"model: {path} is not a model file (expected .safetensors or .ckpt, or a diffusers folder)")
+    try:
+        if is_sdxl_file(path):
+            return pipeline_class(sdxl=True).from_single_file(str(path), config=single_file_config, dtype=dtype)
+        return pipeline_class(sdxl=False).from_single_file(
+            str(path), config=single_file_config, dtype=dtype, safety_checker=None
+        )
+    except Exception as error:  # diffusers raises many types here; all mean "this file did not load"
+        raise ModelError(f"model: could not load the single file {path}: {error}") from error
+
+
+def _load_vae(vae: str, dtype: torch.dtype):
+    from diffusers import AutoencoderKL
+
+    path = Path(vae).expanduser()
+    if looks_like_path(vae) and not (path / "config.json").is_file():
+        raise ModelError(f"vae: {path} is not a diffusers VAE folder (no config.json in it)")
+    try:
+        return AutoencoderKL.from_pretrained(str(path) if looks_like_path(vae) else vae, torch_dtype=dtype)
+    except OSError as error:
+        raise ModelError(f"vae: could not load {vae!r} ({error})") from error
+
+
+def _set_attention(models: Models, attention: str) -> None:
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    if attention not in ATTENTION:
+        raise ModelError(f"attention: unknown value {attention!r}; allowed: {', '.join(ATTENTION)}")
+    if attention == "sdpa":
+        # diffusers' default on torch 2, set explicitly so a model saved with another
+        # processor still trains with PyTorch's fused scaled_dot_product_attention.
+        models.unet.set_attn_processor(AttnProcessor2_0())
+        models.vae.set_attn_processor(AttnProcessor2_0())
+        return
+    if importlib.util.find_spec("xformers") is None:
+        raise ModelError("attention: xformers is not installed (pip install xformers), or use attention: sdpa")
+    try:
+        models.unet.enable_xformers_memory_efficient_attention()
+        models.vae.enable_xformers_memory_efficient_attention()
+    except (ValueError, RuntimeError) as error:  # e.g. no CUDA device
+        raise ModelError(f"attention: xformers cannot be used here ({error}); use attention: sdpa") from error
+
+
+def load_models(
+    model: str | Path,
+    *,
+    prediction_type: str | None = None,
+    zero_terminal_snr: bool = False,
+    dtype: torch.dtype = torch.float32,
+    attention: str = "sdpa",
+    single_file_config: str | None = None,
+    vae: str | None = None,
+) -> Models:
+    """Load tokenizer, text encoder, VAE and UNet, and build the training noise scheduler.
+
+    ``prediction_type`` None takes the model's own (from its scheduler config); "epsilon" or
+    "v_prediction" overrides it. ``zero_terminal_snr`` rescales the betas so the last timestep
+    is pure noise; a model whose scheduler config has ``rescale_betas_zero_snr`` gets that
+    schedule whatever ``zero_terminal_snr`` says. ``single_file_config`` is a hub id or local diffusers folder describing a
+    single file's architecture; without it diffusers infers the architecture from the file's
+    keys (which needs the hub, or its cache, once). ``vae`` replaces the model's VAE (a hub id
+    or a diffusers VAE folder), e.g. with an fp16-safe one.
+    """
+    from diffusers import DDPMScheduler
+
+    source = str(model)
+    pipeline = _load_pipeline(source, dtype, single_file_config)
+    if vae is not None:
+        pipeline.vae = _load_vae(vae, dtype)
+    scheduler_config = pipeline.scheduler.config
+    prediction_type = prediction_type or scheduler_config.get("prediction_type", "epsilon")
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ModelError(f"prediction_type: {prediction_type!r} is not supported; allowed: epsilon, v_prediction")
+    if zero_terminal_snr and prediction_type == "epsilon":
+        log.warning(
+            "zero_terminal_snr with epsilon prediction: at the last timestep the input is pure noise and "
+            "the target is that noise, so the model learns nothing there; use prediction_type v_prediction"
+        )
+    # A model sampled with a zero-terminal-SNR schedule (its scheduler config says so) was
+    # trained on it and must go on training on it: passing False here would silently train
+    # it on the plain schedule, at whose last timestep x_T still shows the image's mean
+    # colour, so the model learns to read colours from the noise instead of the prompt.
+    zero_terminal_snr = zero_terminal_snr or bool(scheduler_config.get("rescale_betas_zero_snr", False))
+    noise_scheduler = DDPMScheduler.from_config(
+        scheduler_config, prediction_type=prediction_type, rescale_betas_zero_snr=zero_terminal_snr
+    )
+    models = Models(
+        tokenizer=pipeline.tokenizer,
+        text_encoder=pipeline.text_encoder,
+        tokenizer_2=getattr(pipeline, "tokenizer_2", None),
+        text_encoder_2=getattr(pipeline, "text_encoder_2", None),
+        vae=pipeline.vae,
+        unet=pipeline.unet,
+        noise_scheduler=noise_scheduler,
+        vae_scale_factor=2 ** (len(pipeline.vae.config.block_out_channels) - 1),
+        vae_scaling_factor=float(pipeline.vae.config.scaling_factor),
+        prediction_type=prediction_type,
+        source=source,
+    )
+    _set_attention(models, attention)
+    return models
+
+
+def enable_gradient_checkpointing(models: Models, *, text_encoders: tuple[str, ...] = ()) -> None:
+    """Trade compute for memory: recompute activations in the backward pass of the UNet, and
+    of the text encoders named (those that train: a frozen one keeps no activations anyway)."""
+    models.unet.enable_gradient_checkpointing()
+    for name in text_encoders:
+        # Non-reentrant checkpointing also works when the inputs (token embeddings) do not
+        # require grad, and is what PyTorch recommends. transformers 5 renamed the switch.
+        encoder = getattr(models, name)
+        if hasattr(encoder, "activation_checkpointing_enable"):
+            encoder.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
+    """Token ids, padded and truncated to the tokenizer's 77 positions (BOS and EOS included)."""
+    return tokenizer(
+        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+
+
+def _check_clip_skip(encoder, clip_skip: int, extra: int = 0) -> None:
+    layers = encoder.config.num_hidden_layers
+    if not 1 <= clip_skip <= layers - extra:
+        raise ValueError(
+            f"clip_skip: {clip_skip} is out of range for a text encoder with {layers} layers (1..{layers - extra})"
+        )
+
+
+def encode_prompts(models: Models, captions: list[str], clip_skip: int = 1) -> Conditioning:
+    """The text conditioning of captions: hidden states ``[batch, 77, hidden]`` (and SDXL's
+    pooled embedding).
+
+    ``clip_skip`` counts layers from the end as AUTOMATIC1111 and kohya do: 1 is the last
+    layer's output (SD's default), 2 the penultimate layer's; the final layer norm is applied
+    in every case, as those tools do. (diffusers' pipeline argument ``clip_skip`` counts
+    skipped layers, so its value is ours minus one.) SDXL reads both encoders one layer
+    deeper, without the final layer norm, and joins them along the feature axis, as SDXL was
+    trained and as diffusers' pipeline does: ``clip_skip`` 1 is that standard, 2 one layer
+    deeper still. Gradients flow when a text encoder trains; wrap the call in
+    ``torch.no_grad()`` when they are frozen.
+    """
+    if models.is_sdxl:
+        return _encode_sdxl(models, captions, clip_skip)
+    return Conditioning(encode_sd_prompts(models.tokenizer, models.text_encoder, captions, clip_skip))
+
+
+def encode_sd_prompts(tokenizer, encoder, captions: list[str], clip_skip: int = 1) -> torch.Tensor:
+    """SD1.x/SD2.x hidden states of one text encoder (see `encode_prompts`)."""
+    _check_clip_skip(encoder, clip_skip)
+    ids = tokenize(tokenizer, captions).to(encoder.device)
+    if clip_skip == 1:
+        return encoder(ids).last_hidden_state
+    hidden = encoder(ids, output_hidden_states=True).hidden_states[-clip_skip]
+    # transformers 4 nests the layers under `text_model`; transformers 5 does not (diffusers'
+    # own SD pipeline still reaches for `text_model`, and fails there with clip_skip).
+    final_layer_norm = getattr(encoder, "text_model", encoder).final_layer_norm
+    return final_layer_norm(hidden)
+
+
+def _encode_sdxl(models: Models, captions: list[str], clip_skip: int) -> Conditioning:
+    hidden, outputs = [], []
+    for tokenizer, encoder in ((models.tokenizer, models.text_encoder), (models.tokenizer_2, models.text_encoder_2)):
+        _check_clip_skip(encoder, clip_skip, extra=1)
+        outputs.append(encoder(tokenize(tokenizer, captions).to(encoder.device), output_hidden_states=True))
+        hidden.append(outputs[-1].hidden_states[-(clip_skip + 1)])
+    pooled = outputs[1].text_embeds  # the second encoder's, projected: only it conditions SDXL
+    # The encoders may sit in different dtypes (one training, one frozen in half precision).
+    dtype = torch.promote_types(hidden[0].dtype, hidden[1].dtype)
+    return Conditioning(torch.cat([h.to(dtype) for h in hidden], dim=-1), pooled)
+
+
+@torch.no_grad()
+def encode_images(models: Models, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Latents for images ``[batch, 3, H, W]`` in [-1, 1], scaled by the VAE's scaling factor.
+
+    Without a generator the posterior mean is used: deterministic, so cached and uncached
+    latents are identical and a resumed run sees the same latents. SD's VAE posterior is so
+    narrow that a sample differs from the mean by a tiny fraction of the latent's scale; pass
+    a generator to draw a sample instead (as diffusers' training scripts do). The VAE never
+    trains, so no gradient is kept.
+    """
+    vae = models.vae
+    posterior = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist
+    latents = posterior.mean if generator is None else posterior.sample(generator)
+    return latents * models.vae_scaling_factor

@@ -1,0 +1,158 @@
+"""Everything a run needs before its first step: the accelerator, the data, and the trained
+things (models placed on their devices, method, optimizer, LR schedule, EMA)."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState
+
+from edlib.data.scan import scan
+from edlib.data.types import DataRootError, ScanResult
+from edlib.model.config import ConfigError, TrainConfig
+from edlib.model.ema import make_ema
+from edlib.model.lr import make_lr_scheduler
+from edlib.model.methods import Method, make_method
+from edlib.model.models import enable_gradient_checkpointing, load_models
+from edlib.model.offload import home_device
+from edlib.model.optim import make_optimizer
+from edlib.model.plan import preview_run
+from edlib.train.run_dir import Reporter
+from edlib.train.validation import validation_set
+
+
+@dataclass
+class Training:
+    """What trains and how: the model bundle, the method, and the optimizer, LR schedule and
+    EMA over the method's trainable parameters."""
+
+    models: Any
+    method: Method
+    optimizer: Any
+    lr_scheduler: Any
+    ema: Any | None
+    trainable: list[torch.nn.Parameter]
+
+
+def make_accelerator(config: TrainConfig) -> Accelerator:
+    """accelerate keeps one process-wide state and refuses a second Accelerator with another
+    mixed precision; a notebook may well train twice in one kernel (fp16, then bf16). In a
+    single process nothing else depends on that state, so it is reset first; the process
+    group of a multi-process launch (PartialState) is left alone."""
+    if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("tensorboard: true needs the tensorboard package (pip install tensorboard), or set it to false")
+    process_state = PartialState._shared_state  # read without creating it: creating decides the backend
+    if process_state and process_state.get("num_processes", 1) == 1:
+        AcceleratorState._reset_state()
+    return Accelerator(
+        mixed_precision=config.mixed_precision,
+        log_with="tensorboard" if config.tensorboard else None,
+        project_dir=str(config.run_dir),
+    )
+
+
+def load_data(config: TrainConfig, report: Reporter) -> tuple[ScanResult, ScanResult | None]:
+    """The scanned data root (errors stop the run before any model loads; warnings are
+    reported) and the images held out for validation, if any."""
+    data = scan(config.data_root)
+    if data.errors:
+        raise DataRootError(f"data root {config.data_root} has errors:\n  " + "\n  ".join(data.errors))
+    for warning in data.warnings:
+        report.warning(warning)
+    return validation_set(config, data)
+
+
+def planned_steps(data: ScanResult, config: TrainConfig, num_processes: int = 1) -> int:
+    """Optimizer steps the LR schedule is laid out for: exactly what the preview shows
+    (ceil(batches / accumulation) per epoch, summed, capped by max_steps)."""
+    return preview_run(data, config, num_processes=num_processes, lr=False).total_steps
+
+
+def build_training(config: TrainConfig, accelerator: Accelerator, report: Reporter, total_steps: int) -> Training:
+    """Load the model, set up the method, place the modules, and make the optimizer, the LR
+    schedule (laid out for `total_steps`) and the EMA."""
+    models = load_models(
+        config.model,
+        prediction_type=config.prediction_type,
+        zero_terminal_snr=config.zero_terminal_snr,
+        attention=config.attention,
+        vae=config.vae,
+    )
+    if config.text_encoder_2_lr is not None and not models.is_sdxl:
+        report.warning(f"text_encoder_2_lr is set, but {config.model} has one text encoder (SDXL has two): ignored")
+    if config.full_bf16 and not config.stochastic_rounding:
+        report.warning(
+            "full_bf16 with stochastic_rounding: false: weight updates under half a bf16 step (about 1/512 of a "
+            f"weight) are rounded away, so at unet_lr {config.unet_lr:g} many weights may not move; watch the samples"
+        )
+    method = make_method(config)
+    method.setup(models)
+    place_models(models, method, config, accelerator)  # before the optimizer: fused AdamW needs CUDA params
+    optimizer = make_optimizer(
+        config.optimizer,
+        method.param_groups(models),
+        config.optimizer_args,
+        stochastic_rounding=config.full_bf16 and config.stochastic_rounding,
+    )
+    lr_scheduler = make_lr_scheduler(
+        optimizer,
+        config.lr_scheduler,
+        total_steps=total_steps,
+        warmup_steps=config.lr_warmup_steps,
+        num_cycles=config.lr_num_cycles,
+        power=config.lr_power,
+    )
+    trainable = method.trainable_parameters(models)
+    return Training(models, method, optimizer, lr_scheduler, make_ema(config.ema_decay, trainable), trainable)
+
+
+def place_models(models, method: Method, config: TrainConfig, accelerator: Accelerator) -> None:
+    """Trainable modules stay fp32 (autocast lowers their matmuls), or bf16 with `full_bf16`;
+    frozen ones go in the mixed-precision dtype (half the memory) in eval mode, except a VAE
+    that overflows in fp16 (SDXL's: its config says `force_upcast`), which stays fp32 under
+    fp16 unless the model's VAE is an fp16-safe one. Frozen modules go to the device, or stay
+    in CPU memory when the run caches all they compute (`edlib.model.offload`).
+
+    Only the UNet is wrapped by accelerate (DDP on several processes). A training text
+    encoder is not: `encode_prompts` needs the plain module, so its gradients are averaged
+    across processes by `edlib.train.step.average_gradients` instead of by DDP."""
+    trainable = method.trainable_modules(models)
+    trained_dtype = torch.bfloat16 if config.full_bf16 else None
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(models, text_encoders=tuple(n for n in models.text_encoder_names if n in trainable))
+    for name in models.module_names:
+        module = getattr(models, name)
+        if name == "unet" and config.channels_last:  # its inputs follow in `edlib.train.step.sample_losses`
+            module.to(memory_format=torch.channels_last)
+        if name not in trainable:
+            device = home_device(name, config, models, accelerator.device)
+            module.to(device, dtype=frozen_dtype(name, module, config.mixed_precision)).eval()
+        elif name == "unet":
+            unet = accelerator.prepare(module.to(dtype=trained_dtype).train())
+            # Compiled last, around the DDP wrapper; accelerate's unwrap_model sees through
+            # both when the checkpoint takes the plain module's weights.
+            setattr(models, name, torch.compile(unet) if config.compile else unet)
+        else:
+            module.to(accelerator.device, dtype=trained_dtype).train()
+
+
+def frozen_dtype(name: str, module: torch.nn.Module, mixed_precision: str) -> torch.dtype | None:
+    """The dtype a frozen module is kept in (None: as loaded): the mixed-precision dtype,
+    except a VAE whose config asks diffusers to upcast it (`force_upcast`: SDXL's VAE gives
+    inf/NaN latents in fp16), which stays fp32 under fp16. An fp16-safe VAE (config key
+    `vae`) does not ask, and runs in fp16."""
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision)
+    if name == "vae" and dtype == torch.float16 and module.config.get("force_upcast", False):
+        return torch.float32
+    return dtype
+
+
+def unwrapper(accelerator: Accelerator):
+    """The plain module inside accelerate's DDP and torch.compile wrappers, whose state-dict
+    keys are the model's own (no `module.` or `_orig_mod.` prefix)."""
+    return partial(accelerator.unwrap_model, keep_torch_compile=False)
