@@ -26,7 +26,7 @@ starting point (a fresh optimizer and LR schedule), and its pretraining.json's p
 first in the card, so the card tells the whole history of the weights:
 
     python scripts/pretrain_world_model.py --work /tmp/wm --out /tmp/wm/out \
-        --continue-from edlib/model/world_pretrained --steps 3000 --warmup 100 --threads 1
+        --continue-from edlib/model/world/pretrained --steps 3000 --warmup 100 --threads 1
 
 The noise schedule is SD1.5's betas rescaled to zero terminal SNR, with v prediction
 (`edlib.model.world.SCHEDULER_CONFIG`): with SD1.5's own schedule the last timestep still
@@ -76,7 +76,7 @@ HISTORY = "pretraining.json"
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="working folder (data, runs, evaluation)")
-    parser.add_argument("--out", type=Path, default=REPO / "edlib" / "model" / "world_pretrained", help="where the model goes")
+    parser.add_argument("--out", type=Path, default=REPO / "edlib" / "model" / "world" / "pretrained", help="where the model goes")
     parser.add_argument("--images", type=int, default=12000, help="training images to generate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vae-steps", type=int, default=1500)

@@ -1,7 +1,8 @@
 """The training configuration: one validated model, loaded from YAML with `key=value` overrides.
 
-Every key is documented by its field description; `config_reference_markdown()` turns those
-into docs/config.md, so the reference cannot drift from the code. Defaults are what a newcomer
+Every key is documented by its field description; `config_files.config_reference_markdown()`
+turns those into docs/config.md, so the reference cannot drift from the code. Reading YAML
+files and `key=value` overrides is `config_files`; the keys fixed on resume are `resume_keys`. Defaults are what a newcomer
 fine-tuning SD1.5 on a single GPU should use.
 
 Keys are flat (as in the YAML files users write and the CLI overrides they type), and a
@@ -31,9 +32,7 @@ EXPORT_FORMATS = {
     "textual_inversion": ("a1111-embedding",),
 }
 END_EXPORT_FORMATS = {"full": "single-file", "lora": "kohya-lora", "textual_inversion": "a1111-embedding"}
-# Keys holding file system paths: relative values in a config file resolve against its folder.
 DEFAULT_RESOLUTION = 512  # when the model's own size cannot be read (see `_native_resolution`)
-PATH_KEYS = ("data_root", "run_dir", "init_from", "sample_prompts", "validation_data_root")
 
 
 class ConfigError(ValueError):
@@ -466,149 +465,3 @@ def _describe(error: ValidationError) -> str:
             message = item["msg"].removeprefix("Value error, ")
             lines.append(f"{key}: {message} (got {item['input']!r})")
     return "invalid training config:\n  " + "\n  ".join(lines)
-
-
-def _resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
-    """Make relative paths absolute against `base` (the config file's folder, or the current
-    folder for command-line overrides). `model` counts as a path only when it looks like one
-    (starts with `.`, `/` or `~`) or names something that exists; otherwise it is a hub id."""
-    resolved = dict(values)
-    for key in PATH_KEYS:
-        value = resolved.get(key)
-        if isinstance(value, str) and value:
-            resolved[key] = str((base / Path(value).expanduser()).resolve())
-    for key in ("model", "vae"):
-        model = resolved.get(key)
-        if isinstance(model, str) and model:
-            candidate = base / Path(model).expanduser()
-            if model.startswith((".", "/", "~")) or candidate.exists():
-                resolved[key] = str(candidate.resolve())
-    return resolved
-
-
-def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """`["unet_lr=2e-6", "max_steps=500"]` -> `{"unet_lr": 2e-06, "max_steps": 500}`.
-
-    Values are read as YAML, so numbers, booleans, `null` and lists (`[a, b]`) work as in a
-    config file."""
-    values: dict[str, Any] = {}
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override {item!r}: expected key=value, e.g. max_steps=500")
-        try:
-            values[key.strip()] = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError as error:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({error})") from None
-    return values
-
-
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """Read a YAML config file, apply `key=value` overrides, validate.
-
-    Relative paths in the file resolve against the file's folder (so a project folder can be
-    moved as a whole); relative paths in overrides resolve against the current folder, as a
-    command-line user expects."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: not a readable YAML file ({error})") from None
-    if values is None:
-        values = {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a mapping of key: value lines, found {type(values).__name__}")
-    values = _resolve_paths(values, path.resolve().parent)
-    values.update(_resolve_paths(parse_overrides(overrides), Path.cwd()))
-    try:
-        return TrainConfig.from_dict(values)
-    except ConfigError as error:
-        raise ConfigError(f"{path}: {error}") from None
-
-
-# Keys that may not change when a run resumes, and why. Changing any of them would make the
-# checkpoint's state meaningless or the continued run silently different from the one started;
-# a deliberate change of these is a new phase (`init_from`), not a resume. All other keys may
-# change on resume (the change is logged), e.g. max_steps, save cadence, caching, logging.
-RESUME_IMMUTABLE_KEYS: dict[str, str] = {
-    "model": "the checkpoint's weights are a fine-tune of this base model",
-    "method": "the checkpoint holds this method's state (full weights, adapters or embeddings)",
-    "init_from": "the run's chain of phases is fixed when it starts",
-    "resolution": "images are already assigned to buckets for this resolution in the current epoch",
-    "batch_size": "the position in the epoch is counted in batches of this size",
-    "gradient_accumulation_steps": "the optimizer step count and LR schedule position depend on it",
-    "seed": "the per-epoch schedules and the RNG streams restored from the checkpoint derive from it",
-    "unet_lr": "the LR scheduler state restored from the checkpoint holds the base learning rates",
-    "text_encoder_lr": "it decides what trains (0 = frozen) and the optimizer's parameter groups",
-    "text_encoder_2_lr": "it decides what trains (0 = frozen) and the optimizer's parameter groups",
-    "vae": "the cached latents and the UNet's training target come from this VAE",
-    "lr_scheduler": "the restored LR scheduler state belongs to this schedule",
-    "lr_warmup_steps": "it shapes the LR schedule the run is following",
-    "lr_num_cycles": "it shapes the LR schedule the run is following",
-    "lr_power": "it shapes the LR schedule the run is following",
-    "optimizer": "the optimizer state in the checkpoint belongs to this optimizer",
-    "optimizer_args": "the restored optimizer state carries these hyperparameters",
-    "ema_decay": "the checkpoint holds (or lacks) EMA weights for this setting",
-    "stochastic_rounding": "with full_bf16 it picks the optimizer implementation whose state the checkpoint holds",
-    "full_bf16": "the checkpoint's weights and optimizer state are in this precision; changing it rounds them or trains on from rounded values",
-    "prediction_type": "the model is being trained towards this target",
-    "zero_terminal_snr": "the model is being trained on this noise schedule",
-    "clip_skip": "the UNet is being trained on embeddings from this text encoder layer",
-    "network_dim": "the checkpoint's LoRA adapters have this rank",
-    "network_alpha": "the LoRA adapters are being trained at this scale",
-    "conv_dim": "the checkpoint's LoCon adapters have this rank (or there are none)",
-    "conv_alpha": "the LoCon adapters are being trained at this scale",
-    "placeholder_tokens": "the checkpoint holds embeddings for these tokens",
-    "validation_fraction": "it decides which images train; the epoch being resumed was planned without the held-out ones",
-}
-
-
-def diff_configs(old: TrainConfig, new: TrainConfig) -> tuple[dict[str, tuple[Any, Any]], dict[str, tuple[Any, Any]]]:
-    """Changes between a run's config and the config it is resumed with, as
-    `(immutable_changes, mutable_changes)`, each `{key: (old_value, new_value)}`."""
-    before, after = old.model_dump(mode="json"), new.model_dump(mode="json")
-    changed = {key: (before[key], after[key]) for key in before if before[key] != after[key]}
-    immutable = {key: change for key, change in changed.items() if key in RESUME_IMMUTABLE_KEYS}
-    mutable = {key: change for key, change in changed.items() if key not in RESUME_IMMUTABLE_KEYS}
-    return immutable, mutable
-
-
-def config_reference_markdown() -> str:
-    """The reference of every config key (docs/config.md), generated from the field descriptions."""
-    lines = [
-        "# Training configuration reference",
-        "",
-        "<!-- Generated by edlib.model.config.config_reference_markdown(); do not edit by hand. -->",
-        "",
-        "A training config is a YAML file of `key: value` lines; any key can also be given on the",
-        "command line as `key=value` (values are read as YAML). Relative paths in a config file are",
-        "relative to the file's folder. Keys marked *fixed on resume* cannot change when a run is",
-        "resumed; start a new phase with `init_from` instead.",
-        "",
-        "A first config needs only the data; everything else has a newcomer-safe default:",
-        "",
-        "```yaml",
-        "model: stable-diffusion-v1-5/stable-diffusion-v1-5",
-        "data_root: data",
-        "run_dir: runs/first",
-        "mixed_precision: bf16   # on a recent GPU",
-        "```",
-        "",
-        "| key | default | description |",
-        "| --- | --- | --- |",
-    ]
-    for name, field in TrainConfig.model_fields.items():
-        if field.is_required():
-            default = "*required*"
-        else:
-            value = field.get_default(call_default_factory=True)
-            shown = value.as_posix() if isinstance(value, Path) else value
-            default = "`" + yaml.safe_dump(shown, default_flow_style=True).strip().removesuffix("...").strip() + "`"
-        description = field.description or ""
-        if name in RESUME_IMMUTABLE_KEYS:
-            description += f" *Fixed on resume: {RESUME_IMMUTABLE_KEYS[name]}.*"
-        description = description.replace("|", "\\|")  # a pipe would end the table cell
-        lines.append(f"| `{name}` | {default} | {description} |")
-    return "\n".join(lines) + "\n"

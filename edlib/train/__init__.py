@@ -1,4 +1,6 @@
-"""Training: config, models, the resumable loop and the in-process run handle.
+"""Training: the resumable loop, its hooks (sampling, loss tracking, validation, exports),
+the run folder and the in-process run handle. What a model is and how its weights train
+(config, methods, optimizers, checkpoints) is the layer below, `edlib.model`.
 
     from edlib.train import TrainConfig, load_config, train, start
 
@@ -6,15 +8,15 @@
     handle = start(load_config("train.yaml"))              # background thread (notebooks)
     handle.wait()
 
-Names are imported on first use, so `import edlib.model.config` (the preview, the CLI's
-argument checks) does not pay for importing torch, diffusers and accelerate.
+Names are imported on first use, so `from edlib.train import TrainConfig` (the CLI's argument
+checks, the notebook form) does not pay for importing torch, diffusers and accelerate.
 """
 
 from importlib import import_module
 
 _EXPORTS = {
     "TrainConfig": "edlib.model.config",
-    "load_config": "edlib.model.config",
+    "load_config": "edlib.model.config_files",
     "train": "edlib.train.loop",
     "RunSummary": "edlib.train.loop",
     "start": "edlib.train.handle",

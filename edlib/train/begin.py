@@ -10,7 +10,8 @@ from typing import Any
 from accelerate import Accelerator
 
 from edlib.model import checkpoint as ckpt
-from edlib.model.config import RESUME_IMMUTABLE_KEYS, ConfigError, TrainConfig, diff_configs
+from edlib.model.config import ConfigError, TrainConfig
+from edlib.model.resume_keys import RESUME_IMMUTABLE_KEYS, diff_configs
 from edlib.train.hooks import Plugin, Position
 from edlib.train.run_dir import Reporter, RunDir
 from edlib.train.setup import Training, unwrapper

@@ -5,15 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edlib.model.config import (
-    RESUME_IMMUTABLE_KEYS,
-    ConfigError,
-    TrainConfig,
-    config_reference_markdown,
-    diff_configs,
-    load_config,
-    parse_overrides,
-)
+from edlib.model.config import ConfigError, TrainConfig
+from edlib.model.config_files import config_reference_markdown, load_config, parse_overrides
+from edlib.model.resume_keys import RESUME_IMMUTABLE_KEYS, diff_configs
 from edlib.model.lr import LR_SCHEDULERS
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "config.md"
@@ -177,7 +171,7 @@ def test_docs_config_md_is_generated_and_up_to_date():
         assert f"| `{name}` |" in text
     assert DOCS.read_text(encoding="utf-8") == text, (
         "docs/config.md is stale: regenerate with "
-        'python -c \'from edlib.model.config import config_reference_markdown as m; open("docs/config.md", "w").write(m())\''
+        'python -c \'from edlib.model.config_files import config_reference_markdown as m; open("docs/config.md", "w").write(m())\''
     )
 
 

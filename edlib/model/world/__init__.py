@@ -94,7 +94,7 @@ SCHEDULER_CONFIG = {
 def bundled_model_path() -> Path:
     """The pretrained world model shipped inside the package: a diffusers folder that
     ``StableDiffusionPipeline.from_pretrained`` (and edlib's ``model:`` key) loads offline."""
-    path = Path(__file__).with_name("world_pretrained")
+    path = Path(__file__).with_name("pretrained")
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(
             f"{path} holds no pretrained world model (model_index.json missing); "

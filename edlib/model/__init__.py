@@ -1,0 +1,17 @@
+"""What a model is and how its weights are trained and saved, without the training loop.
+
+    config.py          the training config schema (`TrainConfig`; imports no torch)
+    config_files.py    YAML files and key=value overrides; docs/config.md
+    identify.py        what a model argument names (SD1/SD2/SDXL, native size), without torch
+    models.py          loading a model into a `Models` bundle; the encoders and the UNet call
+    architectures.py   per-family facts (SD1.x, SD2.x, SDXL)
+    methods/           full fine-tune, LoRA/LoCon, textual inversion behind one registry
+    optim.py, lr.py    optimizers and learning-rate schedules (and the curve a preview draws)
+    plan.py            a run's preview and LR curve from its config
+    ema.py, offload.py EMA of the trained weights; frozen encoders kept in CPU memory
+    checkpoint.py      checkpoints on disk (atomic, complete or ignored); trained.py loads them
+    estimate.py        memory and time estimates for a config
+    tiny.py, world/    tiny models built from configs (tests), and the bundled toy-world model
+
+It depends only on `edlib.data` below it; the loop (`edlib.train`), sampling and export sit above.
+"""
