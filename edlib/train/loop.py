@@ -58,6 +58,14 @@ class RunSummary:
     last_loss: float | None
     exports: list[Path] = field(default_factory=list)  # written at the end (`export_formats`)
 
+    def __str__(self) -> str:
+        loss = "" if self.last_loss is None else f", last loss {self.last_loss:.4f}"
+        text = (
+            f"run {self.run_dir}: stopped by {self.stopped_by} at step {self.step} (epoch {self.epoch}){loss}; "
+            f"last checkpoint: {self.last_checkpoint}"
+        )
+        return text + "".join(f"\n  exported: {path}" for path in self.exports)
+
 
 def train(
     config: TrainConfig,

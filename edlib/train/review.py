@@ -76,7 +76,8 @@ def format_review(reports: list[ImageReport], folders: list[FolderSummary] = ())
         lines.append("(no image has been observed yet)")
     if folders:
         lines.append("")
-        lines.append(f"{'folder':30}  {'images':>6}  {'obs':>6}  {'mean':>6}  flagged")
+        lines.append("per folder (seen: images observed so far; a folder's other images have not been trained yet):")
+        lines.append(f"{'folder':30}  {'seen':>6}  {'obs':>6}  {'mean':>6}  flagged")
         for f in folders:
             lines.append(f"{(f.folder or '.'):30}  {f.images:6d}  {f.observations:6d}  {f.mean:6.2f}  {f.flagged}")
     flagged = sum(r.flagged for r in reports)
@@ -95,7 +96,8 @@ def quarantine(
     """`edlib.data.quarantine.quarantine`, with each image's statistics from `run_dir`'s
     image_loss.csv recorded in the manifest."""
     stats = {}
-    if run_dir is not None:
+    # Before the run's first epoch ends there are no statistics yet: the move is recorded without them.
+    if run_dir is not None and (Path(run_dir) / "image_loss.csv").is_file():
         for row in _csv_rows(run_dir):
             stats[row.path] = {
                 "observations": row.observations, "mean": row.mean, "std": row.std, "trend": row.trend,

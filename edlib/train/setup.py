@@ -87,6 +87,12 @@ def build_training(config: TrainConfig, accelerator: Accelerator, report: Report
     )
     if config.text_encoder_2_lr is not None and not models.is_sdxl:
         report.warning(f"text_encoder_2_lr is set, but {config.model} has one text encoder (SDXL has two): ignored")
+    if config.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        report.warning(
+            "mixed_precision: fp16 on the CPU: there is no fp16 autocast on CPUs, so the trained weights compute in "
+            "fp32 while the frozen modules are kept in fp16 (slow on most CPUs). For a CPU run use "
+            "mixed_precision: no (or bf16); fp16 is for GPUs without bf16, such as a T4"
+        )
     if config.full_bf16 and not config.stochastic_rounding:
         report.warning(
             "full_bf16 with stochastic_rounding: false: weight updates under half a bf16 step (about 1/512 of a "
