@@ -111,7 +111,7 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_review(args) -> int:
-    from edlib.train.review import format_review, quarantine, restore, review, review_folders, run_data_root
+    from edlib.train.review import format_review, quarantine, restore, review, review_folders, review_status, run_data_root
 
     if args.quarantine:
         folder = quarantine(run_data_root(args.run), args.quarantine, run_dir=args.run, reason="edlib review")
@@ -126,7 +126,7 @@ def _cmd_review(args) -> int:
         if not restored:
             print(f"nothing to restore: the quarantine of {root} is empty")
         return 0
-    print(format_review(review(args.run, top=args.top), review_folders(args.run)))
+    print(format_review(review(args.run, top=args.top), review_folders(args.run), review_status(args.run)))
     return 0
 
 
