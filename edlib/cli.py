@@ -17,7 +17,7 @@ from pathlib import Path
 def _cmd_scan(args) -> int:
     from edlib.data.scan import format_report, report_json, scan
 
-    result = scan(args.data_root, use_cache=not args.no_cache)
+    result = scan(args.data_root, use_cache=not args.no_cache, follow_outside_links=not args.skip_outside_links)
     if args.json:
         print(json.dumps(report_json(result), indent=2))
     else:
@@ -30,7 +30,7 @@ def _cmd_preview(args) -> int:
     from edlib.data.scan import scan
     from edlib.data.schedule import write_schedule
 
-    result = scan(args.data_root)
+    result = scan(args.data_root, follow_outside_links=not args.skip_outside_links)
     if result.errors:
         return _fail_on_errors(result.errors)
     p = preview(
@@ -69,7 +69,7 @@ def _cmd_balance(args) -> int:
     if not args.weights:
         print("edlib balance: --weights W.yaml is required (or --undo)", file=sys.stderr)
         return 2
-    result = scan(args.data_root)
+    result = scan(args.data_root, follow_outside_links=not args.skip_outside_links)
     if result.errors:
         return _fail_on_errors(result.errors)
     plan = plan_balance(result, load_weights(args.weights), epoch_size=args.epoch_size)
@@ -142,6 +142,14 @@ def _fail_on_errors(errors: list[str]) -> int:
     return 1 if errors else 0
 
 
+def _add_links_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--skip-outside-links",
+        action="store_true",
+        help="skip symbolic links that lead outside the data root (default: follow them, with a warning)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edlib", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
@@ -151,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data_root")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-cache", action="store_true", help="ignore and do not update the scan cache")
+    _add_links_option(p)
     p.set_defaults(func=_cmd_scan)
 
     p = sub.add_parser("preview", help="samples per folder, steps and LR curve, without loading a model")
@@ -172,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--write-schedule", metavar="DIR", help="write ep{E}_batch_schedule.txt files here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_links_option(p)
     p.set_defaults(func=_cmd_preview)
 
     p = sub.add_parser("balance", help="turn target shares (a weight tree) into multiply.txt values")
@@ -181,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--apply", action="store_true", help="write the multiply.txt files (history kept)")
     p.add_argument("--undo", action="store_true", help="restore the multiply.txt files before the last --apply")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_links_option(p)
     p.set_defaults(func=_cmd_balance)
 
     p = sub.add_parser("train", help="train from a config file (resumable)")
