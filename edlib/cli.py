@@ -63,7 +63,7 @@ def _cmd_balance(args) -> int:
     from edlib.data.scan import scan
 
     if args.undo:
-        for line in undo_balance(args.data_root):
+        for line in undo_balance(args.data_root, force=args.force):
             print(line)
         return 0
     if not args.weights:
@@ -114,11 +114,14 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_review(args) -> int:
-    from edlib.review import format_review, quarantine, restore, review, review_folders, run_data_root
+    from edlib.review import format_review, quarantine, quarantined, restore, review, review_folders, run_data_root
 
     if args.quarantine:
-        manifest = quarantine(run_data_root(args.run), args.quarantine, run_dir=args.run, reason="edlib review")
-        print(f"Moved {len(args.quarantine)} image(s) with their captions to quarantine (manifest: {manifest}).")
+        root = run_data_root(args.run)
+        before = set(quarantined(root))
+        manifest = quarantine(root, args.quarantine, run_dir=args.run, reason="edlib review")
+        moved = len(set(quarantined(root)) - before)
+        print(f"Moved {moved} image(s) with their captions to quarantine (manifest: {manifest}).")
         print(f"Undo: edlib review {args.run} --restore")
         return 0
     if args.restore is not None:
@@ -190,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epoch-size", type=float, default=None, help="samples per epoch wanted (default: current)")
     p.add_argument("--apply", action="store_true", help="write the multiply.txt files (history kept)")
     p.add_argument("--undo", action="store_true", help="restore the multiply.txt files before the last --apply")
+    p.add_argument("--force", action="store_true", help="with --undo: restore even files edited since the apply")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_links_option(p)
     p.set_defaults(func=_cmd_balance)

@@ -33,9 +33,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -45,7 +43,7 @@ from pathlib import Path, PurePosixPath
 import yaml
 
 from edlib.data.types import DataRootError, ScanResult
-from edlib.files import write_text_atomic
+from edlib.files import copy_atomic, describe_write_error, write_text_atomic
 
 HISTORY_DIR = PurePosixPath(".edlib", "balance_history")
 MANIFEST = "manifest.json"
@@ -279,7 +277,9 @@ def apply_balance(plan: BalancePlan) -> Path:
     """Write the plan's multiply.txt files; returns the history entry that undoes it.
 
     The previous files are copied into DATA_ROOT/.edlib/balance_history/<time>/ with a
-    manifest before anything is written, so an interrupted apply can still be undone.
+    manifest before anything is written, so an interrupted apply can still be undone. If
+    that copy fails (a full disk), the history entry is removed and nothing is written. A
+    multiply.txt that is a symlink is written through (the link stays a link).
     """
     if plan.excluded:
         raise DataRootError(
@@ -288,6 +288,31 @@ def apply_balance(plan: BalancePlan) -> Path:
         )
     root = Path(plan.root)
     entry = _new_history_entry(root)
+    try:
+        manifest = _keep_previous(root, entry, plan)
+    except OSError as error:
+        shutil.rmtree(entry, ignore_errors=True)
+        raise DataRootError(
+            f"{root}: could not keep the previous multiply.txt files ({describe_write_error(error, entry)}); "
+            "nothing was written, free some space and apply again"
+        ) from None
+    written = 0
+    for rel, text in manifest["written"].items():
+        try:
+            write_text_atomic(root / rel, text)
+        except OSError as error:
+            raise DataRootError(
+                f"{root / rel}: could not write ({describe_write_error(error, root / rel)}); {written} of "
+                f"{len(manifest['written'])} multiply.txt files were written. Undo them with: "
+                f"edlib balance {root} --undo"
+            ) from None
+        written += 1
+    return entry
+
+
+def _keep_previous(root: Path, entry: Path, plan: BalancePlan) -> dict:
+    """Copy the multiply.txt files the plan replaces into the history `entry` and write its
+    manifest; returns the manifest."""
     manifest = {"created": [], "replaced": [], "written": {}}
     for e in plan.entries:
         rel = str(PurePosixPath(e.path, "multiply.txt"))
@@ -301,9 +326,7 @@ def apply_balance(plan: BalancePlan) -> Path:
             manifest["created"].append(rel)
         manifest["written"][rel] = e.text + "\n"
     write_text_atomic(entry / MANIFEST, json.dumps(manifest, indent=2))
-    for rel, text in manifest["written"].items():
-        write_text_atomic(root / rel, text)
-    return entry
+    return manifest
 
 
 def undo_balance(root, *, force: bool = False) -> list[str]:
@@ -328,12 +351,13 @@ def undo_balance(root, *, force: bool = False) -> list[str]:
         ]
         if edited:
             raise DataRootError(
-                f"{root}: changed since the balance was applied, not undoing: {', '.join(edited)} "
-                "(undo with force=True to restore the older files anyway)"
+                f"{root}: changed since the balance was applied, not undoing: {', '.join(edited)}. "
+                f"To restore the older files anyway: edlib balance {root} --undo --force "
+                "(from Python: undo_balance(root, force=True))"
             )
     done = []
     for rel in manifest["replaced"]:
-        os.replace(_copy_beside(entry / "files" / rel, root / rel), root / rel)
+        copy_atomic(entry / "files" / rel, root / rel)  # through a symlink: the link stays
         done.append(f"restored {rel}")
     for rel in manifest["created"]:
         if (root / rel).exists():
@@ -354,11 +378,3 @@ def _new_history_entry(root: Path) -> Path:
         n += 1
     entry.mkdir()
     return entry
-
-
-def _copy_beside(source: Path, target: Path) -> Path:
-    """Copy `source` to a temporary file next to `target`, ready to be renamed over it."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    shutil.copy2(source, tmp)
-    return Path(tmp)
