@@ -11,6 +11,8 @@ validation error names the key, what is wrong and the allowed values.
 from __future__ import annotations
 
 import difflib
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -100,6 +102,11 @@ class TrainConfig(BaseModel):
     )
     write_schedule: bool = Field(
         True, description="Write each epoch's batch schedule to `schedules/` in the run folder before training it."
+    )
+    follow_outside_links: bool = Field(
+        True,
+        description="Follow symbolic links in `data_root` that lead outside it (each such folder link is named in a "
+        "warning). false: skip them, so a stray link (to /etc, to another project) cannot pull files into training.",
     )
 
     # --- captions ---------------------------------------------------------------------------
@@ -350,6 +357,14 @@ class TrainConfig(BaseModel):
             values = {**values, "resolution": native if native and native % 64 == 0 else DEFAULT_RESOLUTION}
         return values
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info) -> Any:
+        """YAML reads `batch_size: true` as a boolean, which pydantic would take as 1."""
+        if isinstance(value, bool) and _is_number(cls.model_fields[info.field_name].annotation):
+            raise ValueError("expected a number, not true/false")
+        return value
+
     @field_validator("method")
     @classmethod
     def _known_method(cls, value: str) -> str:
@@ -444,6 +459,13 @@ class TrainConfig(BaseModel):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.to_yaml(), encoding="utf-8")
         return path
+
+
+def _is_number(annotation: Any) -> bool:
+    """Whether a field holds a number (int, float, or either or None), not a bool."""
+    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+    kinds = [a for a in options if a is not type(None)]
+    return bool(kinds) and all(a in (int, float) for a in kinds)
 
 
 def _describe(error: ValidationError) -> str:

@@ -45,6 +45,7 @@ from edlib.train import checkpoint as ckpt
 from edlib.train.batches import BatchEncoder, LocalBatch, batch_loss_scale, local_batch, sample_generators
 from edlib.train.config import RESUME_IMMUTABLE_KEYS, ConfigError, TrainConfig, diff_configs
 from edlib.train.ema import make_ema
+from edlib.train.epoch_state import epoch_items, folder_settings, restore_epoch
 from edlib.train.lr import make_lr_scheduler
 from edlib.train.methods import Method, make_method
 from edlib.train.models import enable_gradient_checkpointing, load_models, predict
@@ -52,6 +53,8 @@ from edlib.train.noise import min_snr_weights, per_sample_loss, sample_noise, sa
 from edlib.train.offload import home_device
 from edlib.train.optim import make_optimizer
 from edlib.train.run_dir import Event, Reporter, RunDir
+from edlib.train.run_lock import run_lock
+from edlib.train.unreadable import UnreadableImages
 
 # Non-finite losses in a row before the run gives up (one is skipped with a warning: fp16
 # runs hit an occasional overflow; many in a row means the run has diverged).
@@ -153,7 +156,13 @@ def train(
 
     `plugins` hook in sampling, loss tracking and the like; `callbacks` receive every
     `Event`. Control requests older than `requested_at` (default: now) are left over from
-    an earlier process and dropped; `start` passes the time it was called."""
+    an earlier process and dropped; `start` passes the time it was called. The run folder
+    is locked while the run trains (`edlib.train.run_lock`): a second run on it fails."""
+    with run_lock(config.run_dir):
+        return _train(config, resume, callbacks, plugins, progress_bar, requested_at)
+
+
+def _train(config, resume, callbacks, plugins, progress_bar, requested_at) -> RunSummary:
     # Imported here: the plugins subclass this module's Plugin.
     from edlib.train.plugins import default_plugins
     from edlib.train.validation import validation_set
@@ -165,7 +174,7 @@ def train(
     set_seed(config.seed, device_specific=True)
 
     # Data first (bad input fails before any model loads), then the plugins it implies.
-    data = scan(config.data_root)
+    data = scan(config.data_root, follow_outside_links=config.follow_outside_links)
     if data.errors:
         raise DataRootError(f"data root {config.data_root} has errors:\n  " + "\n  ".join(data.errors))
     for warning in data.warnings:
@@ -211,11 +220,13 @@ def train(
     ema = make_ema(config.ema_decay, trainable)
 
     # Fresh start, a new phase from another run's weights, or an exact resume.
-    position, epoch_settings, epoch_weights = _begin(
+    position, planned, epoch_weights = _begin(
         config, resume, run, report, method, models, optimizer, lr_scheduler, ema, accelerator, plugins
     )
-    if position.batch > 0:  # mid-epoch: finish the epoch with the settings and weights it was planned with
-        data = ckpt.with_folder_settings(data, epoch_settings)
+    later = None  # after a mid-epoch resume: the fresh scan (epoch settings), where the next epochs start
+    if position.batch > 0:  # mid-epoch: finish the epoch with the images, settings and weights it was planned with
+        later = restore_epoch(data, planned[0], None)
+        data = restore_epoch(data, *planned)  # gone images included: they are skipped in turn, as planned
     optimizer = accelerator.prepare(optimizer)
     encoder = BatchEncoder(
         models,
@@ -229,6 +240,7 @@ def train(
     for plugin in plugins:
         plugin.on_start(ctx)
     report.event("start", {"total_steps": total_steps, **asdict(position)})
+    unreadable = UnreadableImages(run, report)  # images gone or undecodable mid-run are skipped
 
     world, rank = accelerator.num_processes, accelerator.process_index
     accumulation = config.gradient_accumulation_steps
@@ -240,7 +252,8 @@ def train(
     while position.epoch < config.epochs and stopped_by == "epochs":
         epoch, changes = position.epoch, []
         if epoch != first_epoch:  # settings edited during the last epoch apply from now on
-            data, changes = reread_settings(data)
+            data, changes = reread_settings(later if later is not None else data)
+            later = None
             ctx.data = data
             for change in changes:
                 report.log(f"epoch {epoch}: {change}")
@@ -278,7 +291,7 @@ def train(
             group = range(start, min(start + accumulation, len(schedule)))
             finite, loss = True, torch.zeros((), device=accelerator.device)
             for k, b in enumerate(group):
-                batch = local_batch(schedule.batch(b), epoch, rank, world)
+                batch = unreadable.fill(encoder, data, local_batch(schedule.batch(b), epoch, rank, world), schedule)
                 syncing = k == len(group) - 1
                 with nullcontext() if syncing else accelerator.no_sync(models.unet):
                     with accelerator.autocast():
@@ -505,8 +518,8 @@ def _export_at_end(ctx: Context, checkpoint: Path) -> list[Path]:
 
 def _begin(config, resume, run, report, method, models, optimizer, lr_scheduler, ema, accelerator, plugins):
     """Load what a resume or a new phase needs and write the run folder's config. Returns
-    the position to start from and, on resume, the folder settings and per-image weights
-    its epoch was planned with (see `checkpoint.folder_settings`)."""
+    the position to start from and, on resume, the folder settings and images, and the
+    per-image weights its epoch was planned with (see `edlib.train.epoch_state`)."""
     if resume is None:
         existing = ckpt.list_checkpoints(run.checkpoints)
         if existing:
@@ -555,7 +568,8 @@ def _begin(config, resume, run, report, method, models, optimizer, lr_scheduler,
     report.log(f"resumed from {path} at step {position.step} (epoch {position.epoch}, batch {position.batch})")
     for key, (old, new) in mutable.items():
         report.log(f"config change on resume: {key}: {old!r} -> {new!r}")
-    return position, saved.state["folder_settings"], saved.state.get("item_weights")
+    planned = (saved.state["folder_settings"], saved.state.get("epoch_items"))
+    return position, planned, saved.state.get("item_weights")
 
 
 def _place_models(models, method: Method, config: TrainConfig, accelerator: Accelerator) -> None:
@@ -652,7 +666,8 @@ def _save(ctx: Context, report, optimizer, lr_scheduler, plugins) -> Path:
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
             "ema": ema.state_dict() if ema is not None else None,
             "plugins": {p.name: p.state_dict() for p in plugins},
-            "folder_settings": ckpt.folder_settings(ctx.data),
+            "folder_settings": folder_settings(ctx.data),
+            "epoch_items": epoch_items(ctx.data),
             "item_weights": ctx.item_weights,
             "config": config.model_dump(mode="json"),
         }
