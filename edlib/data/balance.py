@@ -42,6 +42,8 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
+from edlib.data import safe_yaml
+from edlib.data.small_files import TEXT_FILE_LIMIT, quote, read_small
 from edlib.data.types import DataRootError, ScanResult
 from edlib.files import copy_atomic, describe_write_error, write_text_atomic
 
@@ -54,13 +56,13 @@ def load_weights(path) -> dict[str, float]:
     """Read a YAML mapping of folder path or glob pattern -> weight (a number >= 0)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_yaml.load(read_small(path, str(path), TEXT_FILE_LIMIT).decode("utf-8"))
     except FileNotFoundError:
         raise DataRootError(f"{path}: weights file not found") from None
-    except (UnicodeDecodeError, yaml.YAMLError) as e:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise DataRootError(f"{path}: not a readable YAML file: {e}") from None
     if not isinstance(data, dict) or not data:
-        raise DataRootError(f"{path}: expected a mapping of folder path or glob pattern to weight, found {data!r}")
+        raise DataRootError(f"{path}: expected a mapping of folder path or glob pattern to weight, found {quote(data)}")
     return _checked_weights(data, source=str(path))
 
 
@@ -69,9 +71,9 @@ def _checked_weights(weights: dict, *, source: str) -> dict[str, float]:
     out = {}
     for key, value in weights.items():
         if not isinstance(key, str):
-            raise DataRootError(f"{source}: key {key!r} is not a folder path or pattern")
+            raise DataRootError(f"{source}: key {quote(key)} is not a folder path or pattern")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise DataRootError(f"{source}: weight of {key!r} must be a finite number >= 0, found {value!r}")
+            raise DataRootError(f"{source}: weight of {quote(key)} must be a finite number >= 0, found {quote(value)}")
         out[_normalise_key(key)] = value
     return out
 

@@ -19,6 +19,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edlib.data import safe_yaml
+from edlib.data.small_files import TEXT_FILE_LIMIT, quote, read_small
 from edlib.train.lr import LR_SCHEDULERS
 
 OPTIMIZERS = ("adamw", "adamw8bit", "lion", "prodigy", "adafactor")
@@ -481,12 +483,12 @@ def _describe(error: ValidationError) -> str:
         elif item["type"] == "missing":
             lines.append(f"{key}: required, not given")
         elif item["type"] == "literal_error":
-            lines.append(f"{key}: unknown value {item['input']!r}; allowed: {item['ctx']['expected']}")
+            lines.append(f"{key}: unknown value {quote(item['input'])}; allowed: {item['ctx']['expected']}")
         elif not item["loc"]:  # a check across keys: its message names them
             lines.append(item["msg"].removeprefix("Value error, "))
         else:
             message = item["msg"].removeprefix("Value error, ")
-            lines.append(f"{key}: {message} (got {item['input']!r})")
+            lines.append(f"{key}: {message} (got {quote(item['input'])})")
     return "invalid training config:\n  " + "\n  ".join(lines)
 
 
@@ -534,9 +536,9 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
+    try:  # bounded: no alias bomb, no 20 MB file; numbers as written (1:30 is not 90)
+        values = safe_yaml.load(read_small(path, str(path), TEXT_FILE_LIMIT).decode("utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as error:
         raise ConfigError(f"{path}: not a readable YAML file ({error})") from None
     if values is None:
         values = {}

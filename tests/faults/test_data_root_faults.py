@@ -205,3 +205,14 @@ def test_links_inside_the_data_root_are_quiet(root):
     (root / "b" / "again.png").symlink_to(root / "a" / "a 0_000.png")
     r, report = _scan_json(root)
     assert not [w for w in report["warnings"] if "outside the data root" in w]
+
+
+def test_weights_and_config_files_are_bounded_too(root, tmp_path):
+    weights = tmp_path / "w.yaml"
+    weights.write_text(BOMB + "a: *i\n")
+    r = edlib("balance", root, "--weights", weights, timeout=60, preexec_fn=_limit_memory)
+    assert r.returncode == 1 and "holds more than 100,000 values" in r.stderr and len(r.stderr) < 2_000
+    config = tmp_path / "config.yaml"
+    config.write_text(BOMB + f"data_root: {root}\nbatch_size: *i\n")
+    r = edlib("train", config, timeout=60, preexec_fn=_limit_memory)
+    assert r.returncode == 1 and "holds more than 100,000 values" in r.stderr and len(r.stderr) < 2_000
