@@ -241,3 +241,23 @@ def test_load_checkpoint_reads_what_train_saved(tiny_sd1, tmp_path):
     root = make_data_root(tmp_path / "data")
     summary = train(tiny_config(tiny_sd1, root, tmp_path / "run", epochs=1))
     assert load_checkpoint(summary.last_checkpoint).step == 2
+
+
+def test_a_validation_image_quarantined_mid_run_is_left_out(tiny_sd1, tmp_path):
+    from edlib.train.validation import split_validation
+
+    root = make_data_root(tmp_path / "data", folders={"warm": ["red", "white", "blue"], "cool": ["green", "blue", "red"]})
+    run = tmp_path / "run"
+    _, held_out = split_validation(scan(root), 0.34, 7)
+    gone = held_out.items[0].path
+    config = tiny_config(tiny_sd1, root, run, batch_size=1, epochs=1, validation_fraction=0.34, validate_every_n_steps=1)
+
+    def quarantine_after_step_1(event):
+        if event.kind == "step" and event.data["step"] == 1:
+            quarantine(root, [gone])
+
+    summary = train(config, callbacks=[quarantine_after_step_1])  # before: the run died in validation
+    assert summary.step == 4
+    records = metrics(run)
+    assert [r["val_images"] for r in records] == [2, 1, 1, 1]
+    assert f"WARNING: validation: left out {gone}: no such file" in (run / "log.txt").read_text()
