@@ -99,7 +99,9 @@ def _parse_tag(raw, name: str) -> Tag:
         if weight is None:
             weight = 1.0
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
-            raise CaptionError(f"{name}: tag {quote(raw['tag'])} has weight {quote(weight)}; weights must be numbers > 0")
+            raise CaptionError(
+                f"{name}: tag {quote(raw['tag'])} has weight {quote(weight)}; weights must be numbers > 0"
+            )
         return Tag(raw["tag"].strip(), float(weight))
     raise CaptionError(f"{name}: each tag must be text or {{tag: ..., weight: ...}}, found {quote(raw)}")
 

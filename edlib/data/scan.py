@@ -251,7 +251,9 @@ def _usable_subfolder(
     target = outside_link(entry, parent, real_root)
     if target is not None:
         if not follow_outside_links:
-            warnings.append(f"{rel}: skipped, a symbolic link to {target}, outside the data root (follow_outside_links is off)")
+            warnings.append(
+                f"{rel}: skipped, a symbolic link to {target}, outside the data root (follow_outside_links is off)"
+            )
             return False
         warnings.append(
             f"{rel}: a symbolic link to {target}, outside the data root; its images are used "
@@ -277,7 +279,9 @@ def _refuse_files(folder: _Dir, real_root: str, follow_outside_links: bool, warn
         elif outside_link(folder.files[name], folder.path, real_root) is not None:
             outside.append(name)
             if not follow_outside_links:
-                folder.refused[name] = "a symbolic link to a file outside the data root; skipped (follow_outside_links is off)"
+                folder.refused[name] = (
+                    "a symbolic link to a file outside the data root; skipped (follow_outside_links is off)"
+                )
     if outside and follow_outside_links:
         first = _join(folder.rel, outside[0])
         warnings.append(

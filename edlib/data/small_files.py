@@ -70,7 +70,9 @@ def read_small(path: str | os.PathLike, source: str, limit: int = TEXT_FILE_LIMI
         if kind is not None:
             raise FileRefused(f"{source}: is {kind}, not a file; skipped without reading it")
         if st.st_size > limit:
-            raise FileRefused(f"{source}: is {_size(st.st_size)}, more than the {_size(limit)} such a file can hold; not read")
+            raise FileRefused(
+                f"{source}: is {_size(st.st_size)}, more than the {_size(limit)} such a file can hold; not read"
+            )
         chunks, total = [], 0
         while True:
             chunk = os.read(fd, limit + 1 - total)

@@ -465,7 +465,8 @@ class TrainConfig(BaseModel):
 
 def _is_number(annotation: Any) -> bool:
     """Whether a field holds a number (int, float, or either or None), not a bool."""
-    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    options = typing.get_args(annotation) if union else (annotation,)
     kinds = [a for a in options if a is not type(None)]
     return bool(kinds) and all(a in (int, float) for a in kinds)
 

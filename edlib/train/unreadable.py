@@ -84,10 +84,8 @@ class UnreadableImages:
             candidates = self._candidates(data, schedule, full, batch.slots[k])
             sample, substitute = self._substitute(encoder, data, batch, candidates, bad, read)
             samples[k], inputs[k] = sample, substitute
-            skips.append(
-                Skip(batch.epoch, batch.index, batch.slots[k], data.items[batch.items[k]].path,
-                     data.items[sample[0]].path, error.reason)
-            )
+            path, replaced_by = data.items[batch.items[k]].path, data.items[sample[0]].path
+            skips.append(Skip(batch.epoch, batch.index, batch.slots[k], path, replaced_by, error.reason))
         filled = replace(batch, items=tuple(i for i, _ in samples), flips=tuple(f for _, f in samples))
         encoder.use_inputs(filled, inputs)
         self._record(data, skips, bad)
