@@ -87,9 +87,12 @@ def _cmd_balance(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from edlib.train import load_config, train
+    from edlib.model.config_files import load_config
 
-    print(train(load_config(args.config, args.overrides), resume=args.resume))
+    config = load_config(args.config, args.overrides)  # a bad config fails before torch is imported
+    from edlib.train.loop import train
+
+    print(train(config, resume=args.resume))
     return 0
 
 
