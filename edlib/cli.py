@@ -89,7 +89,13 @@ def _cmd_balance(args) -> int:
 def _cmd_train(args) -> int:
     from edlib.model.config_files import load_config
 
-    config = load_config(args.config, args.overrides)  # a bad config fails before torch is imported
+    from edlib.train.run_lock import run_lock
+
+    # A bad config, or a run folder in use, fails at once, before the training stack is
+    # imported (a minute on a busy machine); `train` takes the lock for the run itself.
+    config = load_config(args.config, args.overrides)
+    with run_lock(config.run_dir):
+        pass
     from edlib.train.loop import train
 
     print(train(config, resume=args.resume))
