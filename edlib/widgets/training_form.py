@@ -26,6 +26,7 @@ from edlib.train.config import METHODS, TrainConfig
 
 STYLE = {"description_width": "200px"}  # the longest key, gradient_accumulation_steps, in full
 WIDE = {"width": "520px"}
+FIELD_COLUMN = {"width": "420px"}  # a section's fields, the help to their right
 NO_LIMIT = 2**31 - 1  # a number box's limit on a side where the schema sets none
 
 # Form fields where 0 means "off" (the config's null): a number box cannot hold "nothing".
@@ -167,8 +168,8 @@ def field_widget(key: str, value: Any = None) -> widgets.ValueWidget:
     kind = _value_type(key) if key not in TI_WORD else str
     if key in CHOICES or typing.get_origin(kind) is typing.Literal:
         return widgets.Dropdown(options=CHOICES.get(key) or typing.get_args(kind), **common)
-    if kind is bool:
-        return widgets.Checkbox(**common)
+    if kind is bool:  # wide enough for the key, which a checkbox shows after its box
+        return widgets.Checkbox(layout=FIELD_COLUMN, **common)
     if kind in (int, float):
         low, high = field_bounds(key)
         if low is None and high is None:
@@ -233,7 +234,7 @@ class TrainingForm:
             boxes = []
             for row in rows:
                 keys = row if isinstance(row, tuple) else (row,)
-                fields = widgets.VBox([self.fields[k] for k in keys])
+                fields = widgets.VBox([self.fields[k] for k in keys], layout={"min_width": FIELD_COLUMN["width"]})
                 boxes.append(widgets.HBox([fields, widgets.HTML(help_html(keys[0]), layout={"width": "460px"})]))
             pages.append(widgets.VBox(boxes + extras.get(title, [])))
         accordion = widgets.Accordion(children=pages)
