@@ -60,8 +60,8 @@ def _default_precision() -> str:
 # Where the form starts from something other than the config's default, and why. The config
 # defaults suit any machine (a CLI run on a CPU included); a notebook user is on a GPU.
 NEWCOMER_DEFAULTS: dict[str, Callable[[], Any]] = {
-    # The config's "no" (fp32) runs everywhere; on a card with bf16 it is slower and takes
-    # more memory for no gain, so the form offers bf16 where the card has it.
+    # The config's "no" (fp32) runs everywhere; on a card with bf16 it only runs slower,
+    # so the form offers bf16 where the card has it.
     "mixed_precision": _default_precision,
 }
 # Learning rates a newcomer should start from, per method (docs/methods.md), offered when the
