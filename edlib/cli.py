@@ -88,7 +88,6 @@ def _cmd_balance(args) -> int:
 
 def _cmd_train(args) -> int:
     from edlib.model.config_files import load_config
-
     from edlib.train.run_lock import run_lock
 
     # A bad config, or a run folder in use, fails at once, before the training stack is

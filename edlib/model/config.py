@@ -85,15 +85,17 @@ class TrainConfig(BaseModel):
     resolution: int = Field(
         DEFAULT_RESOLUTION,
         ge=64,
+        le=4096,
+        json_schema_extra={"multipleOf": 64},  # checked by `_multiple_of_64`, whose message says why
         description="Base training resolution in pixels (a multiple of 64). Aspect buckets have "
         "about resolution x resolution pixels. Unset: the model's native size read from its configs "
         "(512 for SD1.x, 768 for SD2.x 768-v, 1024 for SDXL), or 512 when that cannot be read offline.",
     )
-    batch_size: int = Field(4, ge=1, description="Images per batch on each GPU.")
+    batch_size: int = Field(4, ge=1, le=1024, description="Images per batch on each GPU.")
     gradient_accumulation_steps: int = Field(
-        1, ge=1, description="Batches accumulated into one optimizer step (effective batch = batch_size x this x GPUs)."
+        1, ge=1, le=1024, description="Batches accumulated into one optimizer step (effective batch = batch_size x this x GPUs)."
     )
-    epochs: int = Field(10, ge=1, description="Number of epochs (passes over the multiplied data root).")
+    epochs: int = Field(10, ge=1, le=100_000, description="Number of epochs (passes over the multiplied data root).")
     max_steps: int | None = Field(
         None, ge=1, description="Stop after this many optimizer steps even if epochs remain. Null: run all epochs."
     )

@@ -27,6 +27,7 @@ from edlib.data.balance import (
 from edlib.data.folder_files import format_value
 from edlib.data.preview import Preview, preview
 from edlib.data.scan import scan
+from edlib.data.schedule import DEFAULT_SEED
 from edlib.data.types import DataRootError, ScanResult
 from edlib.widgets.common import (
     THUMBNAIL_PX,

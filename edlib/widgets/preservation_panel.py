@@ -21,6 +21,7 @@ from edlib.data.preservation import (
     preservation_multiplier,
 )
 from edlib.data.scan import scan
+from edlib.data.schedule import DEFAULT_SEED
 from edlib.data.types import DataRootError, ScanResult
 from edlib.widgets.common import (
     error_text,
