@@ -21,7 +21,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from edlib.model.estimate import TimeEstimate, format_duration, refine_time
-from edlib.train.loss_tracker import ImageStats, hardest_images
+from edlib.train.loss_tracker import MIN_OBSERVATIONS, ImageStats, hardest_images
 from edlib.train.run_dir import Event
 from edlib.widgets.charts import show_figure
 from edlib.widgets.common import thumbnail_png
@@ -158,11 +158,11 @@ class LiveView:
         if steps:
             show_figure(self.loss_chart, loss_figure(steps, losses))
 
-    def show_review(self, stats: Sequence[ImageStats]) -> None:
+    def show_review(self, stats: Sequence[ImageStats], *, min_observations: int = MIN_OBSERVATIONS) -> None:
         """The `review_top` hardest images of `stats` (`RunHandle.image_losses`): enough
         observations, loss above expectation, flagged first (`hardest_images`), each with a
         Quarantine button; before there are any, why not."""
-        ranked = hardest_images(s for s in stats if (self.data_root / s.path).is_file())
+        ranked = hardest_images((s for s in stats if (self.data_root / s.path).is_file()), min_observations=min_observations)
         rows = [self._review_row(s) for s in ranked.images[: self.review_top]]
         if not rows:
             rows = [widgets.HTML(f"<i>{html.escape(ranked.message())}</i>")]

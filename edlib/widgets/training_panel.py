@@ -26,6 +26,7 @@ from edlib.model.config import ConfigError, TrainConfig
 from edlib.model.estimate import REFERENCE_GPU
 from edlib.train.handle import RunHandle, start
 from edlib.train.hooks import Plugin
+from edlib.train.loss_tracker import MIN_OBSERVATIONS
 from edlib.train.review import quarantine
 from edlib.train.run_dir import Event
 from edlib.widgets.common import error_text, ok_text
@@ -289,9 +290,12 @@ class TrainingPanel:
         self.live_view.draw_loss_chart()
 
     def refresh_review(self) -> None:
-        """The `review_top` images with the highest normalised loss, flagged ones first,
-        with a Quarantine button each (the trainer drops them from its next epoch)."""
-        self.live_view.show_review(self.handle.image_losses() if self.handle is not None else [])
+        """The `review_top` hardest images, flagged ones first, with a Quarantine button each
+        (the trainer drops them from its next epoch)."""
+        handle = self.handle
+        tracker = handle.loss_tracker.tracker if handle is not None and handle.loss_tracker is not None else None
+        minimum = tracker.min_observations if tracker is not None else MIN_OBSERVATIONS
+        self.live_view.show_review(handle.image_losses() if handle is not None else [], min_observations=minimum)
 
     def quarantine(self, rel_path: str) -> Path | None:
         """Move an image (and its caption files) to the data root's `_quarantine/`;
