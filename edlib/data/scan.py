@@ -32,20 +32,33 @@ from dataclasses import dataclass, field, fields, replace
 from operator import attrgetter
 from pathlib import Path
 
-from edlib.data.captions import CAPTION_SUFFIXES, CaptionError, parse_caption_file, stem_caption, with_trigger
-from edlib.data.folder_files import FOLDER_FILES, GLOBAL_YAML, Layer, format_value, near_miss, read_folder
+from edlib.data.captions import CAPTION_SUFFIXES, compose_caption
+from edlib.data.ed2_summary import Ed2Use
+from edlib.data.folder_files import (
+    CAPTION_FIELDS,
+    FOLDER_FILES,
+    GLOBAL_YAML,
+    SETTING_FILES,
+    FolderRead,
+    Layer,
+    format_value,
+    near_miss,
+    read_folder,
+)
 from edlib.data.images import ImageReadError, read_header
+from edlib.data.own_files import FolderNotes, read_own
 from edlib.data.scan_cache import ScanCache
+from edlib.data.scan_report import format_report, report_json  # noqa: F401  (part of this module's API)
+from edlib.data.sidecars import UNUSED_KEYS
 from edlib.data.types import (
     IMAGE_EXTENSIONS,
+    IMAGE_SETTING_KEYS,
     QUARANTINE_DIR,
-    Caption,
     DataRootError,
     FolderInfo,
     FolderSettings,
     ImageItem,
     ScanResult,
-    Tag,
 )
 
 _log = logging.getLogger("edlib.data")
@@ -127,6 +140,7 @@ def _scan(root_path: Path, use_cache: bool, log: logging.Logger) -> ScanResult:
     cache = ScanCache.load(root_path) if use_cache else ScanCache(root_path.resolve())
     result = ScanResult(root=root_path, folders=[], items=[])
     inherited: dict[str, Layer] = {}
+    use = Ed2Use()
 
     for folder in _walk(root_path, result.warnings):
         parent = inherited.get(folder.rel.rpartition("/")[0], Layer()) if folder.rel else Layer()
@@ -134,7 +148,8 @@ def _scan(root_path: Path, use_cache: bool, log: logging.Logger) -> ScanResult:
         inherited[folder.rel] = read.inherited
         result.errors.extend(read.errors)
         result.warnings.extend(read.warnings)
-        items = _scan_images(folder, read.settings, cache, result)
+        items = _scan_images(folder, read.settings, cache, result, use)
+        _count_folder_files(read, use, has_images=bool(items))
         result.warnings.extend(_name_warnings(folder, read.files, has_images=bool(items)))
         if not items:
             continue
@@ -145,6 +160,7 @@ def _scan(root_path: Path, use_cache: bool, log: logging.Logger) -> ScanResult:
 
     if use_cache:
         cache.save()
+    result.everydream2 = use.lines()
     small = [i for i in result.items if i.width < SMALL_SIDE or i.height < SMALL_SIDE]
     if small:
         tiny = min(small, key=lambda i: i.width * i.height)
@@ -222,50 +238,51 @@ def _walk(root: Path, warnings: list[str]) -> Iterator[_Dir]:
             stack.append((_join(rel, name), os.path.join(path, name)))
 
 
-def _scan_images(folder: _Dir, settings: FolderSettings, cache: ScanCache, result: ScanResult) -> list[ImageItem]:
+def _scan_images(
+    folder: _Dir, settings: FolderSettings, cache: ScanCache, result: ScanResult, use: Ed2Use
+) -> list[ImageItem]:
     """The usable images directly in `folder`, with sizes and captions."""
     items = []
-    both_kinds, empty_captions, sidecar_settings = [], [], []
-    rel, prefix, trigger = folder.rel, _join(folder.rel, ""), settings.trigger
+    notes = FolderNotes()
+    rel, prefix = folder.rel, _join(folder.rel, "")
     for (name, stem), header in zip(folder.images, _headers(folder, cache, result)):
         if header is None:
             continue
-        caption = None
+        own = None
         found = folder.captions.get(stem)
         if found:
             if len(found) > 1:
                 found = sorted(found, key=lambda n: _CAPTION_ORDER["." + n.rpartition(".")[2].lower()])
-            if found[0].lower().endswith((".txt", ".caption")) and found[-1].lower().endswith((".yaml", ".yml")):
-                both_kinds.append(found[0])
-            caption, extra = _read_caption(folder, found[0], cache, result)
-            if extra:
-                sidecar_settings.append(f"{', '.join(extra)} in {found[0]}")
-            if caption is not None and not caption.main_prompt and not caption.tags:
-                empty_captions.append(found[0])
-                caption = None
-        if caption is None:
-            caption = stem_caption(stem)
-        if trigger:
-            caption = with_trigger(caption, trigger)
-        items.append(ImageItem(prefix + name, rel, header[0], header[1], caption))
+            own = read_own(rel, folder.path, folder.files, found, cache, notes, use)
+        caption = compose_caption(own, stem, settings)
+        use.name_captions += not (own and own.main_prompt) and not settings.main_prompt
+        use.weighted += len({t.weight for t in caption.tags}) > 1
+        items.append(ImageItem(prefix + name, rel, header[0], header[1], caption, own))
 
     shown = folder.rel or "."
-    if both_kinds:
+    result.errors.extend(e for e in notes.errors if e not in result.errors)
+    if notes.empty:
         result.warnings.append(
-            f"{shown}: {len(both_kinds)} image(s) have both a text and a .yaml caption; "
-            f"the text one is used (e.g. {both_kinds[0]})"
+            f"{shown}: {len(notes.empty)} caption file(s) are empty; the folder's main prompt "
+            f"or the file name is used instead (e.g. {notes.empty[0]})"
         )
-    if empty_captions:
+    for key, files in notes.unknown.items():
         result.warnings.append(
-            f"{shown}: {len(empty_captions)} caption file(s) are empty; "
-            f"the file name is used instead (e.g. {empty_captions[0]})"
-        )
-    if sidecar_settings:
-        result.warnings.append(
-            f"{shown}: per-image settings in .yaml sidecars are ignored, put them in local.yaml "
-            f"({'; '.join(sidecar_settings[:3])})"
+            f"{shown}: unknown key {key!r} in {len(files)} .yaml caption(s) ignored (e.g. {files[0]}; "
+            f"known: main_prompt, tags, caption, max_caption_length, {', '.join(IMAGE_SETTING_KEYS)})"
         )
     return items
+
+
+def _count_folder_files(read: FolderRead, use: Ed2Use, *, has_images: bool) -> None:
+    """Count the folder's EveryDream2 files for the scan summary."""
+    for source, keys in read.yaml_keys.items():
+        if {"main_prompt", "tags", "caption"} & set(keys):
+            use.folder_captions.append(source)
+        use.yaml_settings.update(k for k in keys if k not in ("main_prompt", "tags", "caption") and k not in UNUSED_KEYS)
+        use.unused.update(k for k in keys if k in UNUSED_KEYS)
+    if has_images:
+        use.setting_files.update(os.path.basename(f) for f in read.files if os.path.basename(f) in SETTING_FILES)
 
 
 def _headers(folder: _Dir, cache: ScanCache, result: ScanResult) -> list[tuple[int, int] | None]:
@@ -300,32 +317,6 @@ def _headers(folder: _Dir, cache: ScanCache, result: ScanResult) -> list[tuple[i
             header = None
         out.append(header)
     return out
-
-
-def _read_caption(folder: _Dir, name: str, cache: ScanCache, result: ScanResult) -> tuple[Caption | None, list[str]]:
-    """The caption in file `name` and any per-image setting keys it holds; None (and an
-    error) if the file is unusable. Cached as [main, [[tag, weight], ...], extra] or [error]."""
-    rel = _join(folder.rel, name)
-    try:
-        st = folder.files[name].stat()
-        cached = cache.caption(folder.rel, name, st.st_size, st.st_mtime_ns)
-        if cached is None:
-            with open(os.path.join(folder.path, name), "rb") as fh:
-                data = fh.read()
-            try:
-                caption, extra = parse_caption_file(data, rel)
-                cached = [caption.main_prompt, [[t.text, t.weight] for t in caption.tags], list(extra)]
-            except CaptionError as exc:
-                cached = [str(exc)]
-            cache.store_caption(folder.rel, name, st.st_size, st.st_mtime_ns, cached)
-    except OSError as exc:
-        cached = [f"{rel}: cannot read ({exc.strerror or exc})"]
-    if len(cached) == 1:
-        if cached[0] not in result.errors:  # one caption file may serve img.png and img.jpg
-            result.errors.append(cached[0])
-        return None, []
-    main, tags, extra = cached
-    return Caption(main, tuple(Tag(text, weight) for text, weight in tags)), extra
 
 
 def _skip(result: ScanResult, rel: str, reason: str) -> None:
@@ -457,7 +448,7 @@ def reread_settings(result: ScanResult, logger: logging.Logger | None = None) ->
     for item in items:
         counts[item.folder] = counts.get(item.folder, 0) + 1
     folders = [replace(f, images=counts[f.path]) for f in folders if counts.get(f.path)]
-    new = ScanResult(result.root, folders, items, list(result.warnings), list(result.errors), list(result.skipped))
+    new = replace(result, folders=folders, items=items, warnings=list(result.warnings), errors=list(result.errors))
     return new, messages
 
 
@@ -483,70 +474,22 @@ def _inherited(root: Path, rel: str, memo: dict[str, _Inherited]) -> _Inherited:
 
 
 def _present_items(result: ScanResult, settings: dict[str, FolderSettings]) -> tuple[list[ImageItem], list[str]]:
-    """Items whose file still exists, with the trigger of their folder's current settings."""
+    """Items whose file still exists, their captions rebuilt where their folder's caption
+    keys or trigger changed (the images' own caption files are not re-read)."""
     root = str(result.root)
+    before = {f.path: f.settings for f in result.folders}
+    changed = {
+        path
+        for path, new in settings.items()
+        if path in before and any(getattr(new, k) != getattr(before[path], k) for k in (*CAPTION_FIELDS, "trigger"))
+    }
     items, gone = [], []
     for item in result.items:
         if not os.path.exists(os.path.join(root, item.path)):
             gone.append(item.path)
             continue
-        trigger = settings[item.folder].trigger if item.folder in settings else item.caption.trigger
-        if trigger != item.caption.trigger:
-            untriggered = replace(item.caption, trigger=None)
-            item = replace(item, caption=with_trigger(untriggered, trigger))
+        if item.folder in changed:
+            stem = item.path.rpartition("/")[2].rpartition(".")[0]
+            item = replace(item, caption=compose_caption(item.own, stem, settings[item.folder]))
         items.append(item)
     return items, gone
-
-
-# ---- reports ------------------------------------------------------------------------------
-
-
-def report_json(result: ScanResult) -> dict:
-    """The scan as one JSON-able object (what `edlib scan --json` prints)."""
-    return {
-        "folders": [
-            {
-                "path": f.path,
-                "images": f.images,
-                "multiply": float(f.settings.multiply),
-                "loss_scale": f.settings.loss_scale,
-                "trigger": f.settings.trigger,
-                "flip_p": f.settings.flip_p,
-                "cond_dropout": f.settings.cond_dropout,
-                "shuffle_tags": f.settings.shuffle_tags,
-                "batch_id": f.settings.batch_id,
-                "sources": dict(f.sources),
-            }
-            for f in result.folders
-        ],
-        "images": len(result.items),
-        "warnings": list(result.warnings),
-        "errors": list(result.errors),
-    }
-
-
-def format_report(result: ScanResult) -> str:
-    """The scan as a table for the terminal, then warnings, errors and skipped files."""
-    header = ("folder", "images", "multiply", "loss_scale", "flip_p", "trigger")
-    rows = [
-        (
-            f.path or ".",
-            str(f.images),
-            format_value(f.settings.multiply),
-            format_value(f.settings.loss_scale),
-            format_value(f.settings.flip_p),
-            f.settings.trigger or "",
-        )
-        for f in result.folders
-    ]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = [f"data root {result.root}: {len(result.items)} images in {len(result.folders)} folders", ""]
-    for row in [header, *rows]:
-        cells = [cell.ljust(w) if i in (0, 5) else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))]
-        lines.append("  ".join(cells).rstrip())
-    for title, entries in (("warnings", result.warnings), ("errors", result.errors)):
-        if entries:
-            lines += ["", f"{title} ({len(entries)}):", *(f"  {e}" for e in entries)]
-    if result.skipped:
-        lines += ["", f"skipped {len(result.skipped)} file(s) that are not usable images (listed in the warnings)"]
-    return "\n".join(lines)
