@@ -167,6 +167,15 @@ class ScanResult:
         item = self.items[index]
         return with_image_settings(self.folder(item.folder).settings, item.own)
 
+    def expected_samples(self) -> dict[str, Fraction]:
+        """Expected samples per epoch of each folder (path -> exact count): its multiplier
+        times its images, with images that set their own multiply counted at theirs."""
+        counts = {f.path: Fraction(0) for f in self.folders}
+        for item in self.items:
+            own = dict(item.own.settings) if item.own is not None and item.own.settings else {}
+            counts[item.folder] += own.get("multiply", self.folder(item.folder).settings.multiply)
+        return counts
+
     @property
     def ok(self) -> bool:
         return not self.errors

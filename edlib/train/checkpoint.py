@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from edlib.data.types import ScanResult
+from edlib.data.types import ImageOwn, ScanResult
 
 COMPLETE_MARKER = "complete.json"
 STATE_FILE = "state.pt"
@@ -237,11 +237,24 @@ def load_checkpoint(path: Path, *, process_index: int = 0, with_state: bool = Tr
 # -- what else a run keeps with its checkpoints ----------------------------------------
 
 
+_SAVED_KEYS = ("multiply", "loss_scale")
+
+
 def folder_settings(data: ScanResult) -> dict[str, dict[str, Any]]:
     """The settings that shape an epoch's schedule and loss, as saved in a checkpoint.
     Resuming mid-epoch restores them, so the rest of the epoch is the one that was planned
-    even if `multiply.txt` was edited in between; the edit applies from the next epoch."""
-    return {f.path: {"multiply": str(f.settings.multiply), "loss_scale": f.settings.loss_scale} for f in data.folders}
+    even if `multiply.txt` was edited in between; the edit applies from the next epoch.
+    Under "images", the images whose own .yaml sidecar sets them (read at the start of a
+    run and kept for the whole run, so a resumed run keeps them too)."""
+    out: dict[str, dict[str, Any]] = {
+        f.path: {"multiply": str(f.settings.multiply), "loss_scale": f.settings.loss_scale, "images": {}}
+        for f in data.folders
+    }
+    for item in data.items:
+        own = {k: v for k, v in (item.own.settings if item.own is not None else ()) if k in _SAVED_KEYS}
+        if own and item.folder in out:
+            out[item.folder]["images"][item.path] = {k: str(v) if k == "multiply" else v for k, v in own.items()}
+    return out
 
 
 def with_folder_settings(data: ScanResult, saved: dict[str, dict[str, Any]]) -> ScanResult:
@@ -252,7 +265,22 @@ def with_folder_settings(data: ScanResult, saved: dict[str, dict[str, Any]]) -> 
             settings = info.settings.with_(multiply=Fraction(values["multiply"]), loss_scale=values["loss_scale"])
             info = replace(info, settings=settings)
         folders.append(info)
-    return replace(data, folders=folders)
+    items = [_with_saved_image(item, saved.get(item.folder)) for item in data.items]
+    return replace(data, folders=folders, items=items)
+
+
+def _with_saved_image(item, saved_folder: dict[str, Any] | None):
+    """An image with the per-image multiply / loss_scale its run saved (checkpoints from
+    before per-image settings have no "images" and leave it as it is)."""
+    if saved_folder is None or "images" not in saved_folder:
+        return item
+    values = saved_folder["images"].get(item.path, {})
+    own = item.own if item.own is not None else ImageOwn()
+    kept = [(k, v) for k, v in own.settings if k not in _SAVED_KEYS]
+    restored = [(k, Fraction(v) if k == "multiply" else v) for k, v in values.items()]
+    if item.own is None and not restored:
+        return item
+    return replace(item, own=replace(own, settings=tuple(kept + restored)))
 
 
 def parent_phase(parent_checkpoint: Path) -> dict[str, Any]:
