@@ -40,7 +40,10 @@ def filename_caption(filename: str) -> Caption:
 def stem_caption(stem: str) -> Caption:
     """Caption from a file name without its extension: cut at the first `_`, then read like
     a .txt caption (the first comma-separated part is the main prompt)."""
-    entry = text_entry(stem.split("_", 1)[0])
+    name = stem.split("_", 1)[0]
+    if "," not in name:  # the common case, without building an Entry (scans feel every call)
+        return Caption(main_prompt=name.strip())
+    entry = text_entry(name)
     return Caption(main_prompt=entry.main_prompt or "", tags=entry.tags)
 
 
@@ -48,6 +51,9 @@ def compose_caption(own: ImageOwn | None, stem: str, folder: FolderSettings) -> 
     """The caption of an image from its own files (`own`), its file name without extension
     (`stem`) and its folder's settings (caption keys and trigger); rules in the module
     docstring."""
+    if own is None and not (folder.main_prompt or folder.tags or folder.max_caption_length or folder.trigger):
+        caption = stem_caption(stem)  # the common case of a file-name caption, kept fast
+        return caption if len(caption.tags) < 2 else replace(caption, tags=ordered_tags(caption.tags))
     main = own.main_prompt if own is not None and own.main_prompt else folder.main_prompt
     tags = (own.tags if own is not None else ()) + folder.tags
     if not main:

@@ -34,7 +34,7 @@ def read_own(
 ) -> ImageOwn | None:
     """What the caption files `names` of one image (ordered from the one that yields to the
     one that wins) say together; None when none of them says anything."""
-    merged, settings = Entry(), {}
+    merged, settings = None, {}
     kinds = set()
     for name in names:
         source = f"{rel}/{name}" if rel else name
@@ -45,20 +45,25 @@ def read_own(
             notes.empty.append(source)
             continue
         kinds.add("yaml" if name.lower().endswith(_YAML) else "text")
-        merged = entry.over(merged)
-        settings.update(_parsed_settings(entry, source, notes))
-        for key in entry.unknown:
-            notes.unknown.setdefault(key, []).append(source)
-        use.unused.update(k for k in entry.keys if k in UNUSED_KEYS)
-        use.caption_key += "caption" in entry.keys
-    if not kinds:
+        merged = entry if merged is None else entry.over(merged)
+        if entry.settings:
+            settings.update(_parsed_settings(entry, source, notes))
+        if entry.keys:  # a yaml file
+            for key in entry.unknown:
+                notes.unknown.setdefault(key, []).append(source)
+            use.unused.update(k for k in entry.keys if k in UNUSED_KEYS)
+            use.caption_key += "caption" in entry.keys
+    if merged is None:
         return None
     use.text_captions += "text" in kinds
     use.yaml_captions += "yaml" in kinds
     use.merged += len(kinds) == 2
-    use.max_length += merged.max_caption_length is not None
-    use.image_settings.update(settings.keys())
-    use.repeated += len({t.text for t in merged.tags}) < len(merged.tags)
+    if merged.max_caption_length is not None:
+        use.max_length += 1
+    if settings:
+        use.image_settings.update(settings.keys())
+    if len(merged.tags) > 1 and len({t.text for t in merged.tags}) < len(merged.tags):
+        use.repeated += 1
     return ImageOwn(merged.main_prompt, merged.tags, merged.max_caption_length, tuple(settings.items()))
 
 

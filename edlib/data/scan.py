@@ -245,19 +245,25 @@ def _scan_images(
     items = []
     notes = FolderNotes()
     rel, prefix = folder.rel, _join(folder.rel, "")
+    captions = folder.captions
+    without_main = 0
     for (name, stem), header in zip(folder.images, _headers(folder, cache, result)):
         if header is None:
             continue
         own = None
-        found = folder.captions.get(stem)
+        found = captions.get(stem)
         if found:
             if len(found) > 1:
                 found = sorted(found, key=lambda n: _CAPTION_ORDER["." + n.rpartition(".")[2].lower()])
             own = read_own(rel, folder.path, folder.files, found, cache, notes, use)
+        if own is None or not own.main_prompt:
+            without_main += 1
         caption = compose_caption(own, stem, settings)
-        use.name_captions += not (own and own.main_prompt) and not settings.main_prompt
-        use.weighted += len({t.weight for t in caption.tags}) > 1
+        if len(caption.tags) > 1 and caption.tags[0].weight != caption.tags[-1].weight:  # sorted by weight
+            use.weighted += 1
         items.append(ImageItem(prefix + name, rel, header[0], header[1], caption, own))
+    if not settings.main_prompt:
+        use.name_captions += without_main
 
     shown = folder.rel or "."
     result.errors.extend(e for e in notes.errors if e not in result.errors)

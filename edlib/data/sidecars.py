@@ -78,6 +78,8 @@ class Entry:
 
     def over(self, base: Entry) -> Entry:
         """This entry merged over `base`: its main prompt, tags and settings come first."""
+        if base.empty:
+            return self
         settings = dict(base.settings)
         settings.update(self.settings)
         return Entry(
@@ -214,6 +216,8 @@ def _max_length(value, name: str) -> int | None:
 
 def ordered_tags(tags: tuple[Tag, ...]) -> tuple[Tag, ...]:
     """One copy of each tag text, with its highest weight, heaviest first (stable)."""
+    if len(tags) < 2:
+        return tags
     best: dict[str, float] = {}
     for tag in tags:
         best[tag.text] = max(best.get(tag.text, tag.weight), tag.weight)

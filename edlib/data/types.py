@@ -170,11 +170,15 @@ class ScanResult:
     def expected_samples(self) -> dict[str, Fraction]:
         """Expected samples per epoch of each folder (path -> exact count): its multiplier
         times its images, with images that set their own multiply counted at theirs."""
-        counts = {f.path: Fraction(0) for f in self.folders}
+        images = {f.path: 0 for f in self.folders}
+        own: dict[str, Fraction] = {}  # per folder: the sum of the images' own multipliers
         for item in self.items:
-            own = dict(item.own.settings) if item.own is not None and item.own.settings else {}
-            counts[item.folder] += own.get("multiply", self.folder(item.folder).settings.multiply)
-        return counts
+            settings = dict(item.own.settings) if item.own is not None and item.own.settings else None
+            if settings is not None and "multiply" in settings:
+                own[item.folder] = own.get(item.folder, Fraction(0)) + settings["multiply"]
+            else:
+                images[item.folder] += 1
+        return {f.path: f.settings.multiply * images[f.path] + own.get(f.path, 0) for f in self.folders}
 
     @property
     def ok(self) -> bool:
