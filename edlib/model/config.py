@@ -119,10 +119,16 @@ class TrainConfig(BaseModel):
         "layer (SD default), 2 = penultimate layer (common for anime models). Final layer norm is applied.",
     )
     shuffle_caption: bool = Field(
-        False, description="Shuffle the comma-separated tags of each caption every time it is used."
+        False,
+        description="Shuffle the tags of every caption each time it is used (the comma-separated parts after "
+        "the main prompt). A folder's `shuffle_tags.txt` or `shuffle_tags: true` turns it on for that folder.",
     )
     keep_tokens: int = Field(
-        0, ge=0, description="With `shuffle_caption`: this many leading comma-separated tags stay in front, unshuffled."
+        1,
+        ge=0,
+        description="When tags are shuffled: this many leading parts stay in front, counting the main prompt "
+        "as the first. 1 keeps the main prompt first, as EveryDream2 does; 0 shuffles it with the tags "
+        "(kohya's keep_tokens 0). A folder trigger always stays first.",
     )
     caption_dropout: float = Field(
         0.0,

@@ -105,11 +105,12 @@ def local_batch(batch, epoch: int, process_index: int, num_processes: int) -> Lo
 
 def batch_captions(scan: ScanResult, batch: LocalBatch, config, seed: int) -> list[str]:
     """The caption each sample trains with: tag shuffling and conditional dropout follow
-    the sample's folder settings, falling back to the run config."""
+    the sample's settings (its folder's, or its own .yaml sidecar's), falling back to the
+    run config."""
     captions = []
     for slot, item_index in zip(batch.slots, batch.items):
         item = scan.items[item_index]
-        settings = scan.folder(item.folder).settings
+        settings = scan.item_settings(item_index)
         dropout = config.caption_dropout if settings.cond_dropout is None else settings.cond_dropout
         rng = random.Random(sample_seed(seed, batch.epoch, batch.index, slot))
         captions.append(
@@ -125,8 +126,9 @@ def batch_captions(scan: ScanResult, batch: LocalBatch, config, seed: int) -> li
 
 
 def batch_loss_scale(scan: ScanResult, batch: LocalBatch) -> torch.Tensor:
-    """(B,) loss multipliers from each sample's folder `loss_scale.txt`."""
-    scales = [scan.folder(scan.items[i].folder).settings.loss_scale for i in batch.items]
+    """(B,) loss multipliers: each sample's `loss_scale` (its folder's `loss_scale.txt`, or
+    its own .yaml sidecar's)."""
+    scales = [scan.item_settings(i).loss_scale for i in batch.items]
     return torch.tensor(scales, dtype=torch.float32)
 
 

@@ -70,6 +70,12 @@ def write_multipliers(scan: ScanResult, texts: dict[str, str]) -> Path:
         if folder not in images:
             raise KeyError(f"no folder {folder!r} with images under {scan.root}")
         value = parse_multiplier(text, folder)
+        source = scan.folder(folder).sources.get("multiply", "")
+        if source.endswith(("local.yaml", "local.yml")):
+            raise ValueError(
+                f"{source} sets multiply, which wins over multiply.txt (EveryDream2's order): "
+                f"change it there, or remove the multiply line there first"
+            )
         # The share of a hand-written value is not a balancing target; apply_balance only
         # reads the path and the text, the share is kept for a faithful history record.
         entries.append(BalanceEntry(folder, images[folder], current[folder], Fraction(0), value, text.strip()))
