@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from edlib.data.types import DataRootError
 
-INSTALL_HINT = "pip install 'edlib[gather]'"
+import sys
+
+# What to install where edlib came from git or a wheel: img2dataset brings pyarrow; on
+# Python 3.13+ it needs the stdlib's removed imghdr back (standard-imghdr). The same as
+# edlib's `gather` extra.
+INSTALL_HINT = 'pip install "img2dataset>=1.46,<2"' + (" standard-imghdr" if sys.version_info >= (3, 13) else "")
 
 
 class GatherError(DataRootError):
@@ -13,4 +18,4 @@ class GatherError(DataRootError):
 
 
 def missing_extra(what: str) -> str:
-    return f"{what}, which edlib installs as an option: {INSTALL_HINT}"
+    return f"{what}, an optional install (edlib's gather extra): {INSTALL_HINT}"

@@ -13,6 +13,7 @@ sizes) must stay the same for that (an error says which differ).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,10 +241,15 @@ def gathered_files(data_root: str | Path, folder: str | Path) -> list[Path]:
     return [target.path / k["name"] for k in Journal(target.journal).state.kept]
 
 
+# The scan logs each multiply.txt it applies; a gather is not a scan, so only its warnings show.
+_SCAN_LOG = logging.getLogger("edlib.gather.scan")
+_SCAN_LOG.setLevel(logging.WARNING)
+
+
 def _scan(root: Path) -> ScanResult | None:
     """The data root's scan, or None when it holds no image yet (a new data root)."""
     try:
-        return scan(root)
+        return scan(root, logger=_SCAN_LOG)
     except DataRootError:
         return None
 

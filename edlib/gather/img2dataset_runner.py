@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edlib.gather import report as R
-from edlib.gather.errors import GatherError, missing_extra
+from edlib.gather.errors import INSTALL_HINT, GatherError, missing_extra
 
 INDEX_COLUMN = "edlib_index"
 _SHARD_DIGITS = 5  # img2dataset's oom_shard_count default
@@ -202,7 +202,7 @@ def _failure_message(returncode: int | None, log_path: Path) -> str:
     if "imghdr" in text:
         hint = " On Python 3.13 or newer img2dataset needs `pip install standard-imghdr`."
     elif "No module named" in text:
-        hint = f" Is img2dataset installed in this Python ({sys.executable})? {missing_extra('It is')}"
+        hint = f" Is img2dataset installed in this Python ({sys.executable})? {INSTALL_HINT}"
     return (
         f"img2dataset stopped (exit code {returncode}) before finishing its download.{hint} "
         f"The end of its log ({log_path}):\n    {text}"
