@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from edlib.data.types import DataRootError
-
 import sys
+
+from edlib.data.types import DataRootError
 
 # What to install where edlib came from git or a wheel: img2dataset brings pyarrow; on
 # Python 3.13+ it needs the stdlib's removed imghdr back (standard-imghdr). The same as

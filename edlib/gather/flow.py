@@ -116,6 +116,27 @@ def _open_journal(target: Target, kind: str, src: Path, identity: dict) -> Journ
     return journal
 
 
+def _read_source(kind: str, src: Path, target: Target, opts: GatherOptions) -> tuple[UrlList | None, Pool | None]:
+    """The URL list or the folder's listing, checked before anything is written."""
+    if kind == "folder":
+        if src == target.root or target.root in src.parents or src in target.root.parents:
+            raise GatherError(f"the source folder {src} and the data root {target.root} overlap; gather from a folder outside the data root")
+        return None, list_pool(src, seed=opts.seed)
+    require()
+    urls = read_url_list(
+        src,
+        url_column=opts.url_column,
+        caption_column=opts.caption_column,
+        width_column=opts.width_column,
+        height_column=opts.height_column,
+        where=tuple(parse_condition(w) for w in opts.where),
+        min_side=opts.min_side_px,
+        max_aspect=opts.max_aspect,
+        seed=opts.seed,
+    )
+    return urls, None
+
+
 def gather(
     data_root: str | Path,
     source: str | Path,
@@ -135,25 +156,7 @@ def gather(
     request = requested_amount(per_epoch, fraction, share)
     target = resolve_target(data_root, folder)
     kind, src = _source(source)
-    urls: UrlList | None = None
-    pool: Pool | None = None
-    if kind == "folder":
-        if src == target.root or target.root in src.parents or src in target.root.parents:
-            raise GatherError(f"the source folder {src} and the data root {target.root} overlap; gather from a folder outside the data root")
-        pool = list_pool(src, seed=opts.seed)
-    else:
-        require()
-        urls = read_url_list(
-            src,
-            url_column=opts.url_column,
-            caption_column=opts.caption_column,
-            width_column=opts.width_column,
-            height_column=opts.height_column,
-            where=tuple(parse_condition(w) for w in opts.where),
-            min_side=opts.min_side_px,
-            max_aspect=opts.max_aspect,
-            seed=opts.seed,
-        )
+    urls, pool = _read_source(kind, src, target, opts)
     data = _scan(target.root)
     others = training_images(data, target.rel) if data else []
     if request and request[0] == "share" and not others:

@@ -99,7 +99,7 @@ def _start_round(urls: UrlList, target: Target, journal: Journal, settings: Down
     target.staging.mkdir(parents=True, exist_ok=True)
     out = target.staging / f"round-{rid:04d}"
     _remove_round_files(out)  # leftovers of a round started but never recorded
-    write_round_list(out.with_suffix(".parquet"), [urls.urls[urls.order[p]] for p in positions], positions)
+    write_round_list(out.with_suffix(".parquet"), urls.urls_at(urls.order[start : start + size]), positions)
     journal.append(
         {"t": "round", "round": {"id": rid, "start": start, "end": start + size, "shard_size": settings.shard_for(size), "ingested": start}}
     )
@@ -148,12 +148,12 @@ def _ingest(fetched, urls, target, journal, decider, count, min_side, max_aspect
             break
         journal.append({"t": "pending", "names": [k[0] for k in kept]})
         for name, row, checked in kept:
-            place_bytes(target.path, name, checked.data, urls.captions[row])
+            place_bytes(target.path, name, checked.data, urls.caption(row))
         journal.append(
             {
                 "t": "window",
                 "kept": [
-                    {"name": name, "origin": urls.urls[row], "row": row, "sig": to_json(c.signature), "width": c.width, "height": c.height}
+                    {"name": name, "origin": urls.url(row), "row": row, "sig": to_json(c.signature), "width": c.width, "height": c.height}
                     for name, row, c in kept
                 ],
                 "reasons": dict(reasons),

@@ -76,6 +76,8 @@ def format_report(report: GatherReport) -> str:
         lines.append(f"  looked at {report.looked_at} of {report.candidates} images in the source folder")
     for reason, n in sorted(report.reasons.items(), key=lambda kv: (-kv[1], kv[0])):
         lines.append(f"  {reason}: {n}")
+    if report.kept > report.requested:
+        lines.append(f"  the folder already holds more than {report.requested} images; nothing is removed")
     if report.exhausted and report.kept < report.requested:
         lines.append(f"  the source has no more candidates: {report.kept} kept, {report.requested} asked for")
     if report.multiply is not None:

@@ -32,7 +32,7 @@ MAX_COLOUR_DIFF = 34
 _EDGE = 2  # grey levels a pixel must exceed its neighbour by to set a bit
 
 _WORK_SIZE = 32
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+_POPCOUNT = np.array([i.bit_count() for i in range(256)], dtype=np.uint8)
 
 
 @dataclass(frozen=True)

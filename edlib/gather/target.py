@@ -69,7 +69,7 @@ def resolve_target(data_root: str | Path, folder: str | Path) -> Target:
         foreign = [e.name for e in os.scandir(path) if e.name != STAGING]
         if foreign:
             raise GatherError(
-                f"{path} already holds files edlib gather did not put there (e.g. {sorted(foreign)[0]}); "
+                f"{path} already holds files edlib gather did not put there (e.g. {min(foreign)}); "
                 "gather into a new folder so nothing of yours is overwritten"
             )
     return target

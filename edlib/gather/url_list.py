@@ -86,18 +86,31 @@ def parse_condition(text: str) -> Condition:
     return Condition(column, op, number)
 
 
+_REASONS = ("", R.NO_URL, R.NO_CAPTION, R.LISTED_TWICE, R.LIST_TOO_SMALL, R.LIST_ASPECT)
+
+
 @dataclass
 class UrlList:
-    """The rows of a list that may be downloaded, in the order they will be tried."""
+    """The rows of a list that may be downloaded, in the order they will be tried. URLs
+    and captions stay in Arrow arrays (a list of millions of rows fits in memory)."""
 
     path: Path
     rows: int  # rows in the file
-    urls: list[str]  # per row
-    captions: list[str]  # per row ("" when missing)
     order: np.ndarray  # row numbers of the candidates, in draw order
+    url_array: object  # pyarrow array of the stripped URLs, one per row
+    caption_array: object  # pyarrow array of the stripped captions ("" or null: none)
     filtered: Counter = field(default_factory=Counter)  # rows removed, by reason
     fingerprint: str = ""  # sha256 of the file: a rerun must use the same list
     columns: dict[str, str | None] = field(default_factory=dict)  # role -> column used
+
+    def url(self, row: int) -> str:
+        return self.url_array[row].as_py() or ""
+
+    def caption(self, row: int) -> str:
+        return self.caption_array[row].as_py() or ""
+
+    def urls_at(self, rows: list[int]) -> list[str]:
+        return self.url_array.take(np.asarray(rows, dtype=np.int64)).to_pylist()
 
 
 def read_url_list(
@@ -133,58 +146,67 @@ def read_url_list(
     table = _read_table(path, fmt, wanted)
     if table.num_rows == 0:
         raise GatherError(f"{path}: the list has no rows")
-    urls = [u.strip() if isinstance(u, str) else "" for u in table.column(url_col).to_pylist()]
-    captions = [_caption_text(c) for c in table.column(cap_col).to_pylist()]
-
-    reason = np.full(table.num_rows, "", dtype=object)
-    _mark(reason, np.array([not u.lower().startswith(("http://", "https://")) for u in urls]), R.NO_URL)
-    _mark(reason, np.array([not c for c in captions]), R.NO_CAPTION)
-    seen: set[str] = set()
-    twice = np.zeros(table.num_rows, bool)
-    for i, u in enumerate(urls):
-        if reason[i] == "":
-            twice[i] = u in seen
-            seen.add(u)
-    _mark(reason, twice, R.LISTED_TWICE)
+    urls, captions = _text(table, url_col), _text(table, cap_col)
+    code = _row_codes(urls, captions)
     if w_col and h_col:
         w = _numbers(path, table, w_col)
         h = _numbers(path, table, h_col)
         known = np.isfinite(w) & np.isfinite(h) & (w > 0) & (h > 0)
         with np.errstate(invalid="ignore", divide="ignore"):
-            _mark(reason, known & (np.minimum(w, h) < min_side), R.LIST_TOO_SMALL)
-            _mark(reason, known & (np.maximum(w, h) / np.minimum(w, h) > max_aspect), R.LIST_ASPECT)
+            _mark(code, known & (np.minimum(w, h) < min_side), _REASONS.index(R.LIST_TOO_SMALL))
+            _mark(code, known & (np.maximum(w, h) / np.minimum(w, h) > max_aspect), _REASONS.index(R.LIST_ASPECT))
+    reasons = list(_REASONS)
     for cond in where:
         values = _numbers(path, table, cond.column)
         with np.errstate(invalid="ignore"):
             passes = _OPS[cond.op](values, cond.value) & np.isfinite(values)
-        _mark(reason, ~passes, R.filter_reason(cond.text))
+        reasons.append(R.filter_reason(cond.text))
+        _mark(code, ~passes, len(reasons) - 1)
 
-    keep = np.flatnonzero(reason == "")
+    keep = np.flatnonzero(code == 0)
     order = keep[np.random.default_rng(seed).permutation(len(keep))]
-    filtered = Counter(r for r in reason if r)
+    counts = np.bincount(code, minlength=len(reasons))
     return UrlList(
         path=path.resolve(),
         rows=table.num_rows,
-        urls=urls,
-        captions=captions,
         order=order,
-        filtered=filtered,
+        url_array=urls,
+        caption_array=captions,
+        filtered=Counter({reasons[i]: int(n) for i, n in enumerate(counts) if i and n}),
         fingerprint=file_sha256(path),
         columns={"url": url_col, "caption": cap_col, "width": w_col, "height": h_col},
     )
 
 
-def _mark(reason: np.ndarray, mask: np.ndarray, text: str) -> None:
-    """Give `text` as the reason to rows in `mask` that have none yet (first reason wins)."""
-    reason[mask & (reason == "")] = text
+def _text(table, column: str):
+    """A column as one Arrow array of stripped text (64-bit offsets: lists of any size)."""
+    pa = _pyarrow()
+    col = table.column(column)
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
+    return pa.compute.utf8_trim_whitespace(col.cast(pa.large_string())).combine_chunks()
 
 
-def _caption_text(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float) and math.isnan(value):
-        return ""
-    return str(value).strip()
+def _row_codes(urls, captions) -> np.ndarray:
+    """Per row, 0 or the index in `_REASONS` of why it cannot be downloaded: no http(s)
+    URL, no caption, or a URL already listed in an earlier usable row."""
+    pc = _pyarrow().compute
+    code = np.zeros(len(urls), dtype=np.int16)
+    is_url = pc.fill_null(pc.match_substring_regex(urls, "^https?://", ignore_case=True), False)
+    _mark(code, ~is_url.to_numpy(zero_copy_only=False), _REASONS.index(R.NO_URL))
+    empty = pc.fill_null(pc.equal(pc.utf8_length(captions), 0), True)
+    _mark(code, empty.to_numpy(zero_copy_only=False), _REASONS.index(R.NO_CAPTION))
+    usable = np.flatnonzero(code == 0)
+    ids = urls.take(usable).dictionary_encode().indices.to_numpy(zero_copy_only=False)
+    repeat = np.ones(len(usable), dtype=bool)
+    repeat[np.unique(ids, return_index=True)[1]] = False
+    code[usable[repeat]] = _REASONS.index(R.LISTED_TWICE)
+    return code
+
+
+def _mark(code: np.ndarray, mask: np.ndarray, reason: int) -> None:
+    """Give rows in `mask` that have no reason yet this one (the first reason wins)."""
+    code[mask & (code == 0)] = reason
 
 
 def _pick(path: Path, names: list[str], given: str | None, defaults: tuple[str, ...], what: str, option: str, *, required: bool = True) -> str | None:
@@ -205,9 +227,10 @@ def _pick(path: Path, names: list[str], given: str | None, defaults: tuple[str, 
 
 def _pyarrow():
     try:
-        import pyarrow  # noqa: F401
+        import pyarrow
     except ImportError:
         raise GatherError(missing_extra("reading a URL list needs pyarrow")) from None
+    import pyarrow.compute
     import pyarrow.csv
     import pyarrow.json
     import pyarrow.parquet

@@ -22,7 +22,7 @@ class ImageServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - the http.server API
+            def do_GET(self):
                 with server._lock:
                     server.requests.append(self.path)
                 if server.gate is not None and server.gate(self.path):

@@ -8,7 +8,11 @@ from PIL import Image
 
 from edlib.gather import report as R
 from edlib.gather.checks import check_download, check_file
-from tests.data.make_images import write_exif_rotated_jpeg, write_image, write_truncated_jpeg
+from tests.data.make_images import (
+    write_exif_rotated_jpeg,
+    write_image,
+    write_truncated_jpeg,
+)
 
 
 def _decoded(data: bytes) -> Image.Image:

@@ -13,7 +13,7 @@ from tests.gather.conftest import TRAINING_SPEC
 
 def edlib(*args) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "edlib", *map(str, args)], capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        [sys.executable, "-m", "edlib", *map(str, args)], capture_output=True, text=True, timeout=120, check=False, env={**os.environ, "PYTHONUNBUFFERED": "1"}
     )
 
 

@@ -197,17 +197,17 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path, pool):
     (empty / "sub").mkdir(parents=True)
     (empty / "sub/readme.txt").write_text("no pictures here")
     cases = [
-        (dict(source=empty), "no images found"),
-        (dict(source=root / "concept"), "overlap"),
-        (dict(source=tmp_path), "overlap"),
-        (dict(folder=tmp_path / "elsewhere"), "outside the data root"),
-        (dict(folder="."), "not the data root itself"),
-        (dict(folder=".hidden"), "leading '.'"),
-        (dict(folder="concept"), "did not put there"),
-        (dict(count=0), "count must be a whole number"),
-        (dict(share=0.2, per_epoch=3), "give one of"),
-        (dict(source=tmp_path / "nothing.parquet"), "no such file"),
-        (dict(source=tmp_path / "nothing"), "no such file or folder"),
+        ({"source": empty}, "no images found"),
+        ({"source": root / "concept"}, "overlap"),
+        ({"source": tmp_path}, "overlap"),
+        ({"folder": tmp_path / "elsewhere"}, "outside the data root"),
+        ({"folder": "."}, "not the data root itself"),
+        ({"folder": ".hidden"}, "leading '.'"),
+        ({"folder": "concept"}, "did not put there"),
+        ({"count": 0}, "count must be a whole number"),
+        ({"share": 0.2, "per_epoch": 3}, "give one of"),
+        ({"source": tmp_path / "nothing.parquet"}, "no such file"),
+        ({"source": tmp_path / "nothing"}, "no such file or folder"),
     ]
     for change, message in cases:
         kwargs = {"source": pool, "folder": "gt", "count": 5, **change}

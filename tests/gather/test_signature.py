@@ -7,7 +7,13 @@ import itertools
 import numpy as np
 from PIL import Image, ImageOps
 
-from edlib.gather.signature import DuplicateIndex, file_signature, from_json, signature, to_json
+from edlib.gather.signature import (
+    DuplicateIndex,
+    file_signature,
+    from_json,
+    signature,
+    to_json,
+)
 from edlib.world import sample_scene
 from edlib.world.render import Scene, render
 

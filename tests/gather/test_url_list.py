@@ -52,7 +52,7 @@ def test_every_format_reads_and_filters_the_same(tmp_path, fmt):
         R.NO_CAPTION: 1,
         R.LISTED_TWICE: 1,
     }
-    assert urls.captions[0] == "one"
+    assert urls.caption(0) == "one" and urls.url(0) == "https://a.example/1.jpg" and urls.caption(5) == ""
     assert urls.columns == {"url": "url", "caption": "caption", "width": "width", "height": "height"}
 
 
@@ -74,7 +74,7 @@ def test_a_list_without_the_url_column_names_the_file_and_its_columns(tmp_path):
         read_url_list(path)
     assert str(path) in str(err.value) and "'url'" in str(err.value) and "link" in str(err.value)
     assert "--url-column" in str(err.value)
-    assert read_url_list(path, url_column="link").urls == ["https://a/1.jpg"]
+    assert read_url_list(path, url_column="link").urls_at([0]) == ["https://a/1.jpg"]
 
 
 def test_a_named_column_that_is_missing_is_an_error(tmp_path):
