@@ -21,6 +21,7 @@ LAYERS = {
     "edlib.files": 0,
     "edlib.data": 0,
     "edlib.world": 0,
+    "edlib.gather": 0,
     "edlib.model": 1,
     "edlib.train": 2,
     "edlib.sample": 2,
