@@ -7,3 +7,7 @@ notebooks call the same functions.
 """
 
 __version__ = "0.1.0"
+
+from edlib import quiet as _quiet
+
+_quiet.install()  # drop dependency log lines known to be harmless (edlib/quiet.py lists them)

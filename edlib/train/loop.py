@@ -232,7 +232,9 @@ def train(
 
     world, rank = accelerator.num_processes, accelerator.process_index
     accumulation = config.gradient_accumulation_steps
-    bar = tqdm(total=total_steps, initial=position.step, disable=not _show_bar(progress_bar, accelerator), unit="step")
+    bar = tqdm(
+        total=total_steps, initial=position.step, disable=not _show_bar(progress_bar, accelerator), unit="step", desc="training"
+    )
     first_epoch, nonfinite_in_a_row, last_saved = position.epoch, 0, None
     stopped_by = "max_steps" if position.step >= (config.max_steps or math.inf) else "epochs"
     last_loss, last_save_time = None, time.time()
@@ -336,7 +338,7 @@ def train(
                 plugin.on_step(ctx, metrics)
             report.step(metrics)
             bar.update(1)
-            bar.set_postfix(loss=f"{last_loss:.4f}", epoch=epoch)
+            bar.set_postfix_str(f"loss {last_loss:.4f}, {metrics['images_per_s']:.1f} images/s, epoch {epoch}")
 
             requests, minutes_due = _agree(run, accelerator, config, now - last_save_time)
             if "sample" in requests and not any(p.sample(ctx) for p in plugins):
@@ -667,7 +669,15 @@ def _save(ctx: Context, report, optimizer, lr_scheduler, plugins) -> Path:
 
 
 def _show_bar(progress_bar: bool | None, accelerator: Accelerator) -> bool:
-    wanted = sys.stderr.isatty() if progress_bar is None else progress_bar
+    """By default a bar in a terminal and in a notebook cell (tqdm.auto draws a widget
+    there; a notebook's stderr is no terminal), not in logs and tests."""
+    wanted = (sys.stderr.isatty() or _in_notebook()) if progress_bar is None else progress_bar
     return wanted and accelerator.is_local_main_process
+
+
+def _in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (JupyterLab, Colab, VS Code)."""
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
 
 

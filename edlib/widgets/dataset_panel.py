@@ -16,7 +16,6 @@ from pathlib import Path, PurePosixPath
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
-from IPython.display import display
 
 from edlib.data.balance import (
     BalancePlan,
@@ -28,6 +27,7 @@ from edlib.data.folder_files import format_value
 from edlib.data.preview import Preview, preview
 from edlib.data.scan import scan
 from edlib.data.types import DataRootError, ScanResult
+from edlib.widgets.charts import show_figure
 from edlib.widgets.common import (
     THUMBNAIL_PX,
     error_text,
@@ -414,9 +414,7 @@ class BalancePanel:
         self.status.value = ""
         self.apply_button.disabled = bool(self.plan.excluded)
         self.table.value = f"<pre style='font-size:12px;line-height:1.3'>{html.escape(format_plan(self.plan))}</pre>"
-        with self.chart:
-            self.chart.clear_output(wait=True)
-            display(share_figure(self.plan))
+        show_figure(self.chart, share_figure(self.plan))
 
     def apply(self, _button=None) -> Path | None:
         if self.plan is None:

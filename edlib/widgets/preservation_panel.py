@@ -10,7 +10,6 @@ from pathlib import Path, PurePosixPath
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
-from IPython.display import display
 
 from edlib.data.scan import scan
 from edlib.data.types import DataRootError, ScanResult
@@ -22,6 +21,7 @@ from edlib.preservation import (
     mix_per_epoch,
     preservation_multiplier,
 )
+from edlib.widgets.charts import show_figure
 from edlib.widgets.common import (
     error_text,
     folder_label,
@@ -206,12 +206,8 @@ class PreservationPanel:
             f"samples &middot; {covered}</div>"
         )
         self.save_button.disabled = False
-        with self.mix_chart:
-            self.mix_chart.clear_output(wait=True)
-            display(mix_figure(self.mix, folder))
-        with self.coverage_chart:
-            self.coverage_chart.clear_output(wait=True)
-            display(coverage_figure(self.coverage))
+        show_figure(self.mix_chart, mix_figure(self.mix, folder))
+        show_figure(self.coverage_chart, coverage_figure(self.coverage))
 
     def save(self, _button=None) -> Path | None:
         """Write the chosen multiplier to the preservation folder's multiply.txt."""

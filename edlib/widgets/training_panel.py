@@ -28,6 +28,7 @@ import plotly.graph_objects as go
 from edlib.data.preview import Preview, preview
 from edlib.data.scan import scan
 from edlib.data.types import DataRootError, ScanResult
+from edlib.environment import has_native_bf16
 from edlib.estimate import (
     GPUS,
     REFERENCE_GPU,
@@ -44,6 +45,7 @@ from edlib.train.handle import RunHandle, start
 from edlib.train.loop import Plugin
 from edlib.train.lr import LR_SCHEDULERS
 from edlib.train.run_dir import Event
+from edlib.widgets.charts import show_figure
 from edlib.widgets.common import error_text, ok_text, thumbnail_png
 from edlib.widgets.dataset_panel import DatasetPanel
 
@@ -124,9 +126,8 @@ def loss_figure(steps: list[int], losses: list[float], *, max_points: int = 2000
 
 def _show(output: widgets.Output, figure: go.Figure) -> None:
     """Put `figure` in `output` by replacing its outputs: safe from the training thread.
-    The bundle is what `display(figure)` sends, in plotly's renderer for this front end."""
-    data = {"text/plain": f"<plotly figure: {figure.layout.title.text}>", **figure._repr_mimebundle_()}
-    output.outputs = ({"output_type": "display_data", "data": data, "metadata": {}},)
+    On Colab, an HTML page in an iframe (`edlib.widgets.charts`)."""
+    show_figure(output, figure)
 
 
 def _field(widget: widgets.Widget, help_text: str) -> widgets.HBox:
@@ -622,7 +623,11 @@ def _relative(path: Path, folder: Path) -> str:
 
 
 def _default_precision() -> str:
-    """bf16 on a GPU that supports it (faster, safe), fp32 elsewhere (CPU, old cards)."""
+    """bf16 on a GPU that computes it natively (cc 8.0+: faster, safe), fp16 on older cards
+    such as Colab's T4 (which `torch.cuda.is_bf16_supported()` calls bf16-capable), fp32 on
+    the CPU."""
     import torch
 
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    if not torch.cuda.is_available():
+        return "no"
+    return "bf16" if has_native_bf16() else "fp16"
