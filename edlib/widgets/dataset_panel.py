@@ -29,6 +29,7 @@ from edlib.data.scan import scan
 from edlib.data.types import DataRootError, ScanResult
 from edlib.widgets.charts import show_figure
 from edlib.widgets.common import (
+    widget_bundle,
     THUMBNAIL_PX,
     error_text,
     folder_label,
@@ -132,7 +133,7 @@ class DatasetPanel:
         self.rescan()
 
     def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+        return widget_bundle(self.widget, **kwargs)
 
     # ---- reading ------------------------------------------------------------------------
 
@@ -398,7 +399,7 @@ class BalancePanel:
         self._update()
 
     def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+        return widget_bundle(self.widget, **kwargs)
 
     def weight_values(self) -> dict[str, float]:
         return {node: box.value for node, box in self.weights.items()}

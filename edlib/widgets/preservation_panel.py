@@ -23,6 +23,7 @@ from edlib.preservation import (
 )
 from edlib.widgets.charts import show_figure
 from edlib.widgets.common import (
+    widget_bundle,
     error_text,
     folder_label,
     ok_text,
@@ -161,7 +162,7 @@ class PreservationPanel:
         self._update()
 
     def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+        return widget_bundle(self.widget, **kwargs)
 
     def _amount_for(self, mode: str, text: str) -> float:
         """The amount in `mode` that gives multiplier `text`: switching modes keeps the mix."""

@@ -46,7 +46,7 @@ from edlib.train.loop import Plugin
 from edlib.train.lr import LR_SCHEDULERS
 from edlib.train.run_dir import Event
 from edlib.widgets.charts import show_figure
-from edlib.widgets.common import error_text, ok_text, thumbnail_png
+from edlib.widgets.common import error_text, ok_text, thumbnail_png, widget_bundle
 from edlib.widgets.dataset_panel import DatasetPanel
 
 # Form fields where 0 means "off" (the config's null): a number box cannot hold "nothing".
@@ -334,7 +334,7 @@ class TrainingPanel:
         self._refresh()
 
     def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+        return widget_bundle(self.widget, **kwargs)
 
     # -- the form --------------------------------------------------------------------------
 
