@@ -144,7 +144,7 @@ def widget_bundle(widget, **kwargs) -> dict:
     bundle = {"text/plain": plain[:110] + "…" if len(plain) > 110 else plain}
     if widget._view_name is not None:
         bundle["application/vnd.jupyter.widget-view+json"] = {"version_major": 2, "version_minor": 0, "model_id": widget._model_id}
-        widget._handle_displayed(**kwargs)
+        widget._handle_displayed()  # 7.7.1's callbacks take no include/exclude
     return bundle
 
 

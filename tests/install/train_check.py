@@ -50,5 +50,6 @@ panels = [
     TrainingPanel(root, str(model), folder / "runs" / "panel"),
     SamplingPanel(folder / "runs" / "full", ["a red circle"]),
 ]
-report["panels"] = [type(p).__name__ for p in panels]
+# What the notebook shows for each (ipywidgets 7 has no _repr_mimebundle_ of its own).
+report["panels"] = {type(p).__name__: sorted(p._repr_mimebundle_()) for p in panels}
 print(json.dumps(report))
