@@ -11,7 +11,7 @@ trigger word, as A1111 wants) are always fp32.
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 from edlib import __version__
 from edlib.export.a1111_embedding import export_a1111_embeddings
@@ -75,7 +75,7 @@ def export_models(
         raise ValueError(f"{where}: a {config.method!r} run exports as {allowed}, not {format!r}")
     name = f"{run_name}-step{step:06d}" + ("" if dtype == "fp16" else f"-{dtype}")
     metadata = {
-        "base_model": config.model,
+        "base_model": base_model_name(config.model),
         "edlib_run": run_name,
         "edlib_step": step,
         "edlib_method": config.method,
@@ -102,7 +102,7 @@ def export_models(
                 m.text_encoder,
                 target,
                 dtype=dtype,
-                base_model=config.model,
+                base_model=base_model_name(config.model),
                 metadata=metadata,
                 text_encoder_2=m.text_encoder_2,
             )
@@ -110,6 +110,25 @@ def export_models(
     second = method.learned_embeddings(m, encoder="text_encoder_2") if m.is_sdxl else None
     # Embeddings are a few KB: always fp32, whatever `dtype` says, so they never clash either.
     return export_a1111_embeddings(method.learned_embeddings(m), out_dir, metadata=metadata, embeddings_g=second)
+
+
+def base_model_name(model: str) -> str:
+    """How an export names its base model: a hub id as it is, a local model by its file or
+    folder name only (as kohya does), so no user's folder layout (a Drive path, a home
+    folder) travels with the file. A local path is one that exists here, or that cannot be a
+    hub id ("owner/name"): absolute, relative with ./ or ~, deeper than one "/", or a
+    checkpoint file name."""
+    text = str(model).rstrip("/\\")
+    path = Path(text).expanduser()
+    local = (
+        path.exists()
+        or path.is_absolute()
+        or text.startswith((".", "~"))
+        or "\\" in text
+        or text.count("/") > 1
+        or path.suffix in (".safetensors", ".ckpt", ".pt", ".bin")
+    )
+    return PureWindowsPath(text).name if local else text
 
 
 def _check_format(format: str) -> None:

@@ -159,7 +159,7 @@ class TrainConfig(BaseModel):
     lr_power: float = Field(1.0, gt=0.0, description="Power of the `polynomial` decay (1.0 = linear).")
     optimizer: Literal[OPTIMIZERS] = Field(  # type: ignore[valid-type]
         "adamw",
-        description="Optimizer. `adamw8bit` needs bitsandbytes and CUDA (`pip install edlib[gpu]`); "
+        description="Optimizer. `adamw8bit` needs bitsandbytes and CUDA (`pip install edlib-sd-trainer[gpu]`); "
         "`lion` needs lion-pytorch; `prodigy` needs prodigyopt (use lr 1.0 with it).",
     )
     optimizer_args: dict[str, Any] = Field(
@@ -256,7 +256,7 @@ class TrainConfig(BaseModel):
         "with `bf16_stochastic_round`), so updates below bf16's resolution still move the weights by the right "
         "amount on average. With nearest rounding, AdamW at lr 1e-6 moves under 1% of typical SD weights and "
         "about 1% of the total it should (docs/methods.md). Needs `optimizer: adamw` or `adamw8bit` and the "
-        "torchao package (in edlib[gpu]). false: nearest rounding (e.g. with adafactor).",
+        "torchao package (in edlib-sd-trainer[gpu]). false: nearest rounding (e.g. with adafactor).",
     )
     attention: Literal["sdpa", "xformers"] = Field(
         "sdpa", description="Attention kernel: `sdpa` (PyTorch's fused attention) or `xformers` (must be installed)."

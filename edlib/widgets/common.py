@@ -140,6 +140,20 @@ def ok_text(text: str) -> str:
     return f"<span style='color:#1b7f3b'>{html.escape(text)}</span>"
 
 
+def widget_bundle(widget, **kwargs) -> dict:
+    """What `display(widget)` sends, for a panel's own `_repr_mimebundle_`. ipywidgets 8 has
+    the method; 7.7.1 (Colab's, which must stay) only `_ipython_display_`, whose bundle and
+    "displayed" bookkeeping this repeats."""
+    if hasattr(widget, "_repr_mimebundle_"):
+        return widget._repr_mimebundle_(**kwargs)
+    plain = repr(widget)
+    bundle = {"text/plain": plain[:110] + "…" if len(plain) > 110 else plain}
+    if widget._view_name is not None:
+        bundle["application/vnd.jupyter.widget-view+json"] = {"version_major": 2, "version_minor": 0, "model_id": widget._model_id}
+        widget._handle_displayed()  # 7.7.1's callbacks take no include/exclude
+    return bundle
+
+
 def folder_label(folder: str) -> str:
     """How a folder is named in the panels: the data root itself is "." as in the CLI."""
     return folder or "."

@@ -18,7 +18,7 @@ from edlib.data.preservation import EpochMix, mix_per_epoch
 from edlib.data.scan import scan
 from edlib.gather import GatherOptions, format_report, gather, gathered_files
 from edlib.gather.report import GatherReport
-from edlib.widgets.common import THUMBNAIL_PX, error_text, thumbnail_png
+from edlib.widgets.common import THUMBNAIL_PX, error_text, thumbnail_png, widget_bundle
 from edlib.widgets.preservation_panel import MODES, mix_figure
 from edlib.world import write_data_root
 
@@ -88,7 +88,7 @@ class GatherPanel:
         self.gather_button.on_click(self.run)
 
     def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+        return widget_bundle(self.widget, **kwargs)
 
     def run(self, _button=None) -> GatherReport | None:
         """Gather with the panel's values; shows and returns the report (None on an error,

@@ -22,6 +22,7 @@ from typing import Any
 import annotated_types
 import ipywidgets as widgets
 
+from edlib.environment import has_native_bf16
 from edlib.model.config import METHODS, TrainConfig
 
 STYLE = {"description_width": "200px"}  # the longest key, gradient_accumulation_steps, in full
@@ -51,10 +52,15 @@ TI_WORD = {"token": "<ohwx>", "init_word": "person"}
 
 
 def _default_precision() -> str:
-    """bf16 on a GPU that supports it (faster, safe), fp32 elsewhere (CPU, old cards)."""
+    """bf16 on a GPU that computes it natively (faster, safe), fp16 on older cards (a T4),
+    fp32 on the CPU."""
     import torch
 
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    if not torch.cuda.is_available():
+        return "no"
+    # bf16 only where the GPU computes it natively (cc 8.0+): a T4 reports bf16 support
+    # (`torch.cuda.is_bf16_supported()`) but emulates it slowly; fp16 there.
+    return "bf16" if has_native_bf16() else "fp16"
 
 
 # Where the form starts from something other than the config's default, and why. The config

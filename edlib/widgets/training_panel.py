@@ -29,7 +29,7 @@ from edlib.train.hooks import Plugin
 from edlib.train.loss_tracker import MIN_OBSERVATIONS
 from edlib.train.review import quarantine
 from edlib.train.run_dir import Event
-from edlib.widgets.common import error_text, ok_text
+from edlib.widgets.common import error_text, ok_text, widget_bundle
 from edlib.widgets.training_estimate import EstimateView, lr_figure
 from edlib.widgets.training_form import TrainingForm, config_from_form
 from edlib.widgets.training_live import LiveView, loss_figure
@@ -125,7 +125,7 @@ class TrainingPanel:
         self.review_button.on_click(lambda _b: self.refresh_review())
 
     def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+        return widget_bundle(self.widget, **kwargs)
 
     # -- what the parts hold, under the panel's names --------------------------------------
 
