@@ -205,6 +205,9 @@ class BatchEncoder:
         mode = config.cache_latents
         self.latent_cache = None if mode == "no" else LatentCache(mode, cache_dir / "latents")
         self.text_cache: dict[str, Conditioning] | None = {} if config.cache_text_embeddings else None
+        # SD3/FLUX embeddings hold T5's hundreds of tokens (FLUX: 512 x 4096 values a caption):
+        # cached in CPU memory, in the encoder's dtype, and moved per batch.
+        self._text_cache_device = torch.device("cpu") if models.flow_matching else self.device
 
     def encode(self, scan: ScanResult, batch: LocalBatch, seed: int) -> tuple[torch.Tensor, Conditioning]:
         # fp32 here: the frozen encoders may run in fp16/bf16, but noise, targets and the
@@ -240,10 +243,10 @@ class BatchEncoder:
             missing = sorted({c for c in captions if c not in self.text_cache})
             if missing:
                 with self._on_device(*self.models.text_encoder_names):
-                    encoded = encode_prompts(self.models, missing, clip_skip).to(self.device)
+                    encoded = encode_prompts(self.models, missing, clip_skip).to(self._text_cache_device)
                 for k, caption in enumerate(missing):
                     self.text_cache[caption] = encoded[k]
-            return Conditioning.stack([self.text_cache[c] for c in captions])
+            return Conditioning.stack([self.text_cache[c] for c in captions]).to(self.device)
 
     def _on_device(self, *names: str):
         """The named encoders on the training device for a cache miss, if they are offloaded."""

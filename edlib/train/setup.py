@@ -16,6 +16,7 @@ from edlib.data.scan import scan
 from edlib.data.types import DataRootError, ScanResult
 from edlib.model.config import ConfigError, TrainConfig
 from edlib.model.ema import make_ema
+from edlib.model.flow_config import describe_flow, family_conflicts, flow_settings
 from edlib.model.lr import make_lr_scheduler
 from edlib.model.methods import Method, make_method
 from edlib.model.models import enable_gradient_checkpointing, load_models
@@ -82,9 +83,9 @@ def build_training(config: TrainConfig, accelerator: Accelerator, report: Report
         zero_terminal_snr=config.zero_terminal_snr,
         attention=config.attention,
         vae=config.vae,
+        max_sequence_length=config.max_sequence_length,
     )
-    if config.text_encoder_2_lr is not None and not models.is_sdxl:
-        report.warning(f"text_encoder_2_lr is set, but {config.model} has one text encoder (SDXL has two): ignored")
+    check_family(config, models, report)
     if config.full_bf16 and not config.stochastic_rounding:
         report.warning(
             "full_bf16 with stochastic_rounding: false: weight updates under half a bf16 step (about 1/512 of a "
@@ -109,6 +110,20 @@ def build_training(config: TrainConfig, accelerator: Accelerator, report: Report
     )
     trainable = method.trainable_parameters(models)
     return Training(models, method, optimizer, lr_scheduler, make_ema(config.ema_decay, trainable), trainable)
+
+
+def check_family(config: TrainConfig, models, report: Reporter) -> None:
+    """What the config asks that this model's family cannot do (a hub model's family is
+    known only now), and what a flow family trains with, in the log."""
+    problems = family_conflicts(config, models.family)
+    if problems:
+        raise ConfigError(f"{config.model} is a {models.family.upper()} model: " + "; ".join(problems))
+    if config.text_encoder_2_lr is not None and models.family not in ("sdxl", "sd3"):
+        report.warning(f"text_encoder_2_lr is set, but {config.model} has no second CLIP encoder (SDXL and SD3 do): ignored")
+    if models.flow_matching:
+        guidance = bool(getattr(models.unet.config, "guidance_embeds", False))
+        settings = flow_settings(config, models.family)
+        report.log(describe_flow(settings, models.family, models.max_sequence_length, guidance))
 
 
 def place_models(models, method: Method, config: TrainConfig, accelerator: Accelerator) -> None:
@@ -149,6 +164,8 @@ def frozen_dtype(name: str, module: torch.nn.Module, mixed_precision: str) -> to
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision)
     if name == "vae" and dtype == torch.float16 and module.config.get("force_upcast", False):
         return torch.float32
+    if dtype == torch.float16 and type(module).__name__ == "T5EncoderModel":
+        return torch.float32  # T5's activations overflow fp16 (transformers keeps parts of it in fp32 for that)
     return dtype
 
 
