@@ -65,18 +65,6 @@ _FUSED_PARTS = {
     "txt_attn_qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
     "linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"),
 }
-_GLOBAL = {
-    "x_embedder": "img_in",
-    "context_embedder": "txt_in",
-    "time_text_embed.timestep_embedder.linear_1": "time_in_in_layer",
-    "time_text_embed.timestep_embedder.linear_2": "time_in_out_layer",
-    "time_text_embed.text_embedder.linear_1": "vector_in_in_layer",
-    "time_text_embed.text_embedder.linear_2": "vector_in_out_layer",
-    "time_text_embed.guidance_embedder.linear_1": "guidance_in_in_layer",
-    "time_text_embed.guidance_embedder.linear_2": "guidance_in_out_layer",
-    "norm_out.linear": "final_layer_adaLN_modulation_1",  # rows: diffusers (scale, shift), BFL (shift, scale)
-    "proj_out": "final_layer_linear",
-}
 
 
 def _adapter(layer) -> tuple[torch.Tensor, torch.Tensor, float, int]:
@@ -146,9 +134,7 @@ def _bfl_name(path: str) -> tuple[str, str, int, str]:
             if rest in table:
                 name, part, _ = table[rest]
                 return f"lora_unet_{bfl}_{index}_{name}", name, part, f"{blocks}.{index}."
-    if path in _GLOBAL:
-        return f"lora_unet_{_GLOBAL[path]}", _GLOBAL[path], 0, ""
-    raise ValueError(f"{path}: no kohya (BFL) name for this FLUX layer")
+    raise ValueError(f"{path}: no kohya (BFL) name for this FLUX layer (adapters outside the blocks: export peft-lora)")
 
 
 def kohya_flux_state_dict(transformer: torch.nn.Module, text_encoder: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
@@ -171,8 +157,6 @@ def kohya_flux_state_dict(transformer: torch.nn.Module, text_encoder: torch.nn.M
             down, up, alpha, _ = _block_diagonal(adapters, dims)
         else:
             down, up, alpha, _ = adapters[0]
-            if layer_name == "final_layer_adaLN_modulation_1":
-                up = torch.cat(up.chunk(2, dim=0)[::-1])
         tensors[f"{name}.lora_down.weight"] = down
         tensors[f"{name}.lora_up.weight"] = up
         tensors[f"{name}.alpha"] = torch.tensor(alpha)

@@ -101,7 +101,8 @@ class FamilyKeys(BaseModel):
     lora_targets: Literal[LORA_TARGETS] | None = Field(  # type: ignore[valid-type]
         None,
         description="SD3/FLUX LoRA: which layers of the transformer get adapters: `attention` (q, k, v, out of every "
-        "attention), `attention_ff` (and the feed-forward layers), `all_linear` (every linear layer). Null: "
+        "attention), `attention_ff` (and the feed-forward layers), `all_linear` (every linear layer of the blocks, "
+        "modulation included, as sd-scripts). Null: "
         "`attention_ff` for FLUX, `attention` for SD3 (diffusers' scripts). SD1/SDXL LoRAs use kohya's layers.",
     )
     loraplus_lr_ratio: float | None = Field(
@@ -169,6 +170,8 @@ def family_conflicts(config, family: str | None) -> list[str]:
         wrong += ["blocks_to_swap"] if config.blocks_to_swap else []
         if wrong:
             problems.append(f"{', '.join(wrong)}: for SD3/FLUX models only; this model is {name}")
+        if "peft-lora" in (config.export_formats or ()):
+            problems.append(f"export_formats: peft-lora: is offered for SD3/FLUX LoRAs; this model is {name} (use kohya-lora)")
     return problems
 
 

@@ -166,7 +166,8 @@ def test_lora_target_presets_pick_the_layers_they_name(tiny_flux, tiny_sd3):
     assert not any(".ff." in name or "proj_mlp" in name for name in attention)
     assert set(attention) < set(with_ff) < set(everything)
     assert {"transformer_blocks.0.ff.net.2", "transformer_blocks.0.ff_context.net.0.proj", "single_transformer_blocks.0.proj_mlp"} <= set(with_ff)
-    assert {"x_embedder", "norm_out.linear", "time_text_embed.guidance_embedder.linear_1"} <= set(everything) - set(with_ff)
+    assert {"transformer_blocks.0.norm1.linear", "single_transformer_blocks.0.norm.linear"} <= set(everything) - set(with_ff)
+    assert not {"x_embedder", "norm_out.linear", "proj_out"} & set(everything)  # the blocks only, as sd-scripts
     sd3 = transformer_lora_layers(load_models(tiny_sd3).unet, "attention")
     assert "transformer_blocks.0.attn2.to_q" in sd3  # SD3.5's second attention
     with pytest.raises(ValueError, match="lora_targets"):

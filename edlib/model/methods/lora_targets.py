@@ -8,8 +8,9 @@
   single blocks ``proj_mlp`` and ``proj_out``, whose input is attention and MLP output side
   by side). diffusers' ``train_dreambooth_lora_flux.py`` default covers the double blocks' part
   of this; SimpleTuner's ``all+ffs`` is this.
-- ``all_linear``: every linear layer of the transformer, the modulation, embedding and output
-  layers included (ai-toolkit's choice; sd-scripts adapts every linear layer of the blocks).
+- ``all_linear``: every linear layer of the transformer blocks, their modulation layers included
+  (sd-scripts' FLUX and SD3 LoRA). The input embedders and the output layer stay as they are:
+  diffusers' kohya-FLUX converter would drop adapters there without a word.
 
 Layers are matched by their diffusers module path, so the adapters' names are diffusers' own and
 the PEFT export needs no renaming.
@@ -35,10 +36,9 @@ def transformer_lora_layers(model: torch.nn.Module, preset: str) -> list[str]:
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.Linear):
             continue
-        in_blocks = name.startswith(tuple(f"{blocks}." for blocks in BLOCK_LISTS))
-        if preset == "all_linear" or (
-            in_blocks and (_ATTENTION.search(name) or (preset == "attention_ff" and _FEED_FORWARD.search(name)))
-        ):
+        if not name.startswith(tuple(f"{blocks}." for blocks in BLOCK_LISTS)):
+            continue
+        if preset == "all_linear" or _ATTENTION.search(name) or (preset == "attention_ff" and _FEED_FORWARD.search(name)):
             chosen.append(name)
     if not chosen:
         raise ValueError(f"lora_targets: {preset} found no layers in {type(model).__name__}")
