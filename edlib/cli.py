@@ -45,6 +45,7 @@ def _cmd_preview(args) -> int:
         validation_fraction=args.validation_fraction,
     )
     p = with_lr_curve(p, args.lr_scheduler, args.lr, warmup_steps=args.lr_warmup_steps)
+    p.warnings = [*result.warnings, *p.warnings]  # a misnamed multiply.txt changes what the preview shows
     if args.write_schedule:
         for epoch in range(args.epochs):
             write_schedule(p.realise(epoch), p.planner.scan, args.write_schedule)  # the training images
@@ -72,6 +73,7 @@ def _cmd_balance(args) -> int:
     if result.errors:
         return _fail_on_errors(result.errors)
     plan = plan_balance(result, load_weights(args.weights), epoch_size=args.epoch_size)
+    plan.warnings = [*result.warnings, *plan.warnings]
     if args.json:
         print(json.dumps(plan.to_json(), indent=2))
     else:
@@ -87,11 +89,7 @@ def _cmd_balance(args) -> int:
 def _cmd_train(args) -> int:
     from edlib.train import load_config, train
 
-    summary = train(load_config(args.config, args.overrides), resume=args.resume)
-    print(
-        f"run {summary.run_dir}: stopped by {summary.stopped_by} at step {summary.step} "
-        f"(epoch {summary.epoch}); last checkpoint: {summary.last_checkpoint}"
-    )
+    print(train(load_config(args.config, args.overrides), resume=args.resume))
     return 0
 
 
@@ -113,18 +111,22 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_review(args) -> int:
-    from edlib.train.review import format_review, quarantine, restore, review, review_folders, run_data_root
+    from edlib.train.review import format_review, quarantine, restore, review, review_folders, review_status, run_data_root
 
     if args.quarantine:
-        manifest = quarantine(run_data_root(args.run), args.quarantine, run_dir=args.run, reason="edlib review")
-        print(f"Moved {len(args.quarantine)} image(s) with their captions to quarantine (manifest: {manifest}).")
+        folder = quarantine(run_data_root(args.run), args.quarantine, run_dir=args.run, reason="edlib review")
+        print(f"Moved {len(args.quarantine)} image(s) with their captions to {folder} (each move is recorded in {folder / 'manifest.json'}).")
         print(f"Undo: edlib review {args.run} --restore")
         return 0
     if args.restore is not None:
-        for line in restore(run_data_root(args.run), args.restore or None):
-            print(line)
+        root = run_data_root(args.run)
+        restored = restore(root, args.restore or None)
+        for path in restored:
+            print(f"restored {root / path}")
+        if not restored:
+            print(f"nothing to restore: the quarantine of {root} is empty")
         return 0
-    print(format_review(review(args.run, top=args.top), review_folders(args.run)))
+    print(format_review(review(args.run, top=args.top), review_folders(args.run), review_status(args.run)))
     return 0
 
 
@@ -141,8 +143,21 @@ def _fail_on_errors(errors: list[str]) -> int:
     return 1 if errors else 0
 
 
+DESCRIPTION = (
+    "Fine-tune Stable Diffusion on your own folders of images, EveryDream-style: scan and balance a data "
+    "root, preview the schedule, train, review, sample and export. Each command's --help says more."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edlib", description=__doc__.split("\n")[0])
+    from edlib import __version__
+    from edlib.data.schedule import DEFAULT_SEED
+    from edlib.model.config import DEFAULT_RESOLUTION, TrainConfig
+    from edlib.model.lr import LR_SCHEDULERS
+
+    defaults = {name: field.default for name, field in TrainConfig.model_fields.items()}
+    parser = argparse.ArgumentParser(prog="edlib", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"edlib {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -152,17 +167,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="ignore and do not update the scan cache")
     p.set_defaults(func=_cmd_scan)
 
-    p = sub.add_parser("preview", help="samples per folder, steps and LR curve, without loading a model")
+    p = sub.add_parser(
+        "preview",
+        help="samples per folder, steps and LR curve, without loading a model",
+        description="What a training run will do with a data root, before any model loads: samples per folder "
+        "and epoch, steps, the learning-rate curve, buckets, and (with --write-schedule) the exact batches. "
+        "Defaults are the training config's, so with the same values it shows what `edlib train` trains.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("data_root")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--resolution", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=1e-6)
-    p.add_argument("--lr-scheduler", default="constant")
-    p.add_argument("--lr-warmup-steps", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=defaults["epochs"], help="epochs to plan (config key epochs)")
+    p.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="images per batch (batch_size)")
+    p.add_argument(
+        "--gradient-accumulation-steps",
+        type=int,
+        default=defaults["gradient_accumulation_steps"],
+        help="batches per optimizer step",
+    )
+    p.add_argument("--max-steps", type=int, default=defaults["max_steps"], help="cap on optimizer steps (none: no cap)")
+    p.add_argument(
+        "--resolution",
+        type=int,
+        default=DEFAULT_RESOLUTION,
+        help="base bucket size, a multiple of 64 (training defaults to the model's own: 512 SD1.x, 768 SD2.x, 1024 SDXL)",
+    )
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the per-epoch draws (config key seed)")
+    p.add_argument("--lr", type=float, default=defaults["unet_lr"], help="learning rate for the curve (unet_lr)")
+    p.add_argument("--lr-scheduler", default=defaults["lr_scheduler"], choices=LR_SCHEDULERS, help="LR schedule")
+    p.add_argument("--lr-warmup-steps", type=int, default=defaults["lr_warmup_steps"], help="warm-up steps")
     p.add_argument(
         "--validation-fraction",
         type=float,
@@ -200,7 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN", help="a run folder (newest checkpoint) or a checkpoint folder")
     p.add_argument("--format", required=True, choices=["diffusers", "single-file", "kohya-lora", "a1111-embedding"])
     p.add_argument("--out", metavar="DIR", help="default: RUN/exports")
-    p.add_argument("--dtype", choices=["fp16", "fp32"], default="fp16")
+    p.add_argument(
+        "--dtype",
+        choices=["fp16", "fp32"],
+        default="fp16",
+        help="weight precision; an fp32 file is named ...-fp32 so it never replaces the fp16 one (embeddings are always fp32)",
+    )
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("review", help="images whose loss stays high; quarantine or restore them")

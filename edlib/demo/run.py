@@ -161,7 +161,7 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0, model: str | Path
     _heading(f"Fine-tuning on the CPU: {p.total_steps} steps, run folder {run_dir}")
     started = time.time()
     summary = fine_tune(model, data_root, run_dir, epochs=epochs, seed=seed)
-    print(f"  done in {time.time() - started:.0f} s: {summary}")
+    print(f"  done in {time.time() - started:.0f} s: {summary.step} steps, last loss {summary.last_loss:.4f}")
 
     _heading("After: the fine-tuned model")
     tuned = load_pipeline(run_dir, dtype=torch.float32)

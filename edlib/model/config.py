@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edlib.data.buckets import resolution_problem
+from edlib.data.schedule import DEFAULT_SEED
 from edlib.model.flow_config import FamilyKeys
 from edlib.model.lr import LR_SCHEDULERS
 
@@ -40,6 +42,54 @@ FAMILY_END_EXPORT_FORMATS = {("sd3", "full"): "diffusers", ("flux", "full"): "di
 DEFAULT_RESOLUTION = 512  # when the model's own size cannot be read (see `_native_resolution`)
 
 
+# Keys of other trainers' configs (diffusers' scripts, kohya sd-scripts, EveryDream2,
+# OneTrainer) that users bring along, and what edlib calls them.
+OTHER_TRAINERS_KEYS = {
+    "learning_rate": "unet_lr",
+    "lr": "unet_lr",
+    "unet_learning_rate": "unet_lr",
+    "text_encoder_learning_rate": "text_encoder_lr",
+    "train_text_encoder": "text_encoder_lr (a rate > 0 trains it)",
+    "train_batch_size": "batch_size",
+    "max_train_steps": "max_steps",
+    "num_train_epochs": "epochs",
+    "max_train_epochs": "epochs",
+    "max_epochs": "epochs",
+    "pretrained_model_name_or_path": "model",
+    "resume_ckpt": "model",
+    "train_data_dir": "data_root",
+    "instance_data_dir": "data_root",
+    "data_dir": "data_root",
+    "output_dir": "run_dir",
+    "logdir": "run_dir",
+    "project_name": "run_dir",
+    "lr_scheduler_num_cycles": "lr_num_cycles",
+    "lr_scheduler_power": "lr_power",
+    "lr_warmup": "lr_warmup_steps",
+    "optimizer_type": "optimizer",
+    "use_8bit_adam": "optimizer: adamw8bit",
+    "use_ema": "ema_decay (e.g. 0.999)",
+    "snr_gamma": "min_snr_gamma",
+    "network_rank": "network_dim",
+    "rank": "network_dim",
+    "checkpointing_steps": "save_every_n_steps",
+    "save_steps": "save_every_n_steps",
+    "save_every_n_epoch": "save_every_n_epochs",
+    "checkpoints_total_limit": "keep_last_n_checkpoints",
+    "save_last_n_epochs": "keep_last_n_checkpoints",
+    "caption_dropout_rate": "caption_dropout",
+    "cond_dropout": "caption_dropout",
+    "shuffle_tags": "shuffle_caption",
+    "enable_xformers_memory_efficient_attention": "attention: xformers",
+    "xformers": "attention: xformers",
+    "sdpa": "attention: sdpa",
+    "validation_prompt": "sample_prompts",
+    "sample_steps": "sample_every_n_steps",
+    "validation_steps": "validate_every_n_steps",
+    "resolution_list": "resolution",
+}
+
+
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names every offending key."""
 
@@ -55,7 +105,8 @@ class TrainConfig(FamilyKeys):
     model: str = Field(
         "stable-diffusion-v1-5/stable-diffusion-v1-5",
         description="Base model: a Hugging Face hub id, a local diffusers folder, or a single "
-        "`.safetensors`/`.ckpt` file. A relative path resolves against the config file's folder.",
+        "`.safetensors`/`.ckpt` file. A relative path resolves against the config file's folder. "
+        "`edlib:world` is the small toy-world model that ships with edlib (64 px, trains on a CPU; the demo's).",
     )
     vae: str | None = Field(
         None,
@@ -102,7 +153,7 @@ class TrainConfig(FamilyKeys):
         None, ge=1, description="Stop after this many optimizer steps even if epochs remain. Null: run all epochs."
     )
     seed: int = Field(
-        555, description="Seed of everything random: the per-epoch schedule, noise, dropout. Same seed, same run."
+        DEFAULT_SEED, description="Seed of everything random: the per-epoch schedule, noise, dropout. Same seed, same run."
     )
     write_schedule: bool = Field(
         True, description="Write each epoch's batch schedule to `schedules/` in the run folder before training it."
@@ -381,8 +432,9 @@ class TrainConfig(FamilyKeys):
     @field_validator("resolution")
     @classmethod
     def _multiple_of_64(cls, value: int) -> int:
-        if value % 64:
-            raise ValueError("must be a multiple of 64 (aspect buckets have sides that are multiples of 64)")
+        problem = resolution_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")
@@ -470,7 +522,12 @@ def _describe(error: ValidationError) -> str:
         key = ".".join(str(part) for part in item["loc"]) or "config"
         if item["type"] == "extra_forbidden":
             close = difflib.get_close_matches(key, known, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else "docs/config.md lists every key"
+            if key.lower() in OTHER_TRAINERS_KEYS:
+                hint = f"other trainers call it that; edlib's key is {OTHER_TRAINERS_KEYS[key.lower()]}"
+            elif close:
+                hint = f"did you mean {close[0]!r}?"
+            else:
+                hint = "docs/config.md lists every key"
             lines.append(f"{key}: unknown key; {hint}")
         elif item["type"] == "missing":
             lines.append(f"{key}: required, not given")

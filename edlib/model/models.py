@@ -51,6 +51,7 @@ from edlib.model.identify import (  # noqa: F401 - native_resolution: part of th
     folder_family,
     hub_family,
     looks_like_path,
+    model_location,
     native_resolution,
 )
 
@@ -175,7 +176,7 @@ def load_models(
     or a diffusers VAE folder), e.g. with an fp16-safe one. ``max_sequence_length``: T5
     tokens per prompt of SD3/FLUX (None: the family's default, `edlib.model.flow_config`).
     """
-    source = str(model)
+    source = model_location(model)
     family, pipeline = _load_pipeline(source, dtype, single_file_config)
     if vae is not None:
         pipeline.vae = _load_vae(vae, dtype)

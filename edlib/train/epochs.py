@@ -18,7 +18,7 @@ def start_epoch(ctx: Context, plugins: list[Plugin], state: RunState) -> EpochSc
     """The schedule of the epoch at `ctx.position` (from its next batch on, when resumed)."""
     config, position, report, accelerator = ctx.config, ctx.position, ctx.report, ctx.accelerator
     epoch, changes = position.epoch, []
-    if epoch != state.first_epoch:  # settings edited during the last epoch apply from now on
+    if epoch != state.planned_epoch:  # settings edited during the last epoch apply from now on
         ctx.data, changes = reread_settings(ctx.data)
         for change in changes:
             report.log(f"epoch {epoch}: {change}")
@@ -36,7 +36,7 @@ def start_epoch(ctx: Context, plugins: list[Plugin], state: RunState) -> EpochSc
     )
     if config.write_schedule and accelerator.is_main_process:
         write_schedule(schedule, ctx.data, ctx.run.schedules)
-    if epoch != state.first_epoch and (changes or ctx.item_weights):
+    if epoch != state.planned_epoch and (changes or ctx.item_weights):
         state.total_steps = _replanned_steps(ctx, len(schedule), state.total_steps)
     report.event(
         "epoch",

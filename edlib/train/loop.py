@@ -58,6 +58,14 @@ class RunSummary:
     last_loss: float | None
     exports: list[Path] = field(default_factory=list)  # written at the end (`export_formats`)
 
+    def __str__(self) -> str:
+        loss = "" if self.last_loss is None else f", last loss {self.last_loss:.4f}"
+        text = (
+            f"run {self.run_dir}: stopped by {self.stopped_by} at step {self.step} (epoch {self.epoch}){loss}; "
+            f"last checkpoint: {self.last_checkpoint}"
+        )
+        return text + "".join(f"\n  exported: {path}" for path in self.exports)
+
 
 def train(
     config: TrainConfig,
@@ -86,20 +94,24 @@ def train(
     training = build_training(config, accelerator, report, total_steps)
     start = begin(config, resume, run, report, training, accelerator, plugins)
     position = start.position
-    if position.batch > 0:  # mid-epoch: finish the epoch with the settings and weights it was planned with
+    resumed = start.folder_settings is not None
+    if resumed:  # the settings this epoch (mid-epoch) or the last one was planned with
         data = ckpt.with_folder_settings(data, start.folder_settings)
     training.optimizer = accelerator.prepare(training.optimizer)
     encoder = _batch_encoder(training, config, run, accelerator)
     ctx = Context(config, accelerator, run, training.models, training.method, position, training.ema, data, report)
     ctx.item_weights = start.item_weights
-    for plugin in plugins:
-        plugin.on_start(ctx)
-    report.event("start", {"total_steps": total_steps, **asdict(position)})
-
-    state = RunState(total_steps, first_epoch=position.epoch)
+    # A resumed run at an epoch boundary re-reads the settings at that epoch's start, as the
+    # unbroken run does; a mid-epoch resume finishes its epoch as planned.
+    planned_epoch = position.epoch if not resumed or position.batch > 0 else None
+    state = RunState(start.total_steps or total_steps, planned_epoch)
     if position.step >= (config.max_steps or math.inf):
         state.stopped_by = "max_steps"
-    bar = tqdm(total=total_steps, initial=position.step, disable=not _show_bar(progress_bar, accelerator), unit="step")
+    for plugin in plugins:
+        plugin.on_start(ctx)
+    report.event("start", {"total_steps": state.total_steps, **asdict(position)})
+
+    bar = tqdm(total=state.total_steps, initial=position.step, disable=not _show_bar(progress_bar, accelerator), unit="step")
     while position.epoch < config.epochs and state.stopped_by == "epochs":
         epoch = position.epoch
         schedule = start_epoch(ctx, plugins, state)
@@ -132,7 +144,7 @@ def _finish(ctx: Context, training: Training, plugins: list[Plugin], state: RunS
     for plugin in plugins:
         plugin.on_end(ctx)
     if state.last_saved is None or ckpt.checkpoint_step(state.last_saved) != position.step:
-        state.last_saved = save(ctx, training, plugins)
+        state.last_saved = save(ctx, training, plugins, state)
     for plugin in plugins:
         plugin.after_end(ctx, state.last_saved)
     report.event("done", {"step": position.step, "epoch": position.epoch, "stopped_by": state.stopped_by})

@@ -24,7 +24,7 @@ class TrainingError(RuntimeError):
 @dataclass
 class RunState:
     total_steps: int  # the run's length as now planned (progress, ETA; the LR schedule keeps its own)
-    first_epoch: int  # the epoch this process started in (its settings are the ones loaded)
+    planned_epoch: int | None  # the epoch whose settings are loaded as planned (not re-read at its start)
     stopped_by: str = "epochs"  # "epochs", "max_steps" or "stop request"
     last_saved: Path | None = None
     last_save_time: float = field(default_factory=time.time)

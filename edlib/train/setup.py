@@ -30,7 +30,8 @@ from edlib.train.validation import validation_set
 @dataclass
 class Training:
     """What trains and how: the model bundle, the method, and the optimizer, LR schedule and
-    EMA over the method's trainable parameters."""
+    EMA over the method's trainable parameters. `lr_steps` is the length the LR schedule is
+    laid out for (saved with each checkpoint: a resume keeps it, whatever the data says now)."""
 
     models: Any
     method: Method
@@ -38,6 +39,7 @@ class Training:
     lr_scheduler: Any
     ema: Any | None
     trainable: list[torch.nn.Parameter]
+    lr_steps: int
 
 
 def make_accelerator(config: TrainConfig) -> Accelerator:
@@ -76,7 +78,7 @@ def planned_steps(data: ScanResult, config: TrainConfig, num_processes: int = 1)
 
 def build_training(config: TrainConfig, accelerator: Accelerator, report: Reporter, total_steps: int) -> Training:
     """Load the model, set up the method, place the modules, and make the optimizer, the LR
-    schedule (laid out for `total_steps`) and the EMA."""
+    schedule (laid out for `total_steps`: the run's plan when it starts) and the EMA."""
     models = load_models(
         config.model,
         prediction_type=config.prediction_type,
@@ -86,6 +88,12 @@ def build_training(config: TrainConfig, accelerator: Accelerator, report: Report
         max_sequence_length=config.max_sequence_length,
     )
     check_family(config, models, report)
+    if config.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        report.warning(
+            "mixed_precision: fp16 on the CPU: there is no fp16 autocast on CPUs, so the trained weights compute in "
+            "fp32 while the frozen modules are kept in fp16 (slow on most CPUs). For a CPU run use "
+            "mixed_precision: no (or bf16); fp16 is for GPUs without bf16, such as a T4"
+        )
     if config.full_bf16 and not config.stochastic_rounding:
         report.warning(
             "full_bf16 with stochastic_rounding: false: weight updates under half a bf16 step (about 1/512 of a "
@@ -100,7 +108,14 @@ def build_training(config: TrainConfig, accelerator: Accelerator, report: Report
         config.optimizer_args,
         stochastic_rounding=config.full_bf16 and config.stochastic_rounding,
     )
-    lr_scheduler = make_lr_scheduler(
+    trainable = method.trainable_parameters(models)
+    lr_scheduler = lr_schedule(config, optimizer, total_steps)
+    return Training(models, method, optimizer, lr_scheduler, make_ema(config.ema_decay, trainable), trainable, total_steps)
+
+
+def lr_schedule(config: TrainConfig, optimizer, total_steps: int):
+    """The config's LR schedule over `total_steps` optimizer steps."""
+    return make_lr_scheduler(
         optimizer,
         config.lr_scheduler,
         total_steps=total_steps,
@@ -108,8 +123,6 @@ def build_training(config: TrainConfig, accelerator: Accelerator, report: Report
         num_cycles=config.lr_num_cycles,
         power=config.lr_power,
     )
-    trainable = method.trainable_parameters(models)
-    return Training(models, method, optimizer, lr_scheduler, make_ema(config.ema_decay, trainable), trainable)
 
 
 def check_family(config: TrainConfig, models, report: Reporter) -> None:
