@@ -145,6 +145,10 @@ def family_conflicts(config, family: str | None) -> list[str]:
         problems.append("blocks_to_swap: needs gradient_checkpointing: true (a swapped block recomputes in the backward pass)")
     if config.fp8_base and config.method == "full":
         problems.append("fp8_base: stores frozen weights in fp8; a full fine-tune trains them (use method: lora)")
+    if config.blocks_to_swap and config.compile:
+        problems.append("blocks_to_swap: its hooks move weights between calls, which torch.compile cannot follow; set compile: false")
+    if config.fp8_base and config.blocks_to_swap:
+        problems.append("fp8_base with blocks_to_swap: not tested together yet; use one of them")
     if config.fp8_base and config.mixed_precision == "no":
         problems.append("fp8_base: computes in the mixed-precision dtype; set mixed_precision: bf16")
     if family is None:

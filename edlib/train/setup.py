@@ -15,6 +15,7 @@ from accelerate.state import AcceleratorState
 from edlib.data.scan import scan
 from edlib.data.types import DataRootError, ScanResult
 from edlib.model.config import ConfigError, TrainConfig
+from edlib.model.block_swap import enable_block_swap
 from edlib.model.ema import make_ema
 from edlib.model.flow_config import describe_flow, family_conflicts, flow_settings
 from edlib.model.lr import make_lr_scheduler
@@ -162,11 +163,20 @@ def place_models(models, method: Method, config: TrainConfig, accelerator: Accel
             module.to(device, dtype=frozen_dtype(name, module, config.mixed_precision)).eval()
         elif name == "unet":
             unet = accelerator.prepare(module.to(dtype=trained_dtype).train())
+            if getattr(config, "blocks_to_swap", 0):  # after prepare, which put every block on the device
+                swap_blocks_of(module, config, accelerator)
             # Compiled last, around the DDP wrapper; accelerate's unwrap_model sees through
             # both when the checkpoint takes the plain module's weights.
             setattr(models, name, torch.compile(unet) if config.compile else unet)
         else:
             module.to(accelerator.device, dtype=trained_dtype).train()
+
+
+def swap_blocks_of(transformer, config: TrainConfig, accelerator: Accelerator) -> None:
+    """`blocks_to_swap` of the transformer's blocks wait in CPU memory (`edlib.model.block_swap`)."""
+    if accelerator.num_processes > 1:
+        raise ConfigError("blocks_to_swap: works in a single process; with several GPUs each holds the whole model")
+    enable_block_swap(transformer, config.blocks_to_swap, accelerator.device)
 
 
 def frozen_dtype(name: str, module: torch.nn.Module, mixed_precision: str) -> torch.dtype | None:

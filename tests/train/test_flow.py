@@ -221,3 +221,31 @@ def test_fp8_base_weights_train_a_lora(tiny_flux, tmp_path):
     method.setup(models)
     layer = models.unet.transformer_blocks[0].attn.to_q
     assert layer.base_layer.weight.dtype == torch.float8_e4m3fn and layer.lora_A["default"].weight.dtype == torch.float32
+
+
+def test_block_swap_changes_where_weights_wait_not_what_trains(tiny_flux, tmp_path):
+    """On a CPU the swap's copies are the CPU weights themselves, so this checks the hooks:
+    the same losses and adapters as without swapping, the frozen weights back in place after
+    every call, the adapters untouched. (The GPU check in bench/flow_cases.py measures memory.)"""
+    settings = dict(method="lora", network_dim=2, unet_lr=1e-2, max_steps=3, gradient_checkpointing=True, text_encoder_lr=1e-4)
+    plain = _train(tiny_flux, tmp_path, "plain", **settings)
+    swapped = _train(tiny_flux, tmp_path, "swapped", blocks_to_swap=2, **settings)
+    assert [m["loss"] for m in metrics(tmp_path / "plain")] == [m["loss"] for m in metrics(tmp_path / "swapped")]
+    a, b = (checkpoint_weights(s.last_checkpoint, "unet_lora") for s in (plain, swapped))
+    assert max_weight_difference(a, b) == 0.0
+
+    from edlib.model.block_swap import enable_block_swap, swap_blocks
+    from edlib.model.methods import make_method
+
+    models = load_models(tiny_flux, max_sequence_length=8)
+    method = make_method(tiny_config(tiny_flux, tmp_path / "data", tmp_path / "x", method="lora"))
+    method.setup(models)
+    swapped_blocks = enable_block_swap(models.unet, 2, "cpu")
+    assert swapped_blocks == swap_blocks(models.unet)[-2:]  # the last single blocks
+    before = {name: param for name, param in models.unet.named_parameters()}
+    with torch.no_grad():
+        cond = encode_prompts(models, ["a red cat"])
+        predict_velocity(models, torch.zeros(1, 4, 8, 8), torch.tensor([0.5]), cond, guidance=1.0)
+    assert all(param is before[name] for name, param in models.unet.named_parameters())
+    with pytest.raises(ValueError, match="blocks_to_swap: 3 is out of range"):
+        enable_block_swap(load_models(tiny_flux).unet, 3, "cpu")
