@@ -5,27 +5,17 @@ estimate by what they save, and the documented presets fit the cards they are fo
 import pytest
 import torch
 
+from edlib.model import architectures as arch
 from edlib.model.config import TrainConfig
 from edlib.model.estimate import estimate_memory, model_family, throughput
 from edlib.model.estimate_flow import FLOW_ESTIMATES
 from edlib.model.methods.lora_targets import transformer_lora_layers
 
-# The diffusers configs of the released models (transformer/config.json).
+# The diffusers configs of the released models (edlib.model.architectures).
 CONFIGS = {
-    "flux": ("FluxTransformer2DModel", dict(
-        patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
-        joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56),
-    )),
-    "sd35l": ("SD3Transformer2DModel", dict(
-        sample_size=128, patch_size=2, in_channels=16, num_layers=38, attention_head_dim=64, num_attention_heads=38,
-        joint_attention_dim=4096, caption_projection_dim=2432, pooled_projection_dim=2048, out_channels=16,
-        pos_embed_max_size=192, qk_norm="rms_norm",
-    )),
-    "sd35m": ("SD3Transformer2DModel", dict(
-        sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64, num_attention_heads=24,
-        joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048, out_channels=16,
-        pos_embed_max_size=384, dual_attention_layers=tuple(range(13)), qk_norm="rms_norm",
-    )),
+    "flux": ("FluxTransformer2DModel", arch.FLUX1_DEV_TRANSFORMER),
+    "sd35l": ("SD3Transformer2DModel", arch.SD35_LARGE_TRANSFORMER),
+    "sd35m": ("SD3Transformer2DModel", arch.SD35_MEDIUM_TRANSFORMER),
 }
 
 
@@ -45,14 +35,15 @@ def test_parameter_counts_are_the_published_architectures(key):
         assert sum(modules[n].in_features + modules[n].out_features for n in transformer_lora_layers(model, preset)) == per_rank
 
 
-def test_t5_xxl_encoder_count():
+def test_t5_xxl_encoder_and_vae_counts():
+    from diffusers import AutoencoderKL
     from transformers import T5Config, T5EncoderModel
 
     with torch.device("meta"):
-        t5 = T5EncoderModel(T5Config(
-            vocab_size=32128, d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24, feed_forward_proj="gated-gelu",
-        ))
+        t5 = T5EncoderModel(T5Config(**arch.T5_XXL_ENCODER))
+        vae = AutoencoderKL(**arch.FLUX_VAE)
     assert sum(p.numel() for p in t5.parameters()) == FLOW_ESTIMATES["flux"].t5_params
+    assert sum(p.numel() for p in vae.parameters()) == FLOW_ESTIMATES["flux"].vae_params
 
 
 def _config(model="black-forest-labs/FLUX.1-dev", **extra):

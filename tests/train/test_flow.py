@@ -249,3 +249,33 @@ def test_block_swap_changes_where_weights_wait_not_what_trains(tiny_flux, tmp_pa
     assert all(param is before[name] for name, param in models.unet.named_parameters())
     with pytest.raises(ValueError, match="blocks_to_swap: 3 is out of range"):
         enable_block_swap(load_models(tiny_flux).unet, 3, "cpu")
+
+
+@pytest.mark.gpu
+def test_block_swap_on_a_gpu_trains_as_without_and_keeps_the_blocks_in_cpu_memory(tiny_flux, tmp_path):
+    """On CUDA the swapped blocks' frozen weights live in pinned CPU memory between calls and
+    their copies come to the GPU per call; the run must match the unswapped one."""
+    settings = dict(method="lora", network_dim=2, unet_lr=1e-2, max_steps=3, gradient_checkpointing=True)
+    plain = _train(tiny_flux, tmp_path, "plain", **settings)
+    swapped = _train(tiny_flux, tmp_path, "swapped", blocks_to_swap=2, **settings)
+    for a, b in zip(metrics(tmp_path / "plain"), metrics(tmp_path / "swapped"), strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    a, b = (checkpoint_weights(s.last_checkpoint, "unet_lora") for s in (plain, swapped))
+    assert max_weight_difference(a, b) <= 1e-4
+
+    from edlib.model.block_swap import enable_block_swap
+    from edlib.model.methods import make_method
+
+    models = load_models(tiny_flux, max_sequence_length=8)
+    make_method(tiny_config(tiny_flux, tmp_path / "data", tmp_path / "x", method="lora")).setup(models)
+    models.unet.to("cuda")
+    (block,) = enable_block_swap(models.unet, 1, "cuda")
+    frozen = [p for p in block.parameters() if not p.requires_grad]
+    assert all(p.device.type == "cpu" and p.is_pinned() for p in frozen)
+    assert all(p.device.type == "cuda" for p in block.parameters() if p.requires_grad)
+
+
+@pytest.mark.gpu
+def test_fp8_base_with_bf16_on_a_gpu(tiny_flux, tmp_path):
+    summary = _train(tiny_flux, tmp_path, "run", method="lora", mixed_precision="bf16", fp8_base=True, max_steps=3, unet_lr=1e-2)
+    assert summary.step == 3 and all(math.isfinite(m["loss"]) for m in metrics(tmp_path / "run"))
