@@ -67,6 +67,43 @@ def flow_models(
     )
 
 
+# The repositories diffusers reads a single file's configs from, as its single-file loader picks them.
+SINGLE_FILE_REPOS = {
+    ("flux", True): "black-forest-labs/FLUX.1-dev",
+    ("flux", False): "black-forest-labs/FLUX.1-schnell",
+    ("sd3", True): "stabilityai/stable-diffusion-3.5-large",
+    ("sd3", False): "stabilityai/stable-diffusion-3.5-medium",
+}
+
+
+def flow_single_file_pipeline(path, family: str, config: str | None, dtype: torch.dtype):
+    """The pipeline of an SD3 or FLUX single file. Such files hold the transformer (BFL's
+    flux1-dev.safetensors nothing else; Stability's SD3.5 files no text encoders), so the
+    transformer is read from the file by diffusers' single-file loader and every other component
+    comes from ``config``: a diffusers folder or hub id of the same model (default: the official
+    repository of the family, dev or schnell, Large or Medium, told from the file's keys)."""
+    import diffusers
+    from safetensors import safe_open
+
+    from edlib.model.identify import PIPELINES
+
+    with safe_open(str(path), framework="numpy") as handle:
+        keys = list(handle.keys())
+    if config is None:
+        marker = any("guidance_in." in k for k in keys) if family == "flux" else any("joint_blocks.37." in k for k in keys)
+        config = SINGLE_FILE_REPOS[(family, marker)]
+    model_class = diffusers.FluxTransformer2DModel if family == "flux" else diffusers.SD3Transformer2DModel
+    try:
+        transformer = model_class.from_single_file(str(path), config=config, subfolder="transformer", torch_dtype=dtype)
+        return getattr(diffusers, PIPELINES[family]).from_pretrained(config, transformer=transformer, torch_dtype=dtype)
+    except OSError as error:
+        raise ModelError(
+            f"model: {path} holds a {family.upper()} transformer; its text encoders and VAE come from {config!r}, which "
+            f"could not be read ({str(error).splitlines()[0][:200]}). Give a diffusers folder of the same model "
+            "(single_file_config in Python, --config for edlib sample), or download that repository first."
+        ) from error
+
+
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:
     """``(B, C, h, w)`` -> ``(B, h/2 * w/2, 4C)``: each 2x2 patch becomes one token, its four
     pixels' channels side by side (channel-major), row by row, as FLUX.1 was trained."""

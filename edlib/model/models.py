@@ -112,6 +112,10 @@ def _load_pipeline(model: str, dtype: torch.dtype, single_file_config: str | Non
         raise ModelError(f"model: {path} is not a model file (expected .safetensors or .ckpt, or a diffusers folder)")
     try:
         family = file_family(path)
+        if family in FLOW_FAMILIES:
+            from edlib.model.flow import flow_single_file_pipeline
+
+            return family, flow_single_file_pipeline(path, family, single_file_config, dtype)
         options = {"safety_checker": None} if family == "sd" else {}
         return family, pipeline_class(family).from_single_file(str(path), config=single_file_config, dtype=dtype, **options)
     except ModelError:

@@ -208,7 +208,12 @@ def load_pipeline(
         config = config or single_file_base(path)
         extra = {} if config is None else {"config": str(config)}
         try:
-            pipeline = pipeline_class(family).from_single_file(str(path), **options(family), **extra)
+            if family in ("sd3", "flux"):  # a transformer file: the rest from `config` (edlib.model.flow)
+                from edlib.model.flow import flow_single_file_pipeline
+
+                pipeline = flow_single_file_pipeline(path, family, None if config is None else str(config), dtype)
+            else:
+                pipeline = pipeline_class(family).from_single_file(str(path), **options(family), **extra)
         except (OSError, ValueError) as error:
             if config is not None:
                 raise

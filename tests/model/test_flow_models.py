@@ -192,3 +192,30 @@ def test_the_config_refuses_what_a_family_cannot_do(tiny_flux, tiny_sd3, tiny_sd
             TrainConfig.from_dict({**base, "model": str(model), **extra})
     # SD3 trains both CLIP encoders: text_encoder_2_lr is its CLIP-G's rate.
     assert TrainConfig.from_dict({**base, "model": str(tiny_sd3), "text_encoder_2_lr": 1e-5}).text_encoder_2_lr == 1e-5
+
+
+def test_an_sd3_single_file_loads_its_transformer_with_the_rest_from_a_folder(tiny_sd3, tmp_path):
+    """Stability's SD3.5 files hold no text encoders: the transformer comes from the file
+    (through diffusers' single-file converter), the rest from a folder of the same model."""
+    from edlib.sample.pipeline import load_pipeline
+    from tests.model.sd3_file import original_sd3_state_dict
+
+    folder = load_models(tiny_sd3)
+    path = tmp_path / "sd35-tiny.safetensors"
+    save_file(original_sd3_state_dict(folder.unet), str(path))
+    assert file_family(path) == "sd3"
+    single = load_models(path, single_file_config=str(tiny_sd3))
+    assert single.family == "sd3" and single.text_encoder_3 is not None
+    expected = folder.unet.state_dict()
+    for key, value in single.unet.state_dict().items():
+        torch.testing.assert_close(value, expected[key])
+    assert type(load_pipeline(path, config=tiny_sd3)).__name__ == "StableDiffusion3Pipeline"
+
+
+def test_a_flux_single_file_without_its_configs_offline_names_what_to_give(tmp_path):
+    from edlib.model.models import ModelError
+
+    path = tmp_path / "flux1-dev.safetensors"
+    save_file({"double_blocks.0.img_attn.norm.key_norm.scale": torch.zeros(2), "guidance_in.in_layer.weight": torch.zeros(2)}, str(path))
+    with pytest.raises(ModelError, match="black-forest-labs/FLUX.1-dev.*diffusers folder of the same model"):
+        load_models(path)
