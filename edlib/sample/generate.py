@@ -258,6 +258,7 @@ def _generate_all(
     """Images for ``prompts`` with training left untouched (modes, weights, RNG states)."""
     modules = [c for c in pipeline.components.values() if isinstance(c, torch.nn.Module)]
     device_type = pipeline.device.type
+    autocast_dtype = autocast_dtype or getattr(pipeline, "edlib_autocast_dtype", None)  # a run's own (pipeline_from_checkpoint)
     results = []
     with (
         preserved_rng_state(),

@@ -151,7 +151,12 @@ def pipeline_from_checkpoint(run_or_checkpoint: str | Path, *, dtype: torch.dtyp
     from edlib.model.trained import load_trained
 
     trained = load_trained(run_or_checkpoint, dtype=dtype or torch.float32)
-    return pipeline_from_models(trained.models, clip_skip=trained.config.clip_skip)
+    pipeline = pipeline_from_models(trained.models, clip_skip=trained.config.clip_skip)
+    # A LoRA or textual-inversion run keeps its frozen base in the mixed-precision dtype (fp8
+    # storage with `fp8_base`) beside fp32 adapters, as it trained: its samples run under the
+    # same autocast as its training samples did, or the dtypes would not meet.
+    pipeline.edlib_autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(trained.config.mixed_precision)
+    return pipeline
 
 
 def single_file_base(path: Path) -> Path | None:
