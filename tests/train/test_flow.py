@@ -193,6 +193,8 @@ def test_cached_text_embeddings_equal_fresh_ones(family, tiny_flux, tiny_sd3, tm
     for cond in outputs[1:]:
         torch.testing.assert_close(cond.hidden, outputs[0].hidden)
         torch.testing.assert_close(cond.pooled, outputs[0].pooled)
+    # Every caption of the data root was encoded before the first step (and the empty one).
+    assert set(encoder.text_cache) == {item.caption.text() for item in data.items} | {""}
     # Kept in CPU memory: FLUX's T5 states (8 tokens here), SD3's 77 CLIP tokens then 8 of T5.
     cached = next(iter(encoder.text_cache.values()))
     assert cached.hidden.device.type == "cpu" and cached.hidden.shape == ((8, 48) if family == "flux" else (85, 48))
@@ -279,3 +281,17 @@ def test_block_swap_on_a_gpu_trains_as_without_and_keeps_the_blocks_in_cpu_memor
 def test_fp8_base_with_bf16_on_a_gpu(tiny_flux, tmp_path):
     summary = _train(tiny_flux, tmp_path, "run", method="lora", mixed_precision="bf16", fp8_base=True, max_steps=3, unet_lr=1e-2)
     assert summary.step == 3 and all(math.isfinite(m["loss"]) for m in metrics(tmp_path / "run"))
+
+
+@pytest.mark.gpu
+def test_the_transformer_waits_in_cpu_memory_while_captions_are_cached(tiny_flux):
+    from edlib.model.offload import park_on_cpu
+
+    models = load_models(tiny_flux)
+    models.unet.to("cuda")
+    block = models.unet.single_transformer_blocks[-1]
+    block.to("cpu")  # as a swapped block's weights: they stay where they are
+    with park_on_cpu(models.unet):
+        assert all(p.device.type == "cpu" for p in models.unet.parameters())
+    assert all(p.device.type == "cpu" for p in block.parameters())
+    assert all(p.device.type == "cuda" for p in models.unet.transformer_blocks.parameters())
