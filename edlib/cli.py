@@ -17,7 +17,7 @@ from pathlib import Path
 def _cmd_scan(args) -> int:
     from edlib.data.scan import format_report, report_json, scan
 
-    result = scan(args.data_root, use_cache=not args.no_cache)
+    result = scan(args.data_root, use_cache=not args.no_cache, follow_outside_links=not args.skip_outside_links)
     if args.json:
         print(json.dumps(report_json(result), indent=2))
     else:
@@ -31,7 +31,7 @@ def _cmd_preview(args) -> int:
     from edlib.data.schedule import write_schedule
     from edlib.model.lr import with_lr_curve
 
-    result = scan(args.data_root)
+    result = scan(args.data_root, follow_outside_links=not args.skip_outside_links)
     if result.errors:
         return _fail_on_errors(result.errors)
     p = preview(
@@ -63,13 +63,13 @@ def _cmd_balance(args) -> int:
     from edlib.data.scan import scan
 
     if args.undo:
-        for line in undo_balance(args.data_root):
+        for line in undo_balance(args.data_root, force=args.force):
             print(line)
         return 0
     if not args.weights:
         print("edlib balance: --weights W.yaml is required (or --undo)", file=sys.stderr)
         return 2
-    result = scan(args.data_root)
+    result = scan(args.data_root, follow_outside_links=not args.skip_outside_links)
     if result.errors:
         return _fail_on_errors(result.errors)
     plan = plan_balance(result, load_weights(args.weights), epoch_size=args.epoch_size)
@@ -111,11 +111,23 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_review(args) -> int:
-    from edlib.train.review import format_review, quarantine, restore, review, review_folders, review_status, run_data_root
+    from edlib.train.review import (
+        format_review,
+        quarantine,
+        quarantined,
+        restore,
+        review,
+        review_folders,
+        review_status,
+        run_data_root,
+    )
 
     if args.quarantine:
-        folder = quarantine(run_data_root(args.run), args.quarantine, run_dir=args.run, reason="edlib review")
-        print(f"Moved {len(args.quarantine)} image(s) with their captions to {folder} (each move is recorded in {folder / 'manifest.json'}).")
+        root = run_data_root(args.run)
+        before = set(quarantined(root))
+        folder = quarantine(root, args.quarantine, run_dir=args.run, reason="edlib review")
+        moved = len(set(quarantined(root)) - before)
+        print(f"Moved {moved} image(s) with their captions to {folder} (each move is recorded in {folder / 'manifest.json'}).")
         print(f"Undo: edlib review {args.run} --restore")
         return 0
     if args.restore is not None:
@@ -149,6 +161,14 @@ DESCRIPTION = (
 )
 
 
+def _add_links_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--skip-outside-links",
+        action="store_true",
+        help="skip symbolic links that lead outside the data root (default: follow them, with a warning)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from edlib import __version__
     from edlib.data.schedule import DEFAULT_SEED
@@ -165,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data_root")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-cache", action="store_true", help="ignore and do not update the scan cache")
+    _add_links_option(p)
     p.set_defaults(func=_cmd_scan)
 
     p = sub.add_parser(
@@ -203,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--write-schedule", metavar="DIR", help="write ep{E}_batch_schedule.txt files here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_links_option(p)
     p.set_defaults(func=_cmd_preview)
 
     p = sub.add_parser("balance", help="turn target shares (a weight tree) into multiply.txt values")
@@ -211,7 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epoch-size", type=float, default=None, help="samples per epoch wanted (default: current)")
     p.add_argument("--apply", action="store_true", help="write the multiply.txt files (history kept)")
     p.add_argument("--undo", action="store_true", help="restore the multiply.txt files before the last --apply")
+    p.add_argument("--force", action="store_true", help="with --undo: restore even files edited since the apply")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_links_option(p)
     p.set_defaults(func=_cmd_balance)
 
     p = sub.add_parser("train", help="train from a config file (resumable)")

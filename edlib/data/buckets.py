@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 BUCKET_STEP = 64  # bucket sides are multiples of this (the VAE's 8x times the UNet's 8x)
 
 

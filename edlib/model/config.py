@@ -11,7 +11,6 @@ validation error names the key, what is wrong and the allowed values.
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +19,7 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator, model_
 
 from edlib.data.buckets import resolution_problem
 from edlib.data.schedule import DEFAULT_SEED
+from edlib.model.config_errors import describe_error, is_number
 from edlib.model.flow_config import FamilyKeys
 from edlib.model.lr import LR_SCHEDULERS
 
@@ -40,54 +40,6 @@ END_EXPORT_FORMATS = {"full": "single-file", "lora": "kohya-lora", "textual_inve
 # kohya SD3 LoRAs without a word).
 FAMILY_END_EXPORT_FORMATS = {("sd3", "full"): "diffusers", ("flux", "full"): "diffusers", ("sd3", "lora"): "peft-lora"}
 DEFAULT_RESOLUTION = 512  # when the model's own size cannot be read (see `_native_resolution`)
-
-
-# Keys of other trainers' configs (diffusers' scripts, kohya sd-scripts, EveryDream2,
-# OneTrainer) that users bring along, and what edlib calls them.
-OTHER_TRAINERS_KEYS = {
-    "learning_rate": "unet_lr",
-    "lr": "unet_lr",
-    "unet_learning_rate": "unet_lr",
-    "text_encoder_learning_rate": "text_encoder_lr",
-    "train_text_encoder": "text_encoder_lr (a rate > 0 trains it)",
-    "train_batch_size": "batch_size",
-    "max_train_steps": "max_steps",
-    "num_train_epochs": "epochs",
-    "max_train_epochs": "epochs",
-    "max_epochs": "epochs",
-    "pretrained_model_name_or_path": "model",
-    "resume_ckpt": "model",
-    "train_data_dir": "data_root",
-    "instance_data_dir": "data_root",
-    "data_dir": "data_root",
-    "output_dir": "run_dir",
-    "logdir": "run_dir",
-    "project_name": "run_dir",
-    "lr_scheduler_num_cycles": "lr_num_cycles",
-    "lr_scheduler_power": "lr_power",
-    "lr_warmup": "lr_warmup_steps",
-    "optimizer_type": "optimizer",
-    "use_8bit_adam": "optimizer: adamw8bit",
-    "use_ema": "ema_decay (e.g. 0.999)",
-    "snr_gamma": "min_snr_gamma",
-    "network_rank": "network_dim",
-    "rank": "network_dim",
-    "checkpointing_steps": "save_every_n_steps",
-    "save_steps": "save_every_n_steps",
-    "save_every_n_epoch": "save_every_n_epochs",
-    "checkpoints_total_limit": "keep_last_n_checkpoints",
-    "save_last_n_epochs": "keep_last_n_checkpoints",
-    "caption_dropout_rate": "caption_dropout",
-    "cond_dropout": "caption_dropout",
-    "shuffle_tags": "shuffle_caption",
-    "enable_xformers_memory_efficient_attention": "attention: xformers",
-    "xformers": "attention: xformers",
-    "sdpa": "attention: sdpa",
-    "validation_prompt": "sample_prompts",
-    "sample_steps": "sample_every_n_steps",
-    "validation_steps": "validate_every_n_steps",
-    "resolution_list": "resolution",
-}
 
 
 class ConfigError(ValueError):
@@ -157,6 +109,11 @@ class TrainConfig(FamilyKeys):
     )
     write_schedule: bool = Field(
         True, description="Write each epoch's batch schedule to `schedules/` in the run folder before training it."
+    )
+    follow_outside_links: bool = Field(
+        True,
+        description="Follow symbolic links in `data_root` that lead outside it (each such folder link is named in a "
+        "warning). false: skip them, so a stray link (to /etc, to another project) cannot pull files into training.",
     )
 
     # --- captions ---------------------------------------------------------------------------
@@ -409,6 +366,14 @@ class TrainConfig(FamilyKeys):
             values = {**values, "resolution": native if native and native % 64 == 0 else DEFAULT_RESOLUTION}
         return values
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info) -> Any:
+        """YAML reads `batch_size: true` as a boolean, which pydantic would take as 1."""
+        if isinstance(value, bool) and is_number(cls.model_fields[info.field_name].annotation):
+            raise ValueError("expected a number, not true/false")
+        return value
+
     @field_validator("method")
     @classmethod
     def _known_method(cls, value: str) -> str:
@@ -494,7 +459,7 @@ class TrainConfig(FamilyKeys):
         try:
             return cls.model_validate(values)
         except ValidationError as error:
-            raise ConfigError(_describe(error)) from None
+            raise ConfigError(describe_error(error, list(cls.model_fields))) from None
 
     def model_dump(self, **kwargs) -> dict[str, Any]:
         """As pydantic's, with the inherited family keys (which pydantic lists first) last, so a
@@ -512,30 +477,3 @@ class TrainConfig(FamilyKeys):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.to_yaml(), encoding="utf-8")
         return path
-
-
-def _describe(error: ValidationError) -> str:
-    """One readable line per problem: the key, what is wrong, and what was given."""
-    known = list(TrainConfig.model_fields)
-    lines = []
-    for item in error.errors(include_url=False):
-        key = ".".join(str(part) for part in item["loc"]) or "config"
-        if item["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(key, known, n=1)
-            if key.lower() in OTHER_TRAINERS_KEYS:
-                hint = f"other trainers call it that; edlib's key is {OTHER_TRAINERS_KEYS[key.lower()]}"
-            elif close:
-                hint = f"did you mean {close[0]!r}?"
-            else:
-                hint = "docs/config.md lists every key"
-            lines.append(f"{key}: unknown key; {hint}")
-        elif item["type"] == "missing":
-            lines.append(f"{key}: required, not given")
-        elif item["type"] == "literal_error":
-            lines.append(f"{key}: unknown value {item['input']!r}; allowed: {item['ctx']['expected']}")
-        elif not item["loc"]:  # a check across keys: its message names them
-            lines.append(item["msg"].removeprefix("Value error, "))
-        else:
-            message = item["msg"].removeprefix("Value error, ")
-            lines.append(f"{key}: {message} (got {item['input']!r})")
-    return "invalid training config:\n  " + "\n  ".join(lines)

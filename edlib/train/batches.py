@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from PIL import Image, ImageOps
 from safetensors.torch import load_file, save_file
 
 from edlib.data.captions import training_caption
-from edlib.data.images import load_rgb
+from edlib.data.images import ImageReadError, load_rgb
 from edlib.data.types import ScanResult
 from edlib.model.models import Conditioning, encode_images, encode_prompts
 from edlib.model.offload import offloaded_modules, on_device, park_on_cpu
@@ -193,6 +194,11 @@ class BatchEncoder:
 
     Tensors come out on `device` (default: the UNet's). Encoders kept in CPU memory between
     uses (`edlib.model.offload`) are brought there to encode what the caches miss.
+
+    An image is read (decoded, or its cached latents looked up) by `read_inputs`, which
+    reports an image it cannot read instead of raising, so training can put another image
+    of the batch in its place (`edlib.train.unreadable`); `use_inputs` hands what was read
+    to the next `encode` of that batch, so nothing is read twice.
     """
 
     def __init__(self, models, config, *, text_encoder_trains: bool, cache_dir: Path, prepare_captions=list, device=None):
@@ -209,6 +215,7 @@ class BatchEncoder:
         # cached in CPU memory, in the encoder's dtype, and moved per batch.
         self._text_cache_device = torch.device("cpu") if models.flow_matching else self.device
         self._warm_pending = models.flow_matching and self.text_cache is not None
+        self._ready: tuple[LocalBatch, list[torch.Tensor]] | None = None
 
     def encode(self, scan: ScanResult, batch: LocalBatch, seed: int) -> tuple[torch.Tensor, Conditioning]:
         # fp32 here: the frozen encoders may run in fp16/bf16, but noise, targets and the
@@ -223,19 +230,66 @@ class BatchEncoder:
         return latents, cond
 
     def latents(self, scan: ScanResult, batch: LocalBatch) -> torch.Tensor:
-        paths = [Path(scan.root) / scan.items[i].path for i in batch.items]
+        if self._ready is not None and self._ready[0] == batch:
+            inputs, self._ready = self._ready[1], None
+        else:
+            read, errors = self.read_inputs(scan, batch, [(i, f) for i, f in zip(batch.items, batch.flips)])
+            for error in errors:
+                if error is not None:
+                    raise error
+            inputs = read
         if self.latent_cache is None:
-            pixels = torch.stack([load_pixels(p, batch.bucket, f) for p, f in zip(paths, batch.flips)])
-            return encode_images(self.models, pixels).to(self.device)
-        keys = [self.latent_cache.key(path, batch.bucket, flip) for path, flip in zip(paths, batch.flips)]
-        found = {key: self.latent_cache.get(key) for key in keys}
-        missing = {key: (path, flip) for key, path, flip in zip(keys, paths, batch.flips) if found[key] is None}
-        if missing:
-            with self._on_device("vae"):
-                for key, (path, flip) in missing.items():  # one at a time: the same latents whatever the batch
-                    found[key] = encode_images(self.models, load_pixels(path, batch.bucket, flip)[None])[0]
-                    self.latent_cache.put(key, found[key])
-        return torch.stack([found[key].to(self.device) for key in keys])
+            return encode_images(self.models, torch.stack(inputs)).to(self.device)
+        return torch.stack([latents.to(self.device) for latents in inputs])
+
+    def read_inputs(
+        self, scan: ScanResult, batch: LocalBatch, samples: list[tuple[int, bool]]
+    ) -> tuple[list[torch.Tensor | None], list[ImageReadError | None]]:
+        """What `encode` needs of each (item, flip) in `samples`, in `batch`'s bucket: the
+        pixels, or with a latent cache the latents (encoding what the cache misses). Where an
+        image cannot be read: None, and the `ImageReadError` saying why."""
+        inputs: list[torch.Tensor | None] = []
+        errors: list[ImageReadError | None] = []
+        with ExitStack() as stack:
+            vae_moved = False
+
+            def vae_on_device() -> None:  # the VAE comes to the device once per batch, if needed
+                nonlocal vae_moved
+                if not vae_moved:
+                    stack.enter_context(self._on_device("vae"))
+                    vae_moved = True
+
+            for item, flip in samples:
+                path = Path(scan.root) / scan.items[item].path
+                try:
+                    inputs.append(self._read_input(path, batch.bucket, flip, vae_on_device))
+                    errors.append(None)
+                except ImageReadError as error:
+                    inputs.append(None)
+                    errors.append(error)
+                except OSError as error:  # stat() of the latent cache key: the file is gone
+                    inputs.append(None)
+                    gone = isinstance(error, FileNotFoundError)
+                    why = "no such file (moved to the quarantine, renamed or deleted?)" if gone else error.strerror
+                    errors.append(ImageReadError(path, why or str(error)))
+        return inputs, errors
+
+    def use_inputs(self, batch: LocalBatch, inputs: list[torch.Tensor]) -> None:
+        """Inputs `read_inputs` returned for `batch` (possibly with substitutes): the next
+        `encode` of that batch uses them instead of reading the images again."""
+        self._ready = (batch, inputs)
+
+    def _read_input(self, path: Path, bucket: tuple[int, int], flip: bool, vae_on_device) -> torch.Tensor:
+        if self.latent_cache is None:
+            return load_pixels(path, bucket, flip)
+        key = self.latent_cache.key(path, bucket, flip)
+        latents = self.latent_cache.get(key)
+        if latents is None:
+            vae_on_device()
+            # One image at a time: the same latents whatever the batch.
+            latents = encode_images(self.models, load_pixels(path, bucket, flip)[None])[0]
+            self.latent_cache.put(key, latents)
+        return latents
 
     def text_embeddings(self, captions: list[str]) -> Conditioning:
         clip_skip = self.config.clip_skip

@@ -20,13 +20,18 @@ from edlib.train.setup import Training, lr_schedule, unwrapper
 @dataclass
 class Start:
     """Where the run starts and, on resume, what its epoch was planned with: the folder
-    settings and per-image weights saved with the checkpoint (see `checkpoint.folder_settings`),
-    and the run's length as last re-counted (None: as planned now)."""
+    settings, images and per-image weights saved with the checkpoint (see
+    `edlib.train.epoch_state`), and the run's length as last re-counted (None: as planned now)."""
 
     position: Position
     folder_settings: Any = None
+    epoch_items: list | None = None
     item_weights: dict[str, float] | None = None
     total_steps: int | None = None
+
+    @property
+    def resumed(self) -> bool:
+        return self.folder_settings is not None
 
 
 def begin(
@@ -93,7 +98,8 @@ def _resume(config, resume, run: RunDir, report: Reporter, training: Training, a
     report.log(f"resumed from {path} at step {position.step} (epoch {position.epoch}, batch {position.batch})")
     for key, (old, new) in changed.items():
         report.log(f"config change on resume: {key}: {old!r} -> {new!r}")
-    return Start(position, saved.state["folder_settings"], saved.state.get("item_weights"), saved.state.get("total_steps"))
+    state = saved.state
+    return Start(position, state["folder_settings"], state.get("epoch_items"), state.get("item_weights"), state.get("total_steps"))
 
 
 def _changes_allowed_on_resume(path: Path, saved: TrainConfig, config: TrainConfig) -> dict[str, tuple[Any, Any]]:

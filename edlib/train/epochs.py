@@ -19,7 +19,8 @@ def start_epoch(ctx: Context, plugins: list[Plugin], state: RunState) -> EpochSc
     config, position, report, accelerator = ctx.config, ctx.position, ctx.report, ctx.accelerator
     epoch, changes = position.epoch, []
     if epoch != state.planned_epoch:  # settings edited during the last epoch apply from now on
-        ctx.data, changes = reread_settings(ctx.data)
+        ctx.data, changes = reread_settings(state.next_data if state.next_data is not None else ctx.data)
+        state.next_data = None
         for change in changes:
             report.log(f"epoch {epoch}: {change}")
     if position.batch == 0:  # else a resumed epoch, finished with the weights it was planned with

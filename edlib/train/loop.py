@@ -38,14 +38,17 @@ from edlib.model import checkpoint as ckpt
 from edlib.model.config import TrainConfig
 from edlib.train.batches import BatchEncoder
 from edlib.train.begin import begin
+from edlib.train.epoch_state import restore_epoch
 from edlib.train.epochs import start_epoch
 from edlib.train.hooks import Context, Plugin
 from edlib.train.plugins import run_plugins
 from edlib.train.progress import RunState, check_finite, record_step
 from edlib.train.run_dir import Event, Reporter, RunDir
+from edlib.train.run_lock import run_lock
 from edlib.train.saving import after_step, save
 from edlib.train.setup import Training, build_training, load_data, make_accelerator, planned_steps
 from edlib.train.step import optimizer_step
+from edlib.train.unreadable import UnreadableImages
 
 
 @dataclass
@@ -81,7 +84,13 @@ def train(
 
     `plugins` hook in sampling, loss tracking and the like; `callbacks` receive every
     `Event`. Control requests older than `requested_at` (default: now) are left over from
-    an earlier process and dropped; `start` passes the time it was called."""
+    an earlier process and dropped; `start` passes the time it was called. The run folder
+    is locked while the run trains (`edlib.train.run_lock`): a second run on it fails."""
+    with run_lock(config.run_dir):
+        return _train(config, resume, callbacks, plugins, progress_bar, requested_at)
+
+
+def _train(config, resume, callbacks, plugins, progress_bar, requested_at) -> RunSummary:
     accelerator = make_accelerator(config)
     run = RunDir(config.run_dir, writer=accelerator.is_main_process)
     report = Reporter(run, callbacks, accelerator, config)
@@ -94,22 +103,24 @@ def train(
     training = build_training(config, accelerator, report, total_steps)
     start = begin(config, resume, run, report, training, accelerator, plugins)
     position = start.position
-    resumed = start.folder_settings is not None
-    if resumed:  # the settings this epoch (mid-epoch) or the last one was planned with
-        data = ckpt.with_folder_settings(data, start.folder_settings)
+    next_data = None
+    if start.resumed:  # this epoch (mid-epoch: its images too) or the last one as planned
+        next_data = restore_epoch(data, start.folder_settings, None)
+        data = restore_epoch(data, start.folder_settings, start.epoch_items if position.batch > 0 else None)
     training.optimizer = accelerator.prepare(training.optimizer)
     encoder = _batch_encoder(training, config, run, accelerator)
     ctx = Context(config, accelerator, run, training.models, training.method, position, training.ema, data, report)
     ctx.item_weights = start.item_weights
     # A resumed run at an epoch boundary re-reads the settings at that epoch's start, as the
     # unbroken run does; a mid-epoch resume finishes its epoch as planned.
-    planned_epoch = position.epoch if not resumed or position.batch > 0 else None
-    state = RunState(start.total_steps or total_steps, planned_epoch)
+    planned_epoch = position.epoch if not start.resumed or position.batch > 0 else None
+    state = RunState(start.total_steps or total_steps, planned_epoch, next_data=next_data if position.batch > 0 else None)
     if position.step >= (config.max_steps or math.inf):
         state.stopped_by = "max_steps"
     for plugin in plugins:
         plugin.on_start(ctx)
     report.event("start", {"total_steps": state.total_steps, **asdict(position)})
+    unreadable = UnreadableImages(run, report)  # images gone or undecodable mid-run are skipped
 
     bar = tqdm(total=state.total_steps, initial=position.step, disable=not _show_bar(progress_bar, accelerator), unit="step")
     while position.epoch < config.epochs and state.stopped_by == "epochs":
@@ -119,7 +130,7 @@ def train(
         for first in range(position.batch, len(schedule), config.gradient_accumulation_steps):
             started = time.time()
             group = range(first, min(first + config.gradient_accumulation_steps, len(schedule)))
-            loss, finite = optimizer_step(ctx, training, encoder, schedule, epoch, group, plugins)
+            loss, finite = optimizer_step(ctx, training, encoder, schedule, epoch, group, plugins, unreadable)
             check_finite(state, finite, ctx)
             metrics = record_step(ctx, state, training.lr_scheduler, len(schedule), group.stop, loss, finite, started)
             for plugin in plugins:  # before reporting: a plugin may add metrics (validation loss)

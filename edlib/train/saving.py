@@ -14,6 +14,7 @@ from accelerate.utils import broadcast_object_list
 
 from edlib.model import checkpoint as ckpt
 from edlib.model.config import TrainConfig
+from edlib.train.epoch_state import epoch_items, folder_settings
 from edlib.train.hooks import Context, Plugin
 from edlib.train.progress import RunState
 from edlib.train.run_dir import RunDir
@@ -85,7 +86,8 @@ def save(ctx: Context, training: Training, plugins: list[Plugin], progress: RunS
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
             "ema": training.ema.state_dict() if training.ema is not None else None,
             "plugins": {p.name: p.state_dict() for p in plugins},
-            "folder_settings": ckpt.folder_settings(ctx.data),
+            "folder_settings": folder_settings(ctx.data),
+            "epoch_items": epoch_items(ctx.data),
             "item_weights": ctx.item_weights,
             "config": config.model_dump(mode="json"),
         }

@@ -63,7 +63,7 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
 def load_data(config: TrainConfig, report: Reporter) -> tuple[ScanResult, ScanResult | None]:
     """The scanned data root (errors stop the run before any model loads; warnings are
     reported) and the images held out for validation, if any."""
-    data = scan(config.data_root)
+    data = scan(config.data_root, follow_outside_links=config.follow_outside_links)
     if data.errors:
         raise DataRootError(f"data root {config.data_root} has errors:\n  " + "\n  ".join(data.errors))
     for warning in data.warnings:
