@@ -138,6 +138,11 @@ def check_family(config: TrainConfig, models, report: Reporter) -> None:
         guidance = bool(getattr(models.unet.config, "guidance_embeds", False))
         settings = flow_settings(config, models.family)
         report.log(describe_flow(settings, models.family, models.max_sequence_length, guidance))
+        if guidance and config.flux_guidance != 1.0:
+            report.warning(
+                f"flux_guidance: {config.flux_guidance:g}; the trainers that train FLUX.1-dev well feed 1.0, which keeps "
+                "its guidance distillation; other values teach it classifier-free guidance, which it then needs when sampling"
+            )
 
 
 def place_models(models, method: Method, config: TrainConfig, accelerator: Accelerator) -> None:

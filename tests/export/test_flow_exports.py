@@ -128,19 +128,22 @@ def test_kohya_flux_single_blocks_convert_back_exactly_at_flux_width(targets, tm
         torch.testing.assert_close(theirs, ours)
 
 
-def test_a_flux_full_fine_tune_exports_a_diffusers_folder(tiny_flux, tmp_path):
-    from diffusers import FluxPipeline
-
-    settings = dict(method="full", unet_lr=1e-3, max_steps=2, max_sequence_length=8, export_dtype="fp32")
-    summary = train(tiny_config(tiny_flux, make_data_root(tmp_path / "data"), tmp_path / "run", **settings))
-    (folder,) = summary.exports  # a FLUX full fine-tune ends as a diffusers folder by default
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_a_full_fine_tune_exports_a_diffusers_folder(family, tiny_flux, tiny_sd3, tmp_path):
+    model = tiny_flux if family == "flux" else tiny_sd3
+    pipeline_class = _pipeline_class(model)
+    settings = dict(method="full", unet_lr=1e-3, max_steps=2, max_sequence_length=8, export_dtype="fp32", text_encoder_lr=1e-3)
+    summary = train(tiny_config(model, make_data_root(tmp_path / "data"), tmp_path / "run", **settings))
+    (folder,) = summary.exports  # a full fine-tune of these ends as a diffusers folder by default
     assert folder.name.endswith("-diffusers")
-    exported = FluxPipeline.from_pretrained(folder)
-    trained = load_trained(tmp_path / "run").models.unet.state_dict()
-    for key, value in exported.transformer.state_dict().items():
-        torch.testing.assert_close(value, trained[key])
-    assert (_latents(exported) - _latents(FluxPipeline.from_pretrained(tiny_flux))).abs().max() > 0
-    with pytest.raises(ValueError, match="single-file: not offered for FLUX"):
+    exported = pipeline_class.from_pretrained(folder)
+    trained = load_trained(tmp_path / "run").models
+    for name, module in (("transformer", trained.unet), ("text_encoder", trained.text_encoder)):
+        saved = getattr(exported, name).state_dict()
+        for key, value in module.state_dict().items():
+            torch.testing.assert_close(saved[key], value)
+    assert (_latents(exported) - _latents(pipeline_class.from_pretrained(model))).abs().max() > 0
+    with pytest.raises(ValueError, match=f"single-file: not offered for {family.upper()}"):
         export_run(tmp_path / "run", "single-file")
 
 
