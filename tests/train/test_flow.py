@@ -150,7 +150,7 @@ def test_a_new_phase_starts_from_the_parents_transformer(tiny_sd3, tmp_path):
     assert max_weight_difference(base, checkpoint_weights(parent.last_checkpoint)) > 1e-6
 
 
-def test_a_multiplier_raised_mid_run_recounts_the_steps(tiny_flux, tmp_path):
+def test_a_multiplier_raised_mid_run_recounts_the_steps_and_resumes_exactly(tiny_flux, tmp_path):
     make_data_root(tmp_path / "data")
     totals = {}
 
@@ -165,6 +165,22 @@ def test_a_multiplier_raised_mid_run_recounts_the_steps(tiny_flux, tmp_path):
     )
     summary = train(config, callbacks=[watch])
     assert summary.step == 10 and totals == {0: 6, 1: 10, 2: 10}
+
+    # Stopped after the change and resumed: the same losses as the unbroken run.
+    (tmp_path / "data" / "warm" / "multiply.txt").unlink()
+    resumed = tiny_config(
+        tiny_flux, tmp_path / "data", tmp_path / "resumed", method="lora", epochs=3, lr_scheduler="cosine", max_sequence_length=8, export_formats=[]
+    )
+
+    def edit_then_stop(event):
+        watch(event)
+        if event.kind == "step" and event.data["step"] == 4:
+            (tmp_path / "resumed" / "control" / "stop").touch()
+
+    assert train(resumed, callbacks=[edit_then_stop]).step == 4
+    assert train(resumed, resume="latest").step == 10
+    for a, b in zip(metrics(tmp_path / "resumed"), metrics(tmp_path / "run"), strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
 
 
 def test_samples_during_training_carry_forges_parameters(tiny_flux, tmp_path):
@@ -200,7 +216,7 @@ def test_cached_text_embeddings_equal_fresh_ones(family, tiny_flux, tiny_sd3, tm
     assert cached.hidden.device.type == "cpu" and cached.hidden.shape == ((8, 48) if family == "flux" else (85, 48))
 
 
-def test_lora_plus_trains_the_up_matrices_faster(tiny_flux, tmp_path):
+def test_lora_plus_gives_the_up_matrices_their_own_faster_rate(tiny_flux, tmp_path):
     from edlib.model.methods import make_method
 
     config = tiny_config(tiny_flux, make_data_root(tmp_path / "data"), tmp_path / "run", method="lora", unet_lr=1e-4, loraplus_lr_ratio=16)
