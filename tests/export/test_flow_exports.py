@@ -149,6 +149,6 @@ def test_a_full_fine_tune_exports_a_diffusers_folder(family, tiny_flux, tiny_sd3
 
 def test_sd3_lora_ends_as_peft_and_refuses_kohya(tiny_sd3, tmp_path):
     summary = _train_lora(tiny_sd3, tmp_path, None, max_steps=1, text_encoder_lr=0.0)
-    assert [p.name for p in summary.exports] == ["run-step000001-peft-lora.safetensors"]
+    assert [p.name for p in summary.exports] == ["run-step000001-fp32-peft-lora.safetensors"]
     with pytest.raises(ValueError, match="ignores kohya-format SD3 LoRAs"):
         export_run(tmp_path / "run", "kohya-lora")
