@@ -2,7 +2,8 @@
 
 Which formats fit depends on the method: a full fine-tune becomes a diffusers folder or one
 single-file checkpoint; a LoRA run a kohya-style LoRA file; a textual-inversion run one
-A1111 embedding per placeholder. Everything goes under `RUN/exports/` unless told otherwise,
+A1111 embedding per placeholder. SD3 and FLUX runs export through `flow_exports`: a diffusers
+folder for a full fine-tune, a LoRA in kohya's layout (FLUX) or diffusers' (both). Everything goes under `RUN/exports/` unless told otherwise,
 named after the run and the checkpoint step so exports of different steps sit side by side,
 and after the dtype unless it is the usual fp16 (`...-fp32.safetensors`), so an fp32 export
 and an fp16 one of the same step never replace each other. Embeddings (named after their
@@ -82,6 +83,12 @@ def export_models(
         "edlib_version": __version__,
     }
     m = models
+    if m.flow_matching:
+        from edlib.export.flow_exports import export_flow
+
+        return export_flow(m, config, format, out_dir=out_dir, name=name, dtype=dtype, metadata=metadata)
+    if format == "peft-lora":
+        raise ValueError(f"{where}: peft-lora is offered for SD3 and FLUX LoRAs; an SD1/SDXL LoRA exports as kohya-lora")
     if format == "diffusers":
         target = out_dir / f"{name}-diffusers"
         scheduler = _sampling_scheduler_config(config.model, m.noise_scheduler.config)

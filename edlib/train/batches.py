@@ -32,7 +32,7 @@ from edlib.data.captions import training_caption
 from edlib.data.images import ImageReadError, load_rgb
 from edlib.data.types import ScanResult
 from edlib.model.models import Conditioning, encode_images, encode_prompts
-from edlib.model.offload import offloaded_modules, on_device
+from edlib.model.offload import offloaded_modules, on_device, park_on_cpu
 
 
 def load_pixels(path: str | Path, size: tuple[int, int], flip: bool) -> torch.Tensor:
@@ -213,12 +213,19 @@ class BatchEncoder:
         mode = config.cache_latents
         self.latent_cache = None if mode == "no" else LatentCache(mode, cache_dir / "latents")
         self.text_cache: dict[str, Conditioning] | None = {} if config.cache_text_embeddings else None
+        # SD3/FLUX embeddings hold T5's hundreds of tokens (FLUX: 512 x 4096 values a caption):
+        # cached in CPU memory, in the encoder's dtype, and moved per batch.
+        self._text_cache_device = torch.device("cpu") if models.flow_matching else self.device
+        self._warm_pending = models.flow_matching and self.text_cache is not None
         self._ready: tuple[LocalBatch, list[torch.Tensor]] | None = None
 
     def encode(self, scan: ScanResult, batch: LocalBatch, seed: int) -> tuple[torch.Tensor, Conditioning]:
         # fp32 here: the frozen encoders may run in fp16/bf16, but noise, targets and the
         # loss are computed in fp32 (autocast lowers only the UNet's own matmuls).
         latents = self.latents(scan, batch).float()
+        if self._warm_pending:
+            self._warm_pending = False
+            self.warm_text_cache(scan)
         cond = self.text_embeddings(self.prepare_captions(batch_captions(scan, batch, self.config, seed))).to(torch.float32)
         if self.models.is_sdxl:
             cond = cond.with_time_ids(micro_conditioning(scan, batch))
@@ -296,10 +303,27 @@ class BatchEncoder:
             missing = sorted({c for c in captions if c not in self.text_cache})
             if missing:
                 with self._on_device(*self.models.text_encoder_names):
-                    encoded = encode_prompts(self.models, missing, clip_skip).to(self.device)
+                    encoded = encode_prompts(self.models, missing, clip_skip).to(self._text_cache_device)
                 for k, caption in enumerate(missing):
                     self.text_cache[caption] = encoded[k]
-            return Conditioning.stack([self.text_cache[c] for c in captions])
+            return Conditioning.stack([self.text_cache[c] for c in captions]).to(self.device)
+
+    def warm_text_cache(self, scan: ScanResult, chunk: int = 8) -> None:
+        """SD3/FLUX: encode every caption of the data root (and the empty one dropout gives)
+        before the first step, with the transformer parked in CPU memory meanwhile: T5-XXL
+        (9.5 GB in bf16) and FLUX's transformer do not fit a 16-24 GB card together, and a
+        cache miss in every batch of the first epoch would put them there together. Captions
+        that only appear later (a folder's tag shuffling) are encoded when they do."""
+        captions = sorted({item.caption.text() for item in scan.items} | {""})
+        missing = [c for c in self.prepare_captions(captions) if c not in self.text_cache]
+        if not missing:
+            return
+        with park_on_cpu(self.models.unet), self._on_device(*self.models.text_encoder_names), torch.no_grad():
+            for start in range(0, len(missing), chunk):
+                part = missing[start : start + chunk]
+                encoded = encode_prompts(self.models, part, self.config.clip_skip).to(self._text_cache_device)
+                for k, caption in enumerate(part):
+                    self.text_cache[caption] = encoded[k]
 
     def _on_device(self, *names: str):
         """The named encoders on the training device for a cache miss, if they are offloaded."""

@@ -63,8 +63,10 @@ def test_a_lora_run_ends_with_its_kohya_file_and_a_diffusers_folder_is_refused(t
     assert metadata["ss_sd_model_name"] == "sd1" and metadata["base_model"] == "sd1"
     assert str(tiny_folders["sd1"].parent) not in str(metadata)
     assert _same_tensors(written, export_run(tmp_path / "run", "kohya-lora", out=tmp_path / "later")[0])
-    with pytest.raises(ConfigError, match=r"export_formats: a 'lora' run exports as kohya-lora, not 'diffusers'"):
+    with pytest.raises(ConfigError, match=r"export_formats: a 'lora' run exports as kohya-lora, peft-lora, not 'diffusers'"):
         tiny_config(tiny_folders["sd1"], data, tmp_path / "other", export_formats=["diffusers"], **settings)
+    with pytest.raises(ConfigError, match=r"peft-lora: is offered for SD3/FLUX LoRAs; this model is SD "):
+        tiny_config(tiny_folders["sd1"], data, tmp_path / "other", export_formats=["peft-lora"], **settings)
 
 
 def test_a_failed_export_is_a_warning_and_the_run_stays_saved(tiny_folders, tmp_path):
