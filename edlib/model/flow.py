@@ -24,8 +24,8 @@ import logging
 
 import torch
 
-from edlib.model.flow_config import default_sequence_length
 from edlib.model.bundle import Conditioning, ModelError, Models
+from edlib.model.flow_config import default_sequence_length
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from accelerate.state import AcceleratorState
 
 from edlib.data.scan import scan
 from edlib.data.types import DataRootError, ScanResult
-from edlib.model.config import ConfigError, TrainConfig
 from edlib.model.block_swap import enable_block_swap
+from edlib.model.config import ConfigError, TrainConfig
 from edlib.model.ema import make_ema
 from edlib.model.flow_config import describe_flow, family_conflicts, flow_settings
 from edlib.model.lr import make_lr_scheduler
