@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edlib.model.config import TrainConfig  # noqa: E402
 from edlib.model.models import load_models  # noqa: E402
 from edlib.model.tiny import build_tiny_pipeline, build_tiny_tokenizer  # noqa: E402
-from edlib.train import architectures as arch  # noqa: E402
+from edlib.model import architectures as arch  # noqa: E402
 from edlib.train.loop import train  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

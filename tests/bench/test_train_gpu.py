@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from edlib.train import architectures as arch
+from edlib.model import architectures as arch
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "train_gpu.py"
 
