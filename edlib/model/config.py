@@ -257,6 +257,13 @@ class TrainConfig(BaseModel):
         "(`text_encoder_lr: 0`) and fixed captions (no `shuffle_caption`). On a GPU the text encoder(s) then "
         "wait in CPU memory, as the VAE does with `cache_latents`.",
     )
+    decode_workers: int | None = Field(
+        None,
+        ge=0,
+        description="Processes that decode images ahead of the steps that need them (every step without "
+        "`cache_latents`, the first epoch with it). Null: up to 4 on a GPU machine (one CPU core left for "
+        "training), 0 on a CPU, where decoding in the training process costs the same.",
+    )
     compile: bool = Field(
         False, description="Compile the UNet with torch.compile (faster steps after a slow first one)."
     )

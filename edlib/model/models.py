@@ -34,6 +34,7 @@ from edlib.model.identify import (  # noqa: F401 - native_resolution: part of th
     looks_like_path,
     native_resolution,
 )
+from edlib.model.transfer import upload, uploading
 
 log = logging.getLogger(__name__)
 
@@ -266,11 +267,14 @@ def enable_gradient_checkpointing(models: Models, *, text_encoders: tuple[str, .
             encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
-    """Token ids, padded and truncated to the tokenizer's 77 positions (BOS and EOS included)."""
-    return tokenizer(
-        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
+def tokenize(tokenizer, captions: list[str], device: torch.device | str | None = None) -> torch.Tensor:
+    """Token ids, padded and truncated to the tokenizer's 77 positions (BOS and EOS included),
+    on `device` if given (uploaded without blocking: see `edlib.model.transfer`)."""
+    with uploading():
+        ids = tokenizer(
+            captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
+        return ids if device is None else upload(ids, device)
 
 
 def _check_clip_skip(encoder, clip_skip: int, extra: int = 0) -> None:
@@ -302,7 +306,7 @@ def encode_prompts(models: Models, captions: list[str], clip_skip: int = 1) -> C
 def encode_sd_prompts(tokenizer, encoder, captions: list[str], clip_skip: int = 1) -> torch.Tensor:
     """SD1.x/SD2.x hidden states of one text encoder (see `encode_prompts`)."""
     _check_clip_skip(encoder, clip_skip)
-    ids = tokenize(tokenizer, captions).to(encoder.device)
+    ids = tokenize(tokenizer, captions, encoder.device)
     if clip_skip == 1:
         return encoder(ids).last_hidden_state
     hidden = encoder(ids, output_hidden_states=True).hidden_states[-clip_skip]
@@ -316,7 +320,7 @@ def _encode_sdxl(models: Models, captions: list[str], clip_skip: int) -> Conditi
     hidden, outputs = [], []
     for tokenizer, encoder in ((models.tokenizer, models.text_encoder), (models.tokenizer_2, models.text_encoder_2)):
         _check_clip_skip(encoder, clip_skip, extra=1)
-        outputs.append(encoder(tokenize(tokenizer, captions).to(encoder.device), output_hidden_states=True))
+        outputs.append(encoder(tokenize(tokenizer, captions, encoder.device), output_hidden_states=True))
         hidden.append(outputs[-1].hidden_states[-(clip_skip + 1)])
     pooled = outputs[1].text_embeds  # the second encoder's, projected: only it conditions SDXL
     # The encoders may sit in different dtypes (one training, one frozen in half precision).

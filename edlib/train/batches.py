@@ -22,26 +22,21 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
-from safetensors.torch import load_file, save_file
 
 from edlib.data.captions import training_caption
-from edlib.data.images import load_rgb
 from edlib.data.types import ScanResult
 from edlib.model.models import Conditioning, encode_images, encode_prompts
 from edlib.model.offload import offloaded_modules, on_device
+from edlib.model.transfer import host_tensor, upload, uploading
+from edlib.train.caches import DeviceStore, LatentCache
+from edlib.train.prefetch import PixelPrefetcher, decode_workers, load_pixels_uint8, plan_decoding, to_unit_range
 
 
 def load_pixels(path: str | Path, size: tuple[int, int], flip: bool) -> torch.Tensor:
     """The image at `path` as a (3, height, width) float tensor in [-1, 1], fitted to
     `size` = (width, height) by scale-to-cover and center crop."""
-    image = ImageOps.fit(load_rgb(path), size, method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
-    if flip:
-        image = ImageOps.mirror(image)
-    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    return to_unit_range(load_pixels_uint8(path, size, flip))
 
 
 def crop_top_left(original: tuple[int, int], bucket: tuple[int, int]) -> tuple[int, int]:
@@ -76,7 +71,8 @@ def sample_seed(seed: int, epoch: int, batch_index: int, slot: int) -> int:
 @dataclass(frozen=True)
 class LocalBatch:
     """The part of a scheduled batch this process trains: `slots` are the positions in the
-    full batch (they seed the per-sample randomness), `items` index `scan.items`."""
+    full batch (they seed the per-sample randomness), `items` index `scan.items`;
+    `batch_items` are the whole batch's items, every process's, in slot order."""
 
     epoch: int
     index: int
@@ -84,6 +80,7 @@ class LocalBatch:
     slots: tuple[int, ...]
     items: tuple[int, ...]
     flips: tuple[bool, ...]
+    batch_items: tuple[int, ...] = ()
 
 
 def local_batch(batch, epoch: int, process_index: int, num_processes: int) -> LocalBatch:
@@ -99,6 +96,7 @@ def local_batch(batch, epoch: int, process_index: int, num_processes: int) -> Lo
         slots=slots,
         items=tuple(batch.items[s] for s in slots),
         flips=tuple(bool(batch.flips[s]) for s in slots),
+        batch_items=tuple(batch.items),
     )
 
 
@@ -123,12 +121,6 @@ def batch_captions(scan: ScanResult, batch: LocalBatch, config, seed: int) -> li
     return captions
 
 
-def batch_loss_scale(scan: ScanResult, batch: LocalBatch) -> torch.Tensor:
-    """(B,) loss multipliers from each sample's folder `loss_scale.txt`."""
-    scales = [scan.folder(scan.items[i].folder).settings.loss_scale for i in batch.items]
-    return torch.tensor(scales, dtype=torch.float32)
-
-
 def sample_generators(seed: int, batch: LocalBatch, salt: str, device) -> list[torch.Generator]:
     """One generator per sample (`salt` separates streams for different uses), for draws
     (noise, timestep) that must not depend on batch composition or process count."""
@@ -144,44 +136,6 @@ def _salt(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:7], "little")
 
 
-class LatentCache:
-    """Latents per (image, bucket, flip), so the VAE encodes each once.
-
-    `mode` "memory" keeps CPU tensors in a dict; "disk" writes safetensors files to
-    `directory`, reused by a resumed run (the key includes the file's size and mtime, so an
-    edited image is encoded again). Latents are the VAE posterior mean (see
-    `edlib.model.models.encode_images`), so cached and uncached training are identical.
-    """
-
-    def __init__(self, mode: str, directory: Path | None = None):
-        self.mode = mode
-        self.directory = directory
-        self._memory: dict[str, torch.Tensor] = {}
-        if mode == "disk":
-            directory.mkdir(parents=True, exist_ok=True)
-
-    @staticmethod
-    def key(path: Path, bucket: tuple[int, int], flip: bool) -> str:
-        stat = path.stat()
-        text = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{bucket[0]}x{bucket[1]}|{int(flip)}"
-        return hashlib.sha1(text.encode()).hexdigest()
-
-    def get(self, key: str) -> torch.Tensor | None:
-        if self.mode == "memory":
-            return self._memory.get(key)
-        file = self.directory / f"{key}.safetensors"
-        return load_file(str(file))["latents"] if file.exists() else None
-
-    def put(self, key: str, latents: torch.Tensor) -> None:
-        latents = latents.detach().to("cpu").contiguous()
-        if self.mode == "memory":
-            self._memory[key] = latents
-        else:  # written under a temp name and renamed: a killed run never leaves half a file
-            tmp = self.directory / f".{key}.tmp"
-            save_file({"latents": latents}, str(tmp))
-            tmp.replace(self.directory / f"{key}.safetensors")
-
-
 class BatchEncoder:
     """Turns a `LocalBatch` into UNet inputs: latents (B, 4, h, w) and the `Conditioning`
     (text embeddings (B, 77, hidden); for SDXL also pooled embeddings and micro-conditioning),
@@ -191,8 +145,12 @@ class BatchEncoder:
     caption varies (dropout gives the empty caption, one more entry); the config refuses
     the cache when a text encoder trains or tags are shuffled.
 
-    Tensors come out on `device` (default: the UNet's). Encoders kept in CPU memory between
-    uses (`edlib.model.offload`) are brought there to encode what the caches miss.
+    Tensors come out on `device` (default: the UNet's), and a step that finds everything
+    cached reads nothing from the host: cached tensors, SDXL's micro-conditioning and loss
+    scales are kept on the device (`edlib.train.caches`), and images still to decode were
+    decoded ahead by DataLoader workers (`start_epoch`, `edlib.train.prefetch`). Encoders kept
+    in CPU memory between uses (`edlib.model.offload`) are brought to the device to encode
+    what the caches miss, a batch at a time.
     """
 
     def __init__(self, models, config, *, text_encoder_trains: bool, cache_dir: Path, prepare_captions=list, device=None):
@@ -202,9 +160,27 @@ class BatchEncoder:
         self.prepare_captions = prepare_captions
         self.config = config
         self.text_encoder_trains = text_encoder_trains
+        self.store = DeviceStore(self.device)
         mode = config.cache_latents
-        self.latent_cache = None if mode == "no" else LatentCache(mode, cache_dir / "latents")
+        self.latent_cache = None if mode == "no" else LatentCache(mode, cache_dir / "latents", self.store)
         self.text_cache: dict[str, Conditioning] | None = {} if config.cache_text_embeddings else None
+        self._constants: dict[tuple, torch.Tensor] = {}  # micro-conditioning rows and loss scales, on the device
+        self._workers = decode_workers(self.device, config.decode_workers)
+        self._prefetch: PixelPrefetcher | None = None
+
+    def start_epoch(self, scan: ScanResult, schedule, first_batch: int, local) -> None:
+        """Start decoding, in workers, the images the epoch's batches from `first_batch` on
+        will need (`local(batch)`: this process's part of a scheduled batch)."""
+        self.close()
+        cached = None if self.latent_cache is None else self.latent_cache.has
+        jobs = plan_decoding(scan, schedule, first_batch, local, cached, LatentCache.key)
+        if jobs:
+            self._prefetch = PixelPrefetcher(jobs, self._workers, pin=self.device.type == "cuda")
+
+    def close(self) -> None:
+        if self._prefetch is not None:
+            self._prefetch.close()
+            self._prefetch = None
 
     def encode(self, scan: ScanResult, batch: LocalBatch, seed: int) -> tuple[torch.Tensor, Conditioning]:
         # fp32 here: the frozen encoders may run in fp16/bf16, but noise, targets and the
@@ -212,23 +188,70 @@ class BatchEncoder:
         latents = self.latents(scan, batch).float()
         cond = self.text_embeddings(self.prepare_captions(batch_captions(scan, batch, self.config, seed))).to(torch.float32)
         if self.models.is_sdxl:
-            cond = cond.with_time_ids(micro_conditioning(scan, batch))
+            cond = cond.with_time_ids(self.time_ids(scan, batch))
         return latents, cond
 
     def latents(self, scan: ScanResult, batch: LocalBatch) -> torch.Tensor:
         paths = [Path(scan.root) / scan.items[i].path for i in batch.items]
         if self.latent_cache is None:
-            pixels = torch.stack([load_pixels(p, batch.bucket, f) for p, f in zip(paths, batch.flips)])
+            pixels = self._pixels(batch, [(str(p), f) for p, f in zip(paths, batch.flips)], None)
             return encode_images(self.models, pixels).to(self.device)
-        keys = [self.latent_cache.key(path, batch.bucket, flip) for path, flip in zip(paths, batch.flips)]
-        found = {key: self.latent_cache.get(key) for key in keys}
-        missing = {key: (path, flip) for key, path, flip in zip(keys, paths, batch.flips) if found[key] is None}
+        keys = [LatentCache.key(path, batch.bucket, flip) for path, flip in zip(paths, batch.flips)]
+        images = dict(zip(keys, zip(map(str, paths), batch.flips)))  # each key's first (path, flip)
+        found = {key: self.latent_cache.get(key) for key in images}
+        missing = [key for key, latents in found.items() if latents is None]
         if missing:
+            pixels = self._pixels(batch, [images[key] for key in missing], tuple(missing))
             with self._on_device("vae"):
-                for key, (path, flip) in missing.items():  # one at a time: the same latents whatever the batch
-                    found[key] = encode_images(self.models, load_pixels(path, batch.bucket, flip)[None])[0]
-                    self.latent_cache.put(key, found[key])
-        return torch.stack([found[key].to(self.device) for key in keys])
+                encoded = self._encode_batch(pixels, len(batch.items))
+            for key, latents in zip(missing, encoded):
+                self.latent_cache.put(key, latents)
+                found[key] = latents.to(self.device)
+        return torch.stack([found[key] for key in keys])
+
+    def _pixels(self, batch: LocalBatch, images: list[tuple[str, bool]], keys: tuple | None) -> torch.Tensor:
+        """Float pixels in [-1, 1] on the device of `images` of `batch`: decoded ahead by the
+        prefetcher when it planned exactly these, else here."""
+        taken = self._prefetch.take(batch.index) if self._prefetch is not None else None
+        if taken is not None and taken[0].images == tuple(images) and (keys is None or taken[0].keys == keys):
+            pixels = taken[1]
+        else:
+            pixels = torch.stack([load_pixels_uint8(path, batch.bucket, flip) for path, flip in images])
+        return to_unit_range(upload(pixels, self.device))
+
+    def _encode_batch(self, pixels: torch.Tensor, size: int) -> torch.Tensor:
+        """Latents of `pixels`, encoded as one batch padded to `size` images: the VAE then
+        always runs at the training batch's shape, so an image's latents are the same
+        whichever batch it was first seen in (a resumed run re-encodes in other company),
+        and the same as an uncached run's."""
+        n = len(pixels)
+        if n < size:
+            pixels = torch.cat([pixels, pixels[:1].expand(size - n, *pixels.shape[1:])])
+        return encode_images(self.models, pixels)[:n]
+
+    def time_ids(self, scan: ScanResult, batch: LocalBatch) -> torch.Tensor:
+        """SDXL's micro-conditioning (B, 6) on the device; each image's row is uploaded once."""
+        rows = []
+        for i in batch.items:
+            item = scan.items[i]
+            key = ("time_ids", item.path, item.width, item.height, batch.bucket)
+            if key not in self._constants:
+                one = LocalBatch(batch.epoch, batch.index, batch.bucket, (0,), (i,), (False,))
+                with uploading():
+                    self._constants[key] = upload(micro_conditioning(scan, one)[0], self.device)
+            rows.append(self._constants[key])
+        return torch.stack(rows)
+
+    def loss_scale(self, scan: ScanResult, batch: LocalBatch) -> torch.Tensor | None:
+        """(B,) loss multipliers from each sample's folder `loss_scale.txt` on the device, or
+        None when all are 1 (then nothing needs multiplying)."""
+        scales = [scan.folder(scan.items[i].folder).settings.loss_scale for i in batch.items]
+        if all(scale == 1.0 for scale in scales):
+            return None
+        for scale in scales:
+            if ("loss_scale", scale) not in self._constants:
+                self._constants["loss_scale", scale] = host_tensor(scale, self.device)
+        return torch.stack([self._constants["loss_scale", scale] for scale in scales])
 
     def text_embeddings(self, captions: list[str]) -> Conditioning:
         clip_skip = self.config.clip_skip
@@ -240,11 +263,18 @@ class BatchEncoder:
             missing = sorted({c for c in captions if c not in self.text_cache})
             if missing:
                 with self._on_device(*self.models.text_encoder_names):
-                    encoded = encode_prompts(self.models, missing, clip_skip).to(self.device)
+                    encoded = encode_prompts(self.models, missing, clip_skip)
                 for k, caption in enumerate(missing):
-                    self.text_cache[caption] = encoded[k]
-            return Conditioning.stack([self.text_cache[c] for c in captions])
+                    self.text_cache[caption] = Conditioning(*(None if t is None else self.store.keep(t[k]) for t in _fields(encoded)))
+            return Conditioning.stack([self._fetch(self.text_cache[c]) for c in captions])
+
+    def _fetch(self, cond: Conditioning) -> Conditioning:
+        return Conditioning(*(None if t is None else self.store.fetch(t) for t in _fields(cond)))
 
     def _on_device(self, *names: str):
         """The named encoders on the training device for a cache miss, if they are offloaded."""
         return on_device(self.models, [name for name in names if name in self.offloaded], self.device)
+
+
+def _fields(cond: Conditioning) -> tuple:
+    return cond.hidden, cond.pooled, cond.time_ids
