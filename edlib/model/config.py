@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edlib.model.lr import LR_SCHEDULERS
 
 OPTIMIZERS = ("adamw", "adamw8bit", "lion", "prodigy", "adafactor")
-STOCHASTIC_ROUNDING_OPTIMIZERS = ("adamw", "adamw8bit")  # torchao implements bf16 stochastic rounding for these
+STOCHASTIC_ROUNDING_OPTIMIZERS = ("adamw", "adamw8bit")  # edlib.model.sr_optim implements bf16 stochastic rounding for these
 METHODS = ("full", "lora", "textual_inversion")
 # What each method's result can be exported as (DESIGN.md "Output formats"), and what a run
 # exports when it ends unless `export_formats` says otherwise: the one file A1111 and
@@ -236,11 +236,11 @@ class TrainConfig(BaseModel):
     )
     stochastic_rounding: bool = Field(
         True,
-        description="With `full_bf16`: round each weight update to bf16 stochastically (torchao's AdamW/AdamW8bit "
-        "with `bf16_stochastic_round`), so updates below bf16's resolution still move the weights by the right "
+        description="With `full_bf16`: round each weight update to bf16 stochastically (edlib's AdamW/AdamW8bit, "
+        "`edlib.model.sr_optim`), so updates below bf16's resolution still move the weights by the right "
         "amount on average. With nearest rounding, AdamW at lr 1e-6 moves under 1% of typical SD weights and "
-        "about 1% of the total it should (docs/methods.md). Needs `optimizer: adamw` or `adamw8bit` and the "
-        "torchao package (in edlib[gpu]). false: nearest rounding (e.g. with adafactor).",
+        "about 1% of the total it should (docs/methods.md). Needs `optimizer: adamw` or `adamw8bit`. "
+        "false: nearest rounding (e.g. with adafactor).",
     )
     attention: Literal["sdpa", "xformers"] = Field(
         "sdpa", description="Attention kernel: `sdpa` (PyTorch's fused attention) or `xformers` (must be installed)."
@@ -412,7 +412,7 @@ class TrainConfig(BaseModel):
             )
         if self.full_bf16 and self.stochastic_rounding and self.optimizer not in STOCHASTIC_ROUNDING_OPTIMIZERS:
             raise ValueError(
-                f"stochastic_rounding: with full_bf16 it needs optimizer adamw or adamw8bit (torchao's), not "
+                f"stochastic_rounding: with full_bf16 it needs optimizer adamw or adamw8bit (edlib's), not "
                 f"{self.optimizer!r}; change the optimizer, or set stochastic_rounding: false (small updates then "
                 "round away)"
             )
