@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import statistics
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -21,7 +20,7 @@ from bench_models import free, peak_gib, reset_peak, sync
 from edlib.model.config import TrainConfig
 from edlib.model.models import load_models
 from edlib.train.hooks import Plugin
-from edlib.train.host_sync import HostRoundTrips
+from edlib.train.host_sync import CudaSyncs, HostRoundTrips
 from edlib.train.loop import train
 
 
@@ -151,22 +150,12 @@ class WindowProbe(Plugin):
             raise WindowDone
 
     def _start_counting(self) -> None:
-        if self.device == "cuda":
-            torch.cuda.set_sync_debug_mode("warn")
-            self._counting = warnings.catch_warnings(record=True)
-            self._records = self._counting.__enter__()
-            warnings.simplefilter("always")
-        else:
-            self._counting = HostRoundTrips().start()
+        self._counting = (CudaSyncs if self.device == "cuda" else HostRoundTrips)().start()
 
     def _stop_counting(self) -> int:
         counting, self._counting = self._counting, None
-        if isinstance(counting, HostRoundTrips):
-            counting.stop()
-            return counting.total
-        torch.cuda.set_sync_debug_mode(0)
-        counting.__exit__(None, None, None)
-        return sum("synchroniz" in str(record.message) for record in self._records)
+        counting.stop()
+        return counting.total
 
     def close(self) -> None:
         if self._counting is not None:

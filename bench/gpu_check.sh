@@ -45,6 +45,7 @@ note() { echo "$*" | tee -a "$SUMMARY"; }
 
 # --- packages -------------------------------------------------------------------------------
 PYV=$("$PYTHON" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+SITE="${GPU_CHECK_SITE:-/tmp/site}"  # outside $OUT: what is under $OUT is copied back
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [[ -d .whl/common ]]; then
   wheels=(.whl/common/*.whl)
@@ -53,10 +54,10 @@ if [[ -d .whl/common ]]; then
   else
     note "no carried wheels for $PYV (pydantic's compiled core): using the installed pydantic, if any"
   fi
-  if "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    "${wheels[@]}" >"$LOGS/pip.log" 2>&1 && PYTHONPATH="$PYTHONPATH:/tmp/site" "$PYTHON" -c "import edlib.train.loop" >>"$LOGS/pip.log" 2>&1; then
-    export PYTHONPATH="$PYTHONPATH:/tmp/site"
-    note "installed for $PYV into /tmp/site: $(for w in "${wheels[@]}"; do basename "$w" | cut -d- -f1-2; done | tr '\n' ' ')"
+  if "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+    "${wheels[@]}" >"$LOGS/pip.log" 2>&1 && PYTHONPATH="$PYTHONPATH:$SITE" "$PYTHON" -c "import edlib.train.loop" >>"$LOGS/pip.log" 2>&1; then
+    export PYTHONPATH="$PYTHONPATH:$SITE"
+    note "installed for $PYV into $SITE: $(for w in "${wheels[@]}"; do basename "$w" | cut -d- -f1-2; done | tr '\n' ' ')"
   else
     note "the carried wheels could not be used (see pip.log): falling back to the installed packages"
   fi
@@ -94,21 +95,31 @@ stage() {
   fi
 }
 
+# GPU_CHECK_SD15 / GPU_CHECK_SDXL: the rows of each model (empty: none); GPU_CHECK_SKIP: stages
+# left out (e.g. "pytest"). A reduced run for CI uses them (tests/bench/test_gpu_check.py).
+SD15_CASES="${GPU_CHECK_SD15-reference:16 fast:16 reference:8 lean:8 lora:16 lora-no-ckpt:16}"
+SDXL_CASES="${GPU_CHECK_SDXL-reference:4 lean:4 lora:4 fast:4}"
+wanted() { [[ " ${GPU_CHECK_SKIP:-} " != *" $1 "* ]]; }
 TRAIN=(bench/train_gpu.py --steps "$STEPS" --warmup 2 --jsonl "$RESULTS" "${TINY[@]}")
-stage sd15 "$PYTHON" "${TRAIN[@]}" --model sd15 --budget "$(left)" \
-  --cases reference:16 fast:16 reference:8 lean:8 lora:16 lora-no-ckpt:16
-stage sdxl "$PYTHON" "${TRAIN[@]}" --model sdxl --budget "$(left)" --cases reference:4 lean:4 lora:4 fast:4
+# shellcheck disable=SC2086 # the case lists split into words on purpose
+[[ -n $SD15_CASES ]] && stage sd15 "$PYTHON" "${TRAIN[@]}" --model sd15 --budget "$(left)" --cases $SD15_CASES
+# shellcheck disable=SC2086
+[[ -n $SDXL_CASES ]] && stage sdxl "$PYTHON" "${TRAIN[@]}" --model sdxl --budget "$(left)" --cases $SDXL_CASES
 # Issue 4: sampling during a lean SD1.5 run must need no more memory than its training steps.
-stage sample_memory "$PYTHON" bench/sample_memory_gpu.py --model sd15 --jsonl "$RESULTS" "${TINY[@]}" "${SAMPLE_MEMORY[@]}"
-if [[ ${#TINY[@]} -eq 0 ]]; then
-  stage optim "$PYTHON" bench/optim_bench.py --scale 1 --jsonl "$RESULTS"
-else
-  stage optim "$PYTHON" bench/optim_bench.py --scale 256 --steps 2 --jsonl "$RESULTS"
+wanted sample_memory &&
+  stage sample_memory "$PYTHON" bench/sample_memory_gpu.py --model sd15 --jsonl "$RESULTS" "${TINY[@]}" "${SAMPLE_MEMORY[@]}"
+if wanted optim; then
+  if [[ ${#TINY[@]} -eq 0 ]]; then
+    stage optim "$PYTHON" bench/optim_bench.py --scale 1 --jsonl "$RESULTS"
+  else
+    stage optim "$PYTHON" bench/optim_bench.py --scale 256 --steps 2 --jsonl "$RESULTS"
+  fi
 fi
 # Only the files that hold GPU tests: collecting the whole suite would import the notebook
 # and browser test dependencies, which the GPU machine need not have.
 GPU_TESTS=$(grep -rl "pytest.mark.gpu" tests --include='*.py' | sort)
-stage pytest "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider --junitxml "$LOGS/pytest.xml" $GPU_TESTS
+# shellcheck disable=SC2086
+wanted pytest && stage pytest "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider --junitxml "$LOGS/pytest.xml" $GPU_TESTS
 if [[ -f "$LOGS/pytest.xml" ]]; then
   "$PYTHON" - "$LOGS/pytest.xml" "$RESULTS" <<'EOF'
 import json, sys, xml.etree.ElementTree as ET
@@ -124,9 +135,9 @@ fi
 
 note "--- results.jsonl: $(wc -l <"$RESULTS") row(s); total $SECONDS s of a $BUDGET s budget"
 for model in sd15 sdxl; do
-  for case in reference:16 fast:16 reference:8 lean:8 lora:16 lora-no-ckpt:16 reference:4 lean:4 lora:4 fast:4; do
-    [[ $model == sd15 && ${case#*:} == 4 ]] && continue
-    [[ $model == sdxl && ${case#*:} != 4 ]] && continue
+  cases=$SD15_CASES
+  [[ $model == sdxl ]] && cases=$SDXL_CASES
+  for case in $cases; do
     grep -q "\"model\": \"$model\".*\"case\": \"${case%:*}\", .*\"case_batch\": ${case#*:}," "$RESULTS" ||
       note "not measured: $model $case (alone: python bench/train_gpu.py --model $model --cases $case)"
   done

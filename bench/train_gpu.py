@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_models import NAMES, RESOLUTION, build, make_data_root, model_flops_per_image  # noqa: E402
-from bench_models import build_sd15, build_sdxl  # noqa: E402, F401 - used by sample_memory_gpu.py
+from bench_models import build_sd15, build_sdxl, unet_train_flops_per_image  # noqa: E402, F401 - used by sample_memory_gpu.py and tests
 import bench_timing  # noqa: E402
 from bench_timing import engine_run, reference_run  # noqa: E402
 
@@ -83,6 +83,7 @@ CASES: dict[str, list[Case]] = {
         Case("fast", 4, 300, "compiles for minutes"),
     ],
 }
+BUILD_ESTIMATE_S = {"sd15": 30, "sdxl": 90}  # building and saving the random-weight model on an H100
 EXTRA_CASES: dict[str, list[Case]] = {"sdxl": [Case("reference-encoders", 4, 45, "VAE and both text encoders every step")]}
 REFERENCES = ("reference", "reference-encoders")
 
@@ -204,12 +205,18 @@ def main(argv: list[str] | None = None) -> None:
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     resolution = args.resolution or (64 if args.tiny else RESOLUTION[args.model])
     if args.tiny:
-        args.steps, args.warmup, args.count_steps = min(args.steps, 3), 1, 2
+        args.steps, args.warmup, args.count_steps = min(args.steps, 3), 1, 3
         torch.set_num_threads(1)  # tiny models: one thread is fastest, and two thrash a busy 2-core machine
     cases = parse_cases(args.model, args.cases)
     if args.tiny:  # a quarter of the batch (at least 1), so the rows stay apart
         cases = [Case(c.kind, max(1, c.batch // 4), 5, c.note, c.batch) for c in cases]
     started = time.perf_counter()
+    build_s = 2 if args.tiny else BUILD_ESTIMATE_S[args.model]
+    if args.budget is not None and build_s + min(c.estimate_s for c in cases) > args.budget:
+        for case in cases:
+            print(f"skipped {case.kind} (b{case.batch}): building the model and one row need about "
+                  f"{build_s + case.estimate_s} s, {args.budget:.0f} s left", flush=True)  # fmt: skip
+        return
     work = Path(tempfile.mkdtemp(prefix="edlib-bench-"))
     try:
         path = build(args.model, work / "model", device, args.tiny)

@@ -25,6 +25,7 @@ is the ground truth; this count is what a CPU machine can check in CI.
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from typing import Any
 
@@ -126,19 +127,50 @@ def _blocking_transfer(func, args, kwargs) -> bool:
     return not (to_device and non_blocking and pinned_source)
 
 
+class CudaSyncs:
+    """On a GPU, the ground truth: the synchronising CUDA calls torch reports itself
+    (`torch.cuda.set_sync_debug_mode`), counted between `start()` and `stop()`. It sees what
+    waits inside torch's CUDA code (reads, blocking copies), not a non-blocking copy from
+    pageable memory (CUDA synchronises that one silently), which `HostRoundTrips` counts."""
+
+    def __init__(self):
+        self.events: Counter[str] = Counter()
+        self._catching = None
+
+    @property
+    def total(self) -> int:
+        return sum(self.events.values())
+
+    def start(self) -> CudaSyncs:
+        self._catching = warnings.catch_warnings(record=True)
+        self._records = self._catching.__enter__()
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        return self
+
+    def stop(self) -> None:
+        torch.cuda.set_sync_debug_mode(0)
+        self._catching.__exit__(None, None, None)
+        for record in self._records:
+            if "synchroniz" in str(record.message):
+                self.events[f"cuda sync:{record.filename.rsplit('/', 1)[-1]}:{record.lineno}"] += 1
+
+
 class RoundTripCounter(Plugin):
     """Counts host round trips per optimizer step of a real run: from one `on_step` to the
     next, so an interval holds a step's compute and the loop's work after the step before.
     Put it first among the plugins, so the interval of step k ends before the other plugins'
     work for step k. `per_step[k]` is the count of the interval that ends at step k; the
-    caller knows which steps log (`log_every_n_steps`) and which end an epoch."""
+    caller knows which steps log (`log_every_n_steps`) and which end an epoch. `counter`:
+    `HostRoundTrips` (anywhere) or `CudaSyncs` (on a GPU)."""
 
     name = "round_trip_counter"
 
-    def __init__(self):
+    def __init__(self, counter=HostRoundTrips):
+        self.make_counter = counter
         self.per_step: dict[int, int] = {}
         self.events: dict[int, dict[str, int]] = {}
-        self._counter: HostRoundTrips | None = None
+        self._counter = None
 
     def on_step(self, ctx, metrics: dict[str, Any]) -> None:
         step = metrics["step"]
@@ -146,12 +178,9 @@ class RoundTripCounter(Plugin):
             self._counter.stop()
             self.per_step[step] = self._counter.total
             self.events[step] = dict(self._counter.events)
-        self._counter = HostRoundTrips().start()
+        self._counter = self.make_counter().start()
 
     def on_end(self, ctx) -> None:
         if self._counter is not None:
             self._counter.stop()
             self._counter = None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}

@@ -6,7 +6,7 @@ fused AdamW, channels_last) and the others."""
 import pytest
 import torch
 
-from edlib.train.host_sync import HostRoundTrips, RoundTripCounter
+from edlib.train.host_sync import CudaSyncs, HostRoundTrips, RoundTripCounter
 from edlib.train.loop import train
 from tests.train.loop_support import make_data_root, one_torch_thread, tiny_config  # noqa: F401
 
@@ -32,11 +32,11 @@ def test_the_counter_counts_reads_host_data_and_nothing_else():
                             "read:numpy": 1, "host data:torch.tensor": 2}  # fmt: skip
 
 
-def _counted_run(model, tmp_path, **settings):
+def _counted_run(model, tmp_path, counter=HostRoundTrips, **settings):
     """Per-step counts of the second epoch's steps that neither log nor follow a logging step
     or an epoch end (so an interval holds one plain step and the loop's work around it)."""
     data = make_data_root(tmp_path / "data", folders={"a": COLOURS * 2, "b": COLOURS * 2})  # 16 images
-    counter = RoundTripCounter()
+    counter = RoundTripCounter(counter)
     config = tiny_config(model, data, tmp_path / "run", batch_size=2, epochs=2, log_every_n_steps=LOG_EVERY, **settings)
     try:
         train(config, plugins=[counter])
@@ -71,3 +71,12 @@ UNCACHED = dict(decode_workers=1, optimizer_args={"fused": True})  # fused: the 
 def test_other_presets_stay_within_one_round_trip_per_step(tiny_sd1, tmp_path, settings, expected):
     plain, counter = _counted_run(tiny_sd1, tmp_path, **settings)
     assert all(n == expected for n in plain.values()), {k: counter.events[k] for k in plain}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("settings", [FAST, UNCACHED], ids=["fast", "uncached"])
+def test_on_a_gpu_a_plain_step_never_synchronises(tiny_sd1, tmp_path, settings):
+    """The ground truth on a GPU: CUDA's own sync warnings over plain steps (bf16, the fused
+    AdamW a GPU run uses by default)."""
+    plain, counter = _counted_run(tiny_sd1, tmp_path, counter=CudaSyncs, mixed_precision="bf16", **settings)
+    assert all(n == 0 for n in plain.values()), {k: counter.events[k] for k in plain}
