@@ -17,7 +17,7 @@ from pathlib import Path
 def _cmd_scan(args) -> int:
     from edlib.data.scan import format_report, report_json, scan
 
-    result = scan(args.data_root, use_cache=not args.no_cache)
+    result = scan(args.data_root, use_cache=not args.no_cache, follow_outside_links=not args.skip_outside_links)
     if args.json:
         print(json.dumps(report_json(result), indent=2))
     else:
@@ -31,7 +31,7 @@ def _cmd_preview(args) -> int:
     from edlib.data.schedule import write_schedule
     from edlib.model.lr import with_lr_curve
 
-    result = scan(args.data_root)
+    result = scan(args.data_root, follow_outside_links=not args.skip_outside_links)
     if result.errors:
         return _fail_on_errors(result.errors)
     p = preview(
@@ -45,6 +45,7 @@ def _cmd_preview(args) -> int:
         validation_fraction=args.validation_fraction,
     )
     p = with_lr_curve(p, args.lr_scheduler, args.lr, warmup_steps=args.lr_warmup_steps)
+    p.warnings = [*result.warnings, *p.warnings]  # a misnamed multiply.txt changes what the preview shows
     if args.write_schedule:
         for epoch in range(args.epochs):
             write_schedule(p.realise(epoch), p.planner.scan, args.write_schedule)  # the training images
@@ -62,16 +63,17 @@ def _cmd_balance(args) -> int:
     from edlib.data.scan import scan
 
     if args.undo:
-        for line in undo_balance(args.data_root):
+        for line in undo_balance(args.data_root, force=args.force):
             print(line)
         return 0
     if not args.weights:
         print("edlib balance: --weights W.yaml is required (or --undo)", file=sys.stderr)
         return 2
-    result = scan(args.data_root)
+    result = scan(args.data_root, follow_outside_links=not args.skip_outside_links)
     if result.errors:
         return _fail_on_errors(result.errors)
     plan = plan_balance(result, load_weights(args.weights), epoch_size=args.epoch_size)
+    plan.warnings = [*result.warnings, *plan.warnings]
     if args.json:
         print(json.dumps(plan.to_json(), indent=2))
     else:
@@ -85,13 +87,12 @@ def _cmd_balance(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from edlib.train import load_config, train
+    from edlib.model.config_files import load_config
 
-    summary = train(load_config(args.config, args.overrides), resume=args.resume)
-    print(
-        f"run {summary.run_dir}: stopped by {summary.stopped_by} at step {summary.step} "
-        f"(epoch {summary.epoch}); last checkpoint: {summary.last_checkpoint}"
-    )
+    config = load_config(args.config, args.overrides)  # a bad config fails before torch is imported
+    from edlib.train.loop import train
+
+    print(train(config, resume=args.resume))
     return 0
 
 
@@ -113,18 +114,34 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_review(args) -> int:
-    from edlib.train.review import format_review, quarantine, restore, review, review_folders, run_data_root
+    from edlib.train.review import (
+        format_review,
+        quarantine,
+        quarantined,
+        restore,
+        review,
+        review_folders,
+        review_status,
+        run_data_root,
+    )
 
     if args.quarantine:
-        manifest = quarantine(run_data_root(args.run), args.quarantine, run_dir=args.run, reason="edlib review")
-        print(f"Moved {len(args.quarantine)} image(s) with their captions to quarantine (manifest: {manifest}).")
+        root = run_data_root(args.run)
+        before = set(quarantined(root))
+        folder = quarantine(root, args.quarantine, run_dir=args.run, reason="edlib review")
+        moved = len(set(quarantined(root)) - before)
+        print(f"Moved {moved} image(s) with their captions to {folder} (each move is recorded in {folder / 'manifest.json'}).")
         print(f"Undo: edlib review {args.run} --restore")
         return 0
     if args.restore is not None:
-        for line in restore(run_data_root(args.run), args.restore or None):
-            print(line)
+        root = run_data_root(args.run)
+        restored = restore(root, args.restore or None)
+        for path in restored:
+            print(f"restored {root / path}")
+        if not restored:
+            print(f"nothing to restore: the quarantine of {root} is empty")
         return 0
-    print(format_review(review(args.run, top=args.top), review_folders(args.run)))
+    print(format_review(review(args.run, top=args.top), review_folders(args.run), review_status(args.run)))
     return 0
 
 
@@ -141,8 +158,29 @@ def _fail_on_errors(errors: list[str]) -> int:
     return 1 if errors else 0
 
 
+DESCRIPTION = (
+    "Fine-tune Stable Diffusion on your own folders of images, EveryDream-style: scan and balance a data "
+    "root, preview the schedule, train, review, sample and export. Each command's --help says more."
+)
+
+
+def _add_links_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--skip-outside-links",
+        action="store_true",
+        help="skip symbolic links that lead outside the data root (default: follow them, with a warning)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edlib", description=__doc__.split("\n")[0])
+    from edlib import __version__
+    from edlib.data.schedule import DEFAULT_SEED
+    from edlib.model.config import DEFAULT_RESOLUTION, TrainConfig
+    from edlib.model.lr import LR_SCHEDULERS
+
+    defaults = {name: field.default for name, field in TrainConfig.model_fields.items()}
+    parser = argparse.ArgumentParser(prog="edlib", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"edlib {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -150,19 +188,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data_root")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-cache", action="store_true", help="ignore and do not update the scan cache")
+    _add_links_option(p)
     p.set_defaults(func=_cmd_scan)
 
-    p = sub.add_parser("preview", help="samples per folder, steps and LR curve, without loading a model")
+    p = sub.add_parser(
+        "preview",
+        help="samples per folder, steps and LR curve, without loading a model",
+        description="What a training run will do with a data root, before any model loads: samples per folder "
+        "and epoch, steps, the learning-rate curve, buckets, and (with --write-schedule) the exact batches. "
+        "Defaults are the training config's, so with the same values it shows what `edlib train` trains.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("data_root")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--resolution", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=1e-6)
-    p.add_argument("--lr-scheduler", default="constant")
-    p.add_argument("--lr-warmup-steps", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=defaults["epochs"], help="epochs to plan (config key epochs)")
+    p.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="images per batch (batch_size)")
+    p.add_argument(
+        "--gradient-accumulation-steps",
+        type=int,
+        default=defaults["gradient_accumulation_steps"],
+        help="batches per optimizer step",
+    )
+    p.add_argument("--max-steps", type=int, default=defaults["max_steps"], help="cap on optimizer steps (none: no cap)")
+    p.add_argument(
+        "--resolution",
+        type=int,
+        default=DEFAULT_RESOLUTION,
+        help="base bucket size, a multiple of 64 (training defaults to the model's own: 512 SD1.x, 768 SD2.x, 1024 SDXL)",
+    )
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the per-epoch draws (config key seed)")
+    p.add_argument("--lr", type=float, default=defaults["unet_lr"], help="learning rate for the curve (unet_lr)")
+    p.add_argument("--lr-scheduler", default=defaults["lr_scheduler"], choices=LR_SCHEDULERS, help="LR schedule")
+    p.add_argument("--lr-warmup-steps", type=int, default=defaults["lr_warmup_steps"], help="warm-up steps")
     p.add_argument(
         "--validation-fraction",
         type=float,
@@ -171,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--write-schedule", metavar="DIR", help="write ep{E}_batch_schedule.txt files here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_links_option(p)
     p.set_defaults(func=_cmd_preview)
 
     p = sub.add_parser("balance", help="turn target shares (a weight tree) into multiply.txt values")
@@ -179,7 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epoch-size", type=float, default=None, help="samples per epoch wanted (default: current)")
     p.add_argument("--apply", action="store_true", help="write the multiply.txt files (history kept)")
     p.add_argument("--undo", action="store_true", help="restore the multiply.txt files before the last --apply")
+    p.add_argument("--force", action="store_true", help="with --undo: restore even files edited since the apply")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_links_option(p)
     p.set_defaults(func=_cmd_balance)
 
     p = sub.add_parser("train", help="train from a config file (resumable)")
@@ -200,7 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN", help="a run folder (newest checkpoint) or a checkpoint folder")
     p.add_argument("--format", required=True, choices=["diffusers", "single-file", "kohya-lora", "a1111-embedding"])
     p.add_argument("--out", metavar="DIR", help="default: RUN/exports")
-    p.add_argument("--dtype", choices=["fp16", "fp32"], default="fp16")
+    p.add_argument(
+        "--dtype",
+        choices=["fp16", "fp32"],
+        default="fp16",
+        help="weight precision; an fp32 file is named ...-fp32 so it never replaces the fp16 one (embeddings are always fp32)",
+    )
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("review", help="images whose loss stays high; quarantine or restore them")

@@ -23,6 +23,8 @@ from dataclasses import replace
 
 import yaml
 
+from edlib.data import safe_yaml
+from edlib.data.small_files import quote
 from edlib.data.types import Caption, DataRootError, Tag
 
 CAPTION_SUFFIXES = (".txt", ".caption", ".yaml", ".yml")
@@ -69,21 +71,21 @@ def parse_caption_file(data: bytes, name: str) -> tuple[Caption, tuple[str, ...]
 
 def _parse_yaml_caption(text: str, name: str) -> tuple[Caption, tuple[str, ...]]:
     try:
-        doc = yaml.safe_load(text) if text else {}
+        doc = safe_yaml.load(text) if text else {}
     except yaml.YAMLError as exc:
         raise CaptionError(f"{name}: not valid YAML: {exc}") from exc
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
-        raise CaptionError(f"{name}: expected a mapping with main_prompt and tags, found {text[:80]!r}")
+        raise CaptionError(f"{name}: expected a mapping with main_prompt and tags, found {quote(text)}")
     main = doc.get("main_prompt", "")
     if isinstance(main, list) and all(isinstance(m, str) for m in main):
         main = main[0] if main else ""  # EveryDream2 accepts a list and uses its first entry
     if not isinstance(main, str):
-        raise CaptionError(f"{name}: main_prompt must be text, found {main!r}")
+        raise CaptionError(f"{name}: main_prompt must be text, found {quote(main)}")
     raw_tags = doc.get("tags") or []
     if not isinstance(raw_tags, list):
-        raise CaptionError(f"{name}: tags must be a list, found {raw_tags!r}")
+        raise CaptionError(f"{name}: tags must be a list, found {quote(raw_tags)}")
     tags = tuple(t for t in (_parse_tag(raw, name) for raw in raw_tags) if t.text)
     extra = tuple(sorted(str(k) for k in doc if k not in ("main_prompt", "tags")))
     return Caption(main_prompt=main.strip(), tags=tags), extra
@@ -97,9 +99,11 @@ def _parse_tag(raw, name: str) -> Tag:
         if weight is None:
             weight = 1.0
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
-            raise CaptionError(f"{name}: tag {raw['tag']!r} has weight {weight!r}; weights must be numbers > 0")
+            raise CaptionError(
+                f"{name}: tag {quote(raw['tag'])} has weight {quote(weight)}; weights must be numbers > 0"
+            )
         return Tag(raw["tag"].strip(), float(weight))
-    raise CaptionError(f"{name}: each tag must be text or {{tag: ..., weight: ...}}, found {raw!r}")
+    raise CaptionError(f"{name}: each tag must be text or {{tag: ..., weight: ...}}, found {quote(raw)}")
 
 
 def with_trigger(caption: Caption, trigger: str | None) -> Caption:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field, fields
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
@@ -38,11 +39,18 @@ from pathlib import Path
 
 import yaml
 
+from edlib.data import safe_yaml
 from edlib.data.captions import decode_text
+from edlib.data.small_files import SETTING_FILE_LIMIT, TEXT_FILE_LIMIT, quote, read_small
 from edlib.data.types import DataRootError, FolderSettings
 
 # Largest multiplier accepted: beyond it an epoch would not fit in memory, so it is a typo.
 MAX_MULTIPLY = 1_000_000
+# Largest loss_scale accepted either way: at 1e308 every loss is inf, so it is a typo too.
+MAX_LOSS_SCALE = 1000
+# A number as people write it; Python's Decimal also takes `0_5` (= 5) and non-ASCII digits.
+_PLAIN_NUMBER = re.compile(r"[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?")
+_NOT_FINITE = frozenset({"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"})
 
 SETTING_FILES = {
     "multiply.txt": "multiply",
@@ -107,7 +115,7 @@ def parse_setting(key: str, value: object, source: str) -> object:
         if value is None and key == "trigger":
             return None
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise SettingError(f"{source}: {key} must be text, found {value!r}")
+            raise SettingError(f"{source}: {key} must be text, found {quote(value)}")
         text = str(value).strip()
         if key == "batch_id" and not text:
             raise SettingError(f"{source}: batch_id is empty")
@@ -122,6 +130,11 @@ def parse_setting(key: str, value: object, source: str) -> object:
             raise SettingError(f"{source}: multiply {_shown(value)} is larger than {MAX_MULTIPLY:,}")
         return Fraction(number)
     as_float = float(number)
+    if key == "loss_scale" and abs(as_float) > MAX_LOSS_SCALE:
+        raise SettingError(
+            f"{source}: loss_scale {_shown(value)} is beyond ±{MAX_LOSS_SCALE:,}; it multiplies the loss, "
+            "so such a value makes every loss overflow (typical values: 0.5 to 2)"
+        )
     if key in ("flip_p", "cond_dropout") and not 0.0 <= as_float <= 1.0:
         raise SettingError(f"{source}: {key} is a probability between 0 and 1, found {_shown(value)}")
     return as_float
@@ -137,13 +150,16 @@ def format_value(value: object) -> str:
 def _parse_decimal(value: object, source: str, key: str) -> Decimal:
     """An exact, finite decimal: `Fraction(Decimal(text))` keeps 0.1 exactly 1/10."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise SettingError(f"{source}: {key} must be a number, found {value!r}")
-    text = value if isinstance(value, str) else repr(value)
-    try:
-        number = Decimal(text.strip())
-    except InvalidOperation:
+        raise SettingError(f"{source}: {key} must be a number, found {quote(value)}")
+    text = (value if isinstance(value, str) else repr(value)).strip()
+    if not _PLAIN_NUMBER.fullmatch(text) and text.lower() not in _NOT_FINITE:
         hint = " (use a dot as decimal separator)" if "," in text else ""
-        raise SettingError(f"{source}: {key} must be a number, found {_shown(value)}{hint}") from None
+        hint = hint or (" (write the number without _ or spaces)" if "_" in text else "")
+        raise SettingError(f"{source}: {key} must be a number, found {_shown(value)}{hint}")
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        raise SettingError(f"{source}: {key} must be a number, found {_shown(value)}") from None
     if not number.is_finite() or not math.isfinite(float(number)):
         raise SettingError(f"{source}: {key} must be a finite number, found {_shown(value)}")
     return number
@@ -161,7 +177,7 @@ def _parse_bool(value: object, source: str) -> bool:
 
 
 def _shown(value: object) -> str:
-    return repr(value) if not isinstance(value, str) or value.strip() else f"{value!r} (empty)"
+    return quote(value) if not isinstance(value, str) or value.strip() else f"{value!r} (empty)"
 
 
 def read_folder(folder: Path, rel: str, names: set[str], inherited: Layer) -> FolderRead:
@@ -209,8 +225,8 @@ def _read_yaml_layer(folder: Path, rel: str, names: set[str], spellings: tuple[s
     # A file that cannot be read as a whole may have set any key: all count as failed.
     unusable = Layer(failed=set(SETTING_KEYS))
     try:
-        text = _read_text(folder / present[0], source)
-        doc = yaml.safe_load(text) if text else {}
+        text = _read_text(folder / present[0], source, TEXT_FILE_LIMIT)
+        doc = safe_yaml.load(text) if text else {}
     except DataRootError as exc:
         out.errors.append(str(exc))
         return unusable
@@ -220,15 +236,15 @@ def _read_yaml_layer(folder: Path, rel: str, names: set[str], spellings: tuple[s
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
-        out.errors.append(f"{source}: expected a mapping of settings, found {text[:80]!r}")
+        out.errors.append(f"{source}: expected a mapping of settings, found {quote(text)}")
         return unusable
     layer = Layer()
     for key, value in doc.items():
         if key in _IGNORED_YAML_KEYS:
-            out.warnings.append(f"{source}: {key!r} is ignored; captions come from sidecar files and trigger")
+            out.warnings.append(f"{source}: {quote(key)} is ignored; captions come from sidecar files and trigger")
             continue
         if key not in SETTING_KEYS:
-            out.warnings.append(f"{source}: unknown setting {key!r} ignored (known: {', '.join(SETTING_KEYS)})")
+            out.warnings.append(f"{source}: unknown setting {quote(key)} ignored (known: {', '.join(SETTING_KEYS)})")
             continue
         try:
             layer.values[key] = parse_setting(key, value, f"{source} ({key})")
@@ -240,9 +256,9 @@ def _read_yaml_layer(folder: Path, rel: str, names: set[str], spellings: tuple[s
     return layer
 
 
-def _read_text(path: Path, source: str) -> str:
+def _read_text(path: Path, source: str, limit: int = SETTING_FILE_LIMIT) -> str:
     try:
-        data = path.read_bytes()
+        data = read_small(path, source, limit)
     except OSError as exc:
         raise SettingError(f"{source}: cannot read: {exc.strerror or exc}") from exc
     return decode_text(data, source)

@@ -20,8 +20,9 @@ from fractions import Fraction
 
 import numpy as np
 
+from edlib.data.buckets import resolution_problem
 from edlib.data.holdout import describe_split, split_validation
-from edlib.data.schedule import EpochCounts, EpochPlanner, EpochSchedule
+from edlib.data.schedule import DEFAULT_SEED, EpochCounts, EpochPlanner, EpochSchedule
 from edlib.data.types import ScanResult
 
 
@@ -144,7 +145,7 @@ def preview(
     epochs: int = 1,
     batch_size: int = 1,
     resolution: int = 512,
-    seed: int = 0,
+    seed: int = DEFAULT_SEED,
     gradient_accumulation_steps: int = 1,
     max_steps: int | None = None,
     validation_fraction: float = 0.0,
@@ -156,6 +157,8 @@ def preview(
     if validation_fraction:
         scan, validation = split_validation(scan, validation_fraction, seed)
         validation_text = describe_split(scan, validation)
+    if resolution_problem(resolution):
+        raise ValueError(f"resolution {resolution}: {resolution_problem(resolution)}")
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if max_steps is not None and max_steps < 1:

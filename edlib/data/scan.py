@@ -14,7 +14,11 @@ rules of `folder_files`. Problems never stop the scan, so the user sees all of t
 
 Files and folders whose names start with "." are ignored (`.ipynb_checkpoints`, macOS `._x.jpg`
 resource forks). Symlinked folders are followed once: a folder reached again (a loop, or a
-second link to it) is skipped with a warning.
+second link to it) is skipped with a warning. A symlink that leads outside the data root is
+followed with a warning naming it (once per folder link; per folder for image links), or
+skipped with `follow_outside_links=False`. Images that are not regular files (a named pipe,
+a device) are skipped without being opened, and so are files and folders whose names hold a
+control character (a newline or tab would break the one-line-per-sample schedule files).
 
 A scan cache (see `scan_cache`) remembers headers and captions by size and mtime, so a
 re-scan of an unchanged tree only lists folders and stats files. `reread_settings` is what the
@@ -32,10 +36,12 @@ from dataclasses import dataclass, field, fields, replace
 from operator import attrgetter
 from pathlib import Path
 
-from edlib.data.captions import CAPTION_SUFFIXES, CaptionError, parse_caption_file, stem_caption, with_trigger
+from edlib.data.captions import CAPTION_SUFFIXES, parse_caption_file, stem_caption, with_trigger
 from edlib.data.folder_files import FOLDER_FILES, GLOBAL_YAML, Layer, format_value, near_miss, read_folder
 from edlib.data.images import ImageReadError, read_header
 from edlib.data.scan_cache import ScanCache
+from edlib.data.scan_guards import control_character, outside_link, printable
+from edlib.data.small_files import TEXT_FILE_LIMIT, file_kind, read_small
 from edlib.data.types import (
     IMAGE_EXTENSIONS,
     QUARANTINE_DIR,
@@ -80,6 +86,7 @@ class _Dir:
     images: list[tuple[str, str]] = field(default_factory=list)  # (name, stem), sorted
     captions: dict[str, list[str]] = field(default_factory=dict)  # stem -> caption file names
     unsupported: list[str] = field(default_factory=list)  # pictures in formats not trained on
+    refused: dict[str, str] = field(default_factory=dict)  # file name -> why it is not used
 
     def classify(self) -> None:
         """Sort the file names into images, caption files and unsupported pictures."""
@@ -97,12 +104,20 @@ class _Dir:
         self.images.sort()
 
 
-def scan(root: str | os.PathLike, *, use_cache: bool = True, logger: logging.Logger | None = None) -> ScanResult:
+def scan(
+    root: str | os.PathLike,
+    *,
+    use_cache: bool = True,
+    logger: logging.Logger | None = None,
+    follow_outside_links: bool = True,
+) -> ScanResult:
     """Scan a data root. Raises `DataRootError` if it is missing, not a folder, or holds no
-    usable image; every other problem is collected in the result."""
+    usable image; every other problem is collected in the result. `follow_outside_links`
+    False skips symlinks that lead outside the data root (else they are followed, with a
+    warning)."""
     root_path = _checked_root(root)
     with _gc_paused():
-        result = _scan(root_path, use_cache, logger or _log)
+        result = _scan(root_path, use_cache, logger or _log, follow_outside_links)
     if not result.items:
         detail = f"; {len(result.skipped)} image file(s) skipped: " + _first_reasons(result) if result.skipped else ""
         raise DataRootError(f"data root {root_path} holds no usable images{detail}")
@@ -123,12 +138,12 @@ def _gc_paused():
             gc.enable()
 
 
-def _scan(root_path: Path, use_cache: bool, log: logging.Logger) -> ScanResult:
+def _scan(root_path: Path, use_cache: bool, log: logging.Logger, follow_outside_links: bool = True) -> ScanResult:
     cache = ScanCache.load(root_path) if use_cache else ScanCache(root_path.resolve())
     result = ScanResult(root=root_path, folders=[], items=[])
     inherited: dict[str, Layer] = {}
 
-    for folder in _walk(root_path, result.warnings):
+    for folder in _walk(root_path, result.warnings, follow_outside_links):
         parent = inherited.get(folder.rel.rpartition("/")[0], Layer()) if folder.rel else Layer()
         read = read_folder(Path(folder.path), folder.rel, set(folder.files), parent)
         inherited[folder.rel] = read.inherited
@@ -166,12 +181,13 @@ def _checked_root(root: str | os.PathLike) -> Path:
     return path
 
 
-def _walk(root: Path, warnings: list[str]) -> Iterator[_Dir]:
+def _walk(root: Path, warnings: list[str], follow_outside_links: bool = True) -> Iterator[_Dir]:
     """Folders below `root`, each parent before its children, listed once each.
 
     Folders are recognised by (device, inode), so a symlink back up the tree (a loop) or a
     second link to the same folder is skipped with a warning instead of recursing forever.
     """
+    real_root = os.path.realpath(root)
     seen: dict[tuple[int, int], str] = {}
     stack = [("", str(root))]
     while stack:
@@ -206,13 +222,15 @@ def _walk(root: Path, warnings: list[str]) -> Iterator[_Dir]:
             try:
                 is_dir = entry.is_dir()
             except OSError as exc:  # e.g. a symlink to itself
-                warnings.append(f"{_join(rel, name)}: cannot follow ({exc.strerror or exc}); skipped")
+                warnings.append(f"{printable(_join(rel, name))}: cannot follow ({exc.strerror or exc}); skipped")
                 continue
             if is_dir:
-                subdirs.append(name)
+                if _usable_subfolder(entry, path, _join(rel, name), real_root, follow_outside_links, warnings):
+                    subdirs.append(name)
             else:
                 folder.files[name] = entry
         folder.classify()
+        _refuse_files(folder, real_root, follow_outside_links, warnings)
         try:
             yield folder
         finally:
@@ -220,6 +238,57 @@ def _walk(root: Path, warnings: list[str]) -> Iterator[_Dir]:
                 os.close(fd)
         for name in sorted(subdirs, reverse=True):
             stack.append((_join(rel, name), os.path.join(path, name)))
+
+
+def _usable_subfolder(
+    entry: os.DirEntry, parent: str, rel: str, real_root: str, follow_outside_links: bool, warnings: list[str]
+) -> bool:
+    """Whether to walk into a subfolder; warns about odd names and links that leave the data root."""
+    bad = control_character(entry.name)
+    if bad:
+        warnings.append(f"{printable(rel)}: skipped, the folder name contains {bad}; rename it to use its images")
+        return False
+    target = outside_link(entry, parent, real_root)
+    if target is not None:
+        if not follow_outside_links:
+            warnings.append(
+                f"{rel}: skipped, a symbolic link to {target}, outside the data root (follow_outside_links is off)"
+            )
+            return False
+        warnings.append(
+            f"{rel}: a symbolic link to {target}, outside the data root; its images are used "
+            "(set follow_outside_links: false to skip links that leave the data root)"
+        )
+    if entry.name in FOLDER_FILES:
+        warnings.append(
+            f"{rel}: is a folder, so it is not read as a setting; {entry.name} must be a file "
+            "(the folder's images are scanned as a subfolder)"
+        )
+    return True
+
+
+def _refuse_files(folder: _Dir, real_root: str, follow_outside_links: bool, warnings: list[str]) -> None:
+    """Mark the images `_headers` must skip (`folder.refused`): names with a control
+    character, and links to files outside the data root unless those are followed (then
+    one warning per folder says so)."""
+    outside = []
+    for name, _ in folder.images:
+        bad = control_character(name)
+        if bad:
+            folder.refused[name] = f"its name contains {bad}; rename the file to use it"
+        elif outside_link(folder.files[name], folder.path, real_root) is not None:
+            outside.append(name)
+            if not follow_outside_links:
+                folder.refused[name] = (
+                    "a symbolic link to a file outside the data root; skipped (follow_outside_links is off)"
+                )
+    if outside and follow_outside_links:
+        first = _join(folder.rel, outside[0])
+        warnings.append(
+            f"{folder.rel or '.'}: {len(outside)} image(s) are symbolic links to files outside the data root "
+            f"(e.g. {first} -> {os.path.realpath(os.path.join(folder.path, outside[0]))}); used "
+            "(set follow_outside_links: false to skip them)"
+        )
 
 
 def _scan_images(folder: _Dir, settings: FolderSettings, cache: ScanCache, result: ScanResult) -> list[ImageItem]:
@@ -271,13 +340,19 @@ def _scan_images(folder: _Dir, settings: FolderSettings, cache: ScanCache, resul
 def _headers(folder: _Dir, cache: ScanCache, result: ScanResult) -> list[tuple[int, int] | None]:
     """(width, height) of each image of `folder.images`, None for skipped ones. Headers
     come from the cache when the file is unchanged, else from the file."""
-    names, stats, unreadable = [], [], {}
+    names, stats, unreadable = [], [], dict(folder.refused)
     files = folder.files
     for name, _ in folder.images:
+        if name in unreadable:
+            continue
         try:
             st = files[name].stat()
         except OSError as exc:  # e.g. a broken symlink
             unreadable[name] = f"cannot read ({exc.strerror or exc})"
+            continue
+        kind = file_kind(st.st_mode)
+        if kind is not None:  # opening a named pipe would wait forever; a device never ends
+            unreadable[name] = f"{kind}, not an image file; skipped without opening it"
             continue
         names.append(name)
         stats += (st.st_size, st.st_mtime_ns)
@@ -310,12 +385,11 @@ def _read_caption(folder: _Dir, name: str, cache: ScanCache, result: ScanResult)
         st = folder.files[name].stat()
         cached = cache.caption(folder.rel, name, st.st_size, st.st_mtime_ns)
         if cached is None:
-            with open(os.path.join(folder.path, name), "rb") as fh:
-                data = fh.read()
             try:
+                data = read_small(os.path.join(folder.path, name), rel, TEXT_FILE_LIMIT)
                 caption, extra = parse_caption_file(data, rel)
                 cached = [caption.main_prompt, [[t.text, t.weight] for t in caption.tags], list(extra)]
-            except CaptionError as exc:
+            except DataRootError as exc:  # a bad caption, or a pipe, device or huge file
                 cached = [str(exc)]
             cache.store_caption(folder.rel, name, st.st_size, st.st_mtime_ns, cached)
     except OSError as exc:
@@ -330,7 +404,7 @@ def _read_caption(folder: _Dir, name: str, cache: ScanCache, result: ScanResult)
 
 def _skip(result: ScanResult, rel: str, reason: str) -> None:
     result.skipped.append((rel, reason))
-    result.warnings.append(f"skipped {rel}: {reason}")
+    result.warnings.append(f"skipped {printable(rel)}: {reason}")
 
 
 def _name_warnings(folder: _Dir, folder_files: list[str], *, has_images: bool) -> list[str]:

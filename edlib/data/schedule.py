@@ -45,6 +45,10 @@ from edlib.data.buckets import assign_buckets, make_buckets
 from edlib.data.types import ScanResult
 from edlib.files import write_text_atomic
 
+# The seed a run, a preview and the notebooks' panels use unless told otherwise: one default,
+# so `edlib preview` shows the batches `edlib train` trains.
+DEFAULT_SEED = 555
+
 
 def stable_rng(*parts) -> np.random.Generator:
     """A generator seeded from a hash of `parts` joined with "/".

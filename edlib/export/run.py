@@ -3,7 +3,10 @@
 Which formats fit depends on the method: a full fine-tune becomes a diffusers folder or one
 single-file checkpoint; a LoRA run a kohya-style LoRA file; a textual-inversion run one
 A1111 embedding per placeholder. Everything goes under `RUN/exports/` unless told otherwise,
-named after the run and the checkpoint step so exports of different steps sit side by side.
+named after the run and the checkpoint step so exports of different steps sit side by side,
+and after the dtype unless it is the usual fp16 (`...-fp32.safetensors`), so an fp32 export
+and an fp16 one of the same step never replace each other. Embeddings (named after their
+trigger word, as A1111 wants) are always fp32.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from edlib.export.diffusers_folder import export_diffusers
 from edlib.export.kohya_lora import export_kohya_lora
 from edlib.export.single_file import export_single_file
 from edlib.model.config import EXPORT_FORMATS, TrainConfig
+from edlib.model.identify import model_location
 from edlib.model.methods import Method
 from edlib.model.models import Models
 from edlib.model.trained import load_trained
@@ -69,7 +73,7 @@ def export_models(
     if format not in EXPORT_FORMATS[config.method]:
         allowed = " or ".join(EXPORT_FORMATS[config.method])
         raise ValueError(f"{where}: a {config.method!r} run exports as {allowed}, not {format!r}")
-    name = f"{run_name}-step{step:06d}"
+    name = f"{run_name}-step{step:06d}" + ("" if dtype == "fp16" else f"-{dtype}")
     metadata = {
         "base_model": config.model,
         "edlib_run": run_name,
@@ -104,6 +108,7 @@ def export_models(
             )
         ]
     second = method.learned_embeddings(m, encoder="text_encoder_2") if m.is_sdxl else None
+    # Embeddings are a few KB: always fp32, whatever `dtype` says, so they never clash either.
     return export_a1111_embeddings(method.learned_embeddings(m), out_dir, metadata=metadata, embeddings_g=second)
 
 
@@ -119,6 +124,6 @@ def _sampling_scheduler_config(model: str, training_config):
     from diffusers import DDPMScheduler
 
     try:
-        return DDPMScheduler.load_config(model, subfolder="scheduler")
+        return DDPMScheduler.load_config(model_location(model), subfolder="scheduler")
     except (OSError, ValueError):
         return training_config

@@ -11,13 +11,15 @@ validation error names the key, what is wrong and the allowed values.
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edlib.data.buckets import resolution_problem
+from edlib.data.schedule import DEFAULT_SEED
+from edlib.model.config_errors import describe_error, is_number
 from edlib.model.lr import LR_SCHEDULERS
 
 OPTIMIZERS = ("adamw", "adamw8bit", "lion", "prodigy", "adafactor")
@@ -48,7 +50,8 @@ class TrainConfig(BaseModel):
     model: str = Field(
         "stable-diffusion-v1-5/stable-diffusion-v1-5",
         description="Base model: a Hugging Face hub id, a local diffusers folder, or a single "
-        "`.safetensors`/`.ckpt` file. A relative path resolves against the config file's folder.",
+        "`.safetensors`/`.ckpt` file. A relative path resolves against the config file's folder. "
+        "`edlib:world` is the small toy-world model that ships with edlib (64 px, trains on a CPU; the demo's).",
     )
     vae: str | None = Field(
         None,
@@ -95,10 +98,15 @@ class TrainConfig(BaseModel):
         None, ge=1, description="Stop after this many optimizer steps even if epochs remain. Null: run all epochs."
     )
     seed: int = Field(
-        555, description="Seed of everything random: the per-epoch schedule, noise, dropout. Same seed, same run."
+        DEFAULT_SEED, description="Seed of everything random: the per-epoch schedule, noise, dropout. Same seed, same run."
     )
     write_schedule: bool = Field(
         True, description="Write each epoch's batch schedule to `schedules/` in the run folder before training it."
+    )
+    follow_outside_links: bool = Field(
+        True,
+        description="Follow symbolic links in `data_root` that lead outside it (each such folder link is named in a "
+        "warning). false: skip them, so a stray link (to /etc, to another project) cannot pull files into training.",
     )
 
     # --- captions ---------------------------------------------------------------------------
@@ -356,6 +364,14 @@ class TrainConfig(BaseModel):
             values = {**values, "resolution": native if native and native % 64 == 0 else DEFAULT_RESOLUTION}
         return values
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info) -> Any:
+        """YAML reads `batch_size: true` as a boolean, which pydantic would take as 1."""
+        if isinstance(value, bool) and is_number(cls.model_fields[info.field_name].annotation):
+            raise ValueError("expected a number, not true/false")
+        return value
+
     @field_validator("method")
     @classmethod
     def _known_method(cls, value: str) -> str:
@@ -379,8 +395,9 @@ class TrainConfig(BaseModel):
     @field_validator("resolution")
     @classmethod
     def _multiple_of_64(cls, value: int) -> int:
-        if value % 64:
-            raise ValueError("must be a multiple of 64 (aspect buckets have sides that are multiples of 64)")
+        problem = resolution_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")
@@ -439,7 +456,7 @@ class TrainConfig(BaseModel):
         try:
             return cls.model_validate(values)
         except ValidationError as error:
-            raise ConfigError(_describe(error)) from None
+            raise ConfigError(describe_error(error, list(cls.model_fields))) from None
 
     def to_yaml(self) -> str:
         """The config as YAML, every key written out, in declaration order."""
@@ -450,25 +467,3 @@ class TrainConfig(BaseModel):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.to_yaml(), encoding="utf-8")
         return path
-
-
-def _describe(error: ValidationError) -> str:
-    """One readable line per problem: the key, what is wrong, and what was given."""
-    known = list(TrainConfig.model_fields)
-    lines = []
-    for item in error.errors(include_url=False):
-        key = ".".join(str(part) for part in item["loc"]) or "config"
-        if item["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else "docs/config.md lists every key"
-            lines.append(f"{key}: unknown key; {hint}")
-        elif item["type"] == "missing":
-            lines.append(f"{key}: required, not given")
-        elif item["type"] == "literal_error":
-            lines.append(f"{key}: unknown value {item['input']!r}; allowed: {item['ctx']['expected']}")
-        elif not item["loc"]:  # a check across keys: its message names them
-            lines.append(item["msg"].removeprefix("Value error, "))
-        else:
-            message = item["msg"].removeprefix("Value error, ")
-            lines.append(f"{key}: {message} (got {item['input']!r})")
-    return "invalid training config:\n  " + "\n  ".join(lines)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from edlib.model.config import TrainConfig
-from edlib.model.identify import folder_is_sdxl, is_sdxl_file
+from edlib.model.identify import folder_is_sdxl, is_sdxl_file, model_location
 
 GIB = 1024**3
 
@@ -143,7 +143,7 @@ def model_family(model: str) -> str:
     """`sdxl` for an SDXL model, else `sd15` (SD1.x/2.x-sized UNets). A local diffusers folder
     or .safetensors file says so itself (a second text encoder; read without loading any
     weights); a hub id or other name by saying XL."""
-    path = Path(str(model)).expanduser()
+    path = Path(model_location(model)).expanduser()
     try:
         if (path / "model_index.json").is_file():
             return "sdxl" if folder_is_sdxl(path) else "sd15"

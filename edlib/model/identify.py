@@ -12,6 +12,23 @@ import json
 from pathlib import Path
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+# Models that ship inside edlib, by the name a config uses (`model: edlib:world`).
+BUNDLED_MODELS = ("edlib:world",)
+
+
+def model_location(model: str | Path) -> str:
+    """Where a model argument points: a bundled model's name (`edlib:world`, the toy-world
+    model that trains on a CPU) becomes its folder inside the installed package; anything
+    else (hub id, folder, file) is returned as given. Configs keep the name, so a run moves
+    between machines whose package lives elsewhere."""
+    text = str(model)
+    if text in BUNDLED_MODELS:
+        from edlib.model.world import bundled_model_path
+
+        return str(bundled_model_path())
+    if text.startswith("edlib:"):
+        raise ValueError(f"model: {text!r} is not a model that ships with edlib; bundled: {', '.join(BUNDLED_MODELS)}")
+    return text
 
 
 def looks_like_path(model: str) -> bool:
@@ -65,7 +82,7 @@ def native_resolution(model: str | Path) -> int | None:
     `_single_file_resolution`). None when it cannot be told offline (a hub model not in the
     local cache, a .ckpt)."""
     configs = {}
-    text = str(model)
+    text = model_location(model)
     path = Path(text).expanduser()
     if path.is_file():
         return _single_file_resolution(path)

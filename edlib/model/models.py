@@ -32,6 +32,7 @@ from edlib.model.identify import (  # noqa: F401 - native_resolution: part of th
     hub_is_sdxl,
     is_sdxl_file,
     looks_like_path,
+    model_location,
     native_resolution,
 )
 from edlib.model.transfer import upload, uploading
@@ -215,7 +216,7 @@ def load_models(
     """
     from diffusers import DDPMScheduler
 
-    source = str(model)
+    source = model_location(model)
     pipeline = _load_pipeline(source, dtype, single_file_config)
     if vae is not None:
         pipeline.vae = _load_vae(vae, dtype)

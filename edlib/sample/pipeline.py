@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from diffusers import DiffusionPipeline
 
-from edlib.model.identify import SINGLE_FILE_SUFFIXES, folder_is_sdxl, hub_is_sdxl, is_sdxl_file
+from edlib.model.identify import SINGLE_FILE_SUFFIXES, folder_is_sdxl, hub_is_sdxl, is_sdxl_file, model_location
 from edlib.model.methods.textual_inversion import spell_out, vector_tokens
 from edlib.model.models import pipeline_class
 from edlib.sample.samplers import scheduler_from_config
@@ -127,6 +128,25 @@ def pipeline_from_checkpoint(run_or_checkpoint: str | Path, *, dtype: torch.dtyp
     return pipeline_from_models(trained.models, clip_skip=trained.config.clip_skip)
 
 
+def single_file_base(path: Path) -> Path | None:
+    """The local diffusers folder a single file was trained from, when edlib exported it: the
+    run's config (`RUN/exports/FILE`) or the file's `base_model` metadata, if that folder is
+    on this machine. None otherwise (a hub model, or a file from elsewhere)."""
+    candidates = []
+    run_config = path.parent.parent / "config.yaml"
+    if path.parent.name == "exports" and run_config.is_file():
+        candidates.append((yaml.safe_load(run_config.read_text(encoding="utf-8")) or {}).get("model"))
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as handle:
+            candidates.append((handle.metadata() or {}).get("base_model"))
+    for candidate in candidates:
+        if isinstance(candidate, str) and (Path(candidate).expanduser() / "model_index.json").is_file():
+            return Path(candidate).expanduser()
+    return None
+
+
 def load_pipeline(
     model_or_run: str | Path,
     *,
@@ -147,6 +167,7 @@ def load_pipeline(
     # One dtype for every component: given None, diffusers loads fp32 while transformers 5
     # keeps a text encoder's stored fp16, a mix no device can run.
     dtype = dtype or torch.float32
+    model_or_run = model_location(model_or_run)
     path = Path(model_or_run)
 
     def options(sdxl: bool) -> dict[str, Any]:
@@ -158,8 +179,19 @@ def load_pipeline(
         pipeline = pipeline_class(sdxl).from_pretrained(path, **options(sdxl))
     elif path.is_file() and path.suffix.lower() in SINGLE_FILE_SUFFIXES:
         sdxl = is_sdxl_file(path)
+        config = config or single_file_base(path)
         extra = {} if config is None else {"config": str(config)}
-        pipeline = pipeline_class(sdxl).from_single_file(str(path), **options(sdxl), **extra)
+        try:
+            pipeline = pipeline_class(sdxl).from_single_file(str(path), **options(sdxl), **extra)
+        except (OSError, ValueError) as error:
+            if config is not None:
+                raise
+            raise ValueError(
+                f"{path}: a single file holds weights only; diffusers needs the configs of its model family and "
+                f"could not get them ({str(error).splitlines()[0][:200]}). Offline, give a diffusers folder of the "
+                "same family, e.g. the base model it was trained from: edlib sample FILE --config BASE_MODEL_FOLDER "
+                "(in Python: load_pipeline(FILE, config=...))"
+            ) from error
     elif is_run_or_checkpoint(path):
         return pipeline_from_checkpoint(path, dtype=dtype)
     elif not path.exists() and _looks_like_hub_id(str(model_or_run)):

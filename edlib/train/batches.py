@@ -25,12 +25,13 @@ from pathlib import Path
 import torch
 
 from edlib.data.captions import training_caption
+from edlib.data.images import ImageReadError
 from edlib.data.types import ScanResult
 from edlib.model.models import Conditioning, encode_images, encode_prompts
 from edlib.model.offload import offloaded_modules, on_device
 from edlib.model.transfer import host_tensor, upload, uploading
 from edlib.train.caches import DeviceStore, LatentCache
-from edlib.train.prefetch import PixelPrefetcher, decode_workers, load_pixels_uint8, plan_decoding, to_unit_range
+from edlib.train.prefetch import PixelPrefetcher, decode, decode_workers, load_pixels_uint8, plan_decoding, to_unit_range
 
 
 def load_pixels(path: str | Path, size: tuple[int, int], flip: bool) -> torch.Tensor:
@@ -71,8 +72,7 @@ def sample_seed(seed: int, epoch: int, batch_index: int, slot: int) -> int:
 @dataclass(frozen=True)
 class LocalBatch:
     """The part of a scheduled batch this process trains: `slots` are the positions in the
-    full batch (they seed the per-sample randomness), `items` index `scan.items`;
-    `batch_items` are the whole batch's items, every process's, in slot order."""
+    full batch (they seed the per-sample randomness), `items` index `scan.items`."""
 
     epoch: int
     index: int
@@ -80,7 +80,6 @@ class LocalBatch:
     slots: tuple[int, ...]
     items: tuple[int, ...]
     flips: tuple[bool, ...]
-    batch_items: tuple[int, ...] = ()
 
 
 def local_batch(batch, epoch: int, process_index: int, num_processes: int) -> LocalBatch:
@@ -96,7 +95,6 @@ def local_batch(batch, epoch: int, process_index: int, num_processes: int) -> Lo
         slots=slots,
         items=tuple(batch.items[s] for s in slots),
         flips=tuple(bool(batch.flips[s]) for s in slots),
-        batch_items=tuple(batch.items),
     )
 
 
@@ -151,6 +149,11 @@ class BatchEncoder:
     decoded ahead by DataLoader workers (`start_epoch`, `edlib.train.prefetch`). Encoders kept
     in CPU memory between uses (`edlib.model.offload`) are brought to the device to encode
     what the caches miss, a batch at a time.
+
+    An image is read (decoded, or its cached latents looked up) by `read_inputs`, which
+    reports an image it cannot read instead of raising, so training can put another image
+    of the batch in its place (`edlib.train.unreadable`); `use_inputs` hands what was read
+    to the next `encode` of that batch, so nothing is read twice.
     """
 
     def __init__(self, models, config, *, text_encoder_trains: bool, cache_dir: Path, prepare_captions=list, device=None):
@@ -167,6 +170,7 @@ class BatchEncoder:
         self._constants: dict[tuple, torch.Tensor] = {}  # micro-conditioning rows and loss scales, on the device
         self._workers = decode_workers(self.device, config.decode_workers)
         self._prefetch: PixelPrefetcher | None = None
+        self._ready: tuple[LocalBatch, list[torch.Tensor]] | None = None
 
     def start_epoch(self, scan: ScanResult, schedule, first_batch: int, local) -> None:
         """Start decoding, in workers, the images the epoch's batches from `first_batch` on
@@ -192,32 +196,76 @@ class BatchEncoder:
         return latents, cond
 
     def latents(self, scan: ScanResult, batch: LocalBatch) -> torch.Tensor:
-        paths = [Path(scan.root) / scan.items[i].path for i in batch.items]
-        if self.latent_cache is None:
-            pixels = self._pixels(batch, [(str(p), f) for p, f in zip(paths, batch.flips)], None)
-            return encode_images(self.models, pixels).to(self.device)
-        keys = [LatentCache.key(path, batch.bucket, flip) for path, flip in zip(paths, batch.flips)]
-        images = dict(zip(keys, zip(map(str, paths), batch.flips)))  # each key's first (path, flip)
-        found = {key: self.latent_cache.get(key) for key in images}
-        missing = [key for key, latents in found.items() if latents is None]
-        if missing:
-            pixels = self._pixels(batch, [images[key] for key in missing], tuple(missing))
-            with self._on_device("vae"):
-                encoded = self._encode_batch(pixels, len(batch.items))
-            for key, latents in zip(missing, encoded):
-                self.latent_cache.put(key, latents)
-                found[key] = latents.to(self.device)
-        return torch.stack([found[key] for key in keys])
-
-    def _pixels(self, batch: LocalBatch, images: list[tuple[str, bool]], keys: tuple | None) -> torch.Tensor:
-        """Float pixels in [-1, 1] on the device of `images` of `batch`: decoded ahead by the
-        prefetcher when it planned exactly these, else here."""
-        taken = self._prefetch.take(batch.index) if self._prefetch is not None else None
-        if taken is not None and taken[0].images == tuple(images) and (keys is None or taken[0].keys == keys):
-            pixels = taken[1]
+        if self._ready is not None and self._ready[0] == batch:
+            inputs, self._ready = self._ready[1], None
         else:
-            pixels = torch.stack([load_pixels_uint8(path, batch.bucket, flip) for path, flip in images])
-        return to_unit_range(upload(pixels, self.device))
+            inputs, errors = self.read_inputs(scan, batch, list(zip(batch.items, batch.flips)))
+            for error in errors:
+                if error is not None:
+                    raise error
+        if self.latent_cache is None:  # uint8 pixels in host memory
+            pixels = to_unit_range(upload(torch.stack(inputs), self.device))
+            return encode_images(self.models, pixels).to(self.device)
+        return torch.stack(inputs)  # latents, on the device
+
+    def read_inputs(
+        self, scan: ScanResult, batch: LocalBatch, samples: list[tuple[int, bool]]
+    ) -> tuple[list[torch.Tensor | None], list[ImageReadError | None]]:
+        """What `encode` needs of each (item, flip) in `samples`, in `batch`'s bucket: the
+        pixels (uint8, in host memory), or with a latent cache the latents on the device
+        (what the cache misses encoded as one batch). Where an image cannot be read: None, and
+        the `ImageReadError` saying why."""
+        paths = [str(Path(scan.root) / scan.items[item].path) for item, _ in samples]
+        images = [(path, flip) for path, (_, flip) in zip(paths, samples)]
+        if self.latent_cache is None:
+            return self._decode(batch, images, None)
+        keys, errors = [], []
+        for path, flip in images:
+            try:
+                keys.append(LatentCache.key(Path(path), batch.bucket, flip))
+                errors.append(None)
+            except OSError as error:  # stat() of the latent cache key: the file is gone
+                gone = isinstance(error, FileNotFoundError)
+                why = "no such file (moved to the quarantine, renamed or deleted?)" if gone else error.strerror
+                keys.append(None)
+                errors.append(ImageReadError(path, why or str(error)))
+        first: dict[str, tuple[str, bool]] = {}  # each key's first (path, flip)
+        for key, image in zip(keys, images):
+            if key is not None:
+                first.setdefault(key, image)
+        found = {key: self.latent_cache.get(key) for key in first}
+        missing = [key for key in first if found[key] is None]
+        if missing:
+            pixels, failed = self._decode(batch, [first[key] for key in missing], tuple(missing))
+            good = [(key, p) for key, p in zip(missing, pixels) if p is not None]
+            if good:
+                with self._on_device("vae"):
+                    encoded = self._encode_batch(to_unit_range(upload(torch.stack([p for _, p in good]), self.device)), len(batch.items))
+                for (key, _), latents in zip(good, encoded):
+                    self.latent_cache.put(key, latents)
+                    found[key] = latents.to(self.device)
+            found.update({key: error for key, error in zip(missing, failed) if error is not None})
+        inputs = [None if key is None or isinstance(found[key], ImageReadError) else found[key] for key in keys]
+        errors = [error if key is None else (found[key] if isinstance(found[key], ImageReadError) else None) for key, error in zip(keys, errors)]
+        return inputs, errors
+
+    def use_inputs(self, batch: LocalBatch, inputs: list[torch.Tensor]) -> None:
+        """Inputs `read_inputs` returned for `batch` (possibly with substitutes): the next
+        `encode` of that batch uses them instead of reading the images again."""
+        self._ready = (batch, inputs)
+
+    def _decode(self, batch: LocalBatch, images: list[tuple[str, bool]], keys) -> tuple[list, list]:
+        """uint8 pixels of `images` ((path, flip) each) in `batch`'s bucket, and the errors of
+        those that cannot be read: decoded ahead by the prefetcher where it planned them
+        (pinned memory), else here."""
+        taken = self._prefetch.take(batch.index) if self._prefetch is not None else None
+        ahead = {} if taken is None else dict(zip(taken[0].images, taken[1]))
+        pixels, errors = [], []
+        for path, flip in images:
+            pixel, reason = ahead[path, flip] if (path, flip) in ahead else decode(path, batch.bucket, flip)
+            pixels.append(pixel)
+            errors.append(None if reason is None else ImageReadError(path, reason))
+        return pixels, errors
 
     def _encode_batch(self, pixels: torch.Tensor, size: int) -> torch.Tensor:
         """Latents of `pixels`, encoded as one batch padded to `size` images: the VAE then

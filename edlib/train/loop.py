@@ -39,14 +39,17 @@ from edlib.model import checkpoint as ckpt
 from edlib.model.config import TrainConfig
 from edlib.train.batches import BatchEncoder, local_batch
 from edlib.train.begin import begin
+from edlib.train.epoch_state import restore_epoch
 from edlib.train.epochs import start_epoch
 from edlib.train.hooks import Context, Plugin
 from edlib.train.plugins import run_plugins
 from edlib.train.progress import RunState, flush, record_step
 from edlib.train.run_dir import Event, Reporter, RunDir
+from edlib.train.run_lock import run_lock
 from edlib.train.saving import after_step, save
 from edlib.train.setup import Training, build_training, load_data, make_accelerator, planned_steps
 from edlib.train.step import optimizer_step
+from edlib.train.unreadable import UnreadableImages
 
 
 @dataclass
@@ -58,6 +61,14 @@ class RunSummary:
     last_checkpoint: Path | None
     last_loss: float | None
     exports: list[Path] = field(default_factory=list)  # written at the end (`export_formats`)
+
+    def __str__(self) -> str:
+        loss = "" if self.last_loss is None else f", last loss {self.last_loss:.4f}"
+        text = (
+            f"run {self.run_dir}: stopped by {self.stopped_by} at step {self.step} (epoch {self.epoch}){loss}; "
+            f"last checkpoint: {self.last_checkpoint}"
+        )
+        return text + "".join(f"\n  exported: {path}" for path in self.exports)
 
 
 def train(
@@ -74,7 +85,13 @@ def train(
 
     `plugins` hook in sampling, loss tracking and the like; `callbacks` receive every
     `Event`. Control requests older than `requested_at` (default: now) are left over from
-    an earlier process and dropped; `start` passes the time it was called."""
+    an earlier process and dropped; `start` passes the time it was called. The run folder
+    is locked while the run trains (`edlib.train.run_lock`): a second run on it fails."""
+    with run_lock(config.run_dir):
+        return _train(config, resume, callbacks, plugins, progress_bar, requested_at)
+
+
+def _train(config, resume, callbacks, plugins, progress_bar, requested_at) -> RunSummary:
     accelerator = make_accelerator(config)
     run = RunDir(config.run_dir, writer=accelerator.is_main_process)
     report = Reporter(run, callbacks, accelerator, config)
@@ -87,20 +104,26 @@ def train(
     training = build_training(config, accelerator, report, total_steps)
     start = begin(config, resume, run, report, training, accelerator, plugins)
     position = start.position
-    if position.batch > 0:  # mid-epoch: finish the epoch with the settings and weights it was planned with
-        data = ckpt.with_folder_settings(data, start.folder_settings)
+    next_data = None
+    if start.resumed:  # this epoch (mid-epoch: its images too) or the last one as planned
+        next_data = restore_epoch(data, start.folder_settings, None)
+        data = restore_epoch(data, start.folder_settings, start.epoch_items if position.batch > 0 else None)
     training.optimizer = accelerator.prepare(training.optimizer)
     encoder = _batch_encoder(training, config, run, accelerator)
     ctx = Context(config, accelerator, run, training.models, training.method, position, training.ema, data, report)
     ctx.item_weights = start.item_weights
-    for plugin in plugins:
-        plugin.on_start(ctx)
-    report.event("start", {"total_steps": total_steps, **asdict(position)})
-
-    state = RunState(total_steps, first_epoch=position.epoch)
+    # A resumed run at an epoch boundary re-reads the settings at that epoch's start, as the
+    # unbroken run does; a mid-epoch resume finishes its epoch as planned.
+    planned_epoch = position.epoch if not start.resumed or position.batch > 0 else None
+    state = RunState(start.total_steps or total_steps, planned_epoch, next_data=next_data if position.batch > 0 else None)
     if position.step >= (config.max_steps or math.inf):
         state.stopped_by = "max_steps"
-    bar = tqdm(total=total_steps, initial=position.step, disable=not _show_bar(progress_bar, accelerator), unit="step")
+    for plugin in plugins:
+        plugin.on_start(ctx)
+    report.event("start", {"total_steps": state.total_steps, **asdict(position)})
+    unreadable = UnreadableImages(run, report)  # images gone or undecodable mid-run are skipped
+
+    bar = tqdm(total=state.total_steps, initial=position.step, disable=not _show_bar(progress_bar, accelerator), unit="step")
     while position.epoch < config.epochs and state.stopped_by == "epochs":
         epoch = position.epoch
         schedule = start_epoch(ctx, plugins, state)
@@ -108,7 +131,7 @@ def train(
         bar.total = state.total_steps
         for first in range(position.batch, len(schedule), config.gradient_accumulation_steps):
             group = range(first, min(first + config.gradient_accumulation_steps, len(schedule)))
-            loss, nonfinite = optimizer_step(ctx, training, encoder, schedule, epoch, group, plugins)
+            loss, nonfinite = optimizer_step(ctx, training, encoder, schedule, epoch, group, plugins, unreadable)
             metrics = record_step(ctx, state, training.lr_scheduler, len(schedule), group.stop, loss, nonfinite)
             for plugin in plugins:  # before reporting: a plugin may add metrics (validation loss)
                 plugin.on_step(ctx, metrics)
@@ -135,7 +158,7 @@ def _finish(ctx: Context, training: Training, plugins: list[Plugin], state: RunS
     for plugin in plugins:
         plugin.on_end(ctx)
     if state.last_saved is None or ckpt.checkpoint_step(state.last_saved) != position.step:
-        state.last_saved = save(ctx, training, plugins)
+        state.last_saved = save(ctx, training, plugins, state)
     for plugin in plugins:
         plugin.after_end(ctx, state.last_saved)
     report.event("done", {"step": position.step, "epoch": position.epoch, "stopped_by": state.stopped_by})

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from edlib.data.images import load_rgb
+from edlib.data.images import ImageReadError, load_rgb
 from edlib.data.schedule import EpochSchedule
 
 # Worker processes on a GPU machine: enough to decode a batch of 16 large images in the time
@@ -39,6 +39,15 @@ def load_pixels_uint8(path: str | Path, size: tuple[int, int], flip: bool) -> to
     if flip:
         image = ImageOps.mirror(image)
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+def decode(path: str, size: tuple[int, int], flip: bool) -> tuple[torch.Tensor | None, str | None]:
+    """`load_pixels_uint8`, or (None, the reason) for an image that cannot be read: a worker
+    reports it instead of raising, so training can put another image in its place."""
+    try:
+        return load_pixels_uint8(path, size, flip), None
+    except ImageReadError as error:
+        return None, error.reason
 
 
 def to_unit_range(pixels: torch.Tensor) -> torch.Tensor:
@@ -81,7 +90,10 @@ def plan_decoding(
         images, keys = [], []
         for item, flip in zip(batch.items, batch.flips):
             path = root / scan.items[item].path
-            k = None if cached is None else key(path, batch.bucket, flip)
+            try:
+                k = None if cached is None else key(path, batch.bucket, flip)
+            except OSError:  # gone since the scan: the step reports it (edlib.train.unreadable)
+                continue
             if k is not None and (k in planned or cached(k)):
                 continue
             planned.add(k)
@@ -101,17 +113,19 @@ class _Decode(torch.utils.data.Dataset):
 
     def __getitem__(self, k: int):
         job = self.jobs[k]
-        return k, torch.stack([load_pixels_uint8(path, job.bucket, flip) for path, flip in job.images])
+        return k, [decode(path, job.bucket, flip) for path, flip in job.images]
 
 
 class PixelPrefetcher:
     """Decodes `jobs` in order in `workers` processes (0: lazily, in this one), into pinned
-    memory when `pin`. `take(batch_index)` returns the job and its uint8 pixels (n, 3, H, W),
-    or None when that batch had nothing to decode."""
+    memory when `pin`. `take(batch_index)` returns the job and, per image, its uint8 pixels
+    (3, H, W) or None and the reason it cannot be read; None when that batch had nothing to
+    decode or was taken already."""
 
     def __init__(self, jobs: list[DecodeJob], workers: int, pin: bool):
         self.jobs = {job.batch_index: job for job in jobs}
         self._order = [job.batch_index for job in jobs]
+        self._position = {index: k for k, index in enumerate(self._order)}
         self._taken = 0
         loader = torch.utils.data.DataLoader(
             _Decode(jobs),
@@ -122,8 +136,8 @@ class PixelPrefetcher:
         )
         self._iterator = iter(loader) if jobs else None
 
-    def take(self, batch_index: int) -> tuple[DecodeJob, torch.Tensor] | None:
-        if batch_index not in self.jobs:
+    def take(self, batch_index: int) -> tuple[DecodeJob, list] | None:
+        if self._position.get(batch_index, -1) < self._taken:  # nothing planned, or taken (or passed) already
             return None
         while self._taken < len(self._order):
             k, pixels = next(self._iterator)

@@ -29,7 +29,8 @@ from edlib.train.validation import validation_set
 @dataclass
 class Training:
     """What trains and how: the model bundle, the method, and the optimizer, LR schedule and
-    EMA over the method's trainable parameters."""
+    EMA over the method's trainable parameters. `lr_steps` is the length the LR schedule is
+    laid out for (saved with each checkpoint: a resume keeps it, whatever the data says now)."""
 
     models: Any
     method: Method
@@ -37,6 +38,7 @@ class Training:
     lr_scheduler: Any
     ema: Any | None
     trainable: list[torch.nn.Parameter]
+    lr_steps: int
 
 
 def make_accelerator(config: TrainConfig) -> Accelerator:
@@ -77,7 +79,7 @@ def enable_tf32() -> None:
 def load_data(config: TrainConfig, report: Reporter) -> tuple[ScanResult, ScanResult | None]:
     """The scanned data root (errors stop the run before any model loads; warnings are
     reported) and the images held out for validation, if any."""
-    data = scan(config.data_root)
+    data = scan(config.data_root, follow_outside_links=config.follow_outside_links)
     if data.errors:
         raise DataRootError(f"data root {config.data_root} has errors:\n  " + "\n  ".join(data.errors))
     for warning in data.warnings:
@@ -93,7 +95,7 @@ def planned_steps(data: ScanResult, config: TrainConfig, num_processes: int = 1)
 
 def build_training(config: TrainConfig, accelerator: Accelerator, report: Reporter, total_steps: int) -> Training:
     """Load the model, set up the method, place the modules, and make the optimizer, the LR
-    schedule (laid out for `total_steps`) and the EMA."""
+    schedule (laid out for `total_steps`: the run's plan when it starts) and the EMA."""
     models = load_models(
         config.model,
         prediction_type=config.prediction_type,
@@ -103,6 +105,12 @@ def build_training(config: TrainConfig, accelerator: Accelerator, report: Report
     )
     if config.text_encoder_2_lr is not None and not models.is_sdxl:
         report.warning(f"text_encoder_2_lr is set, but {config.model} has one text encoder (SDXL has two): ignored")
+    if config.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        report.warning(
+            "mixed_precision: fp16 on the CPU: there is no fp16 autocast on CPUs, so the trained weights compute in "
+            "fp32 while the frozen modules are kept in fp16 (slow on most CPUs). For a CPU run use "
+            "mixed_precision: no (or bf16); fp16 is for GPUs without bf16, such as a T4"
+        )
     if config.full_bf16 and not config.stochastic_rounding:
         report.warning(
             "full_bf16 with stochastic_rounding: false: weight updates under half a bf16 step (about 1/512 of a "
@@ -117,7 +125,14 @@ def build_training(config: TrainConfig, accelerator: Accelerator, report: Report
         config.optimizer_args,
         stochastic_rounding=config.full_bf16 and config.stochastic_rounding,
     )
-    lr_scheduler = make_lr_scheduler(
+    trainable = method.trainable_parameters(models)
+    lr_scheduler = lr_schedule(config, optimizer, total_steps)
+    return Training(models, method, optimizer, lr_scheduler, make_ema(config.ema_decay, trainable), trainable, total_steps)
+
+
+def lr_schedule(config: TrainConfig, optimizer, total_steps: int):
+    """The config's LR schedule over `total_steps` optimizer steps."""
+    return make_lr_scheduler(
         optimizer,
         config.lr_scheduler,
         total_steps=total_steps,
@@ -125,8 +140,6 @@ def build_training(config: TrainConfig, accelerator: Accelerator, report: Report
         num_cycles=config.lr_num_cycles,
         power=config.lr_power,
     )
-    trainable = method.trainable_parameters(models)
-    return Training(models, method, optimizer, lr_scheduler, make_ema(config.ema_decay, trainable), trainable)
 
 
 def place_models(models, method: Method, config: TrainConfig, accelerator: Accelerator) -> None:

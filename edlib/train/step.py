@@ -23,6 +23,7 @@ from edlib.train.batches import BatchEncoder, local_batch, sample_generators
 from edlib.train.hooks import Context, Plugin
 from edlib.train.noise import min_snr_weights, per_sample_loss, sample_noise, sample_timesteps, training_target
 from edlib.train.setup import Training
+from edlib.train.unreadable import UnreadableImages
 
 
 def optimizer_step(
@@ -33,6 +34,7 @@ def optimizer_step(
     epoch: int,
     group: range,
     plugins: list[Plugin],
+    unreadable: UnreadableImages,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Train the batches `group` of `schedule` as one optimizer step (gradients summed, each
     batch's loss divided by the group size). Returns, as device tensors, the step's loss
@@ -43,7 +45,8 @@ def optimizer_step(
     nonfinite = torch.zeros((), device=accelerator.device)
     loss = torch.zeros((), device=accelerator.device)
     for k, b in enumerate(group):
-        batch = local_batch(schedule.batch(b), epoch, rank, world)
+        # an image gone or undecodable since the scan is replaced by another of its bucket
+        batch = unreadable.fill(encoder, ctx.data, local_batch(schedule.batch(b), epoch, rank, world), schedule)
         syncing = k == len(group) - 1  # DDP all-reduces gradients on the group's last backward only
         with nullcontext() if syncing else accelerator.no_sync(models.unet):
             with accelerator.autocast():

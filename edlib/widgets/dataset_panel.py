@@ -86,7 +86,7 @@ class DatasetPanel:
         *,
         batch_size: int = 4,
         resolution: int = 512,
-        seed: int = 0,
+        seed: int = DEFAULT_SEED,
         thumbnails: int = 4,
         on_change: Callable[[], None] | None = None,
     ):

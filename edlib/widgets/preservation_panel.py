@@ -112,7 +112,7 @@ class PreservationPanel:
         root: str | Path,
         *,
         folder: str | None = None,
-        seed: int = 0,
+        seed: int = DEFAULT_SEED,
         epochs_shown: int = 10,
         max_epochs: int = 2000,
     ):

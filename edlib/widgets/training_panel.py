@@ -43,6 +43,7 @@ from edlib.model.lr import LR_SCHEDULERS
 from edlib.model.plan import preview_run
 from edlib.train.handle import RunHandle, start
 from edlib.train.hooks import Plugin
+from edlib.train.loss_tracker import hardest_images
 from edlib.train.review import quarantine
 from edlib.train.run_dir import Event
 from edlib.widgets.common import error_text, ok_text, thumbnail_png
@@ -561,24 +562,24 @@ class TrainingPanel:
     # -- per-image loss review -------------------------------------------------------------
 
     def refresh_review(self) -> None:
-        """The `review_top` images with the highest normalised loss, flagged ones first,
-        with a Quarantine button each (the trainer drops them from its next epoch)."""
+        """The `review_top` hardest images (`hardest_images`: enough observations, loss above
+        expectation, flagged first), with a Quarantine button each (the trainer drops them
+        from its next epoch)."""
         stats = self.handle.image_losses() if self.handle is not None else []
-        stats = [s for s in stats if s.observations > 0 and (self.data_root / s.path).is_file()]
-        stats.sort(key=lambda s: (not s.flagged, -s.mean))
+        ranked = hardest_images(s for s in stats if (self.data_root / s.path).is_file())
         rows = []
-        for s in stats[: self.review_top]:
+        for s in ranked.images[: self.review_top]:
             button = widgets.Button(description="Quarantine", icon="ban", layout={"width": "120px"})
             button.on_click(lambda _b, path=s.path: self.quarantine(path))
             flag = "<b style='color:#b00020'>flagged</b> " if s.flagged else ""
             label = widgets.HTML(
                 f"{flag}<code>{html.escape(s.path)}</code><br>mean z {s.mean:+.2f} over {s.observations} "
-                f"observation(s), trend {s.trend:+.3f}"
+                f"observations ({s.score:.1f} standard errors above the typical image)"
             )
             thumb = widgets.Image(value=thumbnail_png(self.data_root / s.path), format="png")
             rows.append(widgets.HBox([thumb, label, button], layout={"align_items": "center"}))
         if not rows:
-            rows = [widgets.HTML("<i>no per-image losses yet (they start after the first steps)</i>")]
+            rows = [widgets.HTML(f"<i>{html.escape(ranked.message())}</i>")]
         self.review_box.children = rows
 
     def quarantine(self, rel_path: str) -> Path | None:
