@@ -295,7 +295,11 @@ class TrainConfig(BaseModel):
         2, ge=1, description="Delete older checkpoints, keeping the newest N. Null keeps all."
     )
     log_every_n_steps: int = Field(
-        10, ge=1, description="Write a progress line to log.txt and the console every N optimizer steps."
+        10,
+        ge=1,
+        description="Write a progress line to log.txt and the console every N optimizer steps. Steps' losses "
+        "are read back from the GPU only then, so metrics.jsonl (a line per step) and the live chart update once "
+        "per N steps, and a run whose loss keeps being NaN stops at the next such step.",
     )
     tensorboard: bool = Field(
         False, description="Also write TensorBoard logs to the run folder (needs tensorboard installed)."
