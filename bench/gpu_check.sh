@@ -6,7 +6,7 @@
 #
 # Order: SD1.5 reference b16 and edlib fast b16; reference b8 and edlib lean b8; SD1.5 LoRA;
 # the SDXL rows; the sampling-memory check; the optimizer step at SDXL's shapes; the GPU-marked
-# tests. Every row is printed and appended to $OUT/results.jsonl (else
+# tests; then FLUX.1 and SD3.5 LoRA rows (issue 24) if time is left. Every row is printed and appended to $OUT/results.jsonl (else
 # /tmp/edlib-gpu-check/results.jsonl) the moment it is measured; a row whose estimated time
 # does not fit in what is left of the budget (default 530 s) is not started, and each stage
 # is cut at what is left, so a call cut short keeps every row it measured.
@@ -95,8 +95,9 @@ stage() {
   fi
 }
 
-# GPU_CHECK_SD15 / GPU_CHECK_SDXL: the rows of each model (empty: none); GPU_CHECK_SKIP: stages
-# left out (e.g. "pytest"). A reduced run for CI uses them (tests/bench/test_gpu_check.py).
+# GPU_CHECK_SD15 / GPU_CHECK_SDXL: the rows of each model (empty: none); GPU_CHECK_FLOW: the
+# FLUX/SD3.5 models, last (default "flux sd35l"); GPU_CHECK_SKIP: stages left out (e.g.
+# "pytest"). A reduced run for CI uses them (tests/bench/test_gpu_check.py).
 SD15_CASES="${GPU_CHECK_SD15-reference:16 fast:16 reference:8 lean:8 lora:16 lora-no-ckpt:16}"
 SDXL_CASES="${GPU_CHECK_SDXL-reference:4 lean:4 lora:4 fast:4}"
 wanted() { [[ " ${GPU_CHECK_SKIP:-} " != *" $1 "* ]]; }
@@ -132,6 +133,11 @@ print("pytest -m gpu:", json.dumps(row))
 open(sys.argv[2], "a").write(json.dumps(row) + "\n")
 EOF
 fi
+
+# Issue 24: FLUX.1 and SD3.5 LoRA rows (bench/flow_cases.py), when the budget leaves time.
+for model in ${GPU_CHECK_FLOW-flux sd35l}; do
+  stage "$model" "$PYTHON" "${TRAIN[@]}" --model "$model"
+done
 
 note "--- results.jsonl: $(wc -l <"$RESULTS") row(s); total $SECONDS s of a $BUDGET s budget"
 for model in sd15 sdxl; do

@@ -4,6 +4,7 @@
     python bench/train_gpu.py --model sdxl            # SDXL base 1.0 architecture, 1024 px
     python bench/train_gpu.py --cases reference:16 fast:16 --jsonl out.jsonl --budget 300
     python bench/train_gpu.py --tiny [--model sdxl]   # smoke check anywhere (CPU, tiny model, 64 px)
+    python bench/train_gpu.py --model flux            # FLUX.1-dev (sd35l, sd35m: SD3.5): bench/flow_cases.py
 
 Builds the published architecture with random weights (bench_models.py), then measures the
 cases of `CASES[model]` in order, each as a row printed and appended to `--jsonl` the moment
@@ -52,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_models import NAMES, RESOLUTION, build, make_data_root, model_flops_per_image  # noqa: E402
 from bench_models import build_sd15, build_sdxl, unet_train_flops_per_image  # noqa: E402, F401 - used by sample_memory_gpu.py and tests
 import bench_timing  # noqa: E402
+from flow_cases import FLOW_MODELS, run_flow  # noqa: E402 - bench/flow_cases.py: FLUX.1 and SD3.5 rows
 from bench_timing import engine_run, reference_run  # noqa: E402
 
 
@@ -190,7 +192,7 @@ def parse_cases(model: str, names: list[str] | None) -> list[Case]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", choices=tuple(CASES), default="sd15", help="architecture to benchmark")
+    parser.add_argument("--model", choices=(*CASES, *FLOW_MODELS), default="sd15", help="architecture to benchmark")
     parser.add_argument("--tiny", action="store_true", help="tiny model at 64 px on the CPU: a smoke check")
     parser.add_argument("--cases", nargs="+", help="rows to measure, in order: KIND or KIND:BATCH (default: all of the model's)")
     parser.add_argument("--resolution", type=int)
@@ -200,7 +202,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="the one peak MFU is over (default: H100 SXM dense bf16)")
     parser.add_argument("--budget", type=float, help="seconds: rows whose estimate does not fit in what is left are not started")
     parser.add_argument("--jsonl", type=Path, help="append each row to this file as a JSON line")
+    parser.add_argument("--batch-size", type=int, help="FLUX/SD3.5 rows: their batch (default 1)")
     args = parser.parse_args(argv)
+    if args.model in FLOW_MODELS:
+        return run_flow(args.model, tiny=args.tiny, cases=args.cases, batch=args.batch_size or 1, resolution=args.resolution,
+                        steps=args.steps, warmup=args.warmup, jsonl=args.jsonl)  # fmt: skip
 
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     resolution = args.resolution or (64 if args.tiny else RESOLUTION[args.model])

@@ -88,8 +88,13 @@ def _cmd_balance(args) -> int:
 
 def _cmd_train(args) -> int:
     from edlib.model.config_files import load_config
+    from edlib.train.run_lock import run_lock
 
-    config = load_config(args.config, args.overrides)  # a bad config fails before torch is imported
+    # A bad config, or a run folder in use, fails at once, before the training stack is
+    # imported (a minute on a busy machine); `train` takes the lock for the run itself.
+    config = load_config(args.config, args.overrides)
+    with run_lock(config.run_dir):
+        pass
     from edlib.train.loop import train
 
     print(train(config, resume=args.resume))
@@ -142,6 +147,55 @@ def _cmd_review(args) -> int:
             print(f"nothing to restore: the quarantine of {root} is empty")
         return 0
     print(format_review(review(args.run, top=args.top), review_folders(args.run), review_status(args.run)))
+    return 0
+
+
+def _cmd_gather(args) -> int:
+    from edlib.gather import DownloadSettings, GatherOptions, format_report, gather
+
+    defaults = DownloadSettings()
+    download = DownloadSettings(
+        processes=args.processes or defaults.processes,
+        threads=args.threads or defaults.threads,
+        timeout=args.timeout,
+        retries=args.retries,
+        shard_size=args.shard_size,
+    )
+    options = GatherOptions(
+        resolution=args.resolution,
+        min_side=args.min_side,
+        max_aspect=args.max_aspect,
+        image_size=args.image_size,
+        seed=args.seed,
+        link=args.link,
+        dedupe=not args.no_dedupe,
+        url_column=args.url_column,
+        caption_column=args.caption_column,
+        width_column=args.width_column,
+        height_column=args.height_column,
+        where=tuple(args.where),
+        download=download,
+        progress=not args.no_progress,
+    )
+    try:
+        report = gather(
+            args.data_root,
+            args.source,
+            args.folder,
+            count=args.count,
+            per_epoch=args.per_epoch,
+            fraction=args.fraction,
+            share=args.share,
+            options=options,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"\nStopped. What was gathered so far is kept; run the same command again to continue "
+            f"(report: {Path(args.data_root) / args.folder / 'gather.json'}).",
+            file=sys.stderr,
+        )
+        return 130
+    print(json.dumps(report.to_json(), indent=2) if args.json else format_report(report))
     return 0
 
 
@@ -274,11 +328,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restore", nargs="*", metavar="IMAGE", help="put quarantined images back (all when none named)")
     p.set_defaults(func=_cmd_review)
 
+    _add_gather_parser(sub)
+
     p = sub.add_parser("demo", help="the whole flow on generated toy-world data")
     p.add_argument("--out", default="demo", help="folder for the demo's data and runs (default: ./demo)")
     p.add_argument("--quick", action="store_true", help="a shortened run (used by the tests)")
     p.set_defaults(func=_cmd_demo)
     return parser
+
+
+def _add_gather_parser(sub) -> None:
+    p = sub.add_parser("gather", help="fill a folder with ground-truth preservation images from a URL list or a big folder")
+    p.add_argument("data_root")
+    p.add_argument("--from", dest="source", required=True, metavar="LIST_OR_FOLDER", help="a .parquet/.csv/.tsv/.jsonl URL list, or a folder of images")
+    p.add_argument("--to", dest="folder", default="ground_truth", metavar="FOLDER", help="a new folder inside the data root (default: ground_truth)")
+    p.add_argument("--count", type=int, required=True, help="images the folder should hold (run again with more to add)")
+    amount = p.add_mutually_exclusive_group()
+    amount.add_argument("--per-epoch", type=float, metavar="N", help="sets multiply.txt: N of its images per epoch")
+    amount.add_argument("--fraction", type=float, metavar="F", help="sets multiply.txt: this fraction of the folder per epoch")
+    amount.add_argument("--share", type=float, metavar="S", help="sets multiply.txt: this share of the whole epoch (0.1 = 10%%)")
+    p.add_argument("--resolution", type=int, default=512, help="training resolution, the default for --min-side and --image-size")
+    p.add_argument("--min-side", type=int, metavar="PX", help="refuse images whose shorter side is smaller")
+    p.add_argument("--max-aspect", type=float, default=2.0, help="refuse images longer than this ratio (default 2: 2:1 or 1:2)")
+    p.add_argument("--image-size", type=int, metavar="PX", help="shrink downloads to this shorter side (0: keep them full size)")
+    p.add_argument("--seed", type=int, default=0, help="which rows/files are drawn")
+    p.add_argument("--link", action="store_true", help="folder source: symlink the images instead of copying them")
+    p.add_argument("--no-dedupe", action="store_true", help="keep near-duplicates (of each other and of your images)")
+    p.add_argument("--url-column", help="default: url or URL")
+    p.add_argument("--caption-column", help="default: caption, TEXT or text")
+    p.add_argument("--width-column", help="default: width or WIDTH, if present")
+    p.add_argument("--height-column", help="default: height or HEIGHT, if present")
+    p.add_argument("--where", action="append", default=[], metavar="COND", help="keep rows passing e.g. 'aesthetic>=5' or 'punsafe<0.1' (repeatable)")
+    p.add_argument("--processes", type=int, help="img2dataset processes (default: up to 4)")
+    p.add_argument("--threads", type=int, help="download threads per process (default 32)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per download (default 10)")
+    p.add_argument("--retries", type=int, default=0, help="retries per failed download")
+    p.add_argument("--shard-size", type=int, help="URLs per img2dataset shard, the unit of resume (default: chosen per batch)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.set_defaults(func=_cmd_gather)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -113,6 +113,9 @@ class BalancePlan:
     epoch_size: Fraction
     entries: list[BalanceEntry]
     warnings: list[str] = field(default_factory=list)
+    # "folder: file" where a local.yaml sets multiply: it wins over multiply.txt (EveryDream2's
+    # order), so a multiply.txt written there would change nothing; apply refuses.
+    overridden: list[str] = field(default_factory=list)
 
     @property
     def excluded(self) -> list[str]:
@@ -153,7 +156,7 @@ def plan_balance(scan: ScanResult, weights: dict[str, float], *, epoch_size: flo
     weight_of = _resolve_weights(_checked_weights(weights, source="weights"), children, scan.root)
 
     if epoch_size is None:
-        target = sum((Fraction(current[p]) * images[p] for p in image_folders), Fraction(0))
+        target = sum(scan.expected_samples().values(), Fraction(0))
     else:
         if not (math.isfinite(epoch_size) and epoch_size > 0):
             raise DataRootError(f"epoch size must be a number > 0, got {epoch_size!r}")
@@ -173,12 +176,36 @@ def plan_balance(scan: ScanResult, weights: dict[str, float], *, epoch_size: flo
             plan.warnings.append(
                 f"folder {e.path or '.'}: {float(e.written * e.images):.3g} expected samples per epoch (< 1)"
             )
+    _note_other_multipliers(scan, plan)
     if plan.excluded:
         plan.warnings.append(
             "weight 0 excludes " + ", ".join(p or "." for p in plan.excluded) + "; multiply.txt cannot hold 0, "
             "so this plan cannot be applied: move those folders out of the data root or give them a small weight"
         )
     return plan
+
+
+def _note_other_multipliers(scan: ScanResult, plan: BalancePlan) -> None:
+    """Multipliers a written multiply.txt does not change: a local.yaml's (it wins over
+    multiply.txt), and images' own (`multiply:` in their .yaml sidecar)."""
+    own: dict[str, int] = {}
+    for item in scan.items:
+        if item.own is not None and any(k == "multiply" for k, _ in item.own.settings):
+            own[item.folder] = own.get(item.folder, 0) + 1
+    for e in plan.entries:
+        source = scan.folder(e.path).sources.get("multiply", "")
+        if source.endswith(("local.yaml", "local.yml")):
+            plan.overridden.append(source)
+        if own.get(e.path):
+            plan.warnings.append(
+                f"folder {e.path or '.'}: {own[e.path]} image(s) set their own multiply in .yaml sidecars; "
+                "multiply.txt does not change them, so this folder's share will differ from the plan"
+            )
+    if plan.overridden:
+        plan.warnings.append(
+            f"multiply is set in {', '.join(plan.overridden)}, which wins over multiply.txt (EveryDream2's order): "
+            "remove the multiply line there before applying this plan"
+        )
 
 
 def _tree(image_folders: list[str]) -> dict[str, list[str]]:
@@ -287,6 +314,11 @@ def apply_balance(plan: BalancePlan) -> Path:
         raise DataRootError(
             f"{plan.root}: cannot apply: weight 0 excludes {', '.join(p or '.' for p in plan.excluded)}, and "
             "multiply.txt must be > 0; move those folders out of the data root or give them a small weight"
+        )
+    if plan.overridden:
+        raise DataRootError(
+            f"{plan.root}: cannot apply: {', '.join(plan.overridden)} set(s) multiply, which wins over the "
+            "multiply.txt balancing writes (EveryDream2's order); remove the multiply line there first"
         )
     root = Path(plan.root)
     entry = _new_history_entry(root)

@@ -77,10 +77,8 @@ def preservation_multiplier(
 
 
 def _others_per_epoch(scan: ScanResult, folder: str) -> Fraction:
-    counts = {f.path: 0 for f in scan.folders}
-    for it in scan.items:
-        counts[it.folder] += 1
-    return sum((f.settings.multiply * counts[f.path] for f in scan.folders if f.path != folder), Fraction(0))
+    expected = scan.expected_samples()
+    return sum((count for path, count in expected.items() if path != folder), Fraction(0))
 
 
 @dataclass

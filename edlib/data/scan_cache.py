@@ -32,7 +32,7 @@ from pathlib import Path
 
 from edlib.files import write_text_atomic
 
-_VERSION = 2
+_VERSION = 3  # 3: caption files cached as EveryDream2 entries (sidecars.Entry)
 _SKIPPED = -1  # width stored for an image the scan skipped; its reason is kept by name
 _log = logging.getLogger("edlib.data")
 

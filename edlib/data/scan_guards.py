@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import unicodedata
 
+from edlib.data.folder_files import FOLDER_FILES
+
 
 def control_character(name: str) -> str | None:
     """The first control character in `name`, in words ("a newline (\\n)"), or None."""
@@ -44,3 +46,53 @@ def outside_link(entry: os.DirEntry, folder: str, real_root: str) -> str | None:
         return None
     target = os.path.realpath(os.path.join(folder, entry.name))
     return None if is_inside(target, real_root) else target
+
+
+def usable_subfolder(
+    entry: os.DirEntry, parent: str, rel: str, real_root: str, follow_outside_links: bool, warnings: list[str]
+) -> bool:
+    """Whether the scan walks into a subfolder; warns about odd names and links that leave the data root."""
+    bad = control_character(entry.name)
+    if bad:
+        warnings.append(f"{printable(rel)}: skipped, the folder name contains {bad}; rename it to use its images")
+        return False
+    target = outside_link(entry, parent, real_root)
+    if target is not None:
+        if not follow_outside_links:
+            warnings.append(
+                f"{rel}: skipped, a symbolic link to {target}, outside the data root (follow_outside_links is off)"
+            )
+            return False
+        warnings.append(
+            f"{rel}: a symbolic link to {target}, outside the data root; its images are used "
+            "(set follow_outside_links: false to skip links that leave the data root)"
+        )
+    if entry.name in FOLDER_FILES:
+        warnings.append(
+            f"{rel}: is a folder, so it is not read as a setting; {entry.name} must be a file "
+            "(the folder's images are scanned as a subfolder)"
+        )
+    return True
+
+
+def refused_files(folder, real_root: str, follow_outside_links: bool, warnings: list[str]) -> dict[str, str]:
+    """The images of a listed folder (`scan._Dir`) the scan must skip, with why: names with a
+    control character, and links to files outside the data root unless those are followed
+    (then one warning per folder says so)."""
+    refused, outside = {}, []
+    for name, _ in folder.images:
+        bad = control_character(name)
+        if bad:
+            refused[name] = f"its name contains {bad}; rename the file to use it"
+        elif outside_link(folder.files[name], folder.path, real_root) is not None:
+            outside.append(name)
+            if not follow_outside_links:
+                refused[name] = "a symbolic link to a file outside the data root; skipped (follow_outside_links is off)"
+    if outside and follow_outside_links:
+        first = f"{folder.rel}/{outside[0]}" if folder.rel else outside[0]
+        warnings.append(
+            f"{folder.rel or '.'}: {len(outside)} image(s) are symbolic links to files outside the data root "
+            f"(e.g. {first} -> {os.path.realpath(os.path.join(folder.path, outside[0]))}); used "
+            "(set follow_outside_links: false to skip them)"
+        )
+    return refused

@@ -146,7 +146,7 @@ def write_chart(result: LabResult, path: str | Path) -> Path:
     try:
         import plotly.graph_objects as go
     except ImportError as error:
-        raise ImportError("the lab's chart needs plotly: pip install 'edlib[notebook]' (or pip install plotly)") from error
+        raise ImportError("the lab's chart needs plotly: pip install 'edlib-sd-trainer[notebook]' (or pip install plotly)") from error
 
     labels = [r.label for r in result.runs]
     series = [

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edlib.data.buckets import resolution_problem
 from edlib.data.schedule import DEFAULT_SEED
 from edlib.model.config_errors import describe_error, is_number
+from edlib.model.flow_config import FamilyKeys
 from edlib.model.lr import LR_SCHEDULERS
 
 OPTIMIZERS = ("adamw", "adamw8bit", "lion", "prodigy", "adafactor")
@@ -30,10 +31,14 @@ METHODS = ("full", "lora", "textual_inversion")
 # ComfyUI users load.
 EXPORT_FORMATS = {
     "full": ("diffusers", "single-file"),
-    "lora": ("kohya-lora",),
+    "lora": ("kohya-lora", "peft-lora"),
     "textual_inversion": ("a1111-embedding",),
 }
 END_EXPORT_FORMATS = {"full": "single-file", "lora": "kohya-lora", "textual_inversion": "a1111-embedding"}
+# SD3/FLUX: a full fine-tune ends as a diffusers folder (no single-file export for them yet); an
+# SD3 LoRA in diffusers/PEFT layout, the one diffusers and ComfyUI both load (diffusers ignores
+# kohya SD3 LoRAs without a word).
+FAMILY_END_EXPORT_FORMATS = {("sd3", "full"): "diffusers", ("flux", "full"): "diffusers", ("sd3", "lora"): "peft-lora"}
 DEFAULT_RESOLUTION = 512  # when the model's own size cannot be read (see `_native_resolution`)
 
 
@@ -41,8 +46,10 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message names every offending key."""
 
 
-class TrainConfig(BaseModel):
-    """Everything a training run needs. See docs/config.md for the reference."""
+class TrainConfig(FamilyKeys):
+    """Everything a training run needs. See docs/config.md for the reference. The keys of
+    SD3/FLUX, LoRA targets and LoRA+, fp8 and block swapping come from
+    `edlib.model.flow_config.FamilyKeys`."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -85,15 +92,17 @@ class TrainConfig(BaseModel):
     resolution: int = Field(
         DEFAULT_RESOLUTION,
         ge=64,
+        le=4096,
+        json_schema_extra={"multipleOf": 64},  # checked by `_multiple_of_64`, whose message says why
         description="Base training resolution in pixels (a multiple of 64). Aspect buckets have "
         "about resolution x resolution pixels. Unset: the model's native size read from its configs "
         "(512 for SD1.x, 768 for SD2.x 768-v, 1024 for SDXL), or 512 when that cannot be read offline.",
     )
-    batch_size: int = Field(4, ge=1, description="Images per batch on each GPU.")
+    batch_size: int = Field(4, ge=1, le=1024, description="Images per batch on each GPU.")
     gradient_accumulation_steps: int = Field(
-        1, ge=1, description="Batches accumulated into one optimizer step (effective batch = batch_size x this x GPUs)."
+        1, ge=1, le=1024, description="Batches accumulated into one optimizer step (effective batch = batch_size x this x GPUs)."
     )
-    epochs: int = Field(10, ge=1, description="Number of epochs (passes over the multiplied data root).")
+    epochs: int = Field(10, ge=1, le=100_000, description="Number of epochs (passes over the multiplied data root).")
     max_steps: int | None = Field(
         None, ge=1, description="Stop after this many optimizer steps even if epochs remain. Null: run all epochs."
     )
@@ -117,10 +126,16 @@ class TrainConfig(BaseModel):
         "layer (SD default), 2 = penultimate layer (common for anime models). Final layer norm is applied.",
     )
     shuffle_caption: bool = Field(
-        False, description="Shuffle the comma-separated tags of each caption every time it is used."
+        False,
+        description="Shuffle the tags of every caption each time it is used (the comma-separated parts after "
+        "the main prompt). A folder's `shuffle_tags.txt` or `shuffle_tags: true` turns it on for that folder.",
     )
     keep_tokens: int = Field(
-        0, ge=0, description="With `shuffle_caption`: this many leading comma-separated tags stay in front, unshuffled."
+        1,
+        ge=0,
+        description="When tags are shuffled: this many leading parts stay in front, counting the main prompt "
+        "as the first. 1 keeps the main prompt first, as EveryDream2 does; 0 shuffles it with the tags "
+        "(kohya's keep_tokens 0). A folder trigger always stays first.",
     )
     caption_dropout: float = Field(
         0.0,
@@ -131,7 +146,7 @@ class TrainConfig(BaseModel):
     )
 
     # --- learning rate and optimizer --------------------------------------------------------
-    unet_lr: float = Field(1e-6, ge=0.0, description="Learning rate of the UNet.")
+    unet_lr: float = Field(1e-6, ge=0.0, description="Learning rate of the UNet (of the transformer for SD3/FLUX).")
     text_encoder_lr: float = Field(
         0.0,
         ge=0.0,
@@ -140,8 +155,9 @@ class TrainConfig(BaseModel):
     text_encoder_2_lr: float | None = Field(
         None,
         ge=0.0,
-        description="SDXL only: learning rate of the second text encoder (OpenCLIP ViT-bigG). Null: the same as "
-        "`text_encoder_lr`; 0 keeps it frozen while the first one trains.",
+        description="SDXL and SD3: learning rate of the second text encoder (OpenCLIP ViT-bigG). Null: the same as "
+        "`text_encoder_lr`; 0 keeps it frozen while the first one trains. (T5, FLUX's second and SD3's third, "
+        "stays frozen.)",
     )
     lr_scheduler: Literal[LR_SCHEDULERS] = Field(  # type: ignore[valid-type]
         "constant", description="Learning-rate schedule over the run's optimizer steps."
@@ -151,7 +167,7 @@ class TrainConfig(BaseModel):
     lr_power: float = Field(1.0, gt=0.0, description="Power of the `polynomial` decay (1.0 = linear).")
     optimizer: Literal[OPTIMIZERS] = Field(  # type: ignore[valid-type]
         "adamw",
-        description="Optimizer. `adamw8bit` needs bitsandbytes and CUDA (`pip install edlib[gpu]`); "
+        description="Optimizer. `adamw8bit` needs bitsandbytes and CUDA (`pip install edlib-sd-trainer[gpu]`); "
         "`lion` needs lion-pytorch; `prodigy` needs prodigyopt (use lr 1.0 with it).",
     )
     optimizer_args: dict[str, Any] = Field(
@@ -322,8 +338,9 @@ class TrainConfig(BaseModel):
         None,
         description="Exports written to the run's exports/ when training ends (also after a stop request), from "
         "the final weights (EMA weights when `ema_decay` is set). Null: the method's usual format: `single-file` "
-        "for full, `kohya-lora` for lora, `a1111-embedding` for textual_inversion. A full fine-tune may also list "
-        "`diffusers`. []: none (`edlib export RUN` exports any checkpoint later).",
+        "for full (`diffusers` for SD3/FLUX), `kohya-lora` for lora (`peft-lora`, diffusers' layout, for SD3), "
+        "`a1111-embedding` for textual_inversion. A full fine-tune may also list `diffusers`, a LoRA `peft-lora` "
+        "(SD3/FLUX). []: none (`edlib export RUN` exports any checkpoint later).",
     )
     export_dtype: Literal["fp16", "fp32"] = Field(
         "fp16", description="Weight dtype of the exports written at the end of a run."
@@ -448,10 +465,11 @@ class TrainConfig(BaseModel):
             )
         return self
 
-    def exports_at_end(self) -> tuple[str, ...]:
-        """The formats exported when the run ends (see `export_formats`)."""
+    def exports_at_end(self, family: str | None = None) -> tuple[str, ...]:
+        """The formats exported when the run ends (see `export_formats`), for a model of
+        `family` (`edlib.model.identify.FAMILIES`; None: as for SD)."""
         if self.export_formats is None:
-            return (END_EXPORT_FORMATS[self.method],)
+            return (FAMILY_END_EXPORT_FORMATS.get((family, self.method), END_EXPORT_FORMATS[self.method]),)
         return tuple(dict.fromkeys(self.export_formats))
 
     @classmethod
@@ -461,6 +479,13 @@ class TrainConfig(BaseModel):
             return cls.model_validate(values)
         except ValidationError as error:
             raise ConfigError(describe_error(error, list(cls.model_fields))) from None
+
+    def model_dump(self, **kwargs) -> dict[str, Any]:
+        """As pydantic's, with the inherited family keys (which pydantic lists first) last, so a
+        run's config.yaml reads in this class's order."""
+        values = super().model_dump(**kwargs)
+        family = set(FamilyKeys.model_fields)
+        return {**{k: v for k, v in values.items() if k not in family}, **{k: v for k, v in values.items() if k in family}}
 
     def to_yaml(self) -> str:
         """The config as YAML, every key written out, in declaration order."""

@@ -11,6 +11,7 @@ import yaml
 from edlib.data import safe_yaml
 from edlib.data.small_files import TEXT_FILE_LIMIT, read_small
 from edlib.model.config import ConfigError, TrainConfig
+from edlib.model.flow_config import FamilyKeys
 from edlib.model.resume_keys import RESUME_IMMUTABLE_KEYS
 
 # Keys holding file system paths: relative values in a config file resolve against its folder.
@@ -101,7 +102,9 @@ def config_reference_markdown() -> str:
         "| key | default | description |",
         "| --- | --- | --- |",
     ]
-    for name, field in TrainConfig.model_fields.items():
+    # The family keys are inherited, so pydantic lists them first; they read best last.
+    family_keys = set(FamilyKeys.model_fields)
+    for name, field in sorted(TrainConfig.model_fields.items(), key=lambda item: item[0] in family_keys):
         if field.is_required():
             default = "*required*"
         else:

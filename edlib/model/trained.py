@@ -42,6 +42,7 @@ def load_trained(run_or_checkpoint: str | Path, *, dtype: torch.dtype = torch.fl
         zero_terminal_snr=config.zero_terminal_snr,
         dtype=dtype,
         vae=config.vae,
+        max_sequence_length=config.max_sequence_length,
     )
     method = make_method(config)
     method.setup(models)

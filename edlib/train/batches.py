@@ -28,7 +28,7 @@ from edlib.data.captions import training_caption
 from edlib.data.images import ImageReadError
 from edlib.data.types import ScanResult
 from edlib.model.models import Conditioning, encode_images, encode_prompts
-from edlib.model.offload import offloaded_modules, on_device
+from edlib.model.offload import offloaded_modules, on_device, park_on_cpu
 from edlib.model.transfer import host_tensor, upload, uploading
 from edlib.train.caches import DeviceStore, LatentCache
 from edlib.train.prefetch import PixelPrefetcher, decode, decode_workers, load_pixels_uint8, plan_decoding, to_unit_range
@@ -100,11 +100,12 @@ def local_batch(batch, epoch: int, process_index: int, num_processes: int) -> Lo
 
 def batch_captions(scan: ScanResult, batch: LocalBatch, config, seed: int) -> list[str]:
     """The caption each sample trains with: tag shuffling and conditional dropout follow
-    the sample's folder settings, falling back to the run config."""
+    the sample's settings (its folder's, or its own .yaml sidecar's), falling back to the
+    run config."""
     captions = []
     for slot, item_index in zip(batch.slots, batch.items):
         item = scan.items[item_index]
-        settings = scan.folder(item.folder).settings
+        settings = scan.item_settings(item_index)
         dropout = config.caption_dropout if settings.cond_dropout is None else settings.cond_dropout
         rng = random.Random(sample_seed(seed, batch.epoch, batch.index, slot))
         captions.append(
@@ -170,6 +171,11 @@ class BatchEncoder:
         self._constants: dict[tuple, torch.Tensor] = {}  # micro-conditioning rows and loss scales, on the device
         self._workers = decode_workers(self.device, config.decode_workers)
         self._prefetch: PixelPrefetcher | None = None
+        # SD3/FLUX embeddings hold T5's hundreds of tokens (FLUX: 512 x 4096 values a caption):
+        # kept in CPU memory (not pinned: a few GB of them would be), in the encoder's dtype,
+        # and copied per batch without blocking; all encoded before the first step.
+        self.text_store = DeviceStore(self.device, budget_bytes=0, pin=False) if models.flow_matching else self.store
+        self._warm_pending = models.flow_matching and self.text_cache is not None
         self._ready: tuple[LocalBatch, list[torch.Tensor]] | None = None
 
     def start_epoch(self, scan: ScanResult, schedule, first_batch: int, local) -> None:
@@ -190,6 +196,9 @@ class BatchEncoder:
         # fp32 here: the frozen encoders may run in fp16/bf16, but noise, targets and the
         # loss are computed in fp32 (autocast lowers only the UNet's own matmuls).
         latents = self.latents(scan, batch).float()
+        if self._warm_pending:
+            self._warm_pending = False
+            self.warm_text_cache(scan)
         cond = self.text_embeddings(self.prepare_captions(batch_captions(scan, batch, self.config, seed))).to(torch.float32)
         if self.models.is_sdxl:
             cond = cond.with_time_ids(self.time_ids(scan, batch))
@@ -291,9 +300,10 @@ class BatchEncoder:
         return torch.stack(rows)
 
     def loss_scale(self, scan: ScanResult, batch: LocalBatch) -> torch.Tensor | None:
-        """(B,) loss multipliers from each sample's folder `loss_scale.txt` on the device, or
-        None when all are 1 (then nothing needs multiplying)."""
-        scales = [scan.folder(scan.items[i].folder).settings.loss_scale for i in batch.items]
+        """(B,) loss multipliers on the device: each sample's `loss_scale` (its folder's
+        `loss_scale.txt`, or its own .yaml sidecar's); None when all are 1 (then nothing needs
+        multiplying)."""
+        scales = [scan.item_settings(i).loss_scale for i in batch.items]
         if all(scale == 1.0 for scale in scales):
             return None
         for scale in scales:
@@ -312,12 +322,30 @@ class BatchEncoder:
             if missing:
                 with self._on_device(*self.models.text_encoder_names):
                     encoded = encode_prompts(self.models, missing, clip_skip)
-                for k, caption in enumerate(missing):
-                    self.text_cache[caption] = Conditioning(*(None if t is None else self.store.keep(t[k]) for t in _fields(encoded)))
+                self._keep_text(missing, encoded)
             return Conditioning.stack([self._fetch(self.text_cache[c]) for c in captions])
 
+    def warm_text_cache(self, scan: ScanResult, chunk: int = 8) -> None:
+        """SD3/FLUX: encode every caption of the data root (and the empty one dropout gives)
+        before the first step, with the transformer parked in CPU memory meanwhile: T5-XXL
+        (9.5 GB in bf16) and FLUX's transformer do not fit a 16-24 GB card together, and a
+        cache miss in every batch of the first epoch would put them there together. Captions
+        that only appear later (a folder's tag shuffling) are encoded when they do."""
+        captions = sorted({item.caption.text() for item in scan.items} | {""})
+        missing = [c for c in self.prepare_captions(captions) if c not in self.text_cache]
+        if not missing:
+            return
+        with park_on_cpu(self.models.unet), self._on_device(*self.models.text_encoder_names), torch.no_grad():
+            for start in range(0, len(missing), chunk):
+                part = missing[start : start + chunk]
+                self._keep_text(part, encode_prompts(self.models, part, self.config.clip_skip))
+
+    def _keep_text(self, captions: list[str], encoded: Conditioning) -> None:
+        for k, caption in enumerate(captions):
+            self.text_cache[caption] = Conditioning(*(None if t is None else self.text_store.keep(t[k]) for t in _fields(encoded)))
+
     def _fetch(self, cond: Conditioning) -> Conditioning:
-        return Conditioning(*(None if t is None else self.store.fetch(t) for t in _fields(cond)))
+        return Conditioning(*(None if t is None else self.text_store.fetch(t) for t in _fields(cond)))
 
     def _on_device(self, *names: str):
         """The named encoders on the training device for a cache miss, if they are offloaded."""

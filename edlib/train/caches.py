@@ -25,10 +25,11 @@ DEVICE_CACHE_SHARE = 0.05
 
 class DeviceStore:
     """Keeps tensors on `device` while `budget_bytes` last (default: `DEVICE_CACHE_SHARE` of a
-    CUDA device's memory; unlimited elsewhere), then in pinned host memory."""
+    CUDA device's memory; unlimited elsewhere), then in host memory, pinned unless `pin` is
+    False (a copy from it then goes through a pinned buffer, still without blocking)."""
 
-    def __init__(self, device: torch.device | str, budget_bytes: int | None = None):
-        self.device = torch.device(device)
+    def __init__(self, device: torch.device | str, budget_bytes: int | None = None, pin: bool = True):
+        self.device, self.pin = torch.device(device), pin
         if budget_bytes is None:
             on_gpu = self.device.type == "cuda"
             budget_bytes = int(torch.cuda.get_device_properties(self.device).total_memory * DEVICE_CACHE_SHARE) if on_gpu else -1
@@ -42,7 +43,8 @@ class DeviceStore:
         if self.budget_bytes < 0 or self.used_bytes + size <= self.budget_bytes:
             self.used_bytes += size
             return tensor.to(self.device).contiguous()
-        return tensor.to("cpu").contiguous().pin_memory()
+        tensor = tensor.to("cpu").contiguous()
+        return tensor.pin_memory() if self.pin and self.device.type == "cuda" else tensor
 
     def fetch(self, tensor: torch.Tensor) -> torch.Tensor:
         """A kept tensor on the device (queued, not waited for, when it was in host memory)."""

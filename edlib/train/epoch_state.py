@@ -17,7 +17,7 @@ from dataclasses import replace
 from fractions import Fraction
 from typing import Any
 
-from edlib.data.types import Caption, FolderInfo, FolderSettings, ImageItem, ScanResult, Tag
+from edlib.data.types import Caption, FolderInfo, FolderSettings, ImageItem, ImageOwn, ScanResult, Tag
 
 
 def epoch_items(data: ScanResult) -> list[list[Any]]:
@@ -30,18 +30,30 @@ def epoch_items(data: ScanResult) -> list[list[Any]]:
     ]
 
 
+# Per-image settings (from an image's own EveryDream2 .yaml) saved with the folder's.
+_IMAGE_KEYS = ("multiply", "loss_scale")
+
+
 def folder_settings(data: ScanResult) -> dict[str, dict[str, Any]]:
     """The settings that shape an epoch's schedule and loss (multiply, loss_scale, flip_p,
-    batch_id), as saved in a checkpoint."""
-    return {
+    batch_id), as saved in a checkpoint; under "images", the images whose own .yaml sidecar
+    sets multiply or loss_scale (read when a run starts and kept for the whole run, so a
+    resumed run keeps them too)."""
+    out: dict[str, dict[str, Any]] = {
         f.path: {
             "multiply": str(f.settings.multiply),
             "loss_scale": f.settings.loss_scale,
             "flip_p": f.settings.flip_p,
             "batch_id": f.settings.batch_id,
+            "images": {},
         }
         for f in data.folders
     }
+    for item in data.items:
+        own = {k: v for k, v in (item.own.settings if item.own is not None else ()) if k in _IMAGE_KEYS}
+        if own and item.folder in out:
+            out[item.folder]["images"][item.path] = {k: str(v) if k == "multiply" else v for k, v in own.items()}
+    return out
 
 
 def restore_epoch(data: ScanResult, settings: dict[str, dict[str, Any]], items: list[list[Any]] | None) -> ScanResult:
@@ -65,7 +77,22 @@ def restore_epoch(data: ScanResult, settings: dict[str, dict[str, Any]], items: 
             changes.update({k: saved[k] for k in ("flip_p", "batch_id") if k in saved})
             info = replace(info, settings=info.settings.with_(**changes))
         folders.append(replace(info, images=counts[path]))
-    return replace(data, folders=folders)
+    items = [_with_saved_image(item, settings.get(item.folder)) for item in data.items]
+    return replace(data, folders=folders, items=items)
+
+
+def _with_saved_image(item: ImageItem, saved_folder: dict[str, Any] | None) -> ImageItem:
+    """An image with the per-image multiply / loss_scale its run saved (checkpoints from
+    before per-image settings have no "images" and leave it as it is)."""
+    if saved_folder is None or "images" not in saved_folder:
+        return item
+    values = saved_folder["images"].get(item.path, {})
+    own = item.own if item.own is not None else ImageOwn()
+    kept = [(k, v) for k, v in own.settings if k not in _IMAGE_KEYS]
+    restored = [(k, Fraction(v) if k == "multiply" else v) for k, v in values.items()]
+    if item.own is None and not restored:
+        return item
+    return replace(item, own=replace(own, settings=tuple(kept + restored)))
 
 
 def _item(row: list[Any], fresh: ImageItem | None) -> ImageItem:

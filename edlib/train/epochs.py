@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 from edlib.data.preview import optimizer_steps
-from edlib.data.scan import reread_settings
+from edlib.data.reread import reread_settings
 from edlib.data.schedule import EpochSchedule, realise_epoch, write_schedule
 from edlib.model.plan import preview_run
 from edlib.train.hooks import Context, Plugin, merged_item_weights

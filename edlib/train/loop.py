@@ -123,7 +123,9 @@ def _train(config, resume, callbacks, plugins, progress_bar, requested_at) -> Ru
     report.event("start", {"total_steps": state.total_steps, **asdict(position)})
     unreadable = UnreadableImages(run, report)  # images gone or undecodable mid-run are skipped
 
-    bar = tqdm(total=state.total_steps, initial=position.step, disable=not _show_bar(progress_bar, accelerator), unit="step")
+    bar = tqdm(
+        total=state.total_steps, initial=position.step, disable=not _show_bar(progress_bar, accelerator), unit="step", desc="training"
+    )
     while position.epoch < config.epochs and state.stopped_by == "epochs":
         epoch = position.epoch
         schedule = start_epoch(ctx, plugins, state)
@@ -137,7 +139,7 @@ def _train(config, resume, callbacks, plugins, progress_bar, requested_at) -> Ru
                 plugin.on_step(ctx, metrics)
             if position.step % config.log_every_n_steps == 0:
                 flush(ctx, state)  # the window's losses come back: the only read of a step
-                bar.set_postfix(loss=f"{state.last_loss:.4f}", epoch=epoch)
+                bar.set_postfix_str(f"loss {state.last_loss:.4f}, {metrics['images_per_s']:.1f} images/s, epoch {epoch}")
             bar.update(1)
             after_step(ctx, training, plugins, state, epoch_done=position.epoch > epoch)
             if state.stopped_by != "epochs":
@@ -185,5 +187,13 @@ def _process(accelerator: Accelerator) -> dict[str, int]:
 
 
 def _show_bar(progress_bar: bool | None, accelerator: Accelerator) -> bool:
-    wanted = sys.stderr.isatty() if progress_bar is None else progress_bar
+    """By default a bar in a terminal and in a notebook cell (tqdm.auto draws a widget
+    there; a notebook's stderr is no terminal), not in logs and tests."""
+    wanted = (sys.stderr.isatty() or _in_notebook()) if progress_bar is None else progress_bar
     return wanted and accelerator.is_local_main_process
+
+
+def _in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (JupyterLab, Colab, VS Code)."""
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})

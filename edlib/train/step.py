@@ -16,10 +16,12 @@ from accelerate import Accelerator
 
 from edlib.data.schedule import EpochSchedule
 from edlib.model.config import TrainConfig
+from edlib.model.flow_config import flow_settings
 from edlib.model.methods import Method
 from edlib.model.models import predict
 from edlib.model.nonfinite import skips_on_device, step_unless
 from edlib.train.batches import BatchEncoder, local_batch, sample_generators
+from edlib.train.flow import flow_sample_losses
 from edlib.train.hooks import Context, Plugin
 from edlib.train.noise import min_snr_weights, per_sample_loss, sample_noise, sample_timesteps, training_target
 from edlib.train.setup import Training
@@ -100,6 +102,8 @@ def sample_losses(models, encoder: BatchEncoder, data, batch, config: TrainConfi
         multires_iterations=config.multires_noise_iterations,
         multires_discount=config.multires_noise_discount,
     )
+    if models.flow_matching:  # SD3, FLUX: sigma, velocity (edlib.train.flow)
+        return flow_sample_losses(models, latents, noise, cond, generators, flow_settings(config, models.family))
     scheduler = models.noise_scheduler
     timesteps = sample_timesteps(scheduler, generators, device=latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)

@@ -27,9 +27,11 @@ from edlib.data.buckets import assign_buckets, make_buckets
 from edlib.data.holdout import _rank, describe_split, split_validation  # noqa: F401 (describe_split re-exported)
 from edlib.data.images import ImageReadError
 from edlib.data.types import ScanResult
+from edlib.model.flow_config import flow_settings
 from edlib.model.models import encode_images, encode_prompts, predict
 from edlib.model.offload import encoders_on_device
 from edlib.train.batches import load_pixels, micro_conditioning
+from edlib.train.flow import NUM_TIMESTEPS, flow_loss
 from edlib.train.hooks import Plugin
 from edlib.train.noise import per_sample_loss, training_target
 
@@ -81,12 +83,15 @@ def validation_loss(
     seed: int,
     timesteps: list[int] | None = None,
     clip_skip: int = 1,
+    flow=None,
 ) -> ValidationResult:
     """The raw (unweighted, loss_scale-free) diffusion loss of every validation image at
     each fixed timestep, with noise seeded by (seed, path). Captions are used as written
     (no dropout, no shuffling). The UNet is evaluated in eval mode and put back as it was;
     wrap the call in `accelerator.autocast()` to validate in mixed precision. An image that
-    cannot be read (quarantined mid-run, damaged) is left out and listed in `skipped`."""
+    cannot be read (quarantined mid-run, damaged) is left out and listed in `skipped`. SD3/FLUX
+    (``flow``: the run's `FlowSettings`) are evaluated at sigma = timestep / 1000, on the raw
+    velocity loss."""
     if not batches:
         raise ValueError("validation: no validation images (validation_fraction too small, or an empty validation_data_root)")
     scheduler = models.noise_scheduler
@@ -115,6 +120,9 @@ def validation_loss(
             noise = torch.stack([_fixed_noise(seed, item.path, latents.shape[1:]) for item in items]).to(latents.device)
             for t in timesteps:
                 steps = torch.full((len(items),), t, dtype=torch.long, device=latents.device)
+                if models.flow_matching:
+                    sums[t] += flow_loss(models, latents, noise, steps / NUM_TIMESTEPS, cond, flow)[1].sum().item()
+                    continue
                 noisy = scheduler.add_noise(latents, noise, steps)
                 prediction = predict(unet, noisy, steps, cond)
                 sums[t] += per_sample_loss(prediction, training_target(scheduler, latents, noise, steps)).sum().item()
@@ -170,7 +178,8 @@ class ValidationPlugin(Plugin):
         # The plain UNet, not a DDP wrapper: only this process's forward, no collective.
         models = replace(ctx.models, unet=ctx.accelerator.unwrap_model(ctx.models.unet))
         with ctx.accelerator.autocast(), encoders_on_device(ctx):
-            result = validation_loss(models, self.val, self._batches, seed=config.seed, clip_skip=config.clip_skip)
+            flow = flow_settings(config, models.family) if models.flow_matching else None
+            result = validation_loss(models, self.val, self._batches, seed=config.seed, clip_skip=config.clip_skip, flow=flow)
         for skip in set(result.skipped) - self._warned:
             self._warned.add(skip)
             ctx.report.warning(f"validation: left out {skip}")

@@ -22,6 +22,7 @@ def test_the_tiny_dry_run_writes_a_row_per_measurement(tmp_path):
         "GPU_CHECK_SD15": "reference:8 lean:8",
         "GPU_CHECK_SDXL": "lean:4",
         "GPU_CHECK_SKIP": "pytest",
+        "GPU_CHECK_FLOW": "",
         "PYTHON": sys.executable,
         "PYTHONPATH": str(ROOT),
         "GPU_CHECK_SITE": str(tmp_path / "site"),

@@ -19,9 +19,9 @@ from PIL import Image
 
 from edlib.data.scan import scan
 from edlib.data.types import DataRootError
-from edlib.train.review import quarantine
 from edlib.model.checkpoint import load_checkpoint, resolve_checkpoint
 from edlib.train.loop import train
+from edlib.train.review import quarantine
 from edlib.train.run_lock import LOCK_FILE, RunLockedError, run_lock
 from tests.faults.support import REPO, edlib
 from tests.train.loop_support import (

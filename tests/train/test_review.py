@@ -9,7 +9,8 @@ import pytest
 import torch
 import yaml
 
-from edlib.data.scan import reread_settings, scan
+from edlib.data.reread import reread_settings
+from edlib.data.scan import scan
 from edlib.data.schedule import realise_epoch
 from edlib.train.loss_tracker import LossTracker
 from edlib.train.review import (
