@@ -120,6 +120,14 @@ def batch_captions(scan: ScanResult, batch: LocalBatch, config, seed: int) -> li
     return captions
 
 
+def batch_loss_scale(scan: ScanResult, batch: LocalBatch) -> torch.Tensor:
+    """(B,) loss multipliers: each sample's `loss_scale` (its folder's `loss_scale.txt`, or
+    its own .yaml sidecar's), as a host tensor (the step takes them from
+    `BatchEncoder.loss_scale`, kept on the device)."""
+    scales = [scan.item_settings(i).loss_scale for i in batch.items]
+    return torch.tensor(scales, dtype=torch.float32)
+
+
 def sample_generators(seed: int, batch: LocalBatch, salt: str, device) -> list[torch.Generator]:
     """One generator per sample (`salt` separates streams for different uses), for draws
     (noise, timestep) that must not depend on batch composition or process count."""
