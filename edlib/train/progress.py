@@ -89,7 +89,8 @@ def record_step(
         "step": position.step,
         "epoch": epoch + group_end / batches,
         "loss": None,
-        "lr": lr if isinstance(lr, torch.Tensor) else float(lr),  # a tensor (some optimizers keep it so) is read in `flush`
+        # a tensor (some optimizers keep it so, and update it in place) is copied now, read in `flush`
+        "lr": lr.detach().clone() if isinstance(lr, torch.Tensor) else float(lr),
         "images_per_s": None,
         "eta_s": None,
         "samples": position.samples,
