@@ -24,7 +24,7 @@ from edlib.model.flow_config import FamilyKeys
 from edlib.model.lr import LR_SCHEDULERS
 
 OPTIMIZERS = ("adamw", "adamw8bit", "lion", "prodigy", "adafactor")
-STOCHASTIC_ROUNDING_OPTIMIZERS = ("adamw", "adamw8bit")  # torchao implements bf16 stochastic rounding for these
+STOCHASTIC_ROUNDING_OPTIMIZERS = ("adamw", "adamw8bit")  # edlib.model.sr_optim implements bf16 stochastic rounding for these
 METHODS = ("full", "lora", "textual_inversion")
 # What each method's result can be exported as (DESIGN.md "Output formats"), and what a run
 # exports when it ends unless `export_formats` says otherwise: the one file A1111 and
@@ -260,11 +260,11 @@ class TrainConfig(FamilyKeys):
     )
     stochastic_rounding: bool = Field(
         True,
-        description="With `full_bf16`: round each weight update to bf16 stochastically (torchao's AdamW/AdamW8bit "
-        "with `bf16_stochastic_round`), so updates below bf16's resolution still move the weights by the right "
+        description="With `full_bf16`: round each weight update to bf16 stochastically (edlib's AdamW/AdamW8bit, "
+        "`edlib.model.sr_optim`), so updates below bf16's resolution still move the weights by the right "
         "amount on average. With nearest rounding, AdamW at lr 1e-6 moves under 1% of typical SD weights and "
-        "about 1% of the total it should (docs/methods.md). Needs `optimizer: adamw` or `adamw8bit` and the "
-        "torchao package (in edlib-sd-trainer[gpu]). false: nearest rounding (e.g. with adafactor).",
+        "about 1% of the total it should (docs/methods.md). Needs `optimizer: adamw` or `adamw8bit`. "
+        "false: nearest rounding (e.g. with adafactor).",
     )
     attention: Literal["sdpa", "xformers"] = Field(
         "sdpa", description="Attention kernel: `sdpa` (PyTorch's fused attention) or `xformers` (must be installed)."
@@ -280,6 +280,13 @@ class TrainConfig(FamilyKeys):
         description="Encode each caption once and reuse it. Only with a frozen text encoder "
         "(`text_encoder_lr: 0`) and fixed captions (no `shuffle_caption`). On a GPU the text encoder(s) then "
         "wait in CPU memory, as the VAE does with `cache_latents`.",
+    )
+    decode_workers: int | None = Field(
+        None,
+        ge=0,
+        description="Processes that decode images ahead of the steps that need them (every step without "
+        "`cache_latents`, the first epoch with it). Null: up to 4 on a GPU machine (one CPU core left for "
+        "training), 0 on a CPU, where decoding in the training process costs the same.",
     )
     compile: bool = Field(
         False, description="Compile the UNet with torch.compile (faster steps after a slow first one)."
@@ -304,7 +311,11 @@ class TrainConfig(FamilyKeys):
         2, ge=1, description="Delete older checkpoints, keeping the newest N. Null keeps all."
     )
     log_every_n_steps: int = Field(
-        10, ge=1, description="Write a progress line to log.txt and the console every N optimizer steps."
+        10,
+        ge=1,
+        description="Write a progress line to log.txt and the console every N optimizer steps. Steps' losses "
+        "are read back from the GPU only then, so metrics.jsonl (a line per step) and the live chart update once "
+        "per N steps, and a run whose loss keeps being NaN stops at the next such step.",
     )
     tensorboard: bool = Field(
         False, description="Also write TensorBoard logs to the run folder (needs tensorboard installed)."
@@ -439,7 +450,7 @@ class TrainConfig(FamilyKeys):
             )
         if self.full_bf16 and self.stochastic_rounding and self.optimizer not in STOCHASTIC_ROUNDING_OPTIMIZERS:
             raise ValueError(
-                f"stochastic_rounding: with full_bf16 it needs optimizer adamw or adamw8bit (torchao's), not "
+                f"stochastic_rounding: with full_bf16 it needs optimizer adamw or adamw8bit (edlib's), not "
                 f"{self.optimizer!r}; change the optimizer, or set stochastic_rounding: false (small updates then "
                 "round away)"
             )
