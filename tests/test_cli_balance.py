@@ -37,7 +37,7 @@ def test_weight_zero_applies_as_exclude_txt_seen_by_scan_and_preview_and_undone(
     assert "blurry: its 3 image(s) are excluded from training by blurry/exclude.txt" in r.stdout
     preview = json.loads(edlib("preview", root, "--json", "--resolution", "64").stdout)
     folders = {f["path"]: f for f in preview["folders"]}
-    assert folders["blurry"]["expected_per_epoch"] == 0 and folders["blurry"]["share"] == 0
+    assert folders["blurry"]["expected_per_epoch"] == 0 and folders["blurry"]["share"] == 0 and folders["blurry"]["excluded"]
     assert set(preview["samples_per_epoch_all"]) == {folders["subject"]["expected_per_epoch"]} == {10}
     assert any("excluded from training by blurry/exclude.txt" in w for w in preview["warnings"])
 

@@ -151,7 +151,8 @@ def test_weight_zero_applied_writes_exclude_txt_that_the_scan_preview_and_schedu
     p = preview(excluded, epochs=3, resolution=64, batch_size=2)
     per_folder = {f.path: f.expected_per_epoch for f in p.folders}
     assert per_folder == {"drop": 0, "drop/sub": 0, "keep": 12} and p.epoch_size == 12
-    assert "0.0%" in format_preview(p)
+    rows = {line.split()[0]: line.split()[1:] for line in format_preview(p).splitlines()[1:4]}
+    assert rows["drop"] == ["5", "excluded", "1", "0", "0.0%"] and rows["keep"][-1] == "100.0%"
     for epoch in range(3):
         trained = {excluded.items[i].folder for i in p.realise(epoch).items.tolist()}
         assert trained == {"keep"}
