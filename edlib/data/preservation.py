@@ -18,6 +18,7 @@ This module turns what a user wants into that multiplier, and shows the conseque
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from fractions import Fraction
 
@@ -49,8 +50,11 @@ def preservation_multiplier(
     (expected), or `fraction` of its images, or `share` of the whole epoch (the other
     folders keeping their multipliers). Exactly one of the three must be given.
 
-    The text keeps 6 decimals (6 significant digits below 1) like balancing writes, so a
-    small value is never rounded to 0."""
+    The amount is taken to the precision it was given in (at least 6 and at most 12
+    significant digits: 0.142857 stands for anything from 0.1428565 to 0.1428575), and the
+    text is the shortest decimal multiplier whose amount lies in that range (the one
+    nearest the exact value among equally short ones). So an amount shown rounded from a
+    multiplier of 1 gives back "1", never 0.999999, and a small value never becomes 0."""
     given = {k: v for k, v in (("per_epoch", per_epoch), ("fraction", fraction), ("share", share)) if v is not None}
     if len(given) != 1:
         raise ValueError(f"give exactly one of per_epoch, fraction, share; got {sorted(given) or 'none'}")
@@ -60,20 +64,46 @@ def preservation_multiplier(
     if kind == "per_epoch":
         if exact <= 0:
             raise ValueError(f"images per epoch must be > 0, got {value}")
-        m = exact / n
-    elif kind == "fraction":
+        return _shortest_multiplier(exact, lambda a: a / n)
+    if kind == "fraction":
         if exact <= 0:
             raise ValueError(f"fraction of the folder per epoch must be > 0, got {value}")
-        m = exact
-    else:
-        if not 0 < exact < 1:
-            raise ValueError(f"share of the epoch must be between 0 and 1 (exclusive), got {value}")
-        others = _others_per_epoch(scan, folder)
-        if others == 0:
-            raise ValueError(f"folder {folder!r} is the only folder with images: its share is always 1")
-        # share = m*n / (m*n + others)  =>  m*n = share * others / (1 - share)
-        m = exact * others / ((1 - exact) * n)
-    return multiplier_text(m)
+        return _shortest_multiplier(exact, lambda a: a)
+    if not 0 < exact < 1:
+        raise ValueError(f"share of the epoch must be between 0 and 1 (exclusive), got {value}")
+    others = _others_per_epoch(scan, folder)
+    if others == 0:
+        raise ValueError(f"folder {folder!r} is the only folder with images: its share is always 1")
+    # share = m*n / (m*n + others)  =>  m*n = share * others / (1 - share)
+    return _shortest_multiplier(exact, lambda a: a * others / ((1 - a) * n))
+
+
+def _shortest_multiplier(amount: Fraction, to_multiplier) -> str:
+    """The shortest decimal m with to_multiplier(a) = m for some a within half a unit of
+    `amount`'s last digit (see `preservation_multiplier`); `to_multiplier` is increasing."""
+    exponent = math.floor(math.log10(amount))
+    typed = _decimal_places(amount)
+    unit = Fraction(10) ** max(min(-typed, exponent - 5), exponent - 11)
+    low, high = to_multiplier(amount - unit / 2), to_multiplier(amount + unit / 2)
+    target = to_multiplier(amount)
+    places = 0
+    while True:
+        scale = 10**places
+        first, last = math.ceil(low * scale), math.floor(high * scale)
+        first = max(first, 1)  # m > 0
+        if first <= last:
+            nearest = min(max(round(target * scale), first), last)
+            return multiplier_text(Fraction(nearest, scale))
+        places += 1
+
+
+def _decimal_places(value: Fraction) -> int:
+    """Decimal places of the shortest decimal equal to `value` (the text it was typed as),
+    or a large number when it has no finite decimal form."""
+    places, scaled = 0, value
+    while scaled.denominator != 1 and places < 30:
+        places, scaled = places + 1, scaled * 10
+    return places
 
 
 def _others_per_epoch(scan: ScanResult, folder: str) -> Fraction:

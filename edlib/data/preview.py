@@ -47,6 +47,7 @@ class FolderPreview:
     loss_scale: float
     expected_per_epoch: Fraction  # multiply * images exactly (images with their own multiply at theirs)
     share: float  # expected_per_epoch / epoch_size
+    excluded: bool = False  # by its exclude.txt: 0 samples whatever its multiply.txt says
 
 
 @dataclass
@@ -106,6 +107,7 @@ class Preview:
                     "loss_scale": f.loss_scale,
                     "expected_per_epoch": float(f.expected_per_epoch),
                     "share": f.share,
+                    "excluded": f.excluded,
                 }
                 for f in self.folders
             ],
@@ -215,6 +217,7 @@ def _folder_previews(scan: ScanResult) -> list[FolderPreview]:
             loss_scale=f.settings.loss_scale,
             expected_per_epoch=expected[f.path],
             share=0.0,
+            excluded=f.settings.exclude,
         )
         for f in scan.folders
     ]
@@ -267,7 +270,7 @@ def format_preview(p: Preview) -> str:
             (
                 f.path or ".",
                 str(f.images),
-                _num(f.multiply),
+                "excluded" if f.excluded else _num(f.multiply),
                 _num(f.loss_scale),
                 f"{float(f.expected_per_epoch):.6g}",
                 f"{100 * f.share:.1f}%",

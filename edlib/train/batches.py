@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from edlib.data.captions import training_caption
+from edlib.data.caption_explain import item_training_caption
 from edlib.data.images import ImageReadError
 from edlib.data.types import ScanResult
 from edlib.model.models import Conditioning, encode_images, encode_prompts
@@ -109,22 +109,11 @@ def batch_captions(scan: ScanResult, batch: LocalBatch, config, seed: int) -> li
     """The caption each sample trains with: tag shuffling and conditional dropout follow
     the sample's settings (its folder's, or its own .yaml sidecar's), falling back to the
     run config."""
-    captions = []
-    for slot, item_index in zip(batch.slots, batch.items):
-        item = scan.items[item_index]
-        settings = scan.item_settings(item_index)
-        dropout = config.caption_dropout if settings.cond_dropout is None else settings.cond_dropout
-        rng = random.Random(sample_seed(seed, batch.epoch, batch.index, slot))
-        captions.append(
-            training_caption(
-                item.caption,
-                rng,
-                shuffle_tags=config.shuffle_caption or settings.shuffle_tags,
-                keep_tokens=config.keep_tokens,
-                dropout=dropout,
-            )
-        )
-    return captions
+    # `item_training_caption` is also what `edlib caption` explains: one function, no drift.
+    return [
+        item_training_caption(scan, item_index, random.Random(sample_seed(seed, batch.epoch, batch.index, slot)), config)
+        for slot, item_index in zip(batch.slots, batch.items)
+    ]
 
 
 def batch_loss_scale(scan: ScanResult, batch: LocalBatch) -> torch.Tensor:
