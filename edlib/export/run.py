@@ -2,7 +2,7 @@
 
 Which formats fit depends on the method: a full fine-tune becomes a diffusers folder or one
 single-file checkpoint; a LoRA run a kohya-style LoRA file; a textual-inversion run one
-A1111 embedding per placeholder. Everything goes under `RUN/exports/` unless told otherwise,
+A1111 embedding per placeholder; a hypernetwork run an A1111 hypernetwork `.pt`. Everything goes under `RUN/exports/` unless told otherwise,
 named after the run and the checkpoint step so exports of different steps sit side by side.
 """
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 from edlib import __version__
 from edlib.export.a1111_embedding import export_a1111_embeddings
+from edlib.export.a1111_hypernetwork import export_a1111_hypernetwork
 from edlib.export.diffusers_folder import export_diffusers
 from edlib.export.kohya_lora import export_kohya_lora
 from edlib.export.single_file import export_single_file
@@ -103,6 +104,9 @@ def export_models(
                 text_encoder_2=m.text_encoder_2,
             )
         ]
+    if format == "a1111-hypernetwork":
+        target = out_dir / f"{name}.pt"
+        return [export_a1111_hypernetwork(method.hypernetwork(m), target, step=step, base_model=config.model, dtype=dtype)]
     second = method.learned_embeddings(m, encoder="text_encoder_2") if m.is_sdxl else None
     return export_a1111_embeddings(method.learned_embeddings(m), out_dir, metadata=metadata, embeddings_g=second)
 

@@ -18,11 +18,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edlib.model import hypernetwork_settings as hn
 from edlib.model.lr import LR_SCHEDULERS
 
 OPTIMIZERS = ("adamw", "adamw8bit", "lion", "prodigy", "adafactor")
 STOCHASTIC_ROUNDING_OPTIMIZERS = ("adamw", "adamw8bit")  # torchao implements bf16 stochastic rounding for these
-METHODS = ("full", "lora", "textual_inversion")
+METHODS = ("full", "lora", "textual_inversion", "hypernetwork")
 # What each method's result can be exported as (DESIGN.md "Output formats"), and what a run
 # exports when it ends unless `export_formats` says otherwise: the one file A1111 and
 # ComfyUI users load.
@@ -30,8 +31,14 @@ EXPORT_FORMATS = {
     "full": ("diffusers", "single-file"),
     "lora": ("kohya-lora",),
     "textual_inversion": ("a1111-embedding",),
+    "hypernetwork": ("a1111-hypernetwork",),
 }
-END_EXPORT_FORMATS = {"full": "single-file", "lora": "kohya-lora", "textual_inversion": "a1111-embedding"}
+END_EXPORT_FORMATS = {
+    "full": "single-file",
+    "lora": "kohya-lora",
+    "textual_inversion": "a1111-embedding",
+    "hypernetwork": "a1111-hypernetwork",
+}
 DEFAULT_RESOLUTION = 512  # when the model's own size cannot be read (see `_native_resolution`)
 
 
@@ -69,7 +76,8 @@ class TrainConfig(BaseModel):
         "full",
         description="Training method. `full` fine-tunes the UNet (and the text encoder when "
         "`text_encoder_lr` > 0). `lora` trains LoRA/LoCon adapters (see `network_dim`), "
-        "`textual_inversion` trains new words (see `placeholder_tokens`). docs/methods.md has presets.",
+        "`textual_inversion` trains new words (see `placeholder_tokens`), `hypernetwork` trains an AUTOMATIC1111 "
+        "hypernetwork with the model frozen (see `hypernetwork_layer_structure`). docs/methods.md has presets.",
     )
     init_from: Path | None = Field(
         None,
@@ -185,6 +193,15 @@ class TrainConfig(BaseModel):
         "written in captions, `init_word` starts its vectors, `num_vectors` (1-8) sets its capacity. "
         "They train at `text_encoder_lr`.",
     )
+
+    # --- hypernetwork (method: hypernetwork; trains at unet_lr): A1111's names, see hypernetwork_settings.py
+    hypernetwork_layer_structure: hn.LayerStructure = hn.LAYER_STRUCTURE
+    hypernetwork_activation_func: hn.Activation = hn.ACTIVATION_FUNC
+    hypernetwork_weight_initialization: hn.WeightInitialization = hn.WEIGHT_INITIALIZATION
+    hypernetwork_is_layer_norm: bool = hn.IS_LAYER_NORM
+    hypernetwork_dropout_structure: hn.DropoutStructure = hn.DROPOUT_STRUCTURE
+    hypernetwork_activate_output: bool = hn.ACTIVATE_OUTPUT
+    hypernetwork_strength: float = hn.STRENGTH
 
     # --- loss and noise ---------------------------------------------------------------------
     prediction_type: Literal["epsilon", "v_prediction"] | None = Field(
@@ -303,8 +320,9 @@ class TrainConfig(BaseModel):
         None,
         description="Exports written to the run's exports/ when training ends (also after a stop request), from "
         "the final weights (EMA weights when `ema_decay` is set). Null: the method's usual format: `single-file` "
-        "for full, `kohya-lora` for lora, `a1111-embedding` for textual_inversion. A full fine-tune may also list "
-        "`diffusers`. []: none (`edlib export RUN` exports any checkpoint later).",
+        "for full, `kohya-lora` for lora, `a1111-embedding` for textual_inversion, `a1111-hypernetwork` for "
+        "hypernetwork. A full fine-tune may also list `diffusers`. []: none (`edlib export RUN` exports any "
+        "checkpoint later).",
     )
     export_dtype: Literal["fp16", "fp32"] = Field(
         "fp16", description="Weight dtype of the exports written at the end of a run."
@@ -392,6 +410,8 @@ class TrainConfig(BaseModel):
                 "cache_text_embeddings: captions change every step with shuffle_caption; "
                 "set shuffle_caption: false or cache_text_embeddings: false"
             )
+        if problem := hn.config_problems(self):
+            raise ValueError(problem)
         allowed = EXPORT_FORMATS[self.method]
         wrong = [f for f in self.export_formats or () if f not in allowed]
         if wrong:

@@ -39,6 +39,12 @@ RESUME_IMMUTABLE_KEYS: dict[str, str] = {
     "conv_dim": "the checkpoint's LoCon adapters have this rank (or there are none)",
     "conv_alpha": "the LoCon adapters are being trained at this scale",
     "placeholder_tokens": "the checkpoint holds embeddings for these tokens",
+    "hypernetwork_layer_structure": "the checkpoint's hypernetwork has layers of these sizes",
+    "hypernetwork_activation_func": "the hypernetwork is being trained with this activation",
+    "hypernetwork_weight_initialization": "the hypernetwork started from this initialisation",
+    "hypernetwork_is_layer_norm": "the checkpoint's hypernetwork has (or lacks) these layer norms",
+    "hypernetwork_dropout_structure": "the hypernetwork is being trained with this dropout",
+    "hypernetwork_activate_output": "the hypernetwork is being trained with (or without) this last activation",
     "validation_fraction": "it decides which images train; the epoch being resumed was planned without the held-out ones",
 }
 

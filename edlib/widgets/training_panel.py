@@ -59,7 +59,7 @@ OPTIONAL_COUNTS = (
     "sample_every_n_epochs",
 )
 # Learning rates a newcomer should start from, per method (docs/methods.md).
-METHOD_LRS = {"full": (1e-6, 0.0), "lora": (1e-4, 0.0), "textual_inversion": (0.0, 5e-3)}
+METHOD_LRS = {"full": (1e-6, 0.0), "lora": (1e-4, 0.0), "textual_inversion": (0.0, 5e-3), "hypernetwork": (1e-5, 0.0)}
 CHART_SECONDS = 1.0  # redraw the loss chart at most this often: a chart per step would flood the browser
 
 
