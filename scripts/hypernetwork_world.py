@@ -49,6 +49,7 @@ def fine_tune(data_root: Path, run_dir: Path, *, lr: float, epochs: int, seed: i
             "seed": seed,
             "unet_lr": lr,
             "lr_scheduler": "constant",
+            "caption_dropout": 0.1,  # as the demo: the empty prompt, which guidance samples, trains too
             "cache_latents": "memory",
             "cache_text_embeddings": True,  # the text encoder is frozen
             "save_every_n_epochs": None,
