@@ -209,7 +209,12 @@ def attach(unet: torch.nn.Module, hypernetwork: Hypernetwork) -> Hypernetwork:
 
     if find_hypernetwork(unet) is not None:
         raise ValueError("this UNet already has a hypernetwork; load the model again to apply another")
-    widths = {attention.to_k.in_features for attention in unet.modules() if isinstance(attention, Attention)}
+    projections = [
+        (attention.to_k, attention.to_v)
+        for attention in unet.modules()
+        if isinstance(attention, Attention) and attention.to_k is not None and attention.to_v is not None
+    ]
+    widths = {to_k.in_features for to_k, _ in projections}
     if not widths & set(hypernetwork.widths):
         raise ValueError(
             f"the hypernetwork has networks for context widths {hypernetwork.widths}, but this UNet's attention "
@@ -217,10 +222,9 @@ def attach(unet: torch.nn.Module, hypernetwork: Hypernetwork) -> Hypernetwork:
         )
     hypernetwork.to(next(unet.parameters()).device)
     unet.add_module(ATTRIBUTE, hypernetwork)
-    for attention in unet.modules():
-        if isinstance(attention, Attention):
-            for index, projection in enumerate((attention.to_k, attention.to_v)):
-                hypernetwork._hooks.append(projection.register_forward_pre_hook(_transform_context(hypernetwork, index)))
+    for pair in projections:
+        for index, projection in enumerate(pair):
+            hypernetwork._hooks.append(projection.register_forward_pre_hook(_transform_context(hypernetwork, index)))
     return hypernetwork
 
 

@@ -141,7 +141,7 @@ def a1111_load(contents: dict) -> dict[int, tuple[A1111Module, A1111Module]]:
         dropout_structure = a1111_parse_dropout_structure(layer_structure, use_dropout, last_layer_dropout)
     layers = {}
     for size, sd in contents.items():
-        if type(size) == int:  # noqa: E721 - A1111's own test, on purpose
+        if type(size) == int:  # A1111's own test, on purpose
             pair = tuple(
                 A1111Module(size, dict(s), layer_structure, activation_func, add_layer_norm, activate_output, dropout_structure)
                 for s in sd
