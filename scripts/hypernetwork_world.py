@@ -7,7 +7,9 @@ Trains `method: hypernetwork` on `edlib demo`'s data root (zorblat 40 images, st
 ordinary world images at x0.1) with the bundled world model frozen, for each --lrs value, and
 scores with the world's automatic check, on the same prompts and seeds, before and after:
 
-- learning: how often prompts naming zorblat draw it (the check picks among all shapes);
+- learning: how often prompts naming zorblat draw it (the check picks among all shapes), and how
+  much better the drawn shapes overlap the zorblat template (a crescent) than the best other
+  shape's template (the "crescent margin", below 0 when another shape fits better);
 - forgetting: colour, shape and background accuracy on ordinary world prompts;
 - the samples of the exported `.pt`, applied to the base model with `apply_hypernetwork`, are
   compared pixel for pixel with the run's own (they must be equal).
@@ -31,6 +33,7 @@ from edlib.model.config import TrainConfig
 from edlib.model.world import bundled_model_path
 from edlib.sample import apply_hypernetwork, load_pipeline
 from edlib.train import train
+from edlib.world.check import classify
 from edlib.world.dataset import write_data_root
 from edlib.world.demo_data import DEMO_SPEC, NEW_CONCEPT
 from edlib.world.render import SHAPES
@@ -64,6 +67,15 @@ def fine_tune(data_root: Path, run_dir: Path, *, lr: float, epochs: int, seed: i
     return train(config, resume=resume, progress_bar=False)
 
 
+def crescent_margin(folder: Path) -> float:
+    """Mean over the folder's samples of the zorblat template's overlap minus the best other's."""
+    margins = []
+    for path in sorted(folder.glob("0*.png")):
+        scores = classify(Image.open(path).convert("RGB")).shape_scores
+        margins.append(scores[NEW_CONCEPT] - max(v for k, v in scores.items() if k != NEW_CONCEPT))
+    return float(np.mean(margins))
+
+
 def _pixels(paths: list[Path]) -> np.ndarray:
     return np.stack([np.asarray(Image.open(p).convert("RGB"), dtype=np.int16) for p in sorted(paths)])
 
@@ -91,6 +103,7 @@ def main() -> None:
 
     base = load_pipeline(bundled_model_path(), dtype=torch.float32)
     rows = [("base model (before)", 0, 0.0, sample_and_score(base, new_prompts, out / "samples" / "before", "base", seed),
+             crescent_margin(out / "samples" / "before"),
              sample_and_score(base, old_prompts, out / "samples" / "before-world", "base", seed), None)]  # fmt: skip
     del base
     for lr in args.lrs:
@@ -108,19 +121,22 @@ def main() -> None:
         run_images = _pixels(list((out / "samples" / name).glob("0*.png")))
         export_images = _pixels(list((out / "samples" / f"{name}-export").glob("0*.png")))
         difference = int(np.abs(run_images - export_images).max())
-        rows.append((f"hypernetwork, unet_lr {lr:g}", summary.step, minutes, new, old, difference))
+        margin = crescent_margin(out / "samples" / name)
+        rows.append((f"hypernetwork, unet_lr {lr:g}", summary.step, minutes, new, margin, old, difference))
 
     def pct(value):
         return "n/a" if value is None else f"{100 * value:.0f}%"
 
     lines = [
-        f"| run | steps | train min | {NEW_CONCEPT} drawn | base world: colour | shape | background | export vs run (max px diff) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| run | steps | train min | {NEW_CONCEPT} drawn | crescent margin | {NEW_CONCEPT} prompts: colour | "
+        "background | base world: colour | shape | background | export vs run (max px diff) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for label, steps, minutes, new, old, difference in rows:
+    for label, steps, minutes, new, margin, old, difference in rows:
         lines.append(
-            f"| {label} | {steps} | {minutes:.1f} | {pct(new['shape'])} | {pct(old['colour'])} | {pct(old['shape'])} | "
-            f"{pct(old['background'])} | {'-' if difference is None else difference} |"
+            f"| {label} | {steps} | {minutes:.1f} | {pct(new['shape'])} | {margin:+.3f} | {pct(new['colour'])} | "
+            f"{pct(new['background'])} | {pct(old['colour'])} | {pct(old['shape'])} | {pct(old['background'])} | "
+            f"{'-' if difference is None else difference} |"
         )
     table = "\n".join(lines)
     (out / "hypernetwork.md").write_text(table + "\n", encoding="utf-8")
