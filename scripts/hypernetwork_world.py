@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -102,15 +101,13 @@ def main() -> None:
     old_prompts = scene_prompts(list(SHAPES), args.prompts, seed + 1)
 
     base = load_pipeline(bundled_model_path(), dtype=torch.float32)
-    rows = [("base model (before)", 0, 0.0, sample_and_score(base, new_prompts, out / "samples" / "before", "base", seed),
+    rows = [("base model (before)", 0, sample_and_score(base, new_prompts, out / "samples" / "before", "base", seed),
              crescent_margin(out / "samples" / "before"),
              sample_and_score(base, old_prompts, out / "samples" / "before-world", "base", seed), None)]  # fmt: skip
     del base
     for lr in args.lrs:
         name = f"lr{lr:g}"
-        started = time.time()
         summary = fine_tune(data_root, out / "runs" / name, lr=lr, epochs=args.epochs, seed=seed)
-        minutes = (time.time() - started) / 60
         tuned = load_pipeline(out / "runs" / name, dtype=torch.float32)
         new = sample_and_score(tuned, new_prompts, out / "samples" / name, name, seed)
         old = sample_and_score(tuned, old_prompts, out / "samples" / f"{name}-world", name, seed)
@@ -122,19 +119,19 @@ def main() -> None:
         export_images = _pixels(list((out / "samples" / f"{name}-export").glob("0*.png")))
         difference = int(np.abs(run_images - export_images).max())
         margin = crescent_margin(out / "samples" / name)
-        rows.append((f"hypernetwork, unet_lr {lr:g}", summary.step, minutes, new, margin, old, difference))
+        rows.append((f"hypernetwork, unet_lr {lr:g}", summary.step, new, margin, old, difference))
 
     def pct(value):
         return "n/a" if value is None else f"{100 * value:.0f}%"
 
     lines = [
-        f"| run | steps | train min | {NEW_CONCEPT} drawn | crescent margin | {NEW_CONCEPT} prompts: colour | "
+        f"| run | steps | {NEW_CONCEPT} drawn | crescent margin | {NEW_CONCEPT} prompts: colour | "
         "background | base world: colour | shape | background | export vs run (max px diff) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for label, steps, minutes, new, margin, old, difference in rows:
+    for label, steps, new, margin, old, difference in rows:
         lines.append(
-            f"| {label} | {steps} | {minutes:.1f} | {pct(new['shape'])} | {margin:+.3f} | {pct(new['colour'])} | "
+            f"| {label} | {steps} | {pct(new['shape'])} | {margin:+.3f} | {pct(new['colour'])} | "
             f"{pct(new['background'])} | {pct(old['colour'])} | {pct(old['shape'])} | {pct(old['background'])} | "
             f"{'-' if difference is None else difference} |"
         )
