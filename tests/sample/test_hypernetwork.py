@@ -119,3 +119,19 @@ def test_files_that_are_not_hypernetworks_are_refused_without_running_code(tiny_
     bad = {32: (OrderedDict(x=torch.zeros(1)), OrderedDict()), "layer_structure": [1, 2, 1]}
     with pytest.raises(ValueError, match=r"bad\.pt: the key network of width 32 does not match"):
         read_hypernetwork(_legacy_save(bad, tmp_path / "bad.pt"))
+
+
+@pytest.mark.parametrize("method", ["hypernetwork", "lora"])
+def test_a_run_trained_in_bf16_samples_afterwards_in_one_dtype(tiny_sd1, tmp_path, method):
+    """Both methods keep the frozen base in the run's mixed-precision dtype while training; a
+    pipeline loaded from the run gets every module in the dtype asked for (fp32 here), or the
+    fp32 prompt embeddings would meet a bf16 UNet."""
+    config = tiny_config(
+        tiny_sd1, make_data_root(tmp_path / "data"), tmp_path / "run", method=method, unet_lr=1e-3,
+        mixed_precision="bf16", epochs=1, export_formats=[],
+    )  # fmt: skip
+    train(config)
+    pipeline = load_pipeline(tmp_path / "run")
+    assert {p.dtype for name in ("unet", "vae", "text_encoder") for p in getattr(pipeline, name).parameters()} == {torch.float32}
+    [image] = sample_model(tmp_path / "run", [PromptSpec("red", steps=2)], tmp_path / "samples")
+    assert image.is_file()
