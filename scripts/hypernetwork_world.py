@@ -1,6 +1,6 @@
 """A hypernetwork on the toy world: does it teach the bundled model the new shape "zorblat"?
 
-    python scripts/hypernetwork_world.py --out /tmp/hn-world --threads 2     # minutes on a 2-core CPU
+    python scripts/hypernetwork_world.py --out /tmp/hn-world    # about an hour on a shared 2-core CPU
     python scripts/hypernetwork_world.py --out /tmp/hn-world --quick         # the flow, not the numbers
 
 Trains `method: hypernetwork` on `edlib demo`'s data root (zorblat 40 images, stars 10, 200
@@ -82,9 +82,9 @@ def _pixels(paths: list[Path]) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3])
+    parser.add_argument("--lrs", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3])
     parser.add_argument("--epochs", type=int, default=40, help="the demo's 40")
-    parser.add_argument("--prompts", type=int, default=32, help="prompts per measurement")
+    parser.add_argument("--prompts", type=int, default=16, help="prompts per measurement")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="2 epochs, 4 prompts, one rate")
