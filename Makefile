@@ -11,6 +11,8 @@ $(BIN)/.installed: pyproject.toml requirements/ci.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements/ci.txt
+	@# the distribution was called "edlib" before 0.1.0's rename (PyPI's edlib is another project)
+	$(BIN)/python -m pip uninstall -q -y edlib 2>/dev/null || true
 	$(BIN)/python -m pip install -q -e ".[dev]" -c requirements/ci.txt
 	touch $@
 
@@ -20,7 +22,7 @@ demo: install
 	$(BIN)/edlib demo --out demo
 
 test: install
-	$(BIN)/python -m pytest -q -n 2 --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15
 
 clean:
 	rm -rf $(VENV) demo

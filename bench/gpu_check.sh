@@ -66,15 +66,18 @@ GPU_TESTS=$(grep -rl "pytest.mark.gpu" tests --include='*.py' | sort)
 # GPU_CHECK_TINY=1: the tiny models on the CPU, to try this script itself without a GPU.
 TINY=()
 [[ "${GPU_CHECK_TINY:-0}" == 1 ]] && TINY=(--tiny)
-declare -A CASES=([sdxl]="lean lora fast" [sd15]="lean lora lora-no-ckpt fast")
+declare -A CASES=([sdxl]="lean lora fast" [sd15]="lean lora lora-no-ckpt fast" [flux]="lora lora-fp8 lora-swap" [sd35l]="lora lora-fp8")
 stage pytest 90 "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider $GPU_TESTS
 # Issue 4: sampling during a lean SD1.5 run must need no more memory than its training steps.
 stage sample_memory 90 "$PYTHON" bench/sample_memory_gpu.py --model sd15 "${TINY[@]}"
 # SDXL first (issue 9's figures); SD1.5 gets what is left: its compiled case needs ~3 min more.
 stage sdxl 300 "$PYTHON" bench/train_gpu.py --model sdxl --steps "$STEPS" --warmup 2 "${TINY[@]}"
 stage sd15 300 "$PYTHON" bench/train_gpu.py --model sd15 --steps "$STEPS" --warmup 2 "${TINY[@]}"
+# Issue 24: FLUX.1 and SD3.5 LoRA rows, when the budget leaves time (GPU_CHECK_BUDGET_S=1100 for all).
+stage flux 300 "$PYTHON" bench/flow_cases.py --model flux --steps "$STEPS" --warmup 2 "${TINY[@]}"
+stage sd35l 240 "$PYTHON" bench/flow_cases.py --model sd35l --steps "$STEPS" --warmup 2 "${TINY[@]}"
 
-for name in pytest sample_memory sdxl sd15; do
+for name in pytest sample_memory sdxl sd15 flux sd35l; do
   [[ -f "$LOGS/$name.log" ]] || continue
   echo "--- $name" >>"$SUMMARY"
   if [[ $name == pytest ]]; then

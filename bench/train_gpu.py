@@ -3,6 +3,7 @@
     python bench/train_gpu.py                     # on an H100: SD1.5 architecture, 512 px
     python bench/train_gpu.py --model sdxl        # on an H100: SDXL base 1.0 architecture, 1024 px
     python bench/train_gpu.py --tiny [--model sdxl]   # smoke check anywhere (CPU, tiny model, 64 px)
+    python bench/train_gpu.py --model flux        # FLUX.1-dev (sd35l, sd35m: SD3.5): bench/flow_cases.py
 
 Builds the published architectures (edlib.model.architectures) with random weights (nothing
 is downloaded, and speed does not depend on weight values), then times in one run:
@@ -53,7 +54,10 @@ from edlib.model.tiny import build_tiny_pipeline, build_tiny_tokenizer  # noqa: 
 from edlib.train import architectures as arch  # noqa: E402
 from edlib.train.loop import train  # noqa: E402
 
-MODELS = ("sd15", "sdxl")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from flow_cases import FLOW_MODELS, run_flow  # noqa: E402 - bench/flow_cases.py: FLUX.1 and SD3.5 rows
+
+MODELS = ("sd15", "sdxl", *FLOW_MODELS)
 # Defaults per model: resolution, and the cases in the order they run (the compiled one last:
 # it takes minutes to compile, and a run cut short should have the others).
 DEFAULTS = {
@@ -320,6 +324,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="GPU peak dense bf16 TFLOPS (H100 SXM, H200: 989)")
     args = parser.parse_args(argv)
+    if args.model in FLOW_MODELS:
+        return run_flow(args.model, tiny=args.tiny, cases=args.cases, batch=args.batch_size or 1, resolution=args.resolution,
+                        steps=args.steps, warmup=args.warmup)
 
     defaults = DEFAULTS[args.model]
     cases = args.cases or defaults["cases"]

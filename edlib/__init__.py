@@ -11,3 +11,7 @@ The CLI (`edlib ...`) and the notebooks call the same functions.
 """
 
 __version__ = "0.1.0"
+
+from edlib import quiet as _quiet
+
+_quiet.install()  # drop dependency log lines known to be harmless (edlib/quiet.py lists them)

@@ -17,7 +17,7 @@ from pathlib import Path
 def _cmd_scan(args) -> int:
     from edlib.data.scan import format_report, report_json, scan
 
-    result = scan(args.data_root, use_cache=not args.no_cache)
+    result = scan(args.data_root, use_cache=not args.no_cache, follow_outside_links=not args.skip_outside_links)
     if args.json:
         print(json.dumps(report_json(result), indent=2))
     else:
@@ -31,7 +31,7 @@ def _cmd_preview(args) -> int:
     from edlib.data.schedule import write_schedule
     from edlib.model.lr import with_lr_curve
 
-    result = scan(args.data_root)
+    result = scan(args.data_root, follow_outside_links=not args.skip_outside_links)
     if result.errors:
         return _fail_on_errors(result.errors)
     p = preview(
@@ -45,6 +45,7 @@ def _cmd_preview(args) -> int:
         validation_fraction=args.validation_fraction,
     )
     p = with_lr_curve(p, args.lr_scheduler, args.lr, warmup_steps=args.lr_warmup_steps)
+    p.warnings = [*result.warnings, *p.warnings]  # a misnamed multiply.txt changes what the preview shows
     if args.write_schedule:
         for epoch in range(args.epochs):
             write_schedule(p.realise(epoch), p.planner.scan, args.write_schedule)  # the training images
@@ -62,16 +63,17 @@ def _cmd_balance(args) -> int:
     from edlib.data.scan import scan
 
     if args.undo:
-        for line in undo_balance(args.data_root):
+        for line in undo_balance(args.data_root, force=args.force):
             print(line)
         return 0
     if not args.weights:
         print("edlib balance: --weights W.yaml is required (or --undo)", file=sys.stderr)
         return 2
-    result = scan(args.data_root)
+    result = scan(args.data_root, follow_outside_links=not args.skip_outside_links)
     if result.errors:
         return _fail_on_errors(result.errors)
     plan = plan_balance(result, load_weights(args.weights), epoch_size=args.epoch_size)
+    plan.warnings = [*result.warnings, *plan.warnings]
     if args.json:
         print(json.dumps(plan.to_json(), indent=2))
     else:
@@ -85,13 +87,17 @@ def _cmd_balance(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from edlib.train import load_config, train
+    from edlib.model.config_files import load_config
+    from edlib.train.run_lock import run_lock
 
-    summary = train(load_config(args.config, args.overrides), resume=args.resume)
-    print(
-        f"run {summary.run_dir}: stopped by {summary.stopped_by} at step {summary.step} "
-        f"(epoch {summary.epoch}); last checkpoint: {summary.last_checkpoint}"
-    )
+    # A bad config, or a run folder in use, fails at once, before the training stack is
+    # imported (a minute on a busy machine); `train` takes the lock for the run itself.
+    config = load_config(args.config, args.overrides)
+    with run_lock(config.run_dir):
+        pass
+    from edlib.train.loop import train
+
+    print(train(config, resume=args.resume))
     return 0
 
 
@@ -121,18 +127,83 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_review(args) -> int:
-    from edlib.train.review import format_review, quarantine, restore, review, review_folders, run_data_root
+    from edlib.train.review import (
+        format_review,
+        quarantine,
+        quarantined,
+        restore,
+        review,
+        review_folders,
+        review_status,
+        run_data_root,
+    )
 
     if args.quarantine:
-        manifest = quarantine(run_data_root(args.run), args.quarantine, run_dir=args.run, reason="edlib review")
-        print(f"Moved {len(args.quarantine)} image(s) with their captions to quarantine (manifest: {manifest}).")
+        root = run_data_root(args.run)
+        before = set(quarantined(root))
+        folder = quarantine(root, args.quarantine, run_dir=args.run, reason="edlib review")
+        moved = len(set(quarantined(root)) - before)
+        print(f"Moved {moved} image(s) with their captions to {folder} (each move is recorded in {folder / 'manifest.json'}).")
         print(f"Undo: edlib review {args.run} --restore")
         return 0
     if args.restore is not None:
-        for line in restore(run_data_root(args.run), args.restore or None):
-            print(line)
+        root = run_data_root(args.run)
+        restored = restore(root, args.restore or None)
+        for path in restored:
+            print(f"restored {root / path}")
+        if not restored:
+            print(f"nothing to restore: the quarantine of {root} is empty")
         return 0
-    print(format_review(review(args.run, top=args.top), review_folders(args.run)))
+    print(format_review(review(args.run, top=args.top), review_folders(args.run), review_status(args.run)))
+    return 0
+
+
+def _cmd_gather(args) -> int:
+    from edlib.gather import DownloadSettings, GatherOptions, format_report, gather
+
+    defaults = DownloadSettings()
+    download = DownloadSettings(
+        processes=args.processes or defaults.processes,
+        threads=args.threads or defaults.threads,
+        timeout=args.timeout,
+        retries=args.retries,
+        shard_size=args.shard_size,
+    )
+    options = GatherOptions(
+        resolution=args.resolution,
+        min_side=args.min_side,
+        max_aspect=args.max_aspect,
+        image_size=args.image_size,
+        seed=args.seed,
+        link=args.link,
+        dedupe=not args.no_dedupe,
+        url_column=args.url_column,
+        caption_column=args.caption_column,
+        width_column=args.width_column,
+        height_column=args.height_column,
+        where=tuple(args.where),
+        download=download,
+        progress=not args.no_progress,
+    )
+    try:
+        report = gather(
+            args.data_root,
+            args.source,
+            args.folder,
+            count=args.count,
+            per_epoch=args.per_epoch,
+            fraction=args.fraction,
+            share=args.share,
+            options=options,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"\nStopped. What was gathered so far is kept; run the same command again to continue "
+            f"(report: {Path(args.data_root) / args.folder / 'gather.json'}).",
+            file=sys.stderr,
+        )
+        return 130
+    print(json.dumps(report.to_json(), indent=2) if args.json else format_report(report))
     return 0
 
 
@@ -149,8 +220,29 @@ def _fail_on_errors(errors: list[str]) -> int:
     return 1 if errors else 0
 
 
+DESCRIPTION = (
+    "Fine-tune Stable Diffusion on your own folders of images, EveryDream-style: scan and balance a data "
+    "root, preview the schedule, train, review, sample and export. Each command's --help says more."
+)
+
+
+def _add_links_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--skip-outside-links",
+        action="store_true",
+        help="skip symbolic links that lead outside the data root (default: follow them, with a warning)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edlib", description=__doc__.split("\n")[0])
+    from edlib import __version__
+    from edlib.data.schedule import DEFAULT_SEED
+    from edlib.model.config import DEFAULT_RESOLUTION, TrainConfig
+    from edlib.model.lr import LR_SCHEDULERS
+
+    defaults = {name: field.default for name, field in TrainConfig.model_fields.items()}
+    parser = argparse.ArgumentParser(prog="edlib", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"edlib {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -158,19 +250,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data_root")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-cache", action="store_true", help="ignore and do not update the scan cache")
+    _add_links_option(p)
     p.set_defaults(func=_cmd_scan)
 
-    p = sub.add_parser("preview", help="samples per folder, steps and LR curve, without loading a model")
+    p = sub.add_parser(
+        "preview",
+        help="samples per folder, steps and LR curve, without loading a model",
+        description="What a training run will do with a data root, before any model loads: samples per folder "
+        "and epoch, steps, the learning-rate curve, buckets, and (with --write-schedule) the exact batches. "
+        "Defaults are the training config's, so with the same values it shows what `edlib train` trains.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("data_root")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--resolution", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=1e-6)
-    p.add_argument("--lr-scheduler", default="constant")
-    p.add_argument("--lr-warmup-steps", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=defaults["epochs"], help="epochs to plan (config key epochs)")
+    p.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="images per batch (batch_size)")
+    p.add_argument(
+        "--gradient-accumulation-steps",
+        type=int,
+        default=defaults["gradient_accumulation_steps"],
+        help="batches per optimizer step",
+    )
+    p.add_argument("--max-steps", type=int, default=defaults["max_steps"], help="cap on optimizer steps (none: no cap)")
+    p.add_argument(
+        "--resolution",
+        type=int,
+        default=DEFAULT_RESOLUTION,
+        help="base bucket size, a multiple of 64 (training defaults to the model's own: 512 SD1.x, 768 SD2.x, 1024 SDXL)",
+    )
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the per-epoch draws (config key seed)")
+    p.add_argument("--lr", type=float, default=defaults["unet_lr"], help="learning rate for the curve (unet_lr)")
+    p.add_argument("--lr-scheduler", default=defaults["lr_scheduler"], choices=LR_SCHEDULERS, help="LR schedule")
+    p.add_argument("--lr-warmup-steps", type=int, default=defaults["lr_warmup_steps"], help="warm-up steps")
     p.add_argument(
         "--validation-fraction",
         type=float,
@@ -179,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--write-schedule", metavar="DIR", help="write ep{E}_batch_schedule.txt files here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_links_option(p)
     p.set_defaults(func=_cmd_preview)
 
     p = sub.add_parser("balance", help="turn target shares (a weight tree) into multiply.txt values")
@@ -187,7 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epoch-size", type=float, default=None, help="samples per epoch wanted (default: current)")
     p.add_argument("--apply", action="store_true", help="write the multiply.txt files (history kept)")
     p.add_argument("--undo", action="store_true", help="restore the multiply.txt files before the last --apply")
+    p.add_argument("--force", action="store_true", help="with --undo: restore even files edited since the apply")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_links_option(p)
     p.set_defaults(func=_cmd_balance)
 
     p = sub.add_parser("train", help="train from a config file (resumable)")
@@ -210,7 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN", help="a run folder (newest checkpoint) or a checkpoint folder")
     p.add_argument("--format", required=True, choices=["diffusers", "single-file", "kohya-lora", "a1111-embedding", "a1111-hypernetwork"])
     p.add_argument("--out", metavar="DIR", help="default: RUN/exports")
-    p.add_argument("--dtype", choices=["fp16", "fp32"], default="fp16")
+    p.add_argument(
+        "--dtype",
+        choices=["fp16", "fp32"],
+        default="fp16",
+        help="weight precision; an fp32 file is named ...-fp32 so it never replaces the fp16 one (embeddings are always fp32)",
+    )
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("review", help="images whose loss stays high; quarantine or restore them")
@@ -220,11 +338,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restore", nargs="*", metavar="IMAGE", help="put quarantined images back (all when none named)")
     p.set_defaults(func=_cmd_review)
 
+    _add_gather_parser(sub)
+
     p = sub.add_parser("demo", help="the whole flow on generated toy-world data")
     p.add_argument("--out", default="demo", help="folder for the demo's data and runs (default: ./demo)")
     p.add_argument("--quick", action="store_true", help="a shortened run (used by the tests)")
     p.set_defaults(func=_cmd_demo)
     return parser
+
+
+def _add_gather_parser(sub) -> None:
+    p = sub.add_parser("gather", help="fill a folder with ground-truth preservation images from a URL list or a big folder")
+    p.add_argument("data_root")
+    p.add_argument("--from", dest="source", required=True, metavar="LIST_OR_FOLDER", help="a .parquet/.csv/.tsv/.jsonl URL list, or a folder of images")
+    p.add_argument("--to", dest="folder", default="ground_truth", metavar="FOLDER", help="a new folder inside the data root (default: ground_truth)")
+    p.add_argument("--count", type=int, required=True, help="images the folder should hold (run again with more to add)")
+    amount = p.add_mutually_exclusive_group()
+    amount.add_argument("--per-epoch", type=float, metavar="N", help="sets multiply.txt: N of its images per epoch")
+    amount.add_argument("--fraction", type=float, metavar="F", help="sets multiply.txt: this fraction of the folder per epoch")
+    amount.add_argument("--share", type=float, metavar="S", help="sets multiply.txt: this share of the whole epoch (0.1 = 10%%)")
+    p.add_argument("--resolution", type=int, default=512, help="training resolution, the default for --min-side and --image-size")
+    p.add_argument("--min-side", type=int, metavar="PX", help="refuse images whose shorter side is smaller")
+    p.add_argument("--max-aspect", type=float, default=2.0, help="refuse images longer than this ratio (default 2: 2:1 or 1:2)")
+    p.add_argument("--image-size", type=int, metavar="PX", help="shrink downloads to this shorter side (0: keep them full size)")
+    p.add_argument("--seed", type=int, default=0, help="which rows/files are drawn")
+    p.add_argument("--link", action="store_true", help="folder source: symlink the images instead of copying them")
+    p.add_argument("--no-dedupe", action="store_true", help="keep near-duplicates (of each other and of your images)")
+    p.add_argument("--url-column", help="default: url or URL")
+    p.add_argument("--caption-column", help="default: caption, TEXT or text")
+    p.add_argument("--width-column", help="default: width or WIDTH, if present")
+    p.add_argument("--height-column", help="default: height or HEIGHT, if present")
+    p.add_argument("--where", action="append", default=[], metavar="COND", help="keep rows passing e.g. 'aesthetic>=5' or 'punsafe<0.1' (repeatable)")
+    p.add_argument("--processes", type=int, help="img2dataset processes (default: up to 4)")
+    p.add_argument("--threads", type=int, help="download threads per process (default 32)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per download (default 10)")
+    p.add_argument("--retries", type=int, default=0, help="retries per failed download")
+    p.add_argument("--shard-size", type=int, help="URLs per img2dataset shard, the unit of resume (default: chosen per batch)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.set_defaults(func=_cmd_gather)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,12 +14,14 @@ describe any machine without patching.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
@@ -31,11 +33,8 @@ COLAB_CONTENT = Path("/content")
 RUNPOD_WORKSPACE = Path("/workspace")
 FOLDER_NAME = "edlib"  # the folder edlib's data and runs go into on Drive / the workspace
 
-# Where edlib is published, as GitHub's owner/name. A PLACEHOLDER until the public address is
-# decided: the notebooks' install line and Colab badges are written from it (they cannot
-# import edlib before installing it), so after changing it run
-# `python scripts/sync_notebook_setup.py`; tests/notebooks/test_sources.py fails until then.
-REPOSITORY = "edlib-project/edlib"
+# The distribution (what pip installs); the import name and the command are `edlib`.
+DISTRIBUTION = "edlib-sd-trainer"
 
 # The versions this release of edlib was tested with. A newer minor release of these
 # libraries is where breaking changes come from (renamed arguments, moved classes), so a
@@ -55,9 +54,13 @@ TESTED_VERSIONS = {
     "ipywidgets": "8.1.9",
     "plotly": "7.1.0",
 }
-# torch is the one pin never installed for the user: hosted images ship a torch built for
-# their CUDA, and replacing it costs minutes and often breaks the GPU build.
-NOT_PINNED_ON_INSTALL = ("torch",)
+# Pins never installed for the user: hosted images ship a torch built for their CUDA
+# (replacing it costs minutes and often breaks the GPU build), and Colab's front end is built
+# for its own ipywidgets 7.7.1 (installing 8 has broken Colab's widgets before).
+NOT_PINNED_ON_INSTALL = ("torch", "ipywidgets")
+# Versions that are fine as they are, whatever the tested pin: the panels use only widgets
+# that ipywidgets 7.7.1 (Colab) and 8 (RunPod, JupyterLab) both have.
+SUPPORTED_AS_INSTALLED = {"ipywidgets": SpecifierSet(">=7.7.1")}
 
 
 def detect_platform(
@@ -106,11 +109,11 @@ def work_dir(
 def where_text(platform: str, folder: Path, *, drive: Path = COLAB_DRIVE) -> str:
     """One sentence for the notebook: where things go on this machine and whether they last."""
     if platform == "colab":
-        if (drive / "MyDrive").is_dir():
+        if (drive / "MyDrive").is_dir() and Path(folder).resolve().is_relative_to(drive.resolve()):
             return f"Colab with Google Drive mounted: data and runs go to {folder} and survive the session."
         return (
             f"Colab without Google Drive: data and runs go to {folder} and are LOST when the session "
-            "ends. Mount Drive (next cell) to keep them."
+            "ends. Keep them on Drive: MOUNT_DRIVE = True and WORK_FOLDER empty (or a folder under /content/drive)."
         )
     if platform == "runpod":
         return f"RunPod: data and runs go to {folder} (the /workspace volume survives a pod restart)."
@@ -138,10 +141,27 @@ def installed_versions(packages: list[str] | tuple[str, ...]) -> dict[str, str |
 
 
 def edlib_requirements() -> list[Requirement]:
-    """edlib's own runtime dependencies, from the installed package metadata."""
-    requirements = [Requirement(text) for text in metadata.requires("edlib") or []]
+    """edlib's own runtime dependencies, from the installed package metadata (from
+    pyproject.toml when edlib runs from a source folder that pip did not install)."""
+    try:
+        texts = metadata.requires(DISTRIBUTION) or []
+    except metadata.PackageNotFoundError:
+        texts = _source_project()["dependencies"]
+    requirements = [Requirement(text) for text in texts]
     # Extras ([notebook], [dev], [gpu]) are optional: only unconditional dependencies count.
     return [r for r in requirements if r.marker is None]
+
+
+def _source_project() -> dict:
+    """The [project] table of the pyproject.toml beside this edlib package."""
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    try:
+        import tomllib  # Python 3.11+
+    except ImportError:
+        tomllib = None
+    if tomllib is None or not pyproject.is_file():
+        raise metadata.PackageNotFoundError(f"{DISTRIBUTION} is not installed (pip install {DISTRIBUTION})")
+    return tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
 
 
 def _release(version: Version) -> Version:
@@ -181,7 +201,9 @@ def check_versions(
                 )
             )
             continue
-        if not spec.contains(version, prereleases=True):
+        if name in SUPPORTED_AS_INSTALLED and SUPPORTED_AS_INSTALLED[name].contains(version):
+            messages.append(EnvMessage("ok", name, f"{name} {found}"))
+        elif not spec.contains(version, prereleases=True):
             messages.append(
                 EnvMessage(
                     "error",
@@ -211,7 +233,11 @@ def check_versions(
 def check_python(version: tuple[int, int] | None = None, requires: str | None = None) -> EnvMessage:
     """Is this Python one edlib supports (`Requires-Python` of the installed package)?"""
     version = sys.version_info[:2] if version is None else version
-    requires = metadata.metadata("edlib")["Requires-Python"] if requires is None else requires
+    if requires is None:
+        try:
+            requires = metadata.metadata(DISTRIBUTION)["Requires-Python"]
+        except metadata.PackageNotFoundError:
+            requires = _source_project()["requires-python"]
     text = f"{version[0]}.{version[1]}"
     if SpecifierSet(requires).contains(Version(text)):
         return EnvMessage("ok", "python", f"Python {text}")
@@ -338,12 +364,13 @@ class EnvironmentProblem(RuntimeError):
     """The install is not usable as it is; the message lists what to do."""
 
 
-def check_install(pinned: bool, *, platform: str | None = None) -> None:
+def check_install(pinned: bool, *, platform: str | None = None, installed_now: bool = False) -> None:
     """The setup cell's check, right after installing: raises `EnvironmentProblem` listing
     every error (a pin that did not take, a library loaded at an old version, one missing or
     too old), so "Run all" stops at the cause instead of failing later with a library's
-    baffling error. Otherwise prints one line, plus any warnings (returns nothing, so a
-    notebook cell ending with it shows only that)."""
+    baffling error. Otherwise prints one line saying which edlib this is and where it came
+    from (`installed_now`: the setup cell just installed it), plus any warnings (returns
+    nothing, so a notebook cell ending with it shows only that)."""
     messages = [m for m in check_environment(platform, pinned=pinned, cuda_available=True) if m.package != "gpu"]
     errors = [m.text for m in messages if m.level == "error"]
     if errors:
@@ -351,52 +378,60 @@ def check_install(pinned: bool, *, platform: str | None = None) -> None:
     from edlib import __version__
 
     warnings = [m.text for m in messages if m.level == "warning"]
-    pins = "at the pinned versions" if pinned else "versions checked"
-    print(f"edlib {__version__} ready ({pins})" + "".join(f"\nWARNING {w}" for w in warnings))
+    pins = "libraries at the pinned versions" if pinned else "library versions checked"
+    done = "installed now" if installed_now else "was installed already"
+    print(f"edlib {__version__} ({done}) {describe_install()}; {pins}" + "".join(f"\nWARNING {w}" for w in warnings))
 
 
-SETUP_CELL = """\
-# Setup: on Colab (or any fresh kernel) this installs edlib and the library versions it was tested
-# with, then checks them; where edlib is already installed it installs nothing. Safe to re-run.
-import importlib
-import importlib.util
-import sys
-
-EDLIB = "{requirement}"
-ON_COLAB = "google.colab" in sys.modules
-if importlib.util.find_spec("edlib") is None:
-    %pip install -q "{{EDLIB}}"
-    importlib.invalidate_caches()
-if ON_COLAB:
-    from edlib.environment import pinned_requirements
-
-    PINS = " ".join(pinned_requirements())  # torch stays Colab's own CUDA build
-    %pip install -q {{PINS}}
-    from google.colab import output
-
-    output.enable_custom_widget_manager()  # how Colab shows ipywidgets 8 panels
-
-from edlib.environment import check_install
-
-check_install(pinned=ON_COLAB)  # stops here, saying what differs, if the install did not take"""
+def describe_install() -> str:
+    """Where this edlib came from, in words: pip's record of the install, or the folder it
+    is imported from when that is not what pip installed (a clone on PYTHONPATH)."""
+    package_dir = Path(__file__).resolve().parent
+    try:
+        dist = metadata.distribution(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        dist = None
+    direct_url = dist.read_text("direct_url.json") if dist else None
+    if dist is None or not (direct_url or dist.read_text("INSTALLER")):  # none, or a build's egg-info
+        return f"from the source folder {package_dir.parent} (not installed by pip)"
+    record = json.loads(direct_url) if direct_url else {}
+    if record.get("dir_info", {}).get("editable"):
+        installed = Path(unquote(urlparse(record["url"]).path)) / "edlib"
+    else:
+        installed = Path(dist.locate_file("edlib"))
+    if installed.resolve() != package_dir:
+        return f"from the source folder {package_dir.parent} (pip's {DISTRIBUTION} is elsewhere)"
+    return install_origin(direct_url)
 
 
-def setup_cell_source(version: str | None = None, repository: str = REPOSITORY) -> str:
-    """The first code cell of every notebook (scripts/sync_notebook_setup.py writes it)."""
-    return SETUP_CELL.format(requirement=install_requirement(version, repository))
+def install_origin(direct_url: str | None) -> str:
+    """pip's record of an install (PEP 610's direct_url.json, None for a package index) in
+    words: a wheel file, a folder, a git commit, the index."""
+    if not direct_url:
+        return "from the package index (PyPI)"
+    record = json.loads(direct_url)
+    url = record["url"]
+    path = unquote(urlparse(url).path) if url.startswith("file:") else url
+    if "vcs_info" in record:
+        return f"from git {url} at commit {record['vcs_info'].get('commit_id', '?')[:10]}"
+    if "dir_info" in record:
+        kind = "editable" if record["dir_info"].get("editable") else "copied"
+        return f"from the local clone {path} ({kind})"
+    return f"from the wheel {path}" if path.endswith(".whl") else f"from {path}"
 
 
-def install_requirement(version: str | None = None, repository: str = REPOSITORY) -> str:
-    """What a notebook's setup cell gives pip to install edlib: the release `version` (this
-    one by default) with the notebook extras, from the public repository."""
-    if version is None:
-        from edlib import __version__ as version
-    return f"edlib[notebook] @ git+https://github.com/{repository}@v{version}"
+def has_native_bf16(capability: tuple[int, int] | None = None) -> bool:
+    """Whether the GPU computes in bf16 natively: compute capability 8.0 or newer (A100, L4,
+    H100). A T4 (7.5) has none, yet `torch.cuda.is_bf16_supported()` says True there (it
+    counts emulation) and bf16 training of a UNet then fails in cuDNN. `capability` defaults
+    to the current GPU's; no GPU: False."""
+    if capability is None:
+        import torch
 
-
-def colab_url(notebook: str, repository: str = REPOSITORY) -> str:
-    """The address that opens `notebooks/<notebook>` of the repository in Colab."""
-    return f"https://colab.research.google.com/github/{repository}/blob/main/notebooks/{notebook}"
+        if not torch.cuda.is_available():
+            return False
+        capability = torch.cuda.get_device_capability()
+    return tuple(capability) >= (8, 0)
 
 
 def default_base_model(folder: str | Path) -> Path:

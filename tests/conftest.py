@@ -44,6 +44,24 @@ def tiny_sdxl(tmp_path_factory):
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-sdxl") / "model", variant="sdxl")
 
 
+@pytest.fixture(scope="session")
+def tiny_flux(tmp_path_factory):
+    """A tiny FLUX.1-dev diffusers folder (transformer with the guidance embedder, CLIP-L, T5,
+    FLUX's VAE factors and scheduler); read-only for tests."""
+    from edlib.model.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-flux") / "model", variant="flux")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3(tmp_path_factory):
+    """A tiny SD3.5 diffusers folder (MMDiT with a dual-attention layer, CLIP-L, CLIP-G, T5);
+    read-only for tests."""
+    from edlib.model.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd3") / "model", variant="sd3")
+
+
 @pytest.fixture(autouse=True)
 def _private_cache_dir(tmp_path_factory, monkeypatch):
     """Keep edlib's caches (scan cache, ...) out of the user's home during tests."""

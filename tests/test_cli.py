@@ -227,7 +227,7 @@ def test_hypernetwork_export_and_sample_from_the_command_line(tmp_path):
     r = edlib("export", run, "--format", "a1111-hypernetwork", "--dtype", "fp32")
     assert r.returncode == 0, r.stderr
     exported = Path(r.stdout.split()[-1])
-    assert exported == run / "exports" / "hyper-step000002.pt"
+    assert exported == run / "exports" / "hyper-step000002-fp32.pt"  # an export other than fp16 is named by its dtype
     prompts = tmp_path / "prompts.yaml"
     prompts.write_text("defaults: {steps: 2, seed: 3}\nprompts: [red]\n")
     r = edlib("sample", tmp_path / "model", "--prompts", prompts, "--out", tmp_path / "file",

@@ -17,9 +17,12 @@ from edlib.environment import (
     check_python,
     check_versions,
     default_base_model,
+    describe_install,
     detect_platform,
     edlib_requirements,
     format_messages,
+    has_native_bf16,
+    install_origin,
     installed_versions,
     pinned_requirements,
     where_text,
@@ -54,6 +57,8 @@ def test_colab_work_dir_is_on_drive_when_mounted_else_lost_with_the_session(tmp_
     (drive / "MyDrive").mkdir(parents=True)
     assert work_dir("colab", drive=drive, content=content) == drive / "MyDrive" / "edlib"
     assert "survive" in where_text("colab", drive / "MyDrive" / "edlib", drive=drive)
+    # A folder chosen off Drive is lost even with Drive mounted.
+    assert "LOST" in where_text("colab", content / "mine", drive=drive)
 
 
 def test_runpod_and_local_work_dirs(tmp_path):
@@ -201,7 +206,10 @@ def test_a_library_loaded_before_another_version_was_installed_asks_for_a_restar
 
 def test_check_install_passes_here_and_the_check_with_pins_lists_each_difference(capsys):
     check_install(pinned=True)  # this venv has exactly the pins
-    assert "ready (at the pinned versions)" in capsys.readouterr().out
+    [line] = capsys.readouterr().out.splitlines()  # one line: which edlib, from where, the pins
+    assert line.startswith("edlib 0.1.0 (was installed already) from ") and line.endswith("libraries at the pinned versions")
+    check_install(pinned=False, installed_now=True)
+    assert "(installed now)" in capsys.readouterr().out
     assert not [m for m in check_environment("local", cuda_available=True, pinned=True) if m.level != "ok"]
 
 
@@ -215,3 +223,41 @@ def test_default_base_model_is_a_loadable_model_written_once(tmp_path):
     assert (model / "model_index.json").stat().st_mtime_ns == stamp  # not rebuilt
     pipeline = load_pipeline(model)
     assert pipeline.unet.config.sample_size * 2 ** (len(pipeline.vae.config.block_out_channels) - 1) == 64
+
+
+def test_colabs_ipywidgets_7_is_fine_and_never_pinned_over():
+    """Colab's front end is built for its ipywidgets 7.7.1; installing 8 has broken it."""
+    [widgets] = check_versions({"ipywidgets": "7.7.1"}, [], {"ipywidgets": "8.1.9"})
+    assert widgets.level == "ok"
+    assert check_versions({"ipywidgets": "7.6.0"}, [], {"ipywidgets": "8.1.9"})[0].level == "warning"
+    assert not any(pin.startswith(("ipywidgets==", "torch==")) for pin in pinned_requirements())
+
+
+def test_a_t4_is_not_a_bf16_card():
+    """torch says a T4 (compute capability 7.5) supports bf16 (emulated); cuDNN has no bf16
+    convolutions there, so only 8.0 and newer count."""
+    assert not has_native_bf16((7, 5))
+    assert has_native_bf16((8, 0)) and has_native_bf16((8, 9)) and has_native_bf16((9, 0))
+    import torch
+
+    if not torch.cuda.is_available():
+        assert has_native_bf16() is False
+
+
+def test_where_an_install_came_from_in_words():
+    assert install_origin(None) == "from the package index (PyPI)"
+    wheel = '{"url": "file:///content/drive/MyDrive/edlib/edlib_sd_trainer-0.1.0-py3-none-any.whl", "archive_info": {}}'
+    assert install_origin(wheel) == "from the wheel /content/drive/MyDrive/edlib/edlib_sd_trainer-0.1.0-py3-none-any.whl"
+    clone = '{"url": "file:///workspace/my%20edlib", "dir_info": {"editable": true}}'
+    assert install_origin(clone) == "from the local clone /workspace/my edlib (editable)"
+    git = '{"url": "https://github.com/someone/edlib", "vcs_info": {"vcs": "git", "commit_id": "0123456789abcdef"}}'
+    assert install_origin(git) == "from git https://github.com/someone/edlib at commit 0123456789"
+
+
+def test_this_install_is_described_by_the_folder_it_is_imported_from():
+    import edlib
+
+    text = describe_install()
+    assert text.startswith("from ")
+    if "source folder" in text:  # a clone on PYTHONPATH, or pip's editable install elsewhere
+        assert str(Path(edlib.__file__).resolve().parents[1]) in text

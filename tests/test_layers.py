@@ -19,8 +19,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "edlib"
 # units of its own layer or below, never above. README.md "Layers" shows the same table.
 LAYERS = {
     "edlib.files": 0,
+    "edlib.quiet": 0,  # installed by the package's __init__: logging filters only
     "edlib.data": 0,
     "edlib.world": 0,
+    "edlib.gather": 0,
     "edlib.model": 1,
     "edlib.train": 2,
     "edlib.sample": 2,
@@ -29,6 +31,8 @@ LAYERS = {
     "edlib.cli": 3,
     "edlib.demo": 3,
     "edlib.environment": 3,
+    "edlib.workspace": 3,
+    "edlib.notebook_setup": 3,
     "edlib.__main__": 3,
     "edlib": 0,  # the package's __init__: only __version__, imports nothing
 }

@@ -33,9 +33,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -44,8 +42,10 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
+from edlib.data import safe_yaml
+from edlib.data.small_files import TEXT_FILE_LIMIT, quote, read_small
 from edlib.data.types import DataRootError, ScanResult
-from edlib.files import write_text_atomic
+from edlib.files import copy_atomic, describe_write_error, write_text_atomic
 
 HISTORY_DIR = PurePosixPath(".edlib", "balance_history")
 MANIFEST = "manifest.json"
@@ -56,13 +56,13 @@ def load_weights(path) -> dict[str, float]:
     """Read a YAML mapping of folder path or glob pattern -> weight (a number >= 0)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_yaml.load(read_small(path, str(path), TEXT_FILE_LIMIT).decode("utf-8"))
     except FileNotFoundError:
         raise DataRootError(f"{path}: weights file not found") from None
-    except (UnicodeDecodeError, yaml.YAMLError) as e:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise DataRootError(f"{path}: not a readable YAML file: {e}") from None
     if not isinstance(data, dict) or not data:
-        raise DataRootError(f"{path}: expected a mapping of folder path or glob pattern to weight, found {data!r}")
+        raise DataRootError(f"{path}: expected a mapping of folder path or glob pattern to weight, found {quote(data)}")
     return _checked_weights(data, source=str(path))
 
 
@@ -71,9 +71,9 @@ def _checked_weights(weights: dict, *, source: str) -> dict[str, float]:
     out = {}
     for key, value in weights.items():
         if not isinstance(key, str):
-            raise DataRootError(f"{source}: key {key!r} is not a folder path or pattern")
+            raise DataRootError(f"{source}: key {quote(key)} is not a folder path or pattern")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise DataRootError(f"{source}: weight of {key!r} must be a finite number >= 0, found {value!r}")
+            raise DataRootError(f"{source}: weight of {quote(key)} must be a finite number >= 0, found {quote(value)}")
         out[_normalise_key(key)] = value
     return out
 
@@ -113,6 +113,9 @@ class BalancePlan:
     epoch_size: Fraction
     entries: list[BalanceEntry]
     warnings: list[str] = field(default_factory=list)
+    # "folder: file" where a local.yaml sets multiply: it wins over multiply.txt (EveryDream2's
+    # order), so a multiply.txt written there would change nothing; apply refuses.
+    overridden: list[str] = field(default_factory=list)
 
     @property
     def excluded(self) -> list[str]:
@@ -153,7 +156,7 @@ def plan_balance(scan: ScanResult, weights: dict[str, float], *, epoch_size: flo
     weight_of = _resolve_weights(_checked_weights(weights, source="weights"), children, scan.root)
 
     if epoch_size is None:
-        target = sum((Fraction(current[p]) * images[p] for p in image_folders), Fraction(0))
+        target = sum(scan.expected_samples().values(), Fraction(0))
     else:
         if not (math.isfinite(epoch_size) and epoch_size > 0):
             raise DataRootError(f"epoch size must be a number > 0, got {epoch_size!r}")
@@ -173,12 +176,36 @@ def plan_balance(scan: ScanResult, weights: dict[str, float], *, epoch_size: flo
             plan.warnings.append(
                 f"folder {e.path or '.'}: {float(e.written * e.images):.3g} expected samples per epoch (< 1)"
             )
+    _note_other_multipliers(scan, plan)
     if plan.excluded:
         plan.warnings.append(
             "weight 0 excludes " + ", ".join(p or "." for p in plan.excluded) + "; multiply.txt cannot hold 0, "
             "so this plan cannot be applied: move those folders out of the data root or give them a small weight"
         )
     return plan
+
+
+def _note_other_multipliers(scan: ScanResult, plan: BalancePlan) -> None:
+    """Multipliers a written multiply.txt does not change: a local.yaml's (it wins over
+    multiply.txt), and images' own (`multiply:` in their .yaml sidecar)."""
+    own: dict[str, int] = {}
+    for item in scan.items:
+        if item.own is not None and any(k == "multiply" for k, _ in item.own.settings):
+            own[item.folder] = own.get(item.folder, 0) + 1
+    for e in plan.entries:
+        source = scan.folder(e.path).sources.get("multiply", "")
+        if source.endswith(("local.yaml", "local.yml")):
+            plan.overridden.append(source)
+        if own.get(e.path):
+            plan.warnings.append(
+                f"folder {e.path or '.'}: {own[e.path]} image(s) set their own multiply in .yaml sidecars; "
+                "multiply.txt does not change them, so this folder's share will differ from the plan"
+            )
+    if plan.overridden:
+        plan.warnings.append(
+            f"multiply is set in {', '.join(plan.overridden)}, which wins over multiply.txt (EveryDream2's order): "
+            "remove the multiply line there before applying this plan"
+        )
 
 
 def _tree(image_folders: list[str]) -> dict[str, list[str]]:
@@ -279,15 +306,47 @@ def apply_balance(plan: BalancePlan) -> Path:
     """Write the plan's multiply.txt files; returns the history entry that undoes it.
 
     The previous files are copied into DATA_ROOT/.edlib/balance_history/<time>/ with a
-    manifest before anything is written, so an interrupted apply can still be undone.
+    manifest before anything is written, so an interrupted apply can still be undone. If
+    that copy fails (a full disk), the history entry is removed and nothing is written. A
+    multiply.txt that is a symlink is written through (the link stays a link).
     """
     if plan.excluded:
         raise DataRootError(
             f"{plan.root}: cannot apply: weight 0 excludes {', '.join(p or '.' for p in plan.excluded)}, and "
             "multiply.txt must be > 0; move those folders out of the data root or give them a small weight"
         )
+    if plan.overridden:
+        raise DataRootError(
+            f"{plan.root}: cannot apply: {', '.join(plan.overridden)} set(s) multiply, which wins over the "
+            "multiply.txt balancing writes (EveryDream2's order); remove the multiply line there first"
+        )
     root = Path(plan.root)
     entry = _new_history_entry(root)
+    try:
+        manifest = _keep_previous(root, entry, plan)
+    except OSError as error:
+        shutil.rmtree(entry, ignore_errors=True)
+        raise DataRootError(
+            f"{root}: could not keep the previous multiply.txt files ({describe_write_error(error, entry)}); "
+            "nothing was written, free some space and apply again"
+        ) from None
+    written = 0
+    for rel, text in manifest["written"].items():
+        try:
+            write_text_atomic(root / rel, text)
+        except OSError as error:
+            raise DataRootError(
+                f"{root / rel}: could not write ({describe_write_error(error, root / rel)}); {written} of "
+                f"{len(manifest['written'])} multiply.txt files were written. Undo them with: "
+                f"edlib balance {root} --undo"
+            ) from None
+        written += 1
+    return entry
+
+
+def _keep_previous(root: Path, entry: Path, plan: BalancePlan) -> dict:
+    """Copy the multiply.txt files the plan replaces into the history `entry` and write its
+    manifest; returns the manifest."""
     manifest = {"created": [], "replaced": [], "written": {}}
     for e in plan.entries:
         rel = str(PurePosixPath(e.path, "multiply.txt"))
@@ -301,9 +360,7 @@ def apply_balance(plan: BalancePlan) -> Path:
             manifest["created"].append(rel)
         manifest["written"][rel] = e.text + "\n"
     write_text_atomic(entry / MANIFEST, json.dumps(manifest, indent=2))
-    for rel, text in manifest["written"].items():
-        write_text_atomic(root / rel, text)
-    return entry
+    return manifest
 
 
 def undo_balance(root, *, force: bool = False) -> list[str]:
@@ -328,12 +385,13 @@ def undo_balance(root, *, force: bool = False) -> list[str]:
         ]
         if edited:
             raise DataRootError(
-                f"{root}: changed since the balance was applied, not undoing: {', '.join(edited)} "
-                "(undo with force=True to restore the older files anyway)"
+                f"{root}: changed since the balance was applied, not undoing: {', '.join(edited)}. "
+                f"To restore the older files anyway: edlib balance {root} --undo --force "
+                "(from Python: undo_balance(root, force=True))"
             )
     done = []
     for rel in manifest["replaced"]:
-        os.replace(_copy_beside(entry / "files" / rel, root / rel), root / rel)
+        copy_atomic(entry / "files" / rel, root / rel)  # through a symlink: the link stays
         done.append(f"restored {rel}")
     for rel in manifest["created"]:
         if (root / rel).exists():
@@ -354,11 +412,3 @@ def _new_history_entry(root: Path) -> Path:
         n += 1
     entry.mkdir()
     return entry
-
-
-def _copy_beside(source: Path, target: Path) -> Path:
-    """Copy `source` to a temporary file next to `target`, ready to be renamed over it."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    shutil.copy2(source, tmp)
-    return Path(tmp)

@@ -11,6 +11,19 @@ from __future__ import annotations
 
 import numpy as np
 
+BUCKET_STEP = 64  # bucket sides are multiples of this (the VAE's 8x times the UNet's 8x)
+
+
+def resolution_problem(resolution: int) -> str | None:
+    """What is wrong with a training resolution (None: nothing): it must be a positive multiple
+    of 64, as the buckets need. One rule for the preview, the config and the notebook form."""
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < BUCKET_STEP or resolution % BUCKET_STEP:
+        return (
+            f"must be a multiple of {BUCKET_STEP} (aspect buckets have sides that are multiples of {BUCKET_STEP}), "
+            "e.g. 512, 768 or 1024"
+        )
+    return None
+
 
 def make_buckets(resolution: int, *, step: int = 64, max_aspect: float = 4.0) -> list[tuple[int, int]]:
     """(width, height) bucket sizes for a base resolution, sorted from tallest to widest.

@@ -1,48 +1,35 @@
-"""Captions: reading them from sidecar files or file names, and the caption used at a step.
+"""Captions: the caption of each image, and the caption used at a training step.
 
-Where a caption comes from, for `a/b/img.png` (first that exists):
+An image's caption is built as EveryDream2 builds it (`sidecars` reads the files):
 
-1. `a/b/img.txt`, then `a/b/img.caption`: the whole text is the main prompt;
-2. `a/b/img.yaml` (or `img.yml`): an EveryDream2 sidecar with `main_prompt` and `tags`, each
-   tag a string or `{tag: ..., weight: ...}`;
-3. otherwise the file name without its extension, cut at the first `_`
-   (`rare photo_01.png` gives `rare photo`), so numbered copies share one caption.
+1. Its own caption files, all that exist, merged: `img.yaml` over `img.yml` over
+   `img.caption` over `img.txt` (the nearest main prompt wins, tags are pooled). A .txt
+   caption is split at commas: "bob, blue hat" is main prompt "bob" and tag "blue hat".
+2. Its folder's caption keys (`main_prompt`, `tags`, `caption` in local.yaml, and in the
+   global.yaml files of the folder and above): their tags are added after the image's own,
+   their main prompt is used when the image's files have none.
+3. Still no main prompt: the file name without its extension, cut at the first `_` and read
+   like a .txt caption (`rare photo_01.png` gives `rare photo`), so numbered copies share it.
+4. The tags, one copy of each, sorted by weight (heaviest first); then the folder's trigger
+   (edlib's `trigger.txt`) in front.
 
-This is DESIGN.md's order. EveryDream2 merges a `.txt` and a `.yaml` of the same image; we
-use the first one only and the scan warns when both exist, so what trains is never a
-surprise. Text is UTF-8 (a BOM is tolerated, surrounding whitespace dropped); anything else
-is an error naming the file, because silently mangled captions train the wrong words.
+Text is UTF-8 (a BOM is tolerated, surrounding whitespace dropped); anything else is an
+error naming the file, because silently mangled captions train the wrong words.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import random
 from dataclasses import replace
 
-import yaml
+from edlib.data.sidecars import CaptionError, decode_text, ordered_tags, text_entry
+from edlib.data.types import Caption, FolderSettings, ImageOwn, Tag
 
-from edlib.data.types import Caption, DataRootError, Tag
+__all__ = ["CAPTION_SUFFIXES", "CaptionError", "compose_caption", "decode_text", "training_caption"]
 
-CAPTION_SUFFIXES = (".txt", ".caption", ".yaml", ".yml")
-_YAML_SUFFIXES = (".yaml", ".yml")
-
-
-class CaptionError(DataRootError):
-    """A caption file that cannot be used; the message names the file."""
-
-
-def decode_text(data: bytes, name: str) -> str:
-    """UTF-8 text of a small user file (caption or setting), BOM and outer whitespace removed."""
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        bad = data[exc.start : exc.start + 4]
-        raise CaptionError(
-            f"{name}: not valid UTF-8 (byte {exc.start}: {bad!r}); save the file as UTF-8"
-        ) from exc
-    return text.strip()
+# Caption files of an image, from the one that yields to the one that wins (EveryDream2's order).
+CAPTION_SUFFIXES = (".txt", ".caption", ".yml", ".yaml")
 
 
 def filename_caption(filename: str) -> Caption:
@@ -51,71 +38,45 @@ def filename_caption(filename: str) -> Caption:
 
 
 def stem_caption(stem: str) -> Caption:
-    """Caption from a file name without its extension: cut at the first `_`."""
-    return Caption(main_prompt=stem.split("_", 1)[0].strip())
+    """Caption from a file name without its extension: cut at the first `_`, then read like
+    a .txt caption (the first comma-separated part is the main prompt)."""
+    name = stem.split("_", 1)[0]
+    if "," not in name:  # the common case, without building an Entry (scans feel every call)
+        return Caption(main_prompt=name.strip())
+    entry = text_entry(name)
+    return Caption(main_prompt=entry.main_prompt or "", tags=entry.tags)
 
 
-def parse_caption_file(data: bytes, name: str) -> tuple[Caption, tuple[str, ...]]:
-    """Parse a caption file's bytes; `name` (its path) decides the format and names errors.
-
-    Returns the caption and the keys of a `.yaml` sidecar that are not caption keys
-    (EveryDream2 allows per-image settings there; the scan reports them).
-    """
-    text = decode_text(data, name)
-    if not name.lower().endswith(_YAML_SUFFIXES):
-        return Caption(main_prompt=text), ()
-    return _parse_yaml_caption(text, name)
-
-
-def _parse_yaml_caption(text: str, name: str) -> tuple[Caption, tuple[str, ...]]:
-    try:
-        doc = yaml.safe_load(text) if text else {}
-    except yaml.YAMLError as exc:
-        raise CaptionError(f"{name}: not valid YAML: {exc}") from exc
-    if doc is None:
-        doc = {}
-    if not isinstance(doc, dict):
-        raise CaptionError(f"{name}: expected a mapping with main_prompt and tags, found {text[:80]!r}")
-    main = doc.get("main_prompt", "")
-    if isinstance(main, list) and all(isinstance(m, str) for m in main):
-        main = main[0] if main else ""  # EveryDream2 accepts a list and uses its first entry
-    if not isinstance(main, str):
-        raise CaptionError(f"{name}: main_prompt must be text, found {main!r}")
-    raw_tags = doc.get("tags") or []
-    if not isinstance(raw_tags, list):
-        raise CaptionError(f"{name}: tags must be a list, found {raw_tags!r}")
-    tags = tuple(t for t in (_parse_tag(raw, name) for raw in raw_tags) if t.text)
-    extra = tuple(sorted(str(k) for k in doc if k not in ("main_prompt", "tags")))
-    return Caption(main_prompt=main.strip(), tags=tags), extra
-
-
-def _parse_tag(raw, name: str) -> Tag:
-    if isinstance(raw, str):
-        return Tag(raw.strip())
-    if isinstance(raw, dict) and isinstance(raw.get("tag"), str):
-        weight = raw.get("weight", 1.0)
-        if weight is None:
-            weight = 1.0
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
-            raise CaptionError(f"{name}: tag {raw['tag']!r} has weight {weight!r}; weights must be numbers > 0")
-        return Tag(raw["tag"].strip(), float(weight))
-    raise CaptionError(f"{name}: each tag must be text or {{tag: ..., weight: ...}}, found {raw!r}")
+def compose_caption(own: ImageOwn | None, stem: str, folder: FolderSettings) -> Caption:
+    """The caption of an image from its own files (`own`), its file name without extension
+    (`stem`) and its folder's settings (caption keys and trigger); rules in the module
+    docstring."""
+    if own is None and not (folder.main_prompt or folder.tags or folder.max_caption_length or folder.trigger):
+        caption = stem_caption(stem)  # the common case of a file-name caption, kept fast
+        return caption if len(caption.tags) < 2 else replace(caption, tags=ordered_tags(caption.tags))
+    main = own.main_prompt if own is not None and own.main_prompt else folder.main_prompt
+    tags = (own.tags if own is not None else ()) + folder.tags
+    if not main:
+        from_name = stem_caption(stem)
+        main, tags = from_name.main_prompt, from_name.tags + tags
+    max_length = (own.max_caption_length if own is not None else None) or folder.max_caption_length
+    caption = Caption(main_prompt=main, tags=ordered_tags(tags), max_length=max_length)
+    return with_trigger(caption, folder.trigger)
 
 
 def with_trigger(caption: Caption, trigger: str | None) -> Caption:
     """Put a folder's trigger in front of a caption.
 
-    A caption that already starts with the trigger as its own comma-separated part keeps it
-    once, moved into the trigger slot so tag shuffling cannot move it.
+    A caption that already starts with the trigger (as its own comma-separated part or
+    parts) keeps it once, moved into the trigger slot so tag shuffling cannot move it.
     """
     if not trigger:
         return caption
-    main = caption.main_prompt
-    if main == trigger:
-        main = ""
-    elif main.startswith(trigger) and main[len(trigger) :].lstrip().startswith(","):
-        main = main[len(trigger) :].lstrip()[1:].strip()
-    return replace(caption, main_prompt=main, trigger=trigger)
+    wanted = [p.strip() for p in trigger.split(",") if p.strip()]
+    parts = [caption.main_prompt, *(t.text for t in caption.tags)]
+    if wanted and parts[: len(wanted)] == wanted:
+        return replace(caption, main_prompt="", tags=caption.tags[len(wanted) - 1 :], trigger=trigger)
+    return replace(caption, trigger=trigger)
 
 
 def training_caption(
@@ -123,37 +84,54 @@ def training_caption(
     rng: random.Random,
     *,
     shuffle_tags: bool,
-    keep_tokens: int = 0,
+    keep_tokens: int = 1,
     dropout: float = 0.0,
 ) -> str:
     """The caption fed to the text encoder at one training step.
 
     With probability `dropout` it is empty (conditional dropout, which teaches the model the
-    unconditional prediction used by classifier-free guidance). Otherwise the trigger and
-    main prompt come first. With `shuffle_tags`, a `.yaml` caption's tags are shuffled (a
-    weighted shuffle when weights differ: heavier tags tend to come first, as in
-    EveryDream2); a plain caption is split at commas and its parts after the first
-    `keep_tokens` are shuffled (kohya's keep_tokens). The result depends only on `rng`.
+    unconditional prediction used by classifier-free guidance). Without `shuffle_tags` it is
+    `caption.text()`. With it, the trigger stays first, then the first `keep_tokens` parts
+    counting the main prompt as the first (1, the default, keeps the main prompt in front
+    as EveryDream2 does; 0 shuffles it with the tags, kohya's keep_tokens 0), then the other
+    tags shuffled: uniformly when their weights are equal, else a weighted shuffle
+    (heavier tags tend to come first) that stops adding tags once the caption reaches the
+    caption's `max_length` characters, as EveryDream2's does. The result depends only on
+    `rng`.
     """
     if rng.random() < dropout:
         return ""
     if not shuffle_tags:
         return caption.text()
     front = [caption.trigger] if caption.trigger else []
-    if caption.tags:
-        if caption.main_prompt:
-            front.append(caption.main_prompt)
-        return ", ".join(front + _weighted_shuffle(caption.tags, rng))
-    parts = [p.strip() for p in caption.main_prompt.split(",") if p.strip()]
-    kept, rest = parts[:keep_tokens], parts[keep_tokens:]
-    rng.shuffle(rest)
-    return ", ".join(front + kept + rest)
+    slots = [Tag(caption.main_prompt), *caption.tags]  # the main prompt's slot counts even when empty
+    kept = [t.text for t in slots[:keep_tokens] if t.text]
+    rest = [t for t in slots[keep_tokens:] if t.text]
+    if len({t.weight for t in rest}) > 1:
+        shuffled = _weighted_shuffle(rest, rng)
+        if caption.max_length:
+            shuffled = _within(shuffled, caption.max_length - len(", ".join(front + kept)))
+    else:
+        shuffled = [t.text for t in rest]
+        rng.shuffle(shuffled)
+    return ", ".join(front + kept + shuffled)
 
 
-def _weighted_shuffle(tags: tuple[Tag, ...], rng: random.Random) -> list[str]:
+def _weighted_shuffle(tags: list[Tag], rng: random.Random) -> list[str]:
     """Order tags as if drawn one by one without replacement, each draw proportional to
-    weight. Sorting by u ** (1 / weight) with u uniform gives exactly that order
-    (Efraimidis and Spirakis, 2006); equal weights give a uniform shuffle."""
+    weight (EveryDream2's draw). Sorting by u ** (1 / weight) with u uniform gives exactly
+    that order (Efraimidis and Spirakis, 2006)."""
     keyed = [(rng.random() ** (1.0 / tag.weight), tag.text) for tag in tags]
     keyed.sort(key=lambda pair: pair[0], reverse=True)
     return [text for _, text in keyed]
+
+
+def _within(tags: list[str], budget: int) -> list[str]:
+    """The leading tags, added one by one while the tag text so far is shorter than
+    `budget` characters (EveryDream2's max_caption_length rule: whole tags only)."""
+    out: list[str] = []
+    for tag in tags:
+        if len(", ".join(out)) >= budget:
+            break
+        out.append(tag)
+    return out

@@ -12,16 +12,23 @@ Files a folder may hold (EveryDream2 names):
     local.yaml        any of the keys above (multiply, loss_scale, ..., trigger): this folder
     global.yaml       the same keys, for this folder and every folder below it
 
-Precedence, lowest first:
+local.yaml and global.yaml may also hold EveryDream2's caption keys (`main_prompt`, `tags`,
+`caption`, `max_caption_length`): folder captions that complete the captions of the images
+(see `captions.compose_caption`). `.yml` spellings of local/global are accepted.
+
+Precedence, lowest first (EveryDream2's order):
 
     defaults < global.yaml of the ancestors (nearer wins) < global.yaml here
-             < local.yaml here < the .txt files here
+             < multiply.txt, flip_p.txt, cond_dropout.txt here < local.yaml here
+             < loss_scale.txt, batch_id.txt, trigger.txt here
+             < an image's own .yaml sidecar (for that image; see `sidecars`)
 
-Nothing but global.yaml ever cascades: a multiply.txt applies to the images directly in its
-folder, not to subfolders (the EveryDream rule users rely on for preservation sets).
-`.yml` spellings of local/global are accepted, as in EveryDream2. EveryDream2 lets
-local.yaml override some .txt files and not others; here the dedicated .txt file always
-wins, and the scan warns when both set the same key.
+so local.yaml beats multiply.txt / flip_p.txt / cond_dropout.txt, and loss_scale.txt /
+batch_id.txt beat local.yaml; the scan warns when both set the same key to different values.
+Two keys combine instead: `tags` from every level are pooled (nearer ones first), and
+`shuffle_tags` is on when any level turns it on. Nothing but global.yaml ever cascades: a
+multiply.txt applies to the images directly in its folder, not to subfolders (the
+EveryDream rule users rely on for preservation sets).
 
 Bad values are errors naming the file and the text found; the folder then keeps the
 value it would have had without that file, so one typo shows every other problem too.
@@ -31,18 +38,29 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field, fields
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from pathlib import Path
 
-import yaml
-
-from edlib.data.captions import decode_text
+from edlib.data.sidecars import (
+    UNUSED_KEYS,
+    CaptionError,
+    decode_text,
+    load_yaml,
+    yaml_entry,
+)
+from edlib.data.small_files import SETTING_FILE_LIMIT, TEXT_FILE_LIMIT, quote, read_small
 from edlib.data.types import DataRootError, FolderSettings
 
 # Largest multiplier accepted: beyond it an epoch would not fit in memory, so it is a typo.
 MAX_MULTIPLY = 1_000_000
+# Largest loss_scale accepted either way: at 1e308 every loss is inf, so it is a typo too.
+MAX_LOSS_SCALE = 1000
+# A number as people write it; Python's Decimal also takes `0_5` (= 5) and non-ASCII digits.
+_PLAIN_NUMBER = re.compile(r"[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?")
+_NOT_FINITE = frozenset({"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"})
 
 SETTING_FILES = {
     "multiply.txt": "multiply",
@@ -56,10 +74,12 @@ SETTING_FILES = {
 LOCAL_YAML = ("local.yaml", "local.yml")
 GLOBAL_YAML = ("global.yaml", "global.yml")
 FOLDER_FILES = frozenset(SETTING_FILES) | frozenset(LOCAL_YAML) | frozenset(GLOBAL_YAML)
-SETTING_KEYS = tuple(f.name for f in fields(FolderSettings))
-
-# Keys EveryDream2 reads from local/global yaml that have no per-folder meaning here.
-_IGNORED_YAML_KEYS = frozenset({"main_prompt", "tags", "rating", "max_caption_length"})
+# Folder caption keys (from local/global yaml); every other field is a setting.
+CAPTION_FIELDS = ("main_prompt", "tags", "max_caption_length")
+SETTING_KEYS = tuple(f.name for f in fields(FolderSettings) if f.name not in CAPTION_FIELDS)
+ALL_KEYS = SETTING_KEYS + CAPTION_FIELDS
+# .txt files that local.yaml overrides in the same folder; the others override local.yaml.
+_BELOW_LOCAL = frozenset({"multiply", "flip_p", "cond_dropout", "shuffle_tags"})
 
 _TRUE = frozenset({"", "true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
@@ -79,13 +99,17 @@ class Layer:
     failed: set[str] = field(default_factory=set)
 
     def over(self, base: Layer) -> Layer:
-        """This layer on top of `base`: its values win, and a good value here replaces a
-        bad one below."""
-        return Layer(
-            {**base.values, **self.values},
-            {**base.sources, **self.sources},
-            (base.failed - self.values.keys()) | self.failed,
-        )
+        """This layer on top of `base`: its values win (tags are pooled, this layer's first;
+        shuffle_tags stays on if either turns it on), and a good value here replaces a bad
+        one below."""
+        values = {**base.values, **self.values}
+        sources = {**base.sources, **self.sources}
+        if "tags" in self.values and "tags" in base.values:
+            values["tags"] = self.values["tags"] + base.values["tags"]
+            sources["tags"] = f"{self.sources['tags']} + {base.sources['tags']}"
+        if base.values.get("shuffle_tags") and self.values.get("shuffle_tags") is False:
+            values["shuffle_tags"], sources["shuffle_tags"] = True, base.sources["shuffle_tags"]
+        return Layer(values, sources, (base.failed - self.values.keys()) | self.failed)
 
 
 @dataclass
@@ -99,6 +123,7 @@ class FolderRead:
     warnings: list[str] = field(default_factory=list)
     failed: set[str] = field(default_factory=set)  # keys whose final value a bad file would have set
     files: list[str] = field(default_factory=list)  # folder files present (relative paths)
+    yaml_keys: dict[str, tuple[str, ...]] = field(default_factory=dict)  # local/global yaml -> its keys
 
 
 def parse_setting(key: str, value: object, source: str) -> object:
@@ -107,7 +132,7 @@ def parse_setting(key: str, value: object, source: str) -> object:
         if value is None and key == "trigger":
             return None
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise SettingError(f"{source}: {key} must be text, found {value!r}")
+            raise SettingError(f"{source}: {key} must be text, found {quote(value)}")
         text = str(value).strip()
         if key == "batch_id" and not text:
             raise SettingError(f"{source}: batch_id is empty")
@@ -122,6 +147,11 @@ def parse_setting(key: str, value: object, source: str) -> object:
             raise SettingError(f"{source}: multiply {_shown(value)} is larger than {MAX_MULTIPLY:,}")
         return Fraction(number)
     as_float = float(number)
+    if key == "loss_scale" and abs(as_float) > MAX_LOSS_SCALE:
+        raise SettingError(
+            f"{source}: loss_scale {_shown(value)} is beyond ±{MAX_LOSS_SCALE:,}; it multiplies the loss, "
+            "so such a value makes every loss overflow (typical values: 0.5 to 2)"
+        )
     if key in ("flip_p", "cond_dropout") and not 0.0 <= as_float <= 1.0:
         raise SettingError(f"{source}: {key} is a probability between 0 and 1, found {_shown(value)}")
     return as_float
@@ -131,19 +161,24 @@ def format_value(value: object) -> str:
     """A setting value as users write it: 2.5 rather than Fraction(5, 2)."""
     if isinstance(value, Fraction):
         return str(value.numerator) if value.denominator == 1 else repr(float(value))
+    if isinstance(value, tuple):  # tags
+        return "[" + ", ".join(t.text if t.weight == 1 else f"{t.text} (weight {t.weight:g})" for t in value) + "]"
     return str(value)
 
 
 def _parse_decimal(value: object, source: str, key: str) -> Decimal:
     """An exact, finite decimal: `Fraction(Decimal(text))` keeps 0.1 exactly 1/10."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise SettingError(f"{source}: {key} must be a number, found {value!r}")
-    text = value if isinstance(value, str) else repr(value)
-    try:
-        number = Decimal(text.strip())
-    except InvalidOperation:
+        raise SettingError(f"{source}: {key} must be a number, found {quote(value)}")
+    text = (value if isinstance(value, str) else repr(value)).strip()
+    if not _PLAIN_NUMBER.fullmatch(text) and text.lower() not in _NOT_FINITE:
         hint = " (use a dot as decimal separator)" if "," in text else ""
-        raise SettingError(f"{source}: {key} must be a number, found {_shown(value)}{hint}") from None
+        hint = hint or (" (write the number without _ or spaces)" if "_" in text else "")
+        raise SettingError(f"{source}: {key} must be a number, found {_shown(value)}{hint}")
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        raise SettingError(f"{source}: {key} must be a number, found {_shown(value)}") from None
     if not number.is_finite() or not math.isfinite(float(number)):
         raise SettingError(f"{source}: {key} must be a finite number, found {_shown(value)}")
     return number
@@ -161,7 +196,7 @@ def _parse_bool(value: object, source: str) -> bool:
 
 
 def _shown(value: object) -> str:
-    return repr(value) if not isinstance(value, str) or value.strip() else f"{value!r} (empty)"
+    return quote(value) if not isinstance(value, str) or value.strip() else f"{value!r} (empty)"
 
 
 def read_folder(folder: Path, rel: str, names: set[str], inherited: Layer) -> FolderRead:
@@ -169,29 +204,32 @@ def read_folder(folder: Path, rel: str, names: set[str], inherited: Layer) -> Fo
     out = FolderRead(FolderSettings(), {}, inherited)
     global_layer = _read_yaml_layer(folder, rel, names, GLOBAL_YAML, out)
     local_layer = _read_yaml_layer(folder, rel, names, LOCAL_YAML, out)
-    txt_layer = Layer()
+    below, above = Layer(), Layer()
     for name in sorted(names & SETTING_FILES.keys()):
         key, source = SETTING_FILES[name], _join(rel, name)
+        layer = below if key in _BELOW_LOCAL else above
         out.files.append(source)
         try:
             value = parse_setting(key, _read_text(folder / name, source), source)
         except DataRootError as exc:
             out.errors.append(str(exc))
-            txt_layer.failed.add(key)
+            layer.failed.add(key)
             continue
         if key == "trigger" and value is None:
             out.warnings.append(f"{source} is empty: no trigger for this folder")
             continue
-        if key in local_layer.values and local_layer.values[key] != value:
+        if key != "shuffle_tags" and key in local_layer.values and local_layer.values[key] != value:
+            local = local_layer.sources[key]
             out.warnings.append(
-                f"{key} is set in both {local_layer.sources[key]} ({format_value(local_layer.values[key])}) "
-                f"and {source} ({format_value(value)}); {source} wins"
+                f"{key} is set in both {local} ({format_value(local_layer.values[key])}) "
+                f"and {source} ({format_value(value)}); {local if layer is below else source} wins "
+                "(EveryDream2's order)"
             )
-        txt_layer.values[key] = value
-        txt_layer.sources[key] = source
+        layer.values[key] = value
+        layer.sources[key] = source
 
     out.inherited = global_layer.over(inherited)
-    merged = txt_layer.over(local_layer.over(out.inherited))
+    merged = above.over(local_layer.over(below.over(out.inherited)))
     out.settings = FolderSettings(**merged.values)
     out.sources = merged.sources
     out.failed = merged.failed
@@ -206,30 +244,30 @@ def _read_yaml_layer(folder: Path, rel: str, names: set[str], spellings: tuple[s
         out.warnings.append(f"both {_join(rel, present[0])} and {_join(rel, present[1])} exist; using {present[0]}")
     source = _join(rel, present[0])
     out.files.append(source)
-    # A file that cannot be read as a whole may have set any key: all count as failed.
-    unusable = Layer(failed=set(SETTING_KEYS))
     try:
-        text = _read_text(folder / present[0], source)
-        doc = yaml.safe_load(text) if text else {}
+        doc = load_yaml(_read_text(folder / present[0], source, TEXT_FILE_LIMIT), source)
     except DataRootError as exc:
         out.errors.append(str(exc))
-        return unusable
-    except yaml.YAMLError as exc:
-        out.errors.append(f"{source}: not valid YAML: {exc}")
-        return unusable
-    if doc is None:
-        doc = {}
-    if not isinstance(doc, dict):
-        out.errors.append(f"{source}: expected a mapping of settings, found {text[:80]!r}")
-        return unusable
+        # A file that cannot be read as a whole may have set any key: all count as failed.
+        return Layer(failed=set(ALL_KEYS))
+    out.yaml_keys[source] = tuple(str(k) for k in doc)
     layer = Layer()
-    for key, value in doc.items():
-        if key in _IGNORED_YAML_KEYS:
-            out.warnings.append(f"{source}: {key!r} is ignored; captions come from sidecar files and trigger")
-            continue
-        if key not in SETTING_KEYS:
-            out.warnings.append(f"{source}: unknown setting {key!r} ignored (known: {', '.join(SETTING_KEYS)})")
-            continue
+    try:
+        entry = yaml_entry(doc, source, SETTING_KEYS)
+    except CaptionError as exc:
+        out.errors.append(str(exc))
+        layer.failed.update(CAPTION_FIELDS)
+        entry = yaml_entry({k: v for k, v in doc.items() if k in SETTING_KEYS}, source, SETTING_KEYS)
+    for key in entry.unknown:
+        out.warnings.append(f"{source}: unknown setting {quote(key)} ignored (known: {', '.join(_KNOWN_YAML_KEYS)})")
+    for key in sorted(UNUSED_KEYS & doc.keys()):
+        out.warnings.append(f"{source}: {key!r} is not used by edlib ({_UNUSED_WHY[key]})")
+    for key, value in (("main_prompt", entry.main_prompt), ("tags", entry.tags or None)):
+        if value is not None and key not in layer.failed:
+            layer.values[key], layer.sources[key] = value, source
+    if entry.max_caption_length is not None:
+        layer.values["max_caption_length"], layer.sources["max_caption_length"] = entry.max_caption_length, source
+    for key, value in entry.settings:
         try:
             layer.values[key] = parse_setting(key, value, f"{source} ({key})")
         except SettingError as exc:
@@ -240,9 +278,16 @@ def _read_yaml_layer(folder: Path, rel: str, names: set[str], spellings: tuple[s
     return layer
 
 
-def _read_text(path: Path, source: str) -> str:
+_KNOWN_YAML_KEYS = (*SETTING_KEYS, "main_prompt", "tags", "caption", "max_caption_length")
+_UNUSED_WHY = {
+    "rating": "EveryDream2 uses it only with its rated_dataset training option",
+    "image": "EveryDream2 reads it only in a JSON data root",
+}
+
+
+def _read_text(path: Path, source: str, limit: int = SETTING_FILE_LIMIT) -> str:
     try:
-        data = path.read_bytes()
+        data = read_small(path, source, limit)
     except OSError as exc:
         raise SettingError(f"{source}: cannot read: {exc.strerror or exc}") from exc
     return decode_text(data, source)
@@ -311,3 +356,10 @@ def _edit_distance_at_most_one(a: str, b: str) -> bool:
     while i < len(short) and short[i] == long_[i]:
         i += 1
     return short[i:] == long_[i + 1 :]
+
+
+def setting_label(folder: str, key: str, source: str) -> str:
+    """'a/multiply.txt' for a folder's own file, 'multiply from a/global.yaml' otherwise."""
+    if os.path.dirname(source) == folder and not source.endswith((".yaml", ".yml")):
+        return source
+    return f"{key} from {source}"

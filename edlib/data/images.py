@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from edlib.data.small_files import file_kind
 from edlib.data.types import DataRootError
 
 # Pillow's own limit (about 9500 x 9500): larger images are refused, not decoded, because a
@@ -58,7 +59,7 @@ def read_header(path: str | os.PathLike) -> ImageHeader:
     bomb or truncated.
     """
     try:
-        with open(path, "rb") as fp:
+        with _open_regular(path) as fp:
             with warnings.catch_warnings():
                 # Pillow only warns between 1x and 2x its limit; refuse all of them alike.
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -88,7 +89,7 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     """Decode an image for training: 8-bit RGB, EXIF-rotated, transparency on white,
     first frame of an animation. Raises `ImageReadError` naming the file on failure."""
     try:
-        with Image.open(path) as im:
+        with _open_regular(path) as fp, Image.open(fp) as im:
             _check_pixel_count(path, *im.size)
             im.seek(0)
             im.load()
@@ -98,8 +99,22 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
         raise
     except Image.DecompressionBombError as exc:
         raise ImageReadError(path, f"refused, image is too large (decompression bomb?): {exc}") from exc
+    except FileNotFoundError as exc:
+        raise ImageReadError(path, "no such file (moved to the quarantine, renamed or deleted?)") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(path, f"cannot decode image: {exc}") from exc
+
+
+def _open_regular(path):
+    """The file at `path` opened for binary reading, refused (`ImageReadError`) unless it is
+    a regular file: opening a named pipe would wait forever for a writer, and a device such
+    as /dev/urandom never ends. O_NONBLOCK makes the open itself return at once."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    kind = file_kind(os.fstat(fd).st_mode)
+    if kind is not None:
+        os.close(fd)
+        raise ImageReadError(path, f"{kind}, not an image file")
+    return os.fdopen(fd, "rb")
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

@@ -24,7 +24,7 @@ from fractions import Fraction
 import numpy as np
 
 from edlib.data.balance import multiplier_text
-from edlib.data.schedule import EpochPlanner
+from edlib.data.schedule import DEFAULT_SEED, EpochPlanner
 from edlib.data.types import ScanResult
 
 # Buckets do not change which images an epoch draws, so counting uses the smallest base
@@ -77,10 +77,8 @@ def preservation_multiplier(
 
 
 def _others_per_epoch(scan: ScanResult, folder: str) -> Fraction:
-    counts = {f.path: 0 for f in scan.folders}
-    for it in scan.items:
-        counts[it.folder] += 1
-    return sum((f.settings.multiply * counts[f.path] for f in scan.folders if f.path != folder), Fraction(0))
+    expected = scan.expected_samples()
+    return sum((count for path, count in expected.items() if path != folder), Fraction(0))
 
 
 @dataclass
@@ -123,7 +121,7 @@ class EpochMix:
     samples: np.ndarray  # int64, shape (epochs, folders)
 
 
-def mix_per_epoch(scan: ScanResult, folder: str, text: str, *, epochs: int, seed: int = 0) -> EpochMix:
+def mix_per_epoch(scan: ScanResult, folder: str, text: str, *, epochs: int, seed: int = DEFAULT_SEED) -> EpochMix:
     """The real per-epoch counts of every folder with `folder` at multiply `text`: the
     same draws training makes with this seed, so fractional parts show as they will."""
     planner = EpochPlanner(with_multiply(scan, folder, text), resolution=_COUNT_RESOLUTION, seed=seed)
@@ -143,7 +141,7 @@ class Coverage:
     epochs_to_all: int | None  # epochs until every image was shown; None if not within the limit
 
 
-def coverage(scan: ScanResult, folder: str, text: str, *, seed: int = 0, max_epochs: int = 2000) -> Coverage:
+def coverage(scan: ScanResult, folder: str, text: str, *, seed: int = DEFAULT_SEED, max_epochs: int = 2000) -> Coverage:
     """Realise epochs until every image of `folder` has been drawn at least once.
 
     A folder's draw depends only on (seed, epoch, folder), so realising a scan that holds

@@ -20,8 +20,9 @@ from fractions import Fraction
 
 import numpy as np
 
+from edlib.data.buckets import resolution_problem
 from edlib.data.holdout import describe_split, split_validation
-from edlib.data.schedule import EpochCounts, EpochPlanner, EpochSchedule
+from edlib.data.schedule import DEFAULT_SEED, EpochCounts, EpochPlanner, EpochSchedule
 from edlib.data.types import ScanResult
 
 
@@ -44,7 +45,7 @@ class FolderPreview:
     images: int
     multiply: Fraction
     loss_scale: float
-    expected_per_epoch: Fraction  # multiply * images, exactly
+    expected_per_epoch: Fraction  # multiply * images exactly (images with their own multiply at theirs)
     share: float  # expected_per_epoch / epoch_size
 
 
@@ -144,7 +145,7 @@ def preview(
     epochs: int = 1,
     batch_size: int = 1,
     resolution: int = 512,
-    seed: int = 0,
+    seed: int = DEFAULT_SEED,
     gradient_accumulation_steps: int = 1,
     max_steps: int | None = None,
     validation_fraction: float = 0.0,
@@ -156,6 +157,8 @@ def preview(
     if validation_fraction:
         scan, validation = split_validation(scan, validation_fraction, seed)
         validation_text = describe_split(scan, validation)
+    if resolution_problem(resolution):
+        raise ValueError(f"resolution {resolution}: {resolution_problem(resolution)}")
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if max_steps is not None and max_steps < 1:
@@ -203,13 +206,14 @@ def _folder_previews(scan: ScanResult) -> list[FolderPreview]:
     images = {f.path: 0 for f in scan.folders}
     for it in scan.items:
         images[it.folder] += 1
+    expected = scan.expected_samples()  # images with their own multiply count at theirs
     return [
         FolderPreview(
             path=f.path,
             images=images[f.path],
             multiply=f.settings.multiply,
             loss_scale=f.settings.loss_scale,
-            expected_per_epoch=Fraction(f.settings.multiply) * images[f.path],
+            expected_per_epoch=expected[f.path],
             share=0.0,
         )
         for f in scan.folders
@@ -221,9 +225,12 @@ def _warnings(p: Preview) -> list[str]:
     for f in p.folders:
         name = f.path or "(data root)"
         if 0 < f.expected_per_epoch < 1:
+            how = f"multiply {_num(f.multiply)} x {f.images} images"
+            if f.expected_per_epoch != f.multiply * f.images:
+                how = f"{f.images} images (some with their own multiply in .yaml sidecars)"
             out.append(
-                f"folder {name}: multiply {_num(f.multiply)} x {f.images} images = "
-                f"{float(f.expected_per_epoch):.3g} expected samples per epoch (< 1): most epochs skip it"
+                f"folder {name}: {how} = {float(f.expected_per_epoch):.3g} expected samples per epoch (< 1): "
+                "most epochs skip it"
             )
         if f.loss_scale < 0:
             out.append(f"folder {name}: loss_scale {f.loss_scale} is negative: training pushes away from these images")

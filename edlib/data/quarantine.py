@@ -1,11 +1,13 @@
 """Quarantine images a user chose (e.g. from a run's review) and restore them.
 
-`quarantine` moves chosen images, with their caption and sidecar files, to
-`DATA_ROOT/_quarantine/<same relative path>` and records each move in
-`DATA_ROOT/_quarantine/manifest.json` (what, from where, when, why); `restore` moves them
-back. Nothing is ever deleted or overwritten: a move whose destination exists is refused
-before any file moves. A running training drops a quarantined image from its next epoch,
-because the trainer re-reads the data root between epochs and drops images that vanished.
+`quarantine` moves chosen images, with their caption and sidecar files (every suffix the
+scan reads captions from, in any letter case), to `DATA_ROOT/_quarantine/<same relative
+path>` and records each move in `DATA_ROOT/_quarantine/manifest.json` (what, from where,
+when, why); `restore` moves them back. Nothing is ever deleted or overwritten: a move whose
+destination exists is refused before any file moves, and so is a move of a file that a
+symlinked folder places outside the data root. A running training skips a quarantined image
+for the rest of its epoch (with a warning) and drops it from the next one, because the
+trainer re-reads the data root between epochs and drops images that vanished.
 (`edlib.train.review` adds a run's loss statistics to the record.)
 """
 
@@ -18,12 +20,14 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from edlib.data.captions import CAPTION_SUFFIXES
+from edlib.data.scan_guards import is_inside
 from edlib.data.types import IMAGE_EXTENSIONS, QUARANTINE_DIR
 
 QUARANTINE = QUARANTINE_DIR
 MANIFEST = "manifest.json"
-# Files that belong to an image and travel with it (DESIGN.md "Data root semantics").
-SIDECAR_SUFFIXES = (".txt", ".caption", ".yaml")
+# Files that belong to an image and travel with it: its captions (DESIGN.md "Data root semantics").
+SIDECAR_SUFFIXES = CAPTION_SUFFIXES
 
 
 
@@ -36,10 +40,26 @@ def _relative(rel_path: str) -> PurePosixPath:
 
 
 def _companions(root: Path, rel: PurePosixPath) -> list[PurePosixPath]:
-    """The image and its caption/sidecar files that exist, image first."""
-    stem = rel.with_suffix("")
-    sidecars = [PurePosixPath(f"{stem}{suffix}") for suffix in SIDECAR_SUFFIXES]
-    return [rel, *(s for s in sidecars if (root / s).is_file())]
+    """The image and its caption/sidecar files that exist, image first. Matched as the scan
+    matches them: same stem, a caption suffix in any case (`img.TXT` is a caption too)."""
+    stem = rel.stem
+    sidecars = sorted(
+        rel.parent / p.name
+        for p in (root / rel.parent).iterdir()
+        if p.suffix.lower() in SIDECAR_SUFFIXES and p.name[: -len(p.suffix)] == stem and p.is_file()
+    )
+    return [rel, *sidecars]
+
+
+def _check_inside(root: Path, rel_path: str, rel: PurePosixPath) -> None:
+    """Refuse an image whose folder is reached through a symlink leading outside the data
+    root: moving it would move a file that is not in the data root."""
+    folder = os.path.realpath(root / rel.parent)
+    if not is_inside(folder, os.path.realpath(root)):
+        raise ValueError(
+            f"{rel_path}: its folder is a symbolic link to {folder}, outside the data root; quarantine only "
+            "moves files inside the data root (remove the link, or move the file yourself)"
+        )
 
 
 def _read_manifest(quarantine_dir: Path) -> list[dict[str, Any]]:
@@ -79,7 +99,7 @@ def quarantine(
     reason: str | None = None,
     stats: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
-    """Move images (relative paths) and their .txt/.caption/.yaml files into
+    """Move images (relative paths) and their caption files into
     DATA_ROOT/_quarantine/<same relative path>; returns the quarantine folder.
 
     Every path is checked first (it is an image in the data root, not already quarantined,
@@ -89,15 +109,24 @@ def quarantine(
     root = Path(data_root)
     qdir = root / QUARANTINE
     stats = stats or {}
+    moved_before = {e["image"]: e for e in _read_manifest(qdir) if "restored" not in e}
     plans = []
-    for rel_path in rel_paths:
+    for rel_path in dict.fromkeys(rel_paths):  # the same path twice moves once
         rel = _relative(rel_path)
         if rel.parts[0] == QUARANTINE:
             raise ValueError(f"{rel_path}: is already in {QUARANTINE}/")
         if rel.suffix.lower() not in IMAGE_EXTENSIONS:
             raise ValueError(f"{rel_path}: not an image ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        if any(rel == planned for planned, _ in plans):
+            continue  # `a/x.png` and `./a/x.png`
+        if not (root / rel).is_file() and str(rel) in moved_before:
+            raise ValueError(
+                f"{rel_path}: is already in the quarantine (moved {moved_before[str(rel)]['when']}); "
+                f"restore it with --restore {rel}"
+            )
         if not (root / rel).is_file():
             raise FileNotFoundError(f"{root / rel}: no such image in the data root")
+        _check_inside(root, rel_path, rel)
         files = _companions(root, rel)
         for f in files:
             if (qdir / f).exists():

@@ -14,7 +14,11 @@ rules of `folder_files`. Problems never stop the scan, so the user sees all of t
 
 Files and folders whose names start with "." are ignored (`.ipynb_checkpoints`, macOS `._x.jpg`
 resource forks). Symlinked folders are followed once: a folder reached again (a loop, or a
-second link to it) is skipped with a warning.
+second link to it) is skipped with a warning. A symlink that leads outside the data root is
+followed with a warning naming it (once per folder link; per folder for image links), or
+skipped with `follow_outside_links=False`. Images that are not regular files (a named pipe,
+a device) are skipped without being opened, and so are files and folders whose names hold a
+control character (a newline or tab would break the one-line-per-sample schedule files).
 
 A scan cache (see `scan_cache`) remembers headers and captions by size and mtime, so a
 re-scan of an unchanged tree only lists folders and stats files. `reread_settings` is what the
@@ -28,24 +32,39 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
 
-from edlib.data.captions import CAPTION_SUFFIXES, CaptionError, parse_caption_file, stem_caption, with_trigger
-from edlib.data.folder_files import FOLDER_FILES, GLOBAL_YAML, Layer, format_value, near_miss, read_folder
+from edlib.data.captions import CAPTION_SUFFIXES, compose_caption
+from edlib.data.ed2_summary import Ed2Use
+from edlib.data.folder_files import (
+    FOLDER_FILES,
+    GLOBAL_YAML,
+    SETTING_FILES,
+    FolderRead,
+    Layer,
+    format_value,
+    near_miss,
+    read_folder,
+    setting_label,
+)
 from edlib.data.images import ImageReadError, read_header
+from edlib.data.own_files import FolderNotes, read_own
 from edlib.data.scan_cache import ScanCache
+from edlib.data.scan_guards import printable, refused_files, usable_subfolder
+from edlib.data.scan_report import format_report, report_json  # noqa: F401  (part of this module's API)
+from edlib.data.sidecars import UNUSED_KEYS
+from edlib.data.small_files import file_kind
 from edlib.data.types import (
     IMAGE_EXTENSIONS,
+    IMAGE_SETTING_KEYS,
     QUARANTINE_DIR,
-    Caption,
     DataRootError,
     FolderInfo,
     FolderSettings,
     ImageItem,
     ScanResult,
-    Tag,
 )
 
 _log = logging.getLogger("edlib.data")
@@ -80,6 +99,7 @@ class _Dir:
     images: list[tuple[str, str]] = field(default_factory=list)  # (name, stem), sorted
     captions: dict[str, list[str]] = field(default_factory=dict)  # stem -> caption file names
     unsupported: list[str] = field(default_factory=list)  # pictures in formats not trained on
+    refused: dict[str, str] = field(default_factory=dict)  # file name -> why it is not used
 
     def classify(self) -> None:
         """Sort the file names into images, caption files and unsupported pictures."""
@@ -97,12 +117,20 @@ class _Dir:
         self.images.sort()
 
 
-def scan(root: str | os.PathLike, *, use_cache: bool = True, logger: logging.Logger | None = None) -> ScanResult:
+def scan(
+    root: str | os.PathLike,
+    *,
+    use_cache: bool = True,
+    logger: logging.Logger | None = None,
+    follow_outside_links: bool = True,
+) -> ScanResult:
     """Scan a data root. Raises `DataRootError` if it is missing, not a folder, or holds no
-    usable image; every other problem is collected in the result."""
+    usable image; every other problem is collected in the result. `follow_outside_links`
+    False skips symlinks that lead outside the data root (else they are followed, with a
+    warning)."""
     root_path = _checked_root(root)
     with _gc_paused():
-        result = _scan(root_path, use_cache, logger or _log)
+        result = _scan(root_path, use_cache, logger or _log, follow_outside_links)
     if not result.items:
         detail = f"; {len(result.skipped)} image file(s) skipped: " + _first_reasons(result) if result.skipped else ""
         raise DataRootError(f"data root {root_path} holds no usable images{detail}")
@@ -123,18 +151,20 @@ def _gc_paused():
             gc.enable()
 
 
-def _scan(root_path: Path, use_cache: bool, log: logging.Logger) -> ScanResult:
+def _scan(root_path: Path, use_cache: bool, log: logging.Logger, follow_outside_links: bool = True) -> ScanResult:
     cache = ScanCache.load(root_path) if use_cache else ScanCache(root_path.resolve())
     result = ScanResult(root=root_path, folders=[], items=[])
     inherited: dict[str, Layer] = {}
+    use = Ed2Use()
 
-    for folder in _walk(root_path, result.warnings):
+    for folder in _walk(root_path, result.warnings, follow_outside_links):
         parent = inherited.get(folder.rel.rpartition("/")[0], Layer()) if folder.rel else Layer()
         read = read_folder(Path(folder.path), folder.rel, set(folder.files), parent)
         inherited[folder.rel] = read.inherited
         result.errors.extend(read.errors)
         result.warnings.extend(read.warnings)
-        items = _scan_images(folder, read.settings, cache, result)
+        items = _scan_images(folder, read.settings, cache, result, use)
+        _count_folder_files(read, use, has_images=bool(items))
         result.warnings.extend(_name_warnings(folder, read.files, has_images=bool(items)))
         if not items:
             continue
@@ -145,6 +175,7 @@ def _scan(root_path: Path, use_cache: bool, log: logging.Logger) -> ScanResult:
 
     if use_cache:
         cache.save()
+    result.everydream2 = use.lines()
     small = [i for i in result.items if i.width < SMALL_SIDE or i.height < SMALL_SIDE]
     if small:
         tiny = min(small, key=lambda i: i.width * i.height)
@@ -166,13 +197,14 @@ def _checked_root(root: str | os.PathLike) -> Path:
     return path
 
 
-def _walk(root: Path, warnings: list[str]) -> Iterator[_Dir]:
+def _walk(root: Path, warnings: list[str], follow_outside_links: bool = True) -> Iterator[_Dir]:
     """Folders below `root`, each parent before its children, listed once each.
 
     Folders are recognised by (device, inode), so a symlink back up the tree (a loop) or a
     second link to the same folder is skipped with a warning instead of recursing forever.
     """
     seen: dict[tuple[int, int], str] = {}
+    real_root = os.path.realpath(root)
     stack = [("", str(root))]
     while stack:
         rel, path = stack.pop()
@@ -206,13 +238,15 @@ def _walk(root: Path, warnings: list[str]) -> Iterator[_Dir]:
             try:
                 is_dir = entry.is_dir()
             except OSError as exc:  # e.g. a symlink to itself
-                warnings.append(f"{_join(rel, name)}: cannot follow ({exc.strerror or exc}); skipped")
+                warnings.append(f"{printable(_join(rel, name))}: cannot follow ({exc.strerror or exc}); skipped")
                 continue
             if is_dir:
-                subdirs.append(name)
+                if usable_subfolder(entry, path, _join(rel, name), real_root, follow_outside_links, warnings):
+                    subdirs.append(name)
             else:
                 folder.files[name] = entry
         folder.classify()
+        folder.refused = refused_files(folder, real_root, follow_outside_links, warnings)
         try:
             yield folder
         finally:
@@ -222,62 +256,75 @@ def _walk(root: Path, warnings: list[str]) -> Iterator[_Dir]:
             stack.append((_join(rel, name), os.path.join(path, name)))
 
 
-def _scan_images(folder: _Dir, settings: FolderSettings, cache: ScanCache, result: ScanResult) -> list[ImageItem]:
+def _scan_images(
+    folder: _Dir, settings: FolderSettings, cache: ScanCache, result: ScanResult, use: Ed2Use
+) -> list[ImageItem]:
     """The usable images directly in `folder`, with sizes and captions."""
     items = []
-    both_kinds, empty_captions, sidecar_settings = [], [], []
-    rel, prefix, trigger = folder.rel, _join(folder.rel, ""), settings.trigger
+    notes = FolderNotes()
+    rel, prefix = folder.rel, _join(folder.rel, "")
+    captions = folder.captions
+    without_main = 0
     for (name, stem), header in zip(folder.images, _headers(folder, cache, result)):
         if header is None:
             continue
-        caption = None
-        found = folder.captions.get(stem)
+        own = None
+        found = captions.get(stem)
         if found:
             if len(found) > 1:
                 found = sorted(found, key=lambda n: _CAPTION_ORDER["." + n.rpartition(".")[2].lower()])
-            if found[0].lower().endswith((".txt", ".caption")) and found[-1].lower().endswith((".yaml", ".yml")):
-                both_kinds.append(found[0])
-            caption, extra = _read_caption(folder, found[0], cache, result)
-            if extra:
-                sidecar_settings.append(f"{', '.join(extra)} in {found[0]}")
-            if caption is not None and not caption.main_prompt and not caption.tags:
-                empty_captions.append(found[0])
-                caption = None
-        if caption is None:
-            caption = stem_caption(stem)
-        if trigger:
-            caption = with_trigger(caption, trigger)
-        items.append(ImageItem(prefix + name, rel, header[0], header[1], caption))
+            own = read_own(rel, folder.path, folder.files, found, cache, notes, use)
+        if own is None or not own.main_prompt:
+            without_main += 1
+        caption = compose_caption(own, stem, settings)
+        if len(caption.tags) > 1 and caption.tags[0].weight != caption.tags[-1].weight:  # sorted by weight
+            use.weighted += 1
+        items.append(ImageItem(prefix + name, rel, header[0], header[1], caption, own))
+    if not settings.main_prompt:
+        use.name_captions += without_main
 
     shown = folder.rel or "."
-    if both_kinds:
+    result.errors.extend(e for e in notes.errors if e not in result.errors)
+    if notes.empty:
         result.warnings.append(
-            f"{shown}: {len(both_kinds)} image(s) have both a text and a .yaml caption; "
-            f"the text one is used (e.g. {both_kinds[0]})"
+            f"{shown}: {len(notes.empty)} caption file(s) are empty; the folder's main prompt "
+            f"or the file name is used instead (e.g. {notes.empty[0]})"
         )
-    if empty_captions:
+    for key, files in notes.unknown.items():
         result.warnings.append(
-            f"{shown}: {len(empty_captions)} caption file(s) are empty; "
-            f"the file name is used instead (e.g. {empty_captions[0]})"
-        )
-    if sidecar_settings:
-        result.warnings.append(
-            f"{shown}: per-image settings in .yaml sidecars are ignored, put them in local.yaml "
-            f"({'; '.join(sidecar_settings[:3])})"
+            f"{shown}: unknown key {key!r} in {len(files)} .yaml caption(s) ignored (e.g. {files[0]}; "
+            f"known: main_prompt, tags, caption, max_caption_length, {', '.join(IMAGE_SETTING_KEYS)})"
         )
     return items
+
+
+def _count_folder_files(read: FolderRead, use: Ed2Use, *, has_images: bool) -> None:
+    """Count the folder's EveryDream2 files for the scan summary."""
+    for source, keys in read.yaml_keys.items():
+        if {"main_prompt", "tags", "caption"} & set(keys):
+            use.folder_captions.append(source)
+        use.yaml_settings.update(k for k in keys if k not in ("main_prompt", "tags", "caption") and k not in UNUSED_KEYS)
+        use.unused.update(k for k in keys if k in UNUSED_KEYS)
+    if has_images:
+        use.setting_files.update(os.path.basename(f) for f in read.files if os.path.basename(f) in SETTING_FILES)
 
 
 def _headers(folder: _Dir, cache: ScanCache, result: ScanResult) -> list[tuple[int, int] | None]:
     """(width, height) of each image of `folder.images`, None for skipped ones. Headers
     come from the cache when the file is unchanged, else from the file."""
-    names, stats, unreadable = [], [], {}
+    names, stats, unreadable = [], [], dict(folder.refused)
     files = folder.files
     for name, _ in folder.images:
+        if name in unreadable:
+            continue
         try:
             st = files[name].stat()
         except OSError as exc:  # e.g. a broken symlink
             unreadable[name] = f"cannot read ({exc.strerror or exc})"
+            continue
+        kind = file_kind(st.st_mode)
+        if kind is not None:  # opening a named pipe would wait forever; a device never ends
+            unreadable[name] = f"{kind}, not an image file; skipped without opening it"
             continue
         names.append(name)
         stats += (st.st_size, st.st_mtime_ns)
@@ -302,35 +349,9 @@ def _headers(folder: _Dir, cache: ScanCache, result: ScanResult) -> list[tuple[i
     return out
 
 
-def _read_caption(folder: _Dir, name: str, cache: ScanCache, result: ScanResult) -> tuple[Caption | None, list[str]]:
-    """The caption in file `name` and any per-image setting keys it holds; None (and an
-    error) if the file is unusable. Cached as [main, [[tag, weight], ...], extra] or [error]."""
-    rel = _join(folder.rel, name)
-    try:
-        st = folder.files[name].stat()
-        cached = cache.caption(folder.rel, name, st.st_size, st.st_mtime_ns)
-        if cached is None:
-            with open(os.path.join(folder.path, name), "rb") as fh:
-                data = fh.read()
-            try:
-                caption, extra = parse_caption_file(data, rel)
-                cached = [caption.main_prompt, [[t.text, t.weight] for t in caption.tags], list(extra)]
-            except CaptionError as exc:
-                cached = [str(exc)]
-            cache.store_caption(folder.rel, name, st.st_size, st.st_mtime_ns, cached)
-    except OSError as exc:
-        cached = [f"{rel}: cannot read ({exc.strerror or exc})"]
-    if len(cached) == 1:
-        if cached[0] not in result.errors:  # one caption file may serve img.png and img.jpg
-            result.errors.append(cached[0])
-        return None, []
-    main, tags, extra = cached
-    return Caption(main, tuple(Tag(text, weight) for text, weight in tags)), extra
-
-
 def _skip(result: ScanResult, rel: str, reason: str) -> None:
     result.skipped.append((rel, reason))
-    result.warnings.append(f"skipped {rel}: {reason}")
+    result.warnings.append(f"skipped {printable(rel)}: {reason}")
 
 
 def _name_warnings(folder: _Dir, folder_files: list[str], *, has_images: bool) -> list[str]:
@@ -371,7 +392,7 @@ def _log_applied(info: FolderInfo, log: logging.Logger) -> list[str]:
         if source is None:
             continue
         value = getattr(info.settings, key)
-        label, shown = _label(info.path, key, source), format_value(value)
+        label, shown = setting_label(info.path, key, source), format_value(value)
         log.info("%s: %s for %d image(s) in %s", label, shown, info.images, _where(info.path))
         if key == "loss_scale" and value <= 0:
             message = (
@@ -381,13 +402,6 @@ def _log_applied(info: FolderInfo, log: logging.Logger) -> list[str]:
             log.warning(message)
             warnings.append(message)
     return warnings
-
-
-def _label(folder: str, key: str, source: str) -> str:
-    """'a/multiply.txt' for a folder's own file, 'multiply from a/global.yaml' otherwise."""
-    if os.path.dirname(source) == folder and not source.endswith((".yaml", ".yml")):
-        return source
-    return f"{key} from {source}"
 
 
 def _first_reasons(result: ScanResult, limit: int = 3) -> str:
@@ -405,148 +419,3 @@ def _where(rel: str) -> str:
 
 # ---- re-reading settings between epochs ---------------------------------------------------
 
-
-def reread_settings(result: ScanResult, logger: logging.Logger | None = None) -> tuple[ScanResult, list[str]]:
-    """Re-read every folder's setting files; images are not re-scanned.
-
-    Changed values are applied and logged ("a/b/multiply.txt: 1 -> 2.5"). A bad value keeps
-    the previous one and yields a warning; this never raises for bad values, so an edit
-    mid-run cannot stop training. Images that disappeared (moved to quarantine, deleted) are
-    dropped. Returns the new result and the messages (changes and warnings).
-    """
-    log = logger or _log
-    root = Path(result.root)
-    messages: list[str] = []
-    inherited_at: dict[str, _Inherited] = {}
-    folders = []
-    for info in result.folders:
-        folder_path = root / info.path
-        try:
-            names = {n for n in os.listdir(folder_path) if not n.startswith(".")}
-        except OSError as exc:
-            message = f"{info.path or '.'}: cannot list folder ({exc.strerror or exc}); keeping its settings"
-            log.warning(message)
-            messages.append(message)
-            folders.append(info)
-            continue
-        parent = _inherited(root, info.path.rpartition("/")[0], inherited_at) if info.path else _Inherited(Layer())
-        read = read_folder(folder_path, info.path, names, parent.layer)
-        failed = read.failed
-        for message in [*parent.errors, *read.errors]:
-            kept = f"{message}; keeping the previous value"
-            if kept not in messages:
-                log.warning(kept)
-                messages.append(kept)
-        settings = read.settings.with_(**{key: getattr(info.settings, key) for key in failed})
-        sources = {**read.sources, **{k: info.sources[k] for k in failed if k in info.sources}}
-        for f in fields(FolderSettings):
-            old, new = getattr(info.settings, f.name), getattr(settings, f.name)
-            if old != new:
-                source = sources.get(f.name) or info.sources.get(f.name) or f.name
-                message = f"{_label(info.path, f.name, source)}: {format_value(old)} -> {format_value(new)}"
-                log.info(message)
-                messages.append(message)
-        folders.append(FolderInfo(info.path, info.images, settings, sources))
-
-    items, gone = _present_items(result, {f.path: f.settings for f in folders})
-    if gone:
-        message = f"{len(gone)} image(s) no longer in the data root are dropped (e.g. {gone[0]})"
-        log.warning(message)
-        messages.append(message)
-    counts: dict[str, int] = {}
-    for item in items:
-        counts[item.folder] = counts.get(item.folder, 0) + 1
-    folders = [replace(f, images=counts[f.path]) for f in folders if counts.get(f.path)]
-    new = ScanResult(result.root, folders, items, list(result.warnings), list(result.errors), list(result.skipped))
-    return new, messages
-
-
-@dataclass
-class _Inherited:
-    """What a folder inherits from the global.yaml files above it, and their errors."""
-
-    layer: Layer
-    errors: list[str] = field(default_factory=list)
-
-
-def _inherited(root: Path, rel: str, memo: dict[str, _Inherited]) -> _Inherited:
-    """The global.yaml layers from the root down to folder `rel` (inclusive)."""
-    if rel in memo:
-        return memo[rel]
-    parent = _inherited(root, rel.rpartition("/")[0], memo) if rel else _Inherited(Layer())
-    names = {n for n in GLOBAL_YAML if (root / rel / n).is_file()}
-    if names:
-        read = read_folder(root / rel, rel, names, parent.layer)
-        parent = _Inherited(read.inherited, parent.errors + read.errors)
-    memo[rel] = parent
-    return parent
-
-
-def _present_items(result: ScanResult, settings: dict[str, FolderSettings]) -> tuple[list[ImageItem], list[str]]:
-    """Items whose file still exists, with the trigger of their folder's current settings."""
-    root = str(result.root)
-    items, gone = [], []
-    for item in result.items:
-        if not os.path.exists(os.path.join(root, item.path)):
-            gone.append(item.path)
-            continue
-        trigger = settings[item.folder].trigger if item.folder in settings else item.caption.trigger
-        if trigger != item.caption.trigger:
-            untriggered = replace(item.caption, trigger=None)
-            item = replace(item, caption=with_trigger(untriggered, trigger))
-        items.append(item)
-    return items, gone
-
-
-# ---- reports ------------------------------------------------------------------------------
-
-
-def report_json(result: ScanResult) -> dict:
-    """The scan as one JSON-able object (what `edlib scan --json` prints)."""
-    return {
-        "folders": [
-            {
-                "path": f.path,
-                "images": f.images,
-                "multiply": float(f.settings.multiply),
-                "loss_scale": f.settings.loss_scale,
-                "trigger": f.settings.trigger,
-                "flip_p": f.settings.flip_p,
-                "cond_dropout": f.settings.cond_dropout,
-                "shuffle_tags": f.settings.shuffle_tags,
-                "batch_id": f.settings.batch_id,
-                "sources": dict(f.sources),
-            }
-            for f in result.folders
-        ],
-        "images": len(result.items),
-        "warnings": list(result.warnings),
-        "errors": list(result.errors),
-    }
-
-
-def format_report(result: ScanResult) -> str:
-    """The scan as a table for the terminal, then warnings, errors and skipped files."""
-    header = ("folder", "images", "multiply", "loss_scale", "flip_p", "trigger")
-    rows = [
-        (
-            f.path or ".",
-            str(f.images),
-            format_value(f.settings.multiply),
-            format_value(f.settings.loss_scale),
-            format_value(f.settings.flip_p),
-            f.settings.trigger or "",
-        )
-        for f in result.folders
-    ]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = [f"data root {result.root}: {len(result.items)} images in {len(result.folders)} folders", ""]
-    for row in [header, *rows]:
-        cells = [cell.ljust(w) if i in (0, 5) else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))]
-        lines.append("  ".join(cells).rstrip())
-    for title, entries in (("warnings", result.warnings), ("errors", result.errors)):
-        if entries:
-            lines += ["", f"{title} ({len(entries)}):", *(f"  {e}" for e in entries)]
-    if result.skipped:
-        lines += ["", f"skipped {len(result.skipped)} file(s) that are not usable images (listed in the warnings)"]
-    return "\n".join(lines)

@@ -14,6 +14,10 @@ changed, its files are matched one by one, so only new or changed files are read
 
 The file is written to a temporary name and moved into place, so a crash never leaves half
 a cache; a cache that cannot be read is ignored and rewritten, never an error.
+
+Training adds what only decoding shows (`remember_unreadable`): an image damaged mid-file
+passes the scan's header check, fails when training decodes it, and is then recorded here
+as skipped, so the next scan reports it.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from pathlib import Path
 
 from edlib.files import write_text_atomic
 
-_VERSION = 2
+_VERSION = 3  # 3: caption files cached as EveryDream2 entries (sidecars.Entry)
 _SKIPPED = -1  # width stored for an image the scan skipped; its reason is kept by name
 _log = logging.getLogger("edlib.data")
 
@@ -160,3 +164,35 @@ def _unpack_headers(names: list[str], record: dict) -> list[Header]:
     if len(sizes) != 2 * len(names):
         raise ValueError("sizes do not match names")
     return [skipped[n] if sizes[2 * i] == _SKIPPED else (sizes[2 * i], sizes[2 * i + 1]) for i, n in enumerate(names)]
+
+
+def remember_unreadable(root: str | os.PathLike, rel_path: str, reason: str) -> bool:
+    """Record in the scan cache that the image `rel_path` (relative to `root`) cannot be
+    decoded, so the next scan skips it with `reason` without reading it.
+
+    The scan reads headers only, so a file damaged mid-way passes it; training finds out when
+    it decodes the file and tells the cache here. The verdict holds while the file keeps its
+    size and mtime. Returns whether it was recorded (not when the cache has no record of the
+    file); failures only log."""
+    root_path = Path(root).resolve()
+    path = cache_path(root_path)
+    folder, _, name = rel_path.rpartition("/")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if doc["version"] != _VERSION or doc["root"] != str(root_path):
+            return False
+        record = doc["folders"][folder]
+        index = record["names"].index(name)
+        stats = _unpack("q", record["stats"])
+        sizes = _unpack("i", record["sizes"])
+        st = os.stat(root_path / rel_path)
+        if (stats[2 * index], stats[2 * index + 1]) != (st.st_size, st.st_mtime_ns):
+            return False  # changed since the scan: the next scan reads it again anyway
+        sizes[2 * index : 2 * index + 2] = array("i", (_SKIPPED, 0))
+        record["sizes"] = base64.b64encode(sizes.tobytes()).decode("ascii")
+        record["skipped"][name] = reason
+        write_text_atomic(path, json.dumps(doc, separators=(",", ":")))
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        _log.info("could not record %s as unreadable in the scan cache %s: %s", rel_path, path, exc)
+        return False
+    return True

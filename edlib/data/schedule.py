@@ -10,11 +10,19 @@ epoch takes a fraction of a second:
    seeded by a hash of (seed, epoch, folder path) only, so the preview shows exactly what
    training does, a resumed run repeats it, and editing one folder's multiplier leaves
    every other folder's draw alone.
+   Images whose own .yaml sidecar sets `multiply` (EveryDream2's per-image setting) are
+   drawn with the images of their folder that have the same multiplier: a folder splits
+   into one unit per distinct multiplier among its images, and each unit (m, n images) is
+   drawn by the rule above, so each image's expected count is exactly its own m and a
+   unit's count is exactly m x n when that is whole. The unit of the folder's own
+   multiplier keeps the (seed, epoch, folder path) generator, so a folder without
+   per-image multipliers draws exactly as before; another unit's generator is seeded by
+   (seed, epoch, folder path, its multiplier), a key no folder path can produce.
 2. Batches. Samples are grouped by (aspect bucket, batch_id); each group is shuffled and
    cut into batches. A group whose count is not a multiple of the batch size is filled up
    with random repeats from the same group (marked `fill`); nothing is dropped.
 3. Order and flips. The batches are shuffled, and each sample is flipped with its
-   folder's flip_p. Steps 2-3 use a generator seeded by a hash of (seed, epoch).
+   image's flip_p (its folder's, unless its sidecar sets one). batch_id is per image too. Steps 2-3 use a generator seeded by a hash of (seed, epoch).
 
 Optional per-image weights (`item_weights`, path -> w >= 0; the hard-example boost) act
 between steps 1 and 2: an image that step 1 gave c samples this epoch gets w x c instead,
@@ -44,6 +52,10 @@ import numpy as np
 from edlib.data.buckets import assign_buckets, make_buckets
 from edlib.data.types import ScanResult
 from edlib.files import write_text_atomic
+
+# The seed a run, a preview and the notebooks' panels use unless told otherwise: one default,
+# so `edlib preview` shows the batches `edlib train` trains.
+DEFAULT_SEED = 555
 
 
 def stable_rng(*parts) -> np.random.Generator:
@@ -147,6 +159,18 @@ class _FolderDraw:
 
 
 @dataclass
+class _DrawUnit:
+    """Images of one folder that share a multiplier m, drawn together: k = (m - floor(m)) * n."""
+
+    folder: int  # index in scan.folders
+    items: np.ndarray  # item indices
+    sure: int  # floor(k)
+    p_one_more: Fraction  # k - floor(k)
+    key: tuple  # the generator's seed parts after (seed, epoch)
+    group: int  # the (bucket, batch_id) group of all its images, or -1 when they span several
+
+
+@dataclass
 class _Reweighting:
     """What `item_weights` do to one epoch: the weighted images' samples before and after."""
 
@@ -174,15 +198,19 @@ class EpochPlanner:
         for f in folders:
             if f.settings.multiply < 0:
                 raise ValueError(f"folder {f.path!r}: multiply must not be negative, got {f.settings.multiply}")
+        # Images whose own .yaml sidecar sets a schedule setting, and their settings.
+        own = {i: scan.item_settings(i) for i, it in enumerate(scan.items) if it.own is not None and it.own.settings}
 
         widths = np.fromiter((it.width for it in scan.items), np.int64, len(scan.items))
         heights = np.fromiter((it.height for it in scan.items), np.int64, len(scan.items))
         item_bucket = assign_buckets(widths, heights, self.buckets)
 
-        # Group key (bucket, batch_id): folders without a batch_id share the key None.
-        batch_ids = [None] + sorted({f.settings.batch_id for f in folders} - {None})
-        folder_batch = np.array([batch_ids.index(f.settings.batch_id) for f in folders], np.int64)
-        key = item_bucket * len(batch_ids) + folder_batch[item_folder]
+        # Group key (bucket, batch_id): images without a batch_id share the key None.
+        batch_ids = [None] + sorted(({f.settings.batch_id for f in folders} | {s.batch_id for s in own.values()}) - {None})
+        item_batch = np.array([batch_ids.index(f.settings.batch_id) for f in folders], np.int64)[item_folder]
+        for i, settings in own.items():
+            item_batch[i] = batch_ids.index(settings.batch_id)
+        key = item_bucket * len(batch_ids) + item_batch
         group_keys, self.item_group = np.unique(key, return_inverse=True)
         self.group_bucket = group_keys // len(batch_ids)
         n_groups = len(group_keys)
@@ -190,19 +218,40 @@ class EpochPlanner:
         by_folder = np.argsort(item_folder, kind="stable")
         sizes = np.bincount(item_folder, minlength=len(folders))
         self.folder_items = np.split(by_folder, np.cumsum(sizes)[:-1])
-        self._folder_group = [self._single_group(items) for items in self.folder_items]
+        self._units = self._draw_units({i: s.multiply for i, s in own.items()})
 
-        whole = [int(f.settings.multiply) for f in folders]  # floor(m), as m >= 0
-        self._extra = []  # per folder (floor(k), k - floor(k)) with k = (m - floor(m)) * n, exact
-        for f, n, w in zip(folders, sizes, whole):
-            k = (Fraction(f.settings.multiply) - w) * int(n)
-            self._extra.append((int(k), k - int(k)))
-        self._whole_per_item = whole_per_item = np.asarray(whole, np.int64)[item_folder]
+        whole_per_item = np.asarray([int(f.settings.multiply) for f in folders], np.int64)[item_folder]  # floor(m)
+        for i, settings in own.items():
+            whole_per_item[i] = int(settings.multiply)
+        self._whole_per_item = whole_per_item
         self._item_index = {it.path: i for i, it in enumerate(scan.items)}
         self._base_samples = np.repeat(np.arange(len(scan.items)), whole_per_item)
         self._base_group_samples = np.bincount(self.item_group, whole_per_item, n_groups).astype(np.int64)
-        self._base_folder_samples = np.asarray(whole, np.int64) * sizes
+        self._base_folder_samples = np.bincount(item_folder, whole_per_item, len(folders)).astype(np.int64)
         self.item_flip_p = np.array([f.settings.flip_p for f in folders], np.float64)[item_folder]
+        for i, settings in own.items():
+            self.item_flip_p[i] = settings.flip_p
+
+    def _draw_units(self, item_multiply: dict[int, Fraction]) -> list[_DrawUnit]:
+        """The fractional-part draws: one per folder, or, in a folder where images set their
+        own multiply, one per distinct multiplier among its images (rule in the module
+        docstring). Each unit knows its folder, (floor(k), k - floor(k)) with k exact, and
+        the part of the generator's seed after (seed, epoch)."""
+        units = []
+        overridden = {int(self.item_folder[i]) for i in item_multiply}
+        for index, (f, items) in enumerate(zip(self.scan.folders, self.folder_items)):
+            folder_m = Fraction(f.settings.multiply)
+            by_m: dict[Fraction, list[int] | np.ndarray] = {folder_m: items}
+            if index in overridden:
+                by_m = {}
+                for i in items.tolist():
+                    by_m.setdefault(Fraction(item_multiply.get(i, folder_m)), []).append(i)
+            for m in sorted(by_m, key=lambda m: (m != folder_m, m)):
+                members = np.asarray(by_m[m], np.int64)
+                k = (m - int(m)) * len(members)
+                key = (f.path,) if m == folder_m else (f.path, "", "multiply", f"{m.numerator}/{m.denominator}")
+                units.append(_DrawUnit(index, members, int(k), k - int(k), key, self._single_group(members)))
+        return units
 
     def _single_group(self, items: np.ndarray) -> int:
         """The group of a folder whose images all fall in one group, else -1: counting
@@ -211,22 +260,20 @@ class EpochPlanner:
         return int(groups[0]) if len(groups) and (groups == groups[0]).all() else -1
 
     def _draw(self, epoch: int, *, choose_all: bool) -> list[_FolderDraw | None]:
-        """Each folder's fractional-part draw; rng seeded by (seed, epoch, folder) only.
+        """Each unit's fractional-part draw; rng seeded by (seed, epoch, unit key) only.
 
-        The Bernoulli for the last image comes first from the folder's generator, then the
+        The Bernoulli for the last image comes first from the unit's generator, then the
         choice of images, so counting (which may skip the choice) sees the same count."""
         draws: list[_FolderDraw | None] = []
-        for f, items, (sure, p_one_more), group in zip(
-            self.scan.folders, self.folder_items, self._extra, self._folder_group
-        ):
-            if sure == 0 and p_one_more == 0:
+        for unit in self._units:
+            if unit.sure == 0 and unit.p_one_more == 0:
                 draws.append(None)
                 continue
-            rng = stable_rng(self.seed, epoch, f.path)
-            count = sure + int(p_one_more > 0 and rng.random() < p_one_more)
+            rng = stable_rng(self.seed, epoch, *unit.key)
+            count = unit.sure + int(unit.p_one_more > 0 and rng.random() < unit.p_one_more)
             chosen = None
-            if count and (choose_all or group < 0):
-                chosen = items[rng.choice(len(items), size=count, replace=False)]
+            if count and (choose_all or unit.group < 0):
+                chosen = unit.items[rng.choice(len(unit.items), size=count, replace=False)]
             draws.append(_FolderDraw(count, chosen))
         return draws
 
@@ -262,12 +309,12 @@ class EpochPlanner:
     ) -> EpochCounts:
         folder_samples = self._base_folder_samples.copy()
         group_samples = self._base_group_samples.copy()
-        for i, (draw, group) in enumerate(zip(draws, self._folder_group)):
+        for unit, draw in zip(self._units, draws):
             if draw is None or not draw.count:
                 continue
-            folder_samples[i] += draw.count
-            if group >= 0:
-                group_samples[group] += draw.count
+            folder_samples[unit.folder] += draw.count
+            if unit.group >= 0:
+                group_samples[unit.group] += draw.count
             else:
                 group_samples += np.bincount(self.item_group[draw.chosen], minlength=len(group_samples))
         if reweighting is not None:

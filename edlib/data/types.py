@@ -25,7 +25,8 @@ QUARANTINE_DIR = "_quarantine"
 
 @dataclass(frozen=True)
 class Tag:
-    """One tag of an EveryDream2 `.yaml` caption; weight biases tag shuffling."""
+    """One tag of a caption: a comma-separated part after the main prompt, or an entry of
+    an EveryDream2 `tags:` list; weight biases tag shuffling (heavier tags come first)."""
 
     text: str
     weight: float = 1.0
@@ -36,13 +37,16 @@ class Caption:
     """A caption: an optional folder trigger, a main prompt and optional tags.
 
     `text()` is the caption as trained without shuffling: trigger first, then the main
-    prompt, then the tags, joined by ", ". Shuffling (when enabled) only ever moves tags;
-    the trigger and main prompt stay in front.
+    prompt, then the tags, joined by ", ". Shuffling (when enabled) moves tags only: the
+    trigger and the main prompt stay in front (unless the run sets `keep_tokens: 0`).
+    `max_length` is EveryDream2's `max_caption_length`: a weighted shuffle stops adding tags
+    at about that many characters.
     """
 
     main_prompt: str
     tags: tuple[Tag, ...] = ()
     trigger: str | None = None
+    max_length: int | None = None
 
     def text(self) -> str:
         parts = [self.trigger] if self.trigger else []
@@ -59,6 +63,9 @@ class FolderSettings:
 
     `multiply` is exact (a Fraction parsed from the file's decimal text) so that
     0.1 x 10 images is exactly 1 image. `cond_dropout` None means "use the run config".
+    `main_prompt`, `tags` and `max_caption_length` are the caption keys of local.yaml and
+    global.yaml (EveryDream2's folder captions): they complete the captions of the folder's
+    images (see `captions.compose_caption`).
     """
 
     multiply: Fraction = Fraction(1)
@@ -68,9 +75,41 @@ class FolderSettings:
     shuffle_tags: bool = False
     batch_id: str | None = None
     trigger: str | None = None
+    main_prompt: str | None = None
+    tags: tuple[Tag, ...] = ()
+    max_caption_length: int | None = None
 
     def with_(self, **changes) -> FolderSettings:
         return replace(self, **changes)
+
+
+# Settings an image's own .yaml sidecar may set for that image (EveryDream2's per-image keys).
+IMAGE_SETTING_KEYS = ("multiply", "loss_scale", "flip_p", "cond_dropout", "shuffle_tags", "batch_id")
+
+
+@dataclass(frozen=True)
+class ImageOwn:
+    """What an image's own caption files (`img.txt`, `img.caption`, `img.yml`, `img.yaml`)
+    say, merged as EveryDream2 merges them: the main prompt (None when none of them has
+    one), tags, `max_caption_length`, and per-image settings (`IMAGE_SETTING_KEYS`, parsed
+    and checked) that override the folder's for this image."""
+
+    main_prompt: str | None = None
+    tags: tuple[Tag, ...] = ()
+    max_caption_length: int | None = None
+    settings: tuple[tuple[str, object], ...] = ()
+
+
+def with_image_settings(settings: FolderSettings, own: ImageOwn | None) -> FolderSettings:
+    """A folder's settings with an image's own overrides applied. `shuffle_tags` is on
+    when any file that applies to the image turns it on (EveryDream2's rule); every other
+    key set by the image replaces the folder's value."""
+    if own is None or not own.settings:
+        return settings
+    changes = dict(own.settings)
+    if "shuffle_tags" in changes:
+        changes["shuffle_tags"] = bool(changes["shuffle_tags"]) or settings.shuffle_tags
+    return replace(settings, **changes)
 
 
 @dataclass(frozen=True)
@@ -81,7 +120,8 @@ class ImageItem:
     folder: str  # relative folder; "" is the data root itself
     width: int
     height: int
-    caption: Caption
+    caption: Caption  # the caption as trained: own files, folder keys and trigger combined
+    own: ImageOwn | None = None  # what the image's own caption files say, None without any
 
 
 @dataclass
@@ -106,6 +146,8 @@ class ScanResult:
     errors: list[str] = field(default_factory=list)
     # (relative path, reason) of files that look like images but were skipped
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    # EveryDream2 features the root uses, in words (the scan summary lists them)
+    everydream2: list[str] = field(default_factory=list)
 
     def folder(self, path: str) -> FolderInfo:
         try:
@@ -118,6 +160,25 @@ class ScanResult:
         # Built once: a ScanResult is treated as immutable after a scan (a re-read makes a
         # new one), and the trainer looks folders up once per sample.
         return {f.path: f for f in self.folders}
+
+    def item_settings(self, index: int) -> FolderSettings:
+        """The settings that apply to image `index`: its folder's, with the image's own
+        `.yaml` overrides (`with_image_settings`)."""
+        item = self.items[index]
+        return with_image_settings(self.folder(item.folder).settings, item.own)
+
+    def expected_samples(self) -> dict[str, Fraction]:
+        """Expected samples per epoch of each folder (path -> exact count): its multiplier
+        times its images, with images that set their own multiply counted at theirs."""
+        images = {f.path: 0 for f in self.folders}
+        own: dict[str, Fraction] = {}  # per folder: the sum of the images' own multipliers
+        for item in self.items:
+            settings = dict(item.own.settings) if item.own is not None and item.own.settings else None
+            if settings is not None and "multiply" in settings:
+                own[item.folder] = own.get(item.folder, Fraction(0)) + settings["multiply"]
+            else:
+                images[item.folder] += 1
+        return {f.path: f.settings.multiply * images[f.path] + own.get(f.path, 0) for f in self.folders}
 
     @property
     def ok(self) -> bool:

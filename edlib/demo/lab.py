@@ -116,17 +116,23 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.0f}%"
 
 
+def _fidelity(score: dict) -> str:
+    value = score.get("fidelity")
+    return "n/a" if value is None else f"{value:.2f}"
+
+
 def format_table(result: LabResult) -> str:
     """A markdown table: one row for the base model, one per run."""
     header = (
-        f"| run | preservation images / epoch | steps | {NEW_CONCEPT} drawn | base world: colour | shape | background |\n"
-        "| --- | --- | --- | --- | --- | --- | --- |"
+        f"| run | preservation images / epoch | steps | {NEW_CONCEPT} drawn | base world: colour | shape "
+        "| shape fidelity | background |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- |"
     )
 
     def row(label, per_epoch, steps, new, old) -> str:
         return (
             f"| {label} | {per_epoch} | {steps} | {_pct(new['shape'])} | {_pct(old['colour'])} | "
-            f"{_pct(old['shape'])} | {_pct(old['background'])} |"
+            f"{_pct(old['shape'])} | {_fidelity(old)} | {_pct(old['background'])} |"
         )
 
     rows = [row("base model (before)", "-", 0, result.before_new_concept, result.before_base_world)]
@@ -140,7 +146,7 @@ def write_chart(result: LabResult, path: str | Path) -> Path:
     try:
         import plotly.graph_objects as go
     except ImportError as error:
-        raise ImportError("the lab's chart needs plotly: pip install 'edlib[notebook]' (or pip install plotly)") from error
+        raise ImportError("the lab's chart needs plotly: pip install 'edlib-sd-trainer[notebook]' (or pip install plotly)") from error
 
     labels = [r.label for r in result.runs]
     series = [

@@ -26,7 +26,7 @@ from edlib.data.scan import format_report, scan
 from edlib.data.schedule import write_schedule
 from edlib.model.lr import with_lr_curve
 from edlib.model.world import SAMPLE_STEPS
-from edlib.world import caption, sample_scene, score, write_data_root
+from edlib.world import caption, fidelity, sample_scene, score, write_data_root
 from edlib.world.demo_data import DEMO_SPEC, DEMO_WEIGHTS, NEW_CONCEPT
 from edlib.world.render import ALL_SHAPES, SHAPES
 
@@ -61,7 +61,7 @@ def sample_and_score(pipeline, prompts: list[str], out_dir: Path, label: str, se
     ]
     paths = sample_images(pipeline, specs, out_dir, model_name=label)
     images = [Image.open(path).convert("RGB") for path in paths]
-    return score(images, prompts, shapes=ALL_SHAPES)
+    return {**score(images, prompts, shapes=ALL_SHAPES), "fidelity": fidelity(images, prompts, shapes=ALL_SHAPES)}
 
 
 def _pct(value: float | None) -> str:
@@ -72,7 +72,8 @@ def _report_line(name: str, before: dict, after: dict) -> str:
     return (
         f"  {name:<28} shape {_pct(before['shape'])} -> {_pct(after['shape'])}   "
         f"colour {_pct(before['colour'])} -> {_pct(after['colour'])}   "
-        f"both {_pct(before['both'])} -> {_pct(after['both'])}"
+        f"both {_pct(before['both'])} -> {_pct(after['both'])}   "
+        f"shape fidelity {before['fidelity']:.2f} -> {after['fidelity']:.2f}"
     )
 
 
@@ -161,7 +162,7 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0, model: str | Path
     _heading(f"Fine-tuning on the CPU: {p.total_steps} steps, run folder {run_dir}")
     started = time.time()
     summary = fine_tune(model, data_root, run_dir, epochs=epochs, seed=seed)
-    print(f"  done in {time.time() - started:.0f} s: {summary}")
+    print(f"  done in {time.time() - started:.0f} s: {summary.step} steps, last loss {summary.last_loss:.4f}")
 
     _heading("After: the fine-tuned model")
     tuned = load_pipeline(run_dir, dtype=torch.float32)
@@ -173,6 +174,10 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0, model: str | Path
     _heading("What the images show (automatic check, before -> after)")
     print(_report_line(f"new concept ({NEW_CONCEPT})", before_new, after_new))
     print(_report_line("known shapes (preservation)", before_old, after_old))
+    print(
+        "  (shape: the asked shape is the one recognised; shape fidelity: how exactly it is drawn, the overlap "
+        "with the sharp shape, about 0.98 for a perfect render: it drops when shapes go soft)"
+    )
 
     _heading("Exports (written by the run when it ended)")
     exports = summary.exports

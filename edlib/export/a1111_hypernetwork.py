@@ -42,14 +42,6 @@ from edlib.export.single_file import DTYPES
 from edlib.model.hypernetwork_layers import Hypernetwork
 
 
-def base_model_name(model: str) -> str:
-    """What A1111 shows as the checkpoint's name: a file's stem, a folder's name, a hub id."""
-    path = Path(model)
-    if path.is_file():
-        return path.stem
-    return path.name if path.is_dir() else str(model)
-
-
 def base_model_shorthash(model: str) -> str | None:
     """A1111's short hash of a single-file base model (the first 10 hex digits of its
     sha256), or None for a diffusers folder or hub id, which A1111 has no hash for."""
@@ -64,9 +56,11 @@ def base_model_shorthash(model: str) -> str | None:
 
 
 def hypernetwork_file_contents(
-    hypernetwork: Hypernetwork, *, name: str, step: int, base_model: str, dtype: str = "fp16"
+    hypernetwork: Hypernetwork, *, name: str, step: int, base_model: str, base_model_label: str, dtype: str = "fp16"
 ) -> dict[Any, Any]:
-    """The dict A1111 saves for ``hypernetwork``, with CPU copies of its weights in ``dtype``."""
+    """The dict A1111 saves for ``hypernetwork``, with CPU copies of its weights in ``dtype``.
+    ``base_model`` is the model trained on (a single file is hashed as A1111 hashes it);
+    ``base_model_label`` how the file names it (no local folders, see `export.run.base_model_name`)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype: unknown value {dtype!r}; allowed: {', '.join(DTYPES)}")
     spec = hypernetwork.spec
@@ -86,27 +80,41 @@ def hypernetwork_file_contents(
             "is_layer_norm": bool(spec.is_layer_norm),
             "weight_initialization": str(spec.weight_initialization),
             "sd_checkpoint": base_model_shorthash(base_model),
-            "sd_checkpoint_name": base_model_name(base_model),
+            # A1111's checkpoint name is the file name without its extension.
+            "sd_checkpoint_name": base_model_label.removesuffix(".safetensors").removesuffix(".ckpt"),
             "activate_output": bool(spec.activate_output),
             "use_dropout": any(p > 0 for p in dropout),
             "dropout_structure": dropout,
             "last_layer_dropout": dropout[-2] != 0,
-            "optional_info": f"trained with edlib {__version__} on {base_model}, step {step}",
+            "optional_info": f"trained with edlib {__version__} on {base_model_label}, step {step}",
         }
     )
     return contents
 
 
 def export_a1111_hypernetwork(
-    hypernetwork: Hypernetwork, out_path: str | Path, *, step: int, base_model: str, dtype: str = "fp16"
+    hypernetwork: Hypernetwork,
+    out_path: str | Path,
+    *,
+    step: int,
+    base_model: str,
+    base_model_label: str | None = None,
+    dtype: str = "fp16",
 ) -> Path:
     """Write ``hypernetwork`` to ``out_path`` (a ``.pt`` file; its stem becomes the name A1111
     shows and prompts use: ``<hypernet:STEM:1>``). Written beside the target and renamed into
-    place, so a crash never leaves a half-written file that could be loaded. Returns the path."""
+    place, so a crash never leaves a half-written file that could be loaded. ``base_model_label``
+    names the base model in the file (default: a local model's file or folder name, else
+    ``base_model``). Returns the path."""
     out_path = Path(out_path)
     if out_path.suffix != ".pt":
         raise ValueError(f"{out_path}: a hypernetwork export must end in .pt (A1111 lists only .pt files)")
-    contents = hypernetwork_file_contents(hypernetwork, name=out_path.stem, step=step, base_model=base_model, dtype=dtype)
+    label = base_model_label
+    if label is None:  # a local model by its own name only: no folder of the user's in the file
+        label = Path(base_model).name if Path(base_model).exists() else base_model
+    contents = hypernetwork_file_contents(
+        hypernetwork, name=out_path.stem, step=step, base_model=base_model, base_model_label=label, dtype=dtype
+    )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     temporary = out_path.with_name(f".{out_path.name}.{os.getpid()}.partial")
     try:

@@ -2,13 +2,17 @@
 
 Which formats fit depends on the method: a full fine-tune becomes a diffusers folder or one
 single-file checkpoint; a LoRA run a kohya-style LoRA file; a textual-inversion run one
-A1111 embedding per placeholder; a hypernetwork run an A1111 hypernetwork `.pt`. Everything goes under `RUN/exports/` unless told otherwise,
-named after the run and the checkpoint step so exports of different steps sit side by side.
+A1111 embedding per placeholder; a hypernetwork run an A1111 hypernetwork `.pt`. SD3 and FLUX runs export through `flow_exports`: a diffusers
+folder for a full fine-tune, a LoRA in kohya's layout (FLUX) or diffusers' (both). Everything goes under `RUN/exports/` unless told otherwise,
+named after the run and the checkpoint step so exports of different steps sit side by side,
+and after the dtype unless it is the usual fp16 (`...-fp32.safetensors`), so an fp32 export
+and an fp16 one of the same step never replace each other. Embeddings (named after their
+trigger word, as A1111 wants) are always fp32.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 from edlib import __version__
 from edlib.export.a1111_embedding import export_a1111_embeddings
@@ -17,6 +21,7 @@ from edlib.export.diffusers_folder import export_diffusers
 from edlib.export.kohya_lora import export_kohya_lora
 from edlib.export.single_file import export_single_file
 from edlib.model.config import EXPORT_FORMATS, TrainConfig
+from edlib.model.identify import model_location
 from edlib.model.methods import Method
 from edlib.model.models import Models
 from edlib.model.trained import load_trained
@@ -70,15 +75,21 @@ def export_models(
     if format not in EXPORT_FORMATS[config.method]:
         allowed = " or ".join(EXPORT_FORMATS[config.method])
         raise ValueError(f"{where}: a {config.method!r} run exports as {allowed}, not {format!r}")
-    name = f"{run_name}-step{step:06d}"
+    name = f"{run_name}-step{step:06d}" + ("" if dtype == "fp16" else f"-{dtype}")
     metadata = {
-        "base_model": config.model,
+        "base_model": base_model_name(config.model),
         "edlib_run": run_name,
         "edlib_step": step,
         "edlib_method": config.method,
         "edlib_version": __version__,
     }
     m = models
+    if m.flow_matching:
+        from edlib.export.flow_exports import export_flow
+
+        return export_flow(m, config, format, out_dir=out_dir, name=name, dtype=dtype, metadata=metadata)
+    if format == "peft-lora":
+        raise ValueError(f"{where}: peft-lora is offered for SD3 and FLUX LoRAs; an SD1/SDXL LoRA exports as kohya-lora")
     if format == "diffusers":
         target = out_dir / f"{name}-diffusers"
         scheduler = _sampling_scheduler_config(config.model, m.noise_scheduler.config)
@@ -99,16 +110,38 @@ def export_models(
                 m.text_encoder,
                 target,
                 dtype=dtype,
-                base_model=config.model,
+                base_model=base_model_name(config.model),
                 metadata=metadata,
                 text_encoder_2=m.text_encoder_2,
             )
         ]
     if format == "a1111-hypernetwork":
         target = out_dir / f"{name}.pt"
-        return [export_a1111_hypernetwork(method.hypernetwork(m), target, step=step, base_model=config.model, dtype=dtype)]
+        label = base_model_name(config.model)
+        hypernetwork = method.hypernetwork(m)
+        return [export_a1111_hypernetwork(hypernetwork, target, step=step, base_model=config.model, base_model_label=label, dtype=dtype)]
     second = method.learned_embeddings(m, encoder="text_encoder_2") if m.is_sdxl else None
+    # Embeddings are a few KB: always fp32, whatever `dtype` says, so they never clash either.
     return export_a1111_embeddings(method.learned_embeddings(m), out_dir, metadata=metadata, embeddings_g=second)
+
+
+def base_model_name(model: str) -> str:
+    """How an export names its base model: a hub id as it is, a local model by its file or
+    folder name only (as kohya does), so no user's folder layout (a Drive path, a home
+    folder) travels with the file. A local path is one that exists here, or that cannot be a
+    hub id ("owner/name"): absolute, relative with ./ or ~, deeper than one "/", or a
+    checkpoint file name."""
+    text = str(model).rstrip("/\\")
+    path = Path(text).expanduser()
+    local = (
+        path.exists()
+        or path.is_absolute()
+        or text.startswith((".", "~"))
+        or "\\" in text
+        or text.count("/") > 1
+        or path.suffix in (".safetensors", ".ckpt", ".pt", ".bin")
+    )
+    return PureWindowsPath(text).name if local else text
 
 
 def _check_format(format: str) -> None:
@@ -123,6 +156,6 @@ def _sampling_scheduler_config(model: str, training_config):
     from diffusers import DDPMScheduler
 
     try:
-        return DDPMScheduler.load_config(model, subfolder="scheduler")
+        return DDPMScheduler.load_config(model_location(model), subfolder="scheduler")
     except (OSError, ValueError):
         return training_config

@@ -1,5 +1,5 @@
 """The published Stable Diffusion component configs (the `config.json` files of the
-SD1.5 and SD2.x releases), so benchmarks and tests can build the real architectures with
+SD1.5, SD2.x, SDXL, SD3.5 and FLUX.1 releases), so benchmarks and tests can build the real architectures with
 random weights, or on the meta device, without downloading anything."""
 
 # Shared by SD1.x and SD2.x.
@@ -118,3 +118,76 @@ SDXL_SCHEDULER = dict(  # EulerDiscreteScheduler
     timestep_spacing="leading",
     prediction_type="epsilon",
 )
+
+# FLUX.1-dev (black-forest-labs/FLUX.1-dev's transformer/config.json): 19 double-stream and
+# 38 single-stream blocks of width 3072, the guidance embedder (schnell: guidance_embeds False).
+FLUX1_DEV_TRANSFORMER = dict(
+    patch_size=1,
+    in_channels=64,
+    num_layers=19,
+    num_single_layers=38,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    pooled_projection_dim=768,
+    guidance_embeds=True,
+    axes_dims_rope=(16, 56, 56),
+)
+# SD3.5 Large and Medium (stabilityai/stable-diffusion-3.5-large / -medium): MMDiT joint blocks;
+# Medium adds a second self-attention (MMDiT-X) in its first 13 blocks.
+SD35_LARGE_TRANSFORMER = dict(
+    sample_size=128,
+    patch_size=2,
+    in_channels=16,
+    num_layers=38,
+    attention_head_dim=64,
+    num_attention_heads=38,
+    joint_attention_dim=4096,
+    caption_projection_dim=2432,
+    pooled_projection_dim=2048,
+    out_channels=16,
+    pos_embed_max_size=192,
+    qk_norm="rms_norm",
+)
+SD35_MEDIUM_TRANSFORMER = dict(
+    SD35_LARGE_TRANSFORMER,
+    num_layers=24,
+    num_attention_heads=24,
+    caption_projection_dim=1536,
+    pos_embed_max_size=384,
+    dual_attention_layers=tuple(range(13)),
+)
+# The 16-channel VAE both use, without quant convs; each family its own scale and shift.
+FLOW_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=16,
+    block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    layers_per_block=2,
+    norm_num_groups=32,
+    act_fn="silu",
+    sample_size=1024,
+    use_quant_conv=False,
+    use_post_quant_conv=False,
+)
+FLUX_VAE = dict(FLOW_VAE, scaling_factor=0.3611, shift_factor=0.1159)
+SD3_VAE = dict(FLOW_VAE, scaling_factor=1.5305, shift_factor=0.0609)
+# T5 v1.1 XXL's encoder (google/t5-v1_1-xxl), FLUX's text_encoder_2 and SD3's text_encoder_3.
+T5_XXL_ENCODER = dict(
+    vocab_size=32128,
+    d_model=4096,
+    d_ff=10240,
+    d_kv=64,
+    num_heads=64,
+    num_layers=24,
+    feed_forward_proj="gated-gelu",
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+)
+# SD3's CLIP-L is a CLIPTextModelWithProjection (its pooled output projected to 768).
+SD3_TEXT_ENCODER = SD15_TEXT_ENCODER
+SD3_TEXT_ENCODER_2 = SDXL_TEXT_ENCODER_2
+FLUX_SCHEDULER = dict(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+SD3_SCHEDULER = dict(shift=3.0)

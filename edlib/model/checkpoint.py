@@ -8,11 +8,17 @@ A checkpoint is a folder `checkpoints/step-NNNNNN/`:
                             the epoch's folder settings, plugin state (loss tracker, ...)
                             and the config it was run with
     rng-R.pt                RNG states (python, numpy, torch, CUDA) of process R
-    complete.json           written last: only folders holding it are ever loaded
+    complete.json           written last: only folders holding it are ever loaded; it
+                            lists every file with its size and CRC-32, checked on load, so
+                            a file damaged later (truncated, bytes flipped) is named, never
+                            loaded silently
 
 It is written as `.tmp-step-NNNNNN/` and renamed when complete, so a process killed while
 saving leaves only a temp folder, which `list_checkpoints` never returns and the next save
-removes. `state.pt` and `rng-R.pt` hold only tensors and plain containers, and are loaded
+removes. Pruning deletes `complete.json` first, so a kill while pruning leaves an incomplete
+folder (ignored, removed by the next prune), never one that looks complete without its files.
+A save that fails (a full disk) removes its temp folder and says which checkpoint is intact.
+`state.pt` and `rng-R.pt` hold only tensors and plain containers, and are loaded
 with `torch.load(weights_only=True)`: resuming never runs pickled code.
 
 We do not use `accelerator.save_state` because it writes in place (a kill leaves a
@@ -22,13 +28,14 @@ silently continues when RNG states fail to load, which would break exact resume 
 
 from __future__ import annotations
 
+import errno
 import json
 import random
 import re
 import shutil
 import time
-from dataclasses import dataclass, replace
-from fractions import Fraction
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +43,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from edlib.data.types import ScanResult
+from edlib.files import describe_write_error
 
 COMPLETE_MARKER = "complete.json"
 STATE_FILE = "state.pt"
@@ -160,17 +167,51 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     _barrier(accelerator)
     rank = 0 if accelerator is None else accelerator.process_index
-    torch.save(capture_rng_state(), tmp / f"rng-{rank}.pt")
+    try:
+        torch.save(capture_rng_state(), tmp / f"rng-{rank}.pt")
+        if main:
+            _save_weights(tmp, weights or {})
+            torch.save(state or {}, tmp / STATE_FILE)
+        _barrier(accelerator)
+        if main:
+            marker = {"step": step, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "files": _sums(tmp)}
+            (tmp / COMPLETE_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
+    except Exception as error:  # noqa: BLE001 - any failed write: say it plainly, keep what is intact
+        shutil.rmtree(tmp, ignore_errors=True)  # frees the space a full disk needs back
+        raise CheckpointError(_save_failed(directory, step, error)) from error
     if main:
-        _save_weights(tmp, weights or {})
-        torch.save(state or {}, tmp / STATE_FILE)
-    _barrier(accelerator)
-    if main:
-        marker = {"step": step, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        (tmp / COMPLETE_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
         _replace_dir(tmp, final)
     _barrier(accelerator)
     return final
+
+
+def _sums(folder: Path) -> dict[str, dict[str, Any]]:
+    """Size and CRC-32 of every file in a checkpoint folder being saved. CRC-32 finds
+    damage (a cut or flipped byte) at several GB/s; it does not defend against tampering."""
+    return {p.name: {"size": p.stat().st_size, "crc32": _crc32(p)} for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _crc32(path: Path) -> str:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            crc = zlib.crc32(chunk, crc)
+    return f"{crc:08x}"
+
+
+def _save_failed(directory: Path, step: int, error: Exception) -> str:
+    """Why checkpoint `step` could not be saved, and which checkpoint is still intact."""
+    if isinstance(error, OSError):
+        why = describe_write_error(error, directory)
+    else:  # torch ("unexpected pos") and safetensors wrap the OS error in their own
+        text = str(error)
+        code = next((c for c in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) if f"os error {c})" in text), None)
+        if code is None and directory.exists() and shutil.disk_usage(directory).free < 256 * 2**20:
+            code = errno.ENOSPC  # torch's "unexpected pos" hides the cause; the free space shows it
+        why = describe_write_error(OSError(code, text), directory) if code else f"writing failed ({text[:200]})"
+    previous = list_checkpoints(directory)
+    kept = f"the previous checkpoint {previous[-1].name} is intact" if previous else "no earlier checkpoint exists"
+    return f"could not save checkpoint step {step}: {why}; {kept}. Free some space, then resume with --resume latest"
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
@@ -194,12 +235,20 @@ def _barrier(accelerator) -> None:
 
 def prune_checkpoints(directory: Path, keep_last_n: int | None) -> list[Path]:
     """Delete all but the newest `keep_last_n` complete checkpoints (None/0 keeps all).
-    Returns the removed folders."""
+    Returns the removed folders. The completeness marker goes first, so a kill mid-way
+    leaves a folder no one loads; such leftovers older than the kept ones go too."""
     if not keep_last_n:
         return []
-    removed = list_checkpoints(directory)[:-keep_last_n]
+    complete = list_checkpoints(directory)
+    removed = complete[:-keep_last_n]
     for path in removed:
+        (path / COMPLETE_MARKER).unlink()
         shutil.rmtree(path)
+    oldest_kept = checkpoint_step(complete[-keep_last_n]) if len(complete) >= keep_last_n else None
+    for path in directory.iterdir():
+        if _NAME.match(path.name) and path.is_dir() and not is_complete(path):
+            if oldest_kept is not None and checkpoint_step(path) < oldest_kept:
+                shutil.rmtree(path, ignore_errors=True)  # left by a kill during an earlier prune
     return removed
 
 
@@ -219,40 +268,64 @@ class Checkpoint:
 
 
 def load_checkpoint(path: Path, *, process_index: int = 0, with_state: bool = True) -> Checkpoint:
-    """Load a complete checkpoint. `with_state=False` reads only the weights (init_from)."""
+    """Load a complete checkpoint. `with_state=False` reads only the weights (init_from).
+    A damaged file raises `CheckpointError` naming it and the previous complete checkpoint."""
     path = Path(path)
     if not is_complete(path):
         raise CheckpointError(f"{path} is not a complete checkpoint (no {COMPLETE_MARKER}: the save did not finish)")
-    weights = {p.stem: load_file(str(p)) for p in sorted(path.glob("*.safetensors"))}
+    verify_checkpoint(path)
+    weights = {p.stem: _read(p, lambda f: load_file(str(f))) for p in sorted(path.glob("*.safetensors"))}
     state: dict[str, Any] = {}
     rng = None
     if with_state:
-        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+        state = _read(path / STATE_FILE, lambda f: torch.load(f, map_location="cpu", weights_only=True))
         rng_file = path / f"rng-{process_index}.pt"
         if rng_file.exists():
-            rng = torch.load(rng_file, map_location="cpu", weights_only=True)
+            rng = _read(rng_file, lambda f: torch.load(f, map_location="cpu", weights_only=True))
     return Checkpoint(path=path, weights=weights, state=state, rng=rng)
 
 
+def verify_checkpoint(path: Path) -> None:
+    """Check every file of checkpoint `path` against the sizes and CRC-32s in its
+    complete.json (checkpoints saved before edlib wrote them are not checked)."""
+    marker_file = path / COMPLETE_MARKER
+    try:
+        marker = json.loads(marker_file.read_text(encoding="utf-8"))
+        files = marker.get("files", {})
+    except (OSError, ValueError, AttributeError) as error:
+        raise CheckpointError(_damaged(marker_file, f"cannot be read ({error})")) from None
+    for name, expected in files.items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(_damaged(file, "is missing"))
+        size = file.stat().st_size
+        if size != expected["size"]:
+            raise CheckpointError(_damaged(file, f"is {size:,} bytes, {expected['size']:,} when saved (cut short?)"))
+        if _crc32(file) != expected["crc32"]:
+            raise CheckpointError(_damaged(file, "has changed since it was saved (checksum mismatch)"))
+
+
+def _read(file: Path, load):
+    """`load(file)`, with any failure to read it reported as a damaged file."""
+    try:
+        return load(file)
+    except Exception as error:  # noqa: BLE001 - torch/safetensors raise many kinds; all mean "damaged"
+        raise CheckpointError(_damaged(file, f"cannot be read ({str(error)[:200]})")) from error
+
+
+def _damaged(file: Path, what: str) -> str:
+    """A damaged checkpoint file, and the checkpoint `--resume` can use instead."""
+    folder = file.parent
+    earlier = [p for p in list_checkpoints(folder.parent) if checkpoint_step(p) < checkpoint_step(folder)]
+    advice = (
+        f"the previous complete checkpoint is {earlier[-1]}: resume from it with --resume {earlier[-1]}"
+        if earlier
+        else f"there is no earlier complete checkpoint in {folder.parent}"
+    )
+    return f"{file}: damaged, it {what}; checkpoint {folder.name} cannot be used, {advice}"
+
+
 # -- what else a run keeps with its checkpoints ----------------------------------------
-
-
-def folder_settings(data: ScanResult) -> dict[str, dict[str, Any]]:
-    """The settings that shape an epoch's schedule and loss, as saved in a checkpoint.
-    Resuming mid-epoch restores them, so the rest of the epoch is the one that was planned
-    even if `multiply.txt` was edited in between; the edit applies from the next epoch."""
-    return {f.path: {"multiply": str(f.settings.multiply), "loss_scale": f.settings.loss_scale} for f in data.folders}
-
-
-def with_folder_settings(data: ScanResult, saved: dict[str, dict[str, Any]]) -> ScanResult:
-    folders = []
-    for info in data.folders:
-        if info.path in saved:
-            values = saved[info.path]
-            settings = info.settings.with_(multiply=Fraction(values["multiply"]), loss_scale=values["loss_scale"])
-            info = replace(info, settings=settings)
-        folders.append(info)
-    return replace(data, folders=folders)
 
 
 def parent_phase(parent_checkpoint: Path) -> dict[str, Any]:

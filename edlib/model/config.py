@@ -11,14 +11,17 @@ validation error names the key, what is wrong and the allowed values.
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edlib.model import hypernetwork_settings as hn
+from edlib.data.buckets import resolution_problem
+from edlib.data.schedule import DEFAULT_SEED
+from edlib.model.config_errors import describe_error, is_number
+from edlib.model.flow_config import FamilyKeys
+from edlib.model.hypernetwork_settings import HypernetworkKeys, config_problems
 from edlib.model.lr import LR_SCHEDULERS
 
 OPTIMIZERS = ("adamw", "adamw8bit", "lion", "prodigy", "adafactor")
@@ -29,7 +32,7 @@ METHODS = ("full", "lora", "textual_inversion", "hypernetwork")
 # ComfyUI users load.
 EXPORT_FORMATS = {
     "full": ("diffusers", "single-file"),
-    "lora": ("kohya-lora",),
+    "lora": ("kohya-lora", "peft-lora"),
     "textual_inversion": ("a1111-embedding",),
     "hypernetwork": ("a1111-hypernetwork",),
 }
@@ -39,6 +42,10 @@ END_EXPORT_FORMATS = {
     "textual_inversion": "a1111-embedding",
     "hypernetwork": "a1111-hypernetwork",
 }
+# SD3/FLUX: a full fine-tune ends as a diffusers folder (no single-file export for them yet); an
+# SD3 LoRA in diffusers/PEFT layout, the one diffusers and ComfyUI both load (diffusers ignores
+# kohya SD3 LoRAs without a word).
+FAMILY_END_EXPORT_FORMATS = {("sd3", "full"): "diffusers", ("flux", "full"): "diffusers", ("sd3", "lora"): "peft-lora"}
 DEFAULT_RESOLUTION = 512  # when the model's own size cannot be read (see `_native_resolution`)
 
 
@@ -46,8 +53,11 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message names every offending key."""
 
 
-class TrainConfig(BaseModel):
-    """Everything a training run needs. See docs/config.md for the reference."""
+class TrainConfig(FamilyKeys, HypernetworkKeys):
+    """Everything a training run needs. See docs/config.md for the reference. The keys of
+    SD3/FLUX, LoRA targets and LoRA+, fp8 and block swapping come from
+    `edlib.model.flow_config.FamilyKeys`, the hypernetwork's from
+    `edlib.model.hypernetwork_settings.HypernetworkKeys`."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -55,7 +65,8 @@ class TrainConfig(BaseModel):
     model: str = Field(
         "stable-diffusion-v1-5/stable-diffusion-v1-5",
         description="Base model: a Hugging Face hub id, a local diffusers folder, or a single "
-        "`.safetensors`/`.ckpt` file. A relative path resolves against the config file's folder.",
+        "`.safetensors`/`.ckpt` file. A relative path resolves against the config file's folder. "
+        "`edlib:world` is the small toy-world model that ships with edlib (64 px, trains on a CPU; the demo's).",
     )
     vae: str | None = Field(
         None,
@@ -90,23 +101,30 @@ class TrainConfig(BaseModel):
     resolution: int = Field(
         DEFAULT_RESOLUTION,
         ge=64,
+        le=4096,
+        json_schema_extra={"multipleOf": 64},  # checked by `_multiple_of_64`, whose message says why
         description="Base training resolution in pixels (a multiple of 64). Aspect buckets have "
         "about resolution x resolution pixels. Unset: the model's native size read from its configs "
         "(512 for SD1.x, 768 for SD2.x 768-v, 1024 for SDXL), or 512 when that cannot be read offline.",
     )
-    batch_size: int = Field(4, ge=1, description="Images per batch on each GPU.")
+    batch_size: int = Field(4, ge=1, le=1024, description="Images per batch on each GPU.")
     gradient_accumulation_steps: int = Field(
-        1, ge=1, description="Batches accumulated into one optimizer step (effective batch = batch_size x this x GPUs)."
+        1, ge=1, le=1024, description="Batches accumulated into one optimizer step (effective batch = batch_size x this x GPUs)."
     )
-    epochs: int = Field(10, ge=1, description="Number of epochs (passes over the multiplied data root).")
+    epochs: int = Field(10, ge=1, le=100_000, description="Number of epochs (passes over the multiplied data root).")
     max_steps: int | None = Field(
         None, ge=1, description="Stop after this many optimizer steps even if epochs remain. Null: run all epochs."
     )
     seed: int = Field(
-        555, description="Seed of everything random: the per-epoch schedule, noise, dropout. Same seed, same run."
+        DEFAULT_SEED, description="Seed of everything random: the per-epoch schedule, noise, dropout. Same seed, same run."
     )
     write_schedule: bool = Field(
         True, description="Write each epoch's batch schedule to `schedules/` in the run folder before training it."
+    )
+    follow_outside_links: bool = Field(
+        True,
+        description="Follow symbolic links in `data_root` that lead outside it (each such folder link is named in a "
+        "warning). false: skip them, so a stray link (to /etc, to another project) cannot pull files into training.",
     )
 
     # --- captions ---------------------------------------------------------------------------
@@ -117,10 +135,16 @@ class TrainConfig(BaseModel):
         "layer (SD default), 2 = penultimate layer (common for anime models). Final layer norm is applied.",
     )
     shuffle_caption: bool = Field(
-        False, description="Shuffle the comma-separated tags of each caption every time it is used."
+        False,
+        description="Shuffle the tags of every caption each time it is used (the comma-separated parts after "
+        "the main prompt). A folder's `shuffle_tags.txt` or `shuffle_tags: true` turns it on for that folder.",
     )
     keep_tokens: int = Field(
-        0, ge=0, description="With `shuffle_caption`: this many leading comma-separated tags stay in front, unshuffled."
+        1,
+        ge=0,
+        description="When tags are shuffled: this many leading parts stay in front, counting the main prompt "
+        "as the first. 1 keeps the main prompt first, as EveryDream2 does; 0 shuffles it with the tags "
+        "(kohya's keep_tokens 0). A folder trigger always stays first.",
     )
     caption_dropout: float = Field(
         0.0,
@@ -131,7 +155,7 @@ class TrainConfig(BaseModel):
     )
 
     # --- learning rate and optimizer --------------------------------------------------------
-    unet_lr: float = Field(1e-6, ge=0.0, description="Learning rate of the UNet.")
+    unet_lr: float = Field(1e-6, ge=0.0, description="Learning rate of the UNet (of the transformer for SD3/FLUX).")
     text_encoder_lr: float = Field(
         0.0,
         ge=0.0,
@@ -140,8 +164,9 @@ class TrainConfig(BaseModel):
     text_encoder_2_lr: float | None = Field(
         None,
         ge=0.0,
-        description="SDXL only: learning rate of the second text encoder (OpenCLIP ViT-bigG). Null: the same as "
-        "`text_encoder_lr`; 0 keeps it frozen while the first one trains.",
+        description="SDXL and SD3: learning rate of the second text encoder (OpenCLIP ViT-bigG). Null: the same as "
+        "`text_encoder_lr`; 0 keeps it frozen while the first one trains. (T5, FLUX's second and SD3's third, "
+        "stays frozen.)",
     )
     lr_scheduler: Literal[LR_SCHEDULERS] = Field(  # type: ignore[valid-type]
         "constant", description="Learning-rate schedule over the run's optimizer steps."
@@ -151,7 +176,7 @@ class TrainConfig(BaseModel):
     lr_power: float = Field(1.0, gt=0.0, description="Power of the `polynomial` decay (1.0 = linear).")
     optimizer: Literal[OPTIMIZERS] = Field(  # type: ignore[valid-type]
         "adamw",
-        description="Optimizer. `adamw8bit` needs bitsandbytes and CUDA (`pip install edlib[gpu]`); "
+        description="Optimizer. `adamw8bit` needs bitsandbytes and CUDA (`pip install edlib-sd-trainer[gpu]`); "
         "`lion` needs lion-pytorch; `prodigy` needs prodigyopt (use lr 1.0 with it).",
     )
     optimizer_args: dict[str, Any] = Field(
@@ -193,15 +218,6 @@ class TrainConfig(BaseModel):
         "written in captions, `init_word` starts its vectors, `num_vectors` (1-8) sets its capacity. "
         "They train at `text_encoder_lr`.",
     )
-
-    # --- hypernetwork (method: hypernetwork; trains at unet_lr): A1111's names, see hypernetwork_settings.py
-    hypernetwork_layer_structure: hn.LayerStructure = hn.LAYER_STRUCTURE
-    hypernetwork_activation_func: hn.Activation = hn.ACTIVATION_FUNC
-    hypernetwork_weight_initialization: hn.WeightInitialization = hn.WEIGHT_INITIALIZATION
-    hypernetwork_is_layer_norm: bool = hn.IS_LAYER_NORM
-    hypernetwork_dropout_structure: hn.DropoutStructure = hn.DROPOUT_STRUCTURE
-    hypernetwork_activate_output: bool = hn.ACTIVATE_OUTPUT
-    hypernetwork_strength: float = hn.STRENGTH
 
     # --- loss and noise ---------------------------------------------------------------------
     prediction_type: Literal["epsilon", "v_prediction"] | None = Field(
@@ -257,7 +273,7 @@ class TrainConfig(BaseModel):
         "with `bf16_stochastic_round`), so updates below bf16's resolution still move the weights by the right "
         "amount on average. With nearest rounding, AdamW at lr 1e-6 moves under 1% of typical SD weights and "
         "about 1% of the total it should (docs/methods.md). Needs `optimizer: adamw` or `adamw8bit` and the "
-        "torchao package (in edlib[gpu]). false: nearest rounding (e.g. with adafactor).",
+        "torchao package (in edlib-sd-trainer[gpu]). false: nearest rounding (e.g. with adafactor).",
     )
     attention: Literal["sdpa", "xformers"] = Field(
         "sdpa", description="Attention kernel: `sdpa` (PyTorch's fused attention) or `xformers` (must be installed)."
@@ -320,9 +336,9 @@ class TrainConfig(BaseModel):
         None,
         description="Exports written to the run's exports/ when training ends (also after a stop request), from "
         "the final weights (EMA weights when `ema_decay` is set). Null: the method's usual format: `single-file` "
-        "for full, `kohya-lora` for lora, `a1111-embedding` for textual_inversion, `a1111-hypernetwork` for "
-        "hypernetwork. A full fine-tune may also list `diffusers`. []: none (`edlib export RUN` exports any "
-        "checkpoint later).",
+        "for full (`diffusers` for SD3/FLUX), `kohya-lora` for lora (`peft-lora`, diffusers' layout, for SD3), "
+        "`a1111-embedding` for textual_inversion, `a1111-hypernetwork` for hypernetwork. A full fine-tune may also "
+        "list `diffusers`, a LoRA `peft-lora` (SD3/FLUX). []: none (`edlib export RUN` exports any checkpoint later).",
     )
     export_dtype: Literal["fp16", "fp32"] = Field(
         "fp16", description="Weight dtype of the exports written at the end of a run."
@@ -367,6 +383,14 @@ class TrainConfig(BaseModel):
             values = {**values, "resolution": native if native and native % 64 == 0 else DEFAULT_RESOLUTION}
         return values
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info) -> Any:
+        """YAML reads `batch_size: true` as a boolean, which pydantic would take as 1."""
+        if isinstance(value, bool) and is_number(cls.model_fields[info.field_name].annotation):
+            raise ValueError("expected a number, not true/false")
+        return value
+
     @field_validator("method")
     @classmethod
     def _known_method(cls, value: str) -> str:
@@ -390,8 +414,9 @@ class TrainConfig(BaseModel):
     @field_validator("resolution")
     @classmethod
     def _multiple_of_64(cls, value: int) -> int:
-        if value % 64:
-            raise ValueError("must be a multiple of 64 (aspect buckets have sides that are multiples of 64)")
+        problem = resolution_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")
@@ -410,7 +435,7 @@ class TrainConfig(BaseModel):
                 "cache_text_embeddings: captions change every step with shuffle_caption; "
                 "set shuffle_caption: false or cache_text_embeddings: false"
             )
-        if problem := hn.config_problems(self):
+        if problem := config_problems(self):
             raise ValueError(problem)
         allowed = EXPORT_FORMATS[self.method]
         wrong = [f for f in self.export_formats or () if f not in allowed]
@@ -440,10 +465,11 @@ class TrainConfig(BaseModel):
             )
         return self
 
-    def exports_at_end(self) -> tuple[str, ...]:
-        """The formats exported when the run ends (see `export_formats`)."""
+    def exports_at_end(self, family: str | None = None) -> tuple[str, ...]:
+        """The formats exported when the run ends (see `export_formats`), for a model of
+        `family` (`edlib.model.identify.FAMILIES`; None: as for SD)."""
         if self.export_formats is None:
-            return (END_EXPORT_FORMATS[self.method],)
+            return (FAMILY_END_EXPORT_FORMATS.get((family, self.method), END_EXPORT_FORMATS[self.method]),)
         return tuple(dict.fromkeys(self.export_formats))
 
     @classmethod
@@ -452,7 +478,14 @@ class TrainConfig(BaseModel):
         try:
             return cls.model_validate(values)
         except ValidationError as error:
-            raise ConfigError(_describe(error)) from None
+            raise ConfigError(describe_error(error, list(cls.model_fields))) from None
+
+    def model_dump(self, **kwargs) -> dict[str, Any]:
+        """As pydantic's, with the inherited keys (which pydantic lists first) last, so a run's
+        config.yaml reads in this class's order."""
+        values = super().model_dump(**kwargs)
+        inherited = set(FamilyKeys.model_fields) | set(HypernetworkKeys.model_fields)
+        return {**{k: v for k, v in values.items() if k not in inherited}, **{k: v for k, v in values.items() if k in inherited}}
 
     def to_yaml(self) -> str:
         """The config as YAML, every key written out, in declaration order."""
@@ -464,24 +497,3 @@ class TrainConfig(BaseModel):
         path.write_text(self.to_yaml(), encoding="utf-8")
         return path
 
-
-def _describe(error: ValidationError) -> str:
-    """One readable line per problem: the key, what is wrong, and what was given."""
-    known = list(TrainConfig.model_fields)
-    lines = []
-    for item in error.errors(include_url=False):
-        key = ".".join(str(part) for part in item["loc"]) or "config"
-        if item["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else "docs/config.md lists every key"
-            lines.append(f"{key}: unknown key; {hint}")
-        elif item["type"] == "missing":
-            lines.append(f"{key}: required, not given")
-        elif item["type"] == "literal_error":
-            lines.append(f"{key}: unknown value {item['input']!r}; allowed: {item['ctx']['expected']}")
-        elif not item["loc"]:  # a check across keys: its message names them
-            lines.append(item["msg"].removeprefix("Value error, "))
-        else:
-            message = item["msg"].removeprefix("Value error, ")
-            lines.append(f"{key}: {message} (got {item['input']!r})")
-    return "invalid training config:\n  " + "\n  ".join(lines)

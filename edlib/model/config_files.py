@@ -8,7 +8,11 @@ from typing import Any
 
 import yaml
 
+from edlib.data import safe_yaml
+from edlib.data.small_files import TEXT_FILE_LIMIT, read_small
 from edlib.model.config import ConfigError, TrainConfig
+from edlib.model.flow_config import FamilyKeys
+from edlib.model.hypernetwork_settings import HypernetworkKeys
 from edlib.model.resume_keys import RESUME_IMMUTABLE_KEYS
 
 # Keys holding file system paths: relative values in a config file resolve against its folder.
@@ -59,9 +63,9 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
+    try:  # bounded: no alias bomb, no 20 MB file; numbers as written (1:30 is not 90)
+        values = safe_yaml.load(read_small(path, str(path), TEXT_FILE_LIMIT).decode("utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as error:
         raise ConfigError(f"{path}: not a readable YAML file ({error})") from None
     if values is None:
         values = {}
@@ -99,7 +103,9 @@ def config_reference_markdown() -> str:
         "| key | default | description |",
         "| --- | --- | --- |",
     ]
-    for name, field in TrainConfig.model_fields.items():
+    # The family and hypernetwork keys are inherited, so pydantic lists them first; they read best last.
+    inherited = set(FamilyKeys.model_fields) | set(HypernetworkKeys.model_fields)
+    for name, field in sorted(TrainConfig.model_fields.items(), key=lambda item: item[0] in inherited):
         if field.is_required():
             default = "*required*"
         else:

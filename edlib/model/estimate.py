@@ -27,12 +27,15 @@ These are orientation figures, not promises:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from edlib.model.config import TrainConfig
-from edlib.model.identify import folder_is_sdxl, is_sdxl_file
+from edlib.model.estimate_flow import FLOW_ESTIMATES, flow_images_per_s, flow_memory_parts
+from edlib.model.identify import model_family as identify_family
+from edlib.model.identify import model_location
 
 GIB = 1024**3
 
@@ -140,18 +143,23 @@ def trained_bytes_per_parameter(config: TrainConfig) -> float:
 
 
 def model_family(model: str) -> str:
-    """`sdxl` for an SDXL model, else `sd15` (SD1.x/2.x-sized UNets). A local diffusers folder
-    or .safetensors file says so itself (a second text encoder; read without loading any
-    weights); a hub id or other name by saying XL."""
-    path = Path(str(model)).expanduser()
-    try:
-        if (path / "model_index.json").is_file():
-            return "sdxl" if folder_is_sdxl(path) else "sd15"
-        if path.is_file() and path.suffix.lower() == ".safetensors":
-            return "sdxl" if is_sdxl_file(path) else "sd15"
-    except (OSError, ValueError):  # unreadable or not what it claims: fall back to the name
-        pass
-    return "sdxl" if "xl" in str(model).lower() else "sd15"
+    """The estimate's family: `sdxl`, `flux`, `sd35l` or `sd35m` (SD3.5 Large or Medium, by
+    the transformer's depth), else `sd15` (SD1.x/2.x-sized UNets). A local diffusers folder or
+    .safetensors file says so itself (read without loading any weights); a hub id or other name
+    by its words (XL, FLUX, SD3.5 large)."""
+    family = identify_family(model)
+    if family == "sd3":
+        config = Path(model_location(model)).expanduser() / "transformer" / "config.json"
+        layers = json.loads(config.read_text(encoding="utf-8")).get("num_layers", 24) if config.is_file() else 24
+        return "sd35l" if layers >= 38 else "sd35m"
+    if family is not None:
+        return {"sd": "sd15", "sdxl": "sdxl", "flux": "flux"}[family]
+    name = str(model).lower()
+    if "flux" in name:
+        return "flux"
+    if "stable-diffusion-3" in name or "sd3" in name:
+        return "sd35l" if "large" in name else "sd35m"
+    return "sdxl" if "xl" in name else "sd15"
 
 
 # -- memory -----------------------------------------------------------------------------------
@@ -171,12 +179,19 @@ class MemoryEstimate:
 
     def describe(self) -> str:
         parts = ", ".join(f"{name} {gib:.1f}" for name, gib in self.parts.items() if gib >= 0.05)
+        if self.family in FLOW_ESTIMATES:
+            name = FLOW_ESTIMATES[self.family].name
+            return f"about {self.total_gib:.1f} GiB ({parts}) for {name}; rough, derived from reported figures, not yet measured"
         return f"about {self.total_gib:.1f} GiB ({parts}) for {FAMILIES[self.family].name}; rough, +-30%"
 
 
 def estimate_memory(config: TrainConfig, family: str | None = None) -> MemoryEstimate:
-    """Peak GPU memory of one GPU training `config` (see the module docstring)."""
-    fam = FAMILIES[family or model_family(config.model)]
+    """Peak GPU memory of one GPU training `config` (see the module docstring; SD3.5 and
+    FLUX: `edlib.model.estimate_flow`)."""
+    family = family or model_family(config.model)
+    if family in FLOW_ESTIMATES:
+        return MemoryEstimate(family, flow_memory_parts(config, family, trained_bytes_per_parameter(config)))
+    fam = FAMILIES[family]
     precision_bytes = 4 if config.mixed_precision == "no" else 2  # frozen weights, activations
     state_bytes = trained_bytes_per_parameter(config)
 
@@ -196,7 +211,7 @@ def estimate_memory(config: TrainConfig, family: str | None = None) -> MemoryEst
     pixels = (config.resolution / fam.ref_resolution) ** 2
     activations = per_image * pixels * config.batch_size * precision_bytes / 2
     return MemoryEstimate(
-        family or model_family(config.model),
+        family,
         {
             "trained weights, gradients, optimizer": trained * state_bytes / GIB,
             "frozen weights": frozen * precision_bytes / GIB,
@@ -221,6 +236,9 @@ def throughput(config: TrainConfig, gpu: str = REFERENCE_GPU, family: str | None
     if gpu not in GPUS:
         raise KeyError(f"unknown GPU {gpu!r}; known: {', '.join(GPUS)}")
     fam_key = family or model_family(config.model)
+    if fam_key in FLOW_ESTIMATES:
+        rate, basis = flow_images_per_s(config, fam_key, GPUS[gpu].bf16_tflops)
+        return Throughput(rate, False, f"{basis} ({gpu})")
     fam = FAMILIES[fam_key]
     row, factors = _nearest_row(config, fam_key)
     rate = MEASURED[(fam_key, row)] if (fam_key, row) in MEASURED else MEASURED[(fam_key, "full")]

@@ -4,8 +4,8 @@ Each key is `hypernetwork_` + the name AUTOMATIC1111 gives the setting in its hy
 (`layer_structure`, `activation_func`, `is_layer_norm`, `weight_initialization`,
 `dropout_structure`, `activate_output`), so a setting reads the same in an edlib config and in
 the file it exports; `hypernetwork_strength` is A1111's multiplier (`<hypernet:NAME:1.0>`).
-`TrainConfig` (edlib.model.config) takes the fields from here; the checks across keys are
-`config_problems`.
+`TrainConfig` (edlib.model.config) inherits them from `HypernetworkKeys`; the checks across
+keys are `config_problems`.
 
 Only the activations both AUTOMATIC1111 and ComfyUI build are allowed: ComfyUI's loader knows
 these 9 (comfy_extras/nodes_hypernetwork.py) and refuses a file with any other, A1111 knows
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 ACTIVATIONS = ("linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sigmoid", "softsign", "mish")
 WEIGHT_INITIALIZATIONS = ("Normal", "XavierUniform", "XavierNormal", "KaimingUniform", "KaimingNormal")
@@ -81,6 +81,18 @@ Activation = Literal[ACTIVATIONS]  # type: ignore[valid-type]
 WeightInitialization = Literal[WEIGHT_INITIALIZATIONS]  # type: ignore[valid-type]
 
 
+class HypernetworkKeys(BaseModel):
+    """The keys this module adds to `TrainConfig` (see the module docstring)."""
+
+    hypernetwork_layer_structure: LayerStructure = LAYER_STRUCTURE
+    hypernetwork_activation_func: Activation = ACTIVATION_FUNC
+    hypernetwork_weight_initialization: WeightInitialization = WEIGHT_INITIALIZATION
+    hypernetwork_is_layer_norm: bool = IS_LAYER_NORM
+    hypernetwork_dropout_structure: DropoutStructure = DROPOUT_STRUCTURE
+    hypernetwork_activate_output: bool = ACTIVATE_OUTPUT
+    hypernetwork_strength: float = STRENGTH
+
+
 def dropout_structure(config: Any) -> list[float]:
     """The dropout after each layer as A1111 writes it: the config's, or all zeros."""
     given = config.hypernetwork_dropout_structure
@@ -104,4 +116,6 @@ def config_problems(config: Any) -> str | None:
         )
     if config.unet_lr <= 0:
         return "unet_lr: the hypernetwork trains at this rate; it is 0; set it, e.g. to 1e-5"
+    if getattr(config, "fp8_base", False):
+        return "fp8_base: is for LoRA; a hypernetwork keeps the frozen model in the mixed-precision dtype"
     return None

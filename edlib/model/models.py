@@ -1,4 +1,4 @@
-"""Loading a Stable Diffusion model for training, and the two encoders the loop calls.
+"""Loading a Stable Diffusion, SD3 or FLUX model for training, and the encoders the loop calls.
 
 A model is a hub id, a local diffusers folder, or a single ``.safetensors``/``.ckpt`` file in
 the original SD layout; all three go through diffusers' own pipeline loaders, so what trains
@@ -13,6 +13,16 @@ differs between the families is in the text conditioning (`encode_prompts` retur
 `Conditioning` with SDXL's pooled embedding, and the batch adds its micro-conditioning), so the
 loop calls `predict` the same way for both.
 
+Every model has a *family* (`edlib.model.identify.FAMILIES`: "sd", "sdxl", "sd3", "flux"),
+told from its model_index.json or file header before anything loads; loading, the text
+conditioning and the prediction dispatch on it. SD3/SD3.5 and FLUX.1 load through
+``StableDiffusion3Pipeline`` and ``FluxPipeline`` into the same bundle: their transformer sits
+where the UNet does (``unet``: the denoiser of every family), their T5 encoder is
+``text_encoder_3`` (SD3) or ``text_encoder_2`` (FLUX, as diffusers names it), and the noise
+scheduler is their own ``FlowMatchEulerDiscreteScheduler`` (flow matching trains without a
+DDPM schedule; see `edlib.model.flow`). Their VAEs normalise latents with a shift as well as a
+scale (``vae_shift_factor``).
+
 ``vae_scale_factor`` is read from the VAE config (``2 ** (len(block_out_channels) - 1)``: 8 for
 SD's VAE, 4 for the tiny test VAE), never assumed.
 """
@@ -21,88 +31,33 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
+from edlib.model.bundle import (  # noqa: F401 - defined there for edlib.model.flow; part of this module's API
+    T5_ENCODER,
+    TEXT_ENCODERS,
+    Conditioning,
+    ModelError,
+    Models,
+    tokenize,
+)
 from edlib.model.identify import (  # noqa: F401 - native_resolution: part of this module's API
+    FLOW_FAMILIES,
+    PIPELINES,
     SINGLE_FILE_SUFFIXES,
-    folder_is_sdxl,
-    hub_is_sdxl,
-    is_sdxl_file,
+    file_family,
+    folder_family,
+    hub_family,
     looks_like_path,
+    model_location,
     native_resolution,
 )
 
 log = logging.getLogger(__name__)
 
 ATTENTION = ("sdpa", "xformers")
-
-
-class ModelError(ValueError):
-    """The model cannot be loaded; the message names what was given and what is wrong."""
-
-
-@dataclass
-class Models:
-    """The pieces of an SD model the trainer works with."""
-
-    tokenizer: object  # transformers CLIPTokenizer
-    text_encoder: torch.nn.Module  # transformers CLIPTextModel
-    vae: torch.nn.Module  # diffusers AutoencoderKL
-    unet: torch.nn.Module  # diffusers UNet2DConditionModel
-    noise_scheduler: object  # diffusers DDPMScheduler, used to add noise and build targets
-    vae_scale_factor: int  # pixels per latent pixel along each side
-    vae_scaling_factor: float  # latents are multiplied by this so they have about unit variance
-    prediction_type: str  # "epsilon" or "v_prediction"
-    source: str  # what was loaded: hub id, folder or file
-    tokenizer_2: object | None = None  # SDXL's second tokenizer (None for SD1.x/SD2.x)
-    text_encoder_2: torch.nn.Module | None = None  # SDXL: transformers CLIPTextModelWithProjection
-
-    @property
-    def is_sdxl(self) -> bool:
-        return self.text_encoder_2 is not None
-
-    @property
-    def text_encoder_names(self) -> tuple[str, ...]:
-        """`Models` attribute names of the text encoders, in the order their outputs join."""
-        return ("text_encoder", "text_encoder_2") if self.is_sdxl else ("text_encoder",)
-
-    @property
-    def module_names(self) -> tuple[str, ...]:
-        """Every neural network of the model: the text encoder(s), the VAE and the UNet."""
-        return (*self.text_encoder_names, "vae", "unet")
-
-
-@dataclass
-class Conditioning:
-    """What conditions the UNet besides the noisy latents and the timestep: the text
-    encoders' hidden states ``(B, 77, D)`` and, for SDXL, the second encoder's projected
-    pooled embedding ``(B, P)`` and the micro-conditioning ``(B, 6)``: original height and
-    width, crop top and left, target height and width, in pixels."""
-
-    hidden: torch.Tensor
-    pooled: torch.Tensor | None = None
-    time_ids: torch.Tensor | None = None
-
-    def __getitem__(self, index) -> Conditioning:
-        return Conditioning(*(None if t is None else t[index] for t in (self.hidden, self.pooled, self.time_ids)))
-
-    @staticmethod
-    def stack(parts: list[Conditioning]) -> Conditioning:
-        """One batch from single samples (each indexed out of a batch, as the cache keeps them)."""
-        def joined(name):
-            values = [getattr(part, name) for part in parts]
-            return None if values[0] is None else torch.stack(values)
-
-        return Conditioning(joined("hidden"), joined("pooled"), joined("time_ids"))
-
-    def to(self, *args, **kwargs) -> Conditioning:
-        return Conditioning(*(None if t is None else t.to(*args, **kwargs) for t in (self.hidden, self.pooled, self.time_ids)))
-
-    def with_time_ids(self, time_ids: torch.Tensor) -> Conditioning:
-        return replace(self, time_ids=time_ids.to(self.hidden.device))
 
 
 def predict(unet, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning) -> torch.Tensor:
@@ -117,20 +72,26 @@ def predict(unet, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Conditioni
     return unet(noisy, timesteps, cond.hidden, added_cond_kwargs=added).sample
 
 
-def pipeline_class(sdxl: bool):
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+def pipeline_class(family: bool | str):
+    """diffusers' pipeline class of a family (True/False: SDXL or SD, as callers once asked)."""
+    import diffusers
 
-    return StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
+    if isinstance(family, bool):
+        family = "sdxl" if family else "sd"
+    return getattr(diffusers, PIPELINES[family])
+
+
+def pipeline_options(family: str) -> dict:
+    """Loading options: SD pipelines come without their safety checker (training and samples
+    need none); the other families have none."""
+    return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False} if family == "sd" else {}
 
 
 def _load_pipeline(model: str, dtype: torch.dtype, single_file_config: str | None):
-    # SD pipelines are loaded without their safety checker (training needs none); SDXL has none.
-    no_safety = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     if not looks_like_path(model):
         try:
-            if hub_is_sdxl(model):
-                return pipeline_class(sdxl=True).from_pretrained(model, dtype=dtype)
-            return pipeline_class(sdxl=False).from_pretrained(model, dtype=dtype, **no_safety)
+            family = hub_family(model)
+            return family, pipeline_class(family).from_pretrained(model, dtype=dtype, **pipeline_options(family))
         except OSError as error:
             raise ModelError(
                 f"model: could not load {model!r} from the Hugging Face hub ({error}). If this machine is "
@@ -145,17 +106,20 @@ def _load_pipeline(model: str, dtype: torch.dtype, single_file_config: str | Non
         index = path / "model_index.json"
         if not index.is_file():
             raise ModelError(f"model: {path} is a folder but not a diffusers model (no model_index.json in it)")
-        if folder_is_sdxl(path):
-            return pipeline_class(sdxl=True).from_pretrained(path, dtype=dtype)
-        return pipeline_class(sdxl=False).from_pretrained(path, dtype=dtype, **no_safety)
+        family = folder_family(path)
+        return family, pipeline_class(family).from_pretrained(path, dtype=dtype, **pipeline_options(family))
     if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
         raise ModelError(f"model: {path} is not a model file (expected .safetensors or .ckpt, or a diffusers folder)")
     try:
-        if is_sdxl_file(path):
-            return pipeline_class(sdxl=True).from_single_file(str(path), config=single_file_config, dtype=dtype)
-        return pipeline_class(sdxl=False).from_single_file(
-            str(path), config=single_file_config, dtype=dtype, safety_checker=None
-        )
+        family = file_family(path)
+        if family in FLOW_FAMILIES:
+            from edlib.model.flow import flow_single_file_pipeline
+
+            return family, flow_single_file_pipeline(path, family, single_file_config, dtype)
+        options = {"safety_checker": None} if family == "sd" else {}
+        return family, pipeline_class(family).from_single_file(str(path), config=single_file_config, dtype=dtype, **options)
+    except ModelError:
+        raise
     except Exception as error:  # diffusers raises many types here; all mean "this file did not load"
         raise ModelError(f"model: could not load the single file {path}: {error}") from error
 
@@ -178,6 +142,8 @@ def _set_attention(models: Models, attention: str) -> None:
     if attention not in ATTENTION:
         raise ModelError(f"attention: unknown value {attention!r}; allowed: {', '.join(ATTENTION)}")
     if attention == "sdpa":
+        if models.flow_matching:  # their attention processors are SDPA already, and their own classes
+            return
         # diffusers' default on torch 2, set explicitly so a model saved with another
         # processor still trains with PyTorch's fused scaled_dot_product_attention.
         models.unet.set_attn_processor(AttnProcessor2_0())
@@ -201,6 +167,7 @@ def load_models(
     attention: str = "sdpa",
     single_file_config: str | None = None,
     vae: str | None = None,
+    max_sequence_length: int | None = None,
 ) -> Models:
     """Load tokenizer, text encoder, VAE and UNet, and build the training noise scheduler.
 
@@ -210,14 +177,25 @@ def load_models(
     schedule whatever ``zero_terminal_snr`` says. ``single_file_config`` is a hub id or local diffusers folder describing a
     single file's architecture; without it diffusers infers the architecture from the file's
     keys (which needs the hub, or its cache, once). ``vae`` replaces the model's VAE (a hub id
-    or a diffusers VAE folder), e.g. with an fp16-safe one.
+    or a diffusers VAE folder), e.g. with an fp16-safe one. ``max_sequence_length``: T5
+    tokens per prompt of SD3/FLUX (None: the family's default, `edlib.model.flow_config`).
     """
-    from diffusers import DDPMScheduler
-
-    source = str(model)
-    pipeline = _load_pipeline(source, dtype, single_file_config)
+    source = model_location(model)
+    family, pipeline = _load_pipeline(source, dtype, single_file_config)
     if vae is not None:
         pipeline.vae = _load_vae(vae, dtype)
+    if family in FLOW_FAMILIES:
+        from edlib.model.flow import flow_models
+
+        models = flow_models(family, pipeline, source, prediction_type, zero_terminal_snr, max_sequence_length)
+        _set_attention(models, attention)
+        return models
+    return _unet_models(family, pipeline, source, prediction_type, zero_terminal_snr, attention)
+
+
+def _unet_models(family: str, pipeline, source: str, prediction_type, zero_terminal_snr: bool, attention: str) -> Models:
+    from diffusers import DDPMScheduler
+
     scheduler_config = pipeline.scheduler.config
     prediction_type = prediction_type or scheduler_config.get("prediction_type", "epsilon")
     if prediction_type not in ("epsilon", "v_prediction"):
@@ -247,6 +225,7 @@ def load_models(
         vae_scaling_factor=float(pipeline.vae.config.scaling_factor),
         prediction_type=prediction_type,
         source=source,
+        family=family,
     )
     _set_attention(models, attention)
     return models
@@ -264,13 +243,6 @@ def enable_gradient_checkpointing(models: Models, *, text_encoders: tuple[str, .
             encoder.activation_checkpointing_enable({"use_reentrant": False})
         else:
             encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-
-def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
-    """Token ids, padded and truncated to the tokenizer's 77 positions (BOS and EOS included)."""
-    return tokenizer(
-        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
 
 
 def _check_clip_skip(encoder, clip_skip: int, extra: int = 0) -> None:
@@ -294,6 +266,10 @@ def encode_prompts(models: Models, captions: list[str], clip_skip: int = 1) -> C
     deeper still. Gradients flow when a text encoder trains; wrap the call in
     ``torch.no_grad()`` when they are frozen.
     """
+    if models.flow_matching:
+        from edlib.model.flow_text import encode_flow_prompts
+
+        return encode_flow_prompts(models, captions, clip_skip)
     if models.is_sdxl:
         return _encode_sdxl(models, captions, clip_skip)
     return Conditioning(encode_sd_prompts(models.tokenizer, models.text_encoder, captions, clip_skip))
@@ -326,7 +302,8 @@ def _encode_sdxl(models: Models, captions: list[str], clip_skip: int) -> Conditi
 
 @torch.no_grad()
 def encode_images(models: Models, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Latents for images ``[batch, 3, H, W]`` in [-1, 1], scaled by the VAE's scaling factor.
+    """Latents for images ``[batch, 3, H, W]`` in [-1, 1], scaled by the VAE's scaling factor
+    (after subtracting its shift factor: SD3's and FLUX's VAEs have one).
 
     Without a generator the posterior mean is used: deterministic, so cached and uncached
     latents are identical and a resumed run sees the same latents. SD's VAE posterior is so
@@ -337,4 +314,4 @@ def encode_images(models: Models, pixels: torch.Tensor, generator: torch.Generat
     vae = models.vae
     posterior = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist
     latents = posterior.mean if generator is None else posterior.sample(generator)
-    return latents * models.vae_scaling_factor
+    return (latents - models.vae_shift_factor) * models.vae_scaling_factor

@@ -52,6 +52,28 @@ def on_device(models, names: Sequence[str], device: torch.device) -> Iterator[No
 
 
 @contextmanager
+def park_on_cpu(module: torch.nn.Module) -> Iterator[None]:
+    """``module``'s weights and buffers that are on an accelerator wait in CPU memory for the
+    block, and go back to the device each came from after it (weights already in CPU memory,
+    e.g. swapped blocks', stay). Nothing moves on a CPU-only run, or for a module DDP wraps
+    (its gradient hooks hold on to the parameters)."""
+    if isinstance(module, torch.nn.parallel.DistributedDataParallel):
+        yield
+        return
+    tensors = [t for t in (*module.parameters(), *module.buffers()) if t.device.type != "cpu"]
+    homes = [t.device for t in tensors]
+    for tensor in tensors:
+        tensor.data = tensor.data.to(HOME)
+    if tensors and torch.cuda.is_available():
+        torch.cuda.empty_cache()  # give the freed memory to what the block loads
+    try:
+        yield
+    finally:
+        for tensor, device in zip(tensors, homes):
+            tensor.data = tensor.data.to(device)
+
+
+@contextmanager
 def encoders_on_device(ctx) -> Iterator[None]:
     """A plugin's block (sampling, validation) with the run's offloaded modules on its
     training device."""

@@ -39,7 +39,7 @@ def _adamw(param_groups, args):
 def _adamw8bit(param_groups, args):
     if not torch.cuda.is_available():
         raise ValueError("optimizer: adamw8bit needs a CUDA GPU (bitsandbytes); use adamw on this machine")
-    return _import("bitsandbytes.optim", "AdamW8bit", "adamw8bit", "edlib[gpu]")(param_groups, **args)
+    return _import("bitsandbytes.optim", "AdamW8bit", "adamw8bit", "edlib-sd-trainer[gpu]")(param_groups, **args)
 
 
 def _lion(param_groups, args):

@@ -46,6 +46,17 @@ RESUME_IMMUTABLE_KEYS: dict[str, str] = {
     "hypernetwork_dropout_structure": "the hypernetwork is being trained with this dropout",
     "hypernetwork_activate_output": "the hypernetwork is being trained with (or without) this last activation",
     "validation_fraction": "it decides which images train; the epoch being resumed was planned without the held-out ones",
+    "timestep_sampling": "the model is being trained on this distribution of noise levels",
+    "logit_mean": "the model is being trained on this distribution of noise levels",
+    "logit_std": "the model is being trained on this distribution of noise levels",
+    "sigmoid_scale": "the model is being trained on this distribution of noise levels",
+    "timestep_shift": "the model is being trained on this distribution of noise levels",
+    "flow_target": "the model is being trained towards this target",
+    "flux_guidance": "FLUX.1-dev is being trained with this guidance value",
+    "max_sequence_length": "the transformer is being trained on prompts of this many T5 tokens",
+    "lora_targets": "the checkpoint's LoRA adapters sit on these layers",
+    "loraplus_lr_ratio": "it shapes the optimizer's parameter groups and their learning rates",
+    "fp8_base": "the adapters are being trained against base weights stored in this precision",
 }
 
 

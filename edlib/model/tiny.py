@@ -19,6 +19,8 @@ Four variants mirror the families the trainer must handle:
   and a VAE with ``force_upcast`` (SDXL's VAE overflows in fp16). The two encoders have
   different widths (32 and 48), so code that mixes them up fails on shapes.
 - ``"sdxl-v"``: the same with v-prediction.
+- ``"sd3"``, ``"flux"``, ``"flux-schnell"``: SD3.5 and FLUX.1 dev/schnell, trained by flow
+  matching; built in `edlib.model.tiny_flow`.
 
 The VAE has three blocks, so it downsamples **4x** (SD's VAE has four blocks and downsamples
 8x). The factor is ``2 ** (len(vae.config.block_out_channels) - 1)``; code that assumes 8 fails
@@ -31,7 +33,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-VARIANTS = ("sd1", "sd2-v", "sdxl", "sdxl-v")
+VARIANTS = ("sd1", "sd2-v", "sdxl", "sdxl-v", "sd3", "flux", "flux-schnell")
 SDXL_VARIANTS = ("sdxl", "sdxl-v")
 # SDXL: the second encoder's width and projection, and the size of each micro-conditioning
 # number's embedding; the UNet's added-embedding input is projection + 6 x this.
@@ -240,12 +242,16 @@ def build_tiny_pipeline(
     import torch
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    from edlib.model.tiny_flow import FLOW_VARIANTS, build_tiny_flow_pipeline
+
     if variant not in VARIANTS:
         raise ValueError(f"variant: unknown value {variant!r}; allowed: {', '.join(VARIANTS)}")
     out_dir = Path(out_dir)
+    torch.manual_seed(seed)
+    if variant in FLOW_VARIANTS:
+        return build_tiny_flow_pipeline(out_dir, variant, DEFAULT_WORDS if words is None else words, resolution, build_tiny_tokenizer)
     tokenizer = build_tiny_tokenizer(out_dir / "tokenizer", words)
 
-    torch.manual_seed(seed)
     vae = _vae(variant)
     vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
     if resolution % (vae_factor * 2) != 0:

@@ -42,6 +42,7 @@ def load_trained(run_or_checkpoint: str | Path, *, dtype: torch.dtype = torch.fl
         zero_terminal_snr=config.zero_terminal_snr,
         dtype=dtype,
         vae=config.vae,
+        max_sequence_length=config.max_sequence_length,
     )
     method = make_method(config)
     method.setup(models)
@@ -49,8 +50,5 @@ def load_trained(run_or_checkpoint: str | Path, *, dtype: torch.dtype = torch.fl
     if ema and checkpoint.state.get("ema") is not None:
         load_ema_weights(method.trainable_parameters(models), checkpoint.state["ema"], str(checkpoint.path))
     for name in models.module_names:
-        # One dtype for every module, the one asked for: LoRA and hypernetwork setups put the
-        # base in the run's mixed-precision dtype (memory, while training), which a pipeline
-        # fed fp32 (or fp16) prompts cannot run.
-        getattr(models, name).to(dtype=dtype).requires_grad_(False).eval()
+        getattr(models, name).requires_grad_(False).eval()
     return TrainedModel(checkpoint.path, checkpoint.step, config, models, method)

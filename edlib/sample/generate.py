@@ -27,13 +27,17 @@ from PIL import Image
 from edlib.model.ema import ema_weights
 from edlib.model.models import encode_sd_prompts
 from edlib.sample.grid import make_grid
-from edlib.sample.pipeline import load_pipeline, pipeline_from_modules
+from edlib.sample.pipeline import denoiser, load_pipeline, pipeline_family, pipeline_from_modules
 from edlib.sample.pngmeta import format_parameters, save_png
 from edlib.sample.prompts import RANDOM_SEED, PromptSpec
-from edlib.sample.samplers import make_scheduler, sampler_for_schedule
+from edlib.sample.samplers import is_flow_schedule, make_scheduler, sampler_for_schedule
 
 logger = logging.getLogger("edlib.sample")
 
+# The CFG scale of prompts that give none: diffusers' pipeline defaults, except FLUX.1-dev,
+# whose guidance is embedded (3.5: BFL's and diffusers' examples), schnell, which takes none,
+# and SD3.5 (4.5: the SD3.5 Medium model card's example).
+DEFAULT_CFG = {"sd": 7.0, "sdxl": 7.0, "sd3": 4.5, "flux": 3.5, "flux-schnell": 0.0}
 # Above this many pixels on a side the VAE decodes in tiles and slices: decoding a large image
 # at once needs more memory than the UNet steps, and must not need more than training does.
 VAE_TILING_ABOVE = 1024
@@ -128,10 +132,11 @@ def _swapped_scheduler(pipeline: DiffusionPipeline, scheduler) -> Iterator[None]
 
 
 def native_size(pipeline: DiffusionPipeline) -> tuple[int, int]:
-    """The (width, height) the model was made for: the UNet's sample size times the VAE's
-    downsampling factor (read from the VAE config, never assumed to be 8)."""
+    """The (width, height) the model was made for: the UNet's (transformer's) sample size
+    times the VAE's downsampling factor (read from the VAE config, never assumed to be 8).
+    FLUX's transformer has none: its pipeline's default of 128 latent pixels."""
     factor = 2 ** (len(pipeline.vae.config.block_out_channels) - 1)
-    size = pipeline.unet.config.sample_size
+    size = getattr(denoiser(pipeline).config, "sample_size", None) or getattr(pipeline, "default_sample_size", 128)
     height, width = (size, size) if isinstance(size, int) else size
     return width * factor, height * factor
 
@@ -147,9 +152,23 @@ def resolve_spec(spec: PromptSpec, pipeline: DiffusionPipeline) -> PromptSpec:
         width=spec.width or width,
         height=spec.height or height,
         seed=seed,
+        cfg_scale=DEFAULT_CFG[_cfg_family(pipeline)] if spec.cfg_scale is None else spec.cfg_scale,
         sampler=sampler_for_schedule(spec.sampler, pipeline.scheduler.config),
         clip_skip=spec.clip_skip or getattr(pipeline, "edlib_clip_skip", 1),
     )
+
+
+def flow_family(pipeline: DiffusionPipeline) -> str | None:
+    """"sd3", "flux" or "flux-schnell" for a flow-matching pipeline (their PNG parameters
+    differ), else None."""
+    return _cfg_family(pipeline) if is_flow_schedule(pipeline.scheduler.config) else None
+
+
+def _cfg_family(pipeline: DiffusionPipeline) -> str:
+    family = pipeline_family(pipeline)
+    if family == "flux" and not denoiser(pipeline).config.guidance_embeds:
+        return "flux-schnell"
+    return family
 
 
 def generate_image(pipeline: DiffusionPipeline, spec: PromptSpec) -> Image.Image:
@@ -175,6 +194,12 @@ def _prompt_arguments(pipeline: DiffusionPipeline, spec: PromptSpec) -> dict[str
     uses (diffusers' own clip_skip path breaks on transformers 5's CLIP); SDXL's pipeline
     reads the layer itself (diffusers counts layers skipped: ours minus one)."""
     prompts = {"prompt": spec.prompt, "negative_prompt": spec.negative_prompt or None}
+    family = pipeline_family(pipeline)
+    if family in ("sd3", "flux"):
+        length = getattr(pipeline, "edlib_max_sequence_length", None)
+        prompts.update({"max_sequence_length": length} if length else {})
+        if family == "flux":  # CLIP's pooled output only: no layer to choose
+            return prompts
     if not spec.clip_skip or spec.clip_skip == 1:
         return prompts
     if hasattr(pipeline, "text_encoder_2"):
@@ -187,20 +212,29 @@ def _prompt_arguments(pipeline: DiffusionPipeline, spec: PromptSpec) -> dict[str
     return {"prompt_embeds": embeds[0], "negative_prompt_embeds": embeds[1]}
 
 
-def parameters_text(spec: PromptSpec, model_name: str = "") -> str:
-    """The AUTOMATIC1111 "parameters" text of an image made from a resolved ``spec``."""
+def parameters_text(spec: PromptSpec, model_name: str = "", flow: str | None = None) -> str:
+    """The AUTOMATIC1111 "parameters" text of an image made from a resolved ``spec``. For
+    SD3/FLUX as Forge writes them: "Schedule type: Simple", and FLUX.1-dev's embedded guidance
+    as "Distilled CFG Scale" beside a "CFG scale" of 1 (no negative prompt pass)."""
+    extra = {"Clip skip": spec.clip_skip} if spec.clip_skip and spec.clip_skip > 1 else {}
+    cfg = spec.cfg_scale
+    if flow:
+        extra["Schedule type"] = "Simple"
+    if flow in ("flux", "flux-schnell"):  # schnell has no guidance to write
+        extra.update({"Distilled CFG Scale": f"{spec.cfg_scale:g}"} if flow == "flux" else {})
+        cfg = 1.0
     return format_parameters(
         prompt=spec.prompt,
         negative_prompt=spec.negative_prompt,
         steps=spec.steps,
         sampler=spec.sampler,
-        cfg_scale=spec.cfg_scale,
+        cfg_scale=cfg,
         seed=spec.seed,
         width=spec.width,
         height=spec.height,
         model=model_name,
-        # A1111 writes the setting only when it is not the default.
-        extra={"Clip skip": spec.clip_skip} if spec.clip_skip and spec.clip_skip > 1 else None,
+        # A1111 writes a setting only when it is not the default.
+        extra=extra or None,
     )
 
 
@@ -224,11 +258,12 @@ def _generate_all(
     """Images for ``prompts`` with training left untouched (modes, weights, RNG states)."""
     modules = [c for c in pipeline.components.values() if isinstance(c, torch.nn.Module)]
     device_type = pipeline.device.type
+    autocast_dtype = autocast_dtype or getattr(pipeline, "edlib_autocast_dtype", None)  # a run's own (pipeline_from_checkpoint)
     results = []
     with (
         preserved_rng_state(),
         eval_mode(modules),
-        _unet_ema_weights(getattr(pipeline, "edlib_ema", None), pipeline.unet),
+        _unet_ema_weights(getattr(pipeline, "edlib_ema", None), denoiser(pipeline)),
         torch.no_grad(),
         torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None),
     ):
@@ -275,11 +310,11 @@ def sample_images(
     results = _generate_all(pipeline, prompts, autocast_dtype)
     paths = []
     for index, (spec, image) in enumerate(results):
-        path = save_png(image, out_dir / f"{index:03d}-seed{spec.seed}.png", parameters_text(spec, model_name))
+        path = save_png(image, out_dir / f"{index:03d}-seed{spec.seed}.png", parameters_text(spec, model_name, flow_family(pipeline)))
         logger.info("sample %s: %s", path, spec.prompt)
         paths.append(path)
     grid, _ = make_grid([image for _, image in results])
-    save_png(grid, out_dir / GRID_NAME, parameters_text(results[0][0], model_name))
+    save_png(grid, out_dir / GRID_NAME, parameters_text(results[0][0], model_name, flow_family(pipeline)))
     return paths
 
 
@@ -303,12 +338,14 @@ def sample_grid(
         raise ValueError("sample_grid: needs at least one model and one prompt")
     cells: list[Image.Image] = []
     resolved: list[PromptSpec] | None = None
+    flow = None
     for label, model in models:
         pipeline = model if isinstance(model, DiffusionPipeline) else load_pipeline(model, dtype=dtype)
         if device is not None:
             pipeline.to(device)
         if resolved is None:
             resolved = [resolve_spec(spec, pipeline) for spec in prompts]
+            flow = flow_family(pipeline)
         logger.info("grid row %r: %d prompts", label, len(resolved))
         cells.extend(image for _, image in _generate_all(pipeline, resolved, None))
         del pipeline  # a loaded model is released before the next one loads
@@ -322,4 +359,4 @@ def sample_grid(
     )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    return save_png(grid, out, parameters_text(resolved[0], models[0][0]))
+    return save_png(grid, out, parameters_text(resolved[0], models[0][0], flow))

@@ -3,8 +3,9 @@
 During training the pipeline is assembled from the modules being trained, so nothing is
 loaded or copied: the images show exactly the weights of that step. After training,
 `load_pipeline` takes what users point at: a diffusers folder, a single-file checkpoint, a
-run folder or one of its checkpoints. SDXL models give a ``StableDiffusionXLPipeline``, which
-samples with the same prompt files and samplers.
+run folder or one of its checkpoints. SDXL models give a ``StableDiffusionXLPipeline``, SD3
+and FLUX models a ``StableDiffusion3Pipeline`` or ``FluxPipeline``, which sample with the same
+prompt files (their sampler is Flow Match Euler, see `edlib.sample.samplers`).
 
 Every pipeline made here spells out multi-vector textual-inversion placeholders the way
 training did (`edlib.model.methods.textual_inversion.spell_out`), whether edlib trained them or
@@ -18,12 +19,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from diffusers import DiffusionPipeline
 
-from edlib.model.identify import SINGLE_FILE_SUFFIXES, folder_is_sdxl, hub_is_sdxl, is_sdxl_file
+from edlib.model.identify import PIPELINES, SINGLE_FILE_SUFFIXES, file_family, folder_family, hub_family, model_location
 from edlib.model.methods.textual_inversion import spell_out, vector_tokens
-from edlib.model.models import pipeline_class
+from edlib.model.models import pipeline_class, pipeline_options
 from edlib.sample.samplers import scheduler_from_config
+
+
+def pipeline_family(pipeline: DiffusionPipeline) -> str:
+    """The model family of a pipeline ("sd", "sdxl", "sd3", "flux"), from its class."""
+    for family, name in PIPELINES.items():
+        if type(pipeline).__name__ == name:
+            return family
+    return "sdxl" if hasattr(pipeline, "text_encoder_2") else "sd"
+
+
+def denoiser(pipeline: DiffusionPipeline):
+    """The pipeline's UNet, or its transformer (SD3, FLUX)."""
+    return getattr(pipeline, "transformer", None) or pipeline.unet
 
 
 def spell_out_placeholders_as_training_did(pipeline: DiffusionPipeline) -> DiffusionPipeline:
@@ -57,9 +72,16 @@ def pipeline_from_modules(
     text_encoder_2=None,
     tokenizer_2=None,
     clip_skip: int = 1,
+    family: str | None = None,
+    text_encoder_3=None,
+    tokenizer_3=None,
+    max_sequence_length: int | None = None,
 ) -> DiffusionPipeline:
     """A pipeline around live (training) modules: no reload, no copy of any weight; an SDXL
-    pipeline when ``text_encoder_2`` (and ``tokenizer_2``) are given.
+    pipeline when ``text_encoder_2`` (and ``tokenizer_2``) are given, unless ``family`` says
+    otherwise ("sd3": with ``text_encoder_3``/``tokenizer_3``; "flux": ``unet`` is the FLUX
+    transformer and ``text_encoder_2`` its T5). ``max_sequence_length``: the T5 length prompts
+    are encoded with (SD3/FLUX; a run's own).
 
     Pass the plain modules (``accelerator.unwrap_model(unet)``), not DDP/compile wrappers.
     ``scheduler_config`` is the model's (or the training noise scheduler's) config; each
@@ -69,21 +91,22 @@ def pipeline_from_modules(
     `sample_images` then samples with the EMA weights swapped in and swaps the training
     weights back afterwards.
     """
+    family = family or ("sdxl" if text_encoder_2 is not None else "sd")
     components = {
-        "unet": unet,
+        "transformer" if family in ("sd3", "flux") else "unet": unet,
         "vae": vae,
         "text_encoder": text_encoder,
         "tokenizer": tokenizer,
         "scheduler": scheduler_from_config(scheduler_config),
     }
-    if text_encoder_2 is not None:
-        pipeline = pipeline_class(sdxl=True)(text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, **components)
-    else:
-        # Samples are the user's own evaluation images: no safety checker to load or run.
-        pipeline = pipeline_class(sdxl=False)(
-            **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-        )
+    if family != "sd":
+        components.update(text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
+    if family == "sd3":
+        components.update(text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3)
+    # Samples are the user's own evaluation images: no safety checker to load or run.
+    pipeline = pipeline_class(family)(**components, **pipeline_options(family))
     pipeline.set_progress_bar_config(disable=True)  # sampling logs one line per image instead
+    pipeline.edlib_max_sequence_length = max_sequence_length  # read by `edlib.sample.generate`
     pipeline.edlib_ema = ema  # read by `sample_images`; a plain attribute, not a component
     pipeline.edlib_clip_skip = clip_skip  # the default of prompts that set none (`resolve_spec`)
     return spell_out_placeholders_as_training_did(pipeline)
@@ -114,6 +137,10 @@ def pipeline_from_models(models, *, unet=None, ema=None, clip_skip: int = 1) -> 
         text_encoder_2=models.text_encoder_2,
         tokenizer_2=models.tokenizer_2,
         clip_skip=clip_skip,
+        family=models.family,
+        text_encoder_3=models.text_encoder_3,
+        tokenizer_3=models.tokenizer_3,
+        max_sequence_length=models.max_sequence_length,
     )
 
 
@@ -124,7 +151,31 @@ def pipeline_from_checkpoint(run_or_checkpoint: str | Path, *, dtype: torch.dtyp
     from edlib.model.trained import load_trained
 
     trained = load_trained(run_or_checkpoint, dtype=dtype or torch.float32)
-    return pipeline_from_models(trained.models, clip_skip=trained.config.clip_skip)
+    pipeline = pipeline_from_models(trained.models, clip_skip=trained.config.clip_skip)
+    # A LoRA or textual-inversion run keeps its frozen base in the mixed-precision dtype (fp8
+    # storage with `fp8_base`) beside fp32 adapters, as it trained: its samples run under the
+    # same autocast as its training samples did, or the dtypes would not meet.
+    pipeline.edlib_autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(trained.config.mixed_precision)
+    return pipeline
+
+
+def single_file_base(path: Path) -> Path | None:
+    """The local diffusers folder a single file was trained from, when edlib exported it: the
+    run's config (`RUN/exports/FILE`) or the file's `base_model` metadata, if that folder is
+    on this machine. None otherwise (a hub model, or a file from elsewhere)."""
+    candidates = []
+    run_config = path.parent.parent / "config.yaml"
+    if path.parent.name == "exports" and run_config.is_file():
+        candidates.append((yaml.safe_load(run_config.read_text(encoding="utf-8")) or {}).get("model"))
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as handle:
+            candidates.append((handle.metadata() or {}).get("base_model"))
+    for candidate in candidates:
+        if isinstance(candidate, str) and (Path(candidate).expanduser() / "model_index.json").is_file():
+            return Path(candidate).expanduser()
+    return None
 
 
 def load_pipeline(
@@ -147,24 +198,41 @@ def load_pipeline(
     # One dtype for every component: given None, diffusers loads fp32 while transformers 5
     # keeps a text encoder's stored fp16, a mix no device can run.
     dtype = dtype or torch.float32
+    model_or_run = model_location(model_or_run)
     path = Path(model_or_run)
 
-    def options(sdxl: bool) -> dict[str, Any]:
-        no_safety = {} if sdxl else {"safety_checker": None, "requires_safety_checker": False}
+    def options(family: str) -> dict[str, Any]:
+        no_safety = {"safety_checker": None, "requires_safety_checker": False} if family == "sd" else {}
         return {"torch_dtype": dtype, **no_safety}
 
     if path.is_dir() and (path / "model_index.json").is_file():
-        sdxl = folder_is_sdxl(path)
-        pipeline = pipeline_class(sdxl).from_pretrained(path, **options(sdxl))
+        family = folder_family(path)
+        pipeline = pipeline_class(family).from_pretrained(path, **options(family))
     elif path.is_file() and path.suffix.lower() in SINGLE_FILE_SUFFIXES:
-        sdxl = is_sdxl_file(path)
+        family = file_family(path)
+        config = config or single_file_base(path)
         extra = {} if config is None else {"config": str(config)}
-        pipeline = pipeline_class(sdxl).from_single_file(str(path), **options(sdxl), **extra)
+        try:
+            if family in ("sd3", "flux"):  # a transformer file: the rest from `config` (edlib.model.flow)
+                from edlib.model.flow import flow_single_file_pipeline
+
+                pipeline = flow_single_file_pipeline(path, family, None if config is None else str(config), dtype)
+            else:
+                pipeline = pipeline_class(family).from_single_file(str(path), **options(family), **extra)
+        except (OSError, ValueError) as error:
+            if config is not None:
+                raise
+            raise ValueError(
+                f"{path}: a single file holds weights only; diffusers needs the configs of its model family and "
+                f"could not get them ({str(error).splitlines()[0][:200]}). Offline, give a diffusers folder of the "
+                "same family, e.g. the base model it was trained from: edlib sample FILE --config BASE_MODEL_FOLDER "
+                "(in Python: load_pipeline(FILE, config=...))"
+            ) from error
     elif is_run_or_checkpoint(path):
         return pipeline_from_checkpoint(path, dtype=dtype)
     elif not path.exists() and _looks_like_hub_id(str(model_or_run)):
-        sdxl = hub_is_sdxl(str(model_or_run))
-        pipeline = pipeline_class(sdxl).from_pretrained(str(model_or_run), **options(sdxl))
+        family = hub_family(str(model_or_run))
+        pipeline = pipeline_class(family).from_pretrained(str(model_or_run), **options(family))
     elif not path.exists():
         raise FileNotFoundError(f"{path}: no such model file or folder")
     else:

@@ -87,7 +87,8 @@ def parse_parameters(text: str) -> dict[str, Any]:
 
     Returns ``prompt`` and ``negative_prompt``; ``steps``, ``sampler``, ``cfg_scale``, ``seed``,
     ``width``, ``height``, ``clip_skip`` and ``model`` (typed) when present; and any other setting under the
-    name it has in the text (e.g. ``"Model hash"``), as a string.
+    name it has in the text (e.g. ``"Model hash"``), as a string. FLUX's "Distilled CFG Scale" is its
+    ``cfg_scale`` (the guidance value it was sampled with).
     """
     *lines, last = text.strip().split("\n")
     if len(_PARAM.findall(last)) < 3:
@@ -120,6 +121,8 @@ def parse_parameters(text: str) -> dict[str, Any]:
             result[name] = kind(value)
         else:
             result[key] = value
+    if "Distilled CFG Scale" in result:  # FLUX.1-dev (Forge's way): the guidance it sampled with
+        result["cfg_scale"] = float(result.pop("Distilled CFG Scale"))
     return result
 
 

@@ -44,7 +44,9 @@ class PromptSpec:
     negative_prompt: str = ""
     seed: int = 555
     steps: int = 30
-    cfg_scale: float = 7.0
+    # None: the model's usual value (7 for SD and SDXL, FLUX.1-dev's embedded guidance 3.5, ...;
+    # `edlib.sample.generate.DEFAULT_CFG`), written into the PNG as used.
+    cfg_scale: float | None = None
     width: int | None = None
     height: int | None = None
     sampler: str = "DPM++ 2M Karras"
@@ -78,7 +80,9 @@ def _check_spec(spec: PromptSpec) -> None:
         raise ValueError(f"negative_prompt must be text, got {spec.negative_prompt!r}")
     _check_int("seed", spec.seed, minimum=RANDOM_SEED)
     _check_int("steps", spec.steps, minimum=1)
-    if isinstance(spec.cfg_scale, bool) or not isinstance(spec.cfg_scale, (int, float)) or spec.cfg_scale < 0:
+    if spec.cfg_scale is not None and (
+        isinstance(spec.cfg_scale, bool) or not isinstance(spec.cfg_scale, (int, float)) or spec.cfg_scale < 0
+    ):
         raise ValueError(f"cfg_scale must be a number >= 0, got {spec.cfg_scale!r}")
     if spec.clip_skip is not None:
         _check_int("clip_skip", spec.clip_skip, minimum=1)

@@ -4,6 +4,13 @@ A model ships one scheduler config (betas, prediction type, timestep spacing); a
 scheduler class plus a few options, built from that config. Every option that tells one sampler
 from its sibling (Karras sigmas, SDE vs ODE solver, ...) is set explicitly, so a model that ships
 e.g. ``use_karras_sigmas: true`` still gets plain "DPM++ 2M" when that is what was asked for.
+
+SD3 and FLUX models (flow matching; their scheduler config is a FlowMatchEulerDiscreteScheduler's)
+sample with one sampler, Euler on the flow: diffusers' ``FlowMatchEulerDiscreteScheduler`` built
+from the model's own config (its shift, and FLUX's resolution-dependent shift). AUTOMATIC1111
+Forge writes it as "Sampler: Euler, Schedule type: Simple" and ComfyUI calls it sampler
+``euler`` with scheduler ``simple``, so it goes by "Euler" here too; any other sampler named for
+such a model samples with it, with a warning.
 """
 
 from __future__ import annotations
@@ -109,6 +116,8 @@ def sampler_for_schedule(name: str, scheduler_config: Mapping[str, Any]) -> str:
     the last timestep's (huge) sigma and bunch most steps there: the timesteps repeat
     (999, 999, 998, ...), and diffusers' DPM++ 2M Karras indexes past its sigmas at 30 steps.
     The name returned is the one that goes into the PNG, so the file says what made it."""
+    if is_flow_schedule(scheduler_config):
+        return _flow_sampler(name)
     sampler = get_sampler(name)
     if not (scheduler_config.get("rescale_betas_zero_snr") and sampler.options.get("use_karras_sigmas")):
         return sampler.name
@@ -126,6 +135,26 @@ def sampler_for_schedule(name: str, scheduler_config: Mapping[str, Any]) -> str:
 _warned: set[str] = set()
 
 
+FLOW_SCHEDULER = "FlowMatchEulerDiscreteScheduler"
+FLOW_SAMPLER = "Euler"
+
+
+def is_flow_schedule(scheduler_config: Mapping[str, Any]) -> bool:
+    """Whether a model's scheduler config is a flow-matching one (SD3, FLUX)."""
+    return scheduler_config.get("_class_name") == FLOW_SCHEDULER
+
+
+def _flow_sampler(name: str) -> str:
+    sampler = get_sampler(name)
+    if sampler.name != FLOW_SAMPLER and sampler.name not in _warned_flow:
+        _warned_flow.add(sampler.name)
+        logger.warning("sampler %s: SD3 and FLUX models sample with Euler on their flow (ComfyUI: euler, simple)", sampler.name)
+    return FLOW_SAMPLER
+
+
+_warned_flow: set[str] = set()
+
+
 def make_scheduler(name: str, scheduler_config: Mapping[str, Any], *, seed: int | None = None) -> SchedulerMixin:
     """A fresh scheduler for sampler ``name`` built from a model's ``scheduler_config``.
 
@@ -133,6 +162,11 @@ def make_scheduler(name: str, scheduler_config: Mapping[str, Any], *, seed: int 
     noise of samplers that seed themselves from their config (DPM++ SDE); without it they would
     draw a seed from torch's global RNG, making images irreproducible and disturbing training.
     """
+    if is_flow_schedule(scheduler_config):
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        _flow_sampler(name)
+        return FlowMatchEulerDiscreteScheduler.from_config(dict(scheduler_config))
     sampler = get_sampler(name)
     options = dict(sampler.options)
     if sampler.seeded_by_config and seed is not None:

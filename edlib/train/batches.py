@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +29,10 @@ from PIL import Image, ImageOps
 from safetensors.torch import load_file, save_file
 
 from edlib.data.captions import training_caption
-from edlib.data.images import load_rgb
+from edlib.data.images import ImageReadError, load_rgb
 from edlib.data.types import ScanResult
 from edlib.model.models import Conditioning, encode_images, encode_prompts
-from edlib.model.offload import offloaded_modules, on_device
+from edlib.model.offload import offloaded_modules, on_device, park_on_cpu
 
 
 def load_pixels(path: str | Path, size: tuple[int, int], flip: bool) -> torch.Tensor:
@@ -104,11 +105,12 @@ def local_batch(batch, epoch: int, process_index: int, num_processes: int) -> Lo
 
 def batch_captions(scan: ScanResult, batch: LocalBatch, config, seed: int) -> list[str]:
     """The caption each sample trains with: tag shuffling and conditional dropout follow
-    the sample's folder settings, falling back to the run config."""
+    the sample's settings (its folder's, or its own .yaml sidecar's), falling back to the
+    run config."""
     captions = []
     for slot, item_index in zip(batch.slots, batch.items):
         item = scan.items[item_index]
-        settings = scan.folder(item.folder).settings
+        settings = scan.item_settings(item_index)
         dropout = config.caption_dropout if settings.cond_dropout is None else settings.cond_dropout
         rng = random.Random(sample_seed(seed, batch.epoch, batch.index, slot))
         captions.append(
@@ -124,8 +126,9 @@ def batch_captions(scan: ScanResult, batch: LocalBatch, config, seed: int) -> li
 
 
 def batch_loss_scale(scan: ScanResult, batch: LocalBatch) -> torch.Tensor:
-    """(B,) loss multipliers from each sample's folder `loss_scale.txt`."""
-    scales = [scan.folder(scan.items[i].folder).settings.loss_scale for i in batch.items]
+    """(B,) loss multipliers: each sample's `loss_scale` (its folder's `loss_scale.txt`, or
+    its own .yaml sidecar's)."""
+    scales = [scan.item_settings(i).loss_scale for i in batch.items]
     return torch.tensor(scales, dtype=torch.float32)
 
 
@@ -193,6 +196,11 @@ class BatchEncoder:
 
     Tensors come out on `device` (default: the UNet's). Encoders kept in CPU memory between
     uses (`edlib.model.offload`) are brought there to encode what the caches miss.
+
+    An image is read (decoded, or its cached latents looked up) by `read_inputs`, which
+    reports an image it cannot read instead of raising, so training can put another image
+    of the batch in its place (`edlib.train.unreadable`); `use_inputs` hands what was read
+    to the next `encode` of that batch, so nothing is read twice.
     """
 
     def __init__(self, models, config, *, text_encoder_trains: bool, cache_dir: Path, prepare_captions=list, device=None):
@@ -205,30 +213,85 @@ class BatchEncoder:
         mode = config.cache_latents
         self.latent_cache = None if mode == "no" else LatentCache(mode, cache_dir / "latents")
         self.text_cache: dict[str, Conditioning] | None = {} if config.cache_text_embeddings else None
+        # SD3/FLUX embeddings hold T5's hundreds of tokens (FLUX: 512 x 4096 values a caption):
+        # cached in CPU memory, in the encoder's dtype, and moved per batch.
+        self._text_cache_device = torch.device("cpu") if models.flow_matching else self.device
+        self._warm_pending = models.flow_matching and self.text_cache is not None
+        self._ready: tuple[LocalBatch, list[torch.Tensor]] | None = None
 
     def encode(self, scan: ScanResult, batch: LocalBatch, seed: int) -> tuple[torch.Tensor, Conditioning]:
         # fp32 here: the frozen encoders may run in fp16/bf16, but noise, targets and the
         # loss are computed in fp32 (autocast lowers only the UNet's own matmuls).
         latents = self.latents(scan, batch).float()
+        if self._warm_pending:
+            self._warm_pending = False
+            self.warm_text_cache(scan)
         cond = self.text_embeddings(self.prepare_captions(batch_captions(scan, batch, self.config, seed))).to(torch.float32)
         if self.models.is_sdxl:
             cond = cond.with_time_ids(micro_conditioning(scan, batch))
         return latents, cond
 
     def latents(self, scan: ScanResult, batch: LocalBatch) -> torch.Tensor:
-        paths = [Path(scan.root) / scan.items[i].path for i in batch.items]
+        if self._ready is not None and self._ready[0] == batch:
+            inputs, self._ready = self._ready[1], None
+        else:
+            read, errors = self.read_inputs(scan, batch, [(i, f) for i, f in zip(batch.items, batch.flips)])
+            for error in errors:
+                if error is not None:
+                    raise error
+            inputs = read
         if self.latent_cache is None:
-            pixels = torch.stack([load_pixels(p, batch.bucket, f) for p, f in zip(paths, batch.flips)])
-            return encode_images(self.models, pixels).to(self.device)
-        keys = [self.latent_cache.key(path, batch.bucket, flip) for path, flip in zip(paths, batch.flips)]
-        found = {key: self.latent_cache.get(key) for key in keys}
-        missing = {key: (path, flip) for key, path, flip in zip(keys, paths, batch.flips) if found[key] is None}
-        if missing:
-            with self._on_device("vae"):
-                for key, (path, flip) in missing.items():  # one at a time: the same latents whatever the batch
-                    found[key] = encode_images(self.models, load_pixels(path, batch.bucket, flip)[None])[0]
-                    self.latent_cache.put(key, found[key])
-        return torch.stack([found[key].to(self.device) for key in keys])
+            return encode_images(self.models, torch.stack(inputs)).to(self.device)
+        return torch.stack([latents.to(self.device) for latents in inputs])
+
+    def read_inputs(
+        self, scan: ScanResult, batch: LocalBatch, samples: list[tuple[int, bool]]
+    ) -> tuple[list[torch.Tensor | None], list[ImageReadError | None]]:
+        """What `encode` needs of each (item, flip) in `samples`, in `batch`'s bucket: the
+        pixels, or with a latent cache the latents (encoding what the cache misses). Where an
+        image cannot be read: None, and the `ImageReadError` saying why."""
+        inputs: list[torch.Tensor | None] = []
+        errors: list[ImageReadError | None] = []
+        with ExitStack() as stack:
+            vae_moved = False
+
+            def vae_on_device() -> None:  # the VAE comes to the device once per batch, if needed
+                nonlocal vae_moved
+                if not vae_moved:
+                    stack.enter_context(self._on_device("vae"))
+                    vae_moved = True
+
+            for item, flip in samples:
+                path = Path(scan.root) / scan.items[item].path
+                try:
+                    inputs.append(self._read_input(path, batch.bucket, flip, vae_on_device))
+                    errors.append(None)
+                except ImageReadError as error:
+                    inputs.append(None)
+                    errors.append(error)
+                except OSError as error:  # stat() of the latent cache key: the file is gone
+                    inputs.append(None)
+                    gone = isinstance(error, FileNotFoundError)
+                    why = "no such file (moved to the quarantine, renamed or deleted?)" if gone else error.strerror
+                    errors.append(ImageReadError(path, why or str(error)))
+        return inputs, errors
+
+    def use_inputs(self, batch: LocalBatch, inputs: list[torch.Tensor]) -> None:
+        """Inputs `read_inputs` returned for `batch` (possibly with substitutes): the next
+        `encode` of that batch uses them instead of reading the images again."""
+        self._ready = (batch, inputs)
+
+    def _read_input(self, path: Path, bucket: tuple[int, int], flip: bool, vae_on_device) -> torch.Tensor:
+        if self.latent_cache is None:
+            return load_pixels(path, bucket, flip)
+        key = self.latent_cache.key(path, bucket, flip)
+        latents = self.latent_cache.get(key)
+        if latents is None:
+            vae_on_device()
+            # One image at a time: the same latents whatever the batch.
+            latents = encode_images(self.models, load_pixels(path, bucket, flip)[None])[0]
+            self.latent_cache.put(key, latents)
+        return latents
 
     def text_embeddings(self, captions: list[str]) -> Conditioning:
         clip_skip = self.config.clip_skip
@@ -240,10 +303,27 @@ class BatchEncoder:
             missing = sorted({c for c in captions if c not in self.text_cache})
             if missing:
                 with self._on_device(*self.models.text_encoder_names):
-                    encoded = encode_prompts(self.models, missing, clip_skip).to(self.device)
+                    encoded = encode_prompts(self.models, missing, clip_skip).to(self._text_cache_device)
                 for k, caption in enumerate(missing):
                     self.text_cache[caption] = encoded[k]
-            return Conditioning.stack([self.text_cache[c] for c in captions])
+            return Conditioning.stack([self.text_cache[c] for c in captions]).to(self.device)
+
+    def warm_text_cache(self, scan: ScanResult, chunk: int = 8) -> None:
+        """SD3/FLUX: encode every caption of the data root (and the empty one dropout gives)
+        before the first step, with the transformer parked in CPU memory meanwhile: T5-XXL
+        (9.5 GB in bf16) and FLUX's transformer do not fit a 16-24 GB card together, and a
+        cache miss in every batch of the first epoch would put them there together. Captions
+        that only appear later (a folder's tag shuffling) are encoded when they do."""
+        captions = sorted({item.caption.text() for item in scan.items} | {""})
+        missing = [c for c in self.prepare_captions(captions) if c not in self.text_cache]
+        if not missing:
+            return
+        with park_on_cpu(self.models.unet), self._on_device(*self.models.text_encoder_names), torch.no_grad():
+            for start in range(0, len(missing), chunk):
+                part = missing[start : start + chunk]
+                encoded = encode_prompts(self.models, part, self.config.clip_skip).to(self._text_cache_device)
+                for k, caption in enumerate(part):
+                    self.text_cache[caption] = encoded[k]
 
     def _on_device(self, *names: str):
         """The named encoders on the training device for a cache miss, if they are offloaded."""

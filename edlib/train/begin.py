@@ -14,17 +14,24 @@ from edlib.model.config import ConfigError, TrainConfig
 from edlib.model.resume_keys import RESUME_IMMUTABLE_KEYS, diff_configs
 from edlib.train.hooks import Plugin, Position
 from edlib.train.run_dir import Reporter, RunDir
-from edlib.train.setup import Training, unwrapper
+from edlib.train.setup import Training, lr_schedule, unwrapper
 
 
 @dataclass
 class Start:
     """Where the run starts and, on resume, what its epoch was planned with: the folder
-    settings and per-image weights saved with the checkpoint (see `checkpoint.folder_settings`)."""
+    settings, images and per-image weights saved with the checkpoint (see
+    `edlib.train.epoch_state`), and the run's length as last re-counted (None: as planned now)."""
 
     position: Position
     folder_settings: Any = None
+    epoch_items: list | None = None
     item_weights: dict[str, float] | None = None
+    total_steps: int | None = None
+
+    @property
+    def resumed(self) -> bool:
+        return self.folder_settings is not None
 
 
 def begin(
@@ -67,6 +74,12 @@ def _resume(config, resume, run: RunDir, report: Reporter, training: Training, a
     saved = ckpt.load_checkpoint(path, process_index=accelerator.process_index)
     changed = _changes_allowed_on_resume(path, TrainConfig.from_dict(saved.state["config"]), config)
     training.method.load_weights(training.models, saved.weights, unwrap=unwrapper(accelerator))
+    # The LR schedule keeps the length the run was started with: a multiplier changed since
+    # would plan another length now, and the resumed run would leave the unbroken run's curve.
+    # (Made before the optimizer state loads: a new schedule sets the groups' rates.)
+    lr_steps = saved.state.get("lr_steps", training.lr_steps)
+    if lr_steps != training.lr_steps:
+        training.lr_scheduler, training.lr_steps = lr_schedule(config, training.optimizer, lr_steps), lr_steps
     training.optimizer.load_state_dict(saved.state["optimizer"])
     training.lr_scheduler.load_state_dict(saved.state["lr_scheduler"])
     if accelerator.scaler is not None and saved.state.get("scaler"):
@@ -85,7 +98,8 @@ def _resume(config, resume, run: RunDir, report: Reporter, training: Training, a
     report.log(f"resumed from {path} at step {position.step} (epoch {position.epoch}, batch {position.batch})")
     for key, (old, new) in changed.items():
         report.log(f"config change on resume: {key}: {old!r} -> {new!r}")
-    return Start(position, saved.state["folder_settings"], saved.state.get("item_weights"))
+    state = saved.state
+    return Start(position, state["folder_settings"], state.get("epoch_items"), state.get("item_weights"), state.get("total_steps"))
 
 
 def _changes_allowed_on_resume(path: Path, saved: TrainConfig, config: TrainConfig) -> dict[str, tuple[Any, Any]]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 from edlib.data.preview import optimizer_steps
-from edlib.data.scan import reread_settings
+from edlib.data.reread import reread_settings
 from edlib.data.schedule import EpochSchedule, realise_epoch, write_schedule
 from edlib.model.plan import preview_run
 from edlib.train.hooks import Context, Plugin, merged_item_weights
@@ -18,8 +18,9 @@ def start_epoch(ctx: Context, plugins: list[Plugin], state: RunState) -> EpochSc
     """The schedule of the epoch at `ctx.position` (from its next batch on, when resumed)."""
     config, position, report, accelerator = ctx.config, ctx.position, ctx.report, ctx.accelerator
     epoch, changes = position.epoch, []
-    if epoch != state.first_epoch:  # settings edited during the last epoch apply from now on
-        ctx.data, changes = reread_settings(ctx.data)
+    if epoch != state.planned_epoch:  # settings edited during the last epoch apply from now on
+        ctx.data, changes = reread_settings(state.next_data if state.next_data is not None else ctx.data)
+        state.next_data = None
         for change in changes:
             report.log(f"epoch {epoch}: {change}")
     if position.batch == 0:  # else a resumed epoch, finished with the weights it was planned with
@@ -36,7 +37,7 @@ def start_epoch(ctx: Context, plugins: list[Plugin], state: RunState) -> EpochSc
     )
     if config.write_schedule and accelerator.is_main_process:
         write_schedule(schedule, ctx.data, ctx.run.schedules)
-    if epoch != state.first_epoch and (changes or ctx.item_weights):
+    if epoch != state.planned_epoch and (changes or ctx.item_weights):
         state.total_steps = _replanned_steps(ctx, len(schedule), state.total_steps)
     report.event(
         "epoch",

@@ -29,7 +29,7 @@ class ExportAtEnd(Plugin):
             if ctx.ema is not None:
                 ctx.ema.copy_to(ctx.method.trainable_parameters(ctx.models))
             models = replace(ctx.models, unet=accelerator.unwrap_model(ctx.models.unet, keep_torch_compile=False))
-            for format in config.exports_at_end():
+            for format in config.exports_at_end(ctx.models.family):
                 try:
                     paths = export_models(
                         models,

@@ -38,14 +38,17 @@ from edlib.model import checkpoint as ckpt
 from edlib.model.config import TrainConfig
 from edlib.train.batches import BatchEncoder
 from edlib.train.begin import begin
+from edlib.train.epoch_state import restore_epoch
 from edlib.train.epochs import start_epoch
 from edlib.train.hooks import Context, Plugin
 from edlib.train.plugins import run_plugins
 from edlib.train.progress import RunState, check_finite, record_step
 from edlib.train.run_dir import Event, Reporter, RunDir
+from edlib.train.run_lock import run_lock
 from edlib.train.saving import after_step, save
 from edlib.train.setup import Training, build_training, load_data, make_accelerator, planned_steps
 from edlib.train.step import optimizer_step
+from edlib.train.unreadable import UnreadableImages
 
 
 @dataclass
@@ -57,6 +60,14 @@ class RunSummary:
     last_checkpoint: Path | None
     last_loss: float | None
     exports: list[Path] = field(default_factory=list)  # written at the end (`export_formats`)
+
+    def __str__(self) -> str:
+        loss = "" if self.last_loss is None else f", last loss {self.last_loss:.4f}"
+        text = (
+            f"run {self.run_dir}: stopped by {self.stopped_by} at step {self.step} (epoch {self.epoch}){loss}; "
+            f"last checkpoint: {self.last_checkpoint}"
+        )
+        return text + "".join(f"\n  exported: {path}" for path in self.exports)
 
 
 def train(
@@ -73,7 +84,13 @@ def train(
 
     `plugins` hook in sampling, loss tracking and the like; `callbacks` receive every
     `Event`. Control requests older than `requested_at` (default: now) are left over from
-    an earlier process and dropped; `start` passes the time it was called."""
+    an earlier process and dropped; `start` passes the time it was called. The run folder
+    is locked while the run trains (`edlib.train.run_lock`): a second run on it fails."""
+    with run_lock(config.run_dir):
+        return _train(config, resume, callbacks, plugins, progress_bar, requested_at)
+
+
+def _train(config, resume, callbacks, plugins, progress_bar, requested_at) -> RunSummary:
     accelerator = make_accelerator(config)
     run = RunDir(config.run_dir, writer=accelerator.is_main_process)
     report = Reporter(run, callbacks, accelerator, config)
@@ -86,20 +103,28 @@ def train(
     training = build_training(config, accelerator, report, total_steps)
     start = begin(config, resume, run, report, training, accelerator, plugins)
     position = start.position
-    if position.batch > 0:  # mid-epoch: finish the epoch with the settings and weights it was planned with
-        data = ckpt.with_folder_settings(data, start.folder_settings)
+    next_data = None
+    if start.resumed:  # this epoch (mid-epoch: its images too) or the last one as planned
+        next_data = restore_epoch(data, start.folder_settings, None)
+        data = restore_epoch(data, start.folder_settings, start.epoch_items if position.batch > 0 else None)
     training.optimizer = accelerator.prepare(training.optimizer)
     encoder = _batch_encoder(training, config, run, accelerator)
     ctx = Context(config, accelerator, run, training.models, training.method, position, training.ema, data, report)
     ctx.item_weights = start.item_weights
-    for plugin in plugins:
-        plugin.on_start(ctx)
-    report.event("start", {"total_steps": total_steps, **asdict(position)})
-
-    state = RunState(total_steps, first_epoch=position.epoch)
+    # A resumed run at an epoch boundary re-reads the settings at that epoch's start, as the
+    # unbroken run does; a mid-epoch resume finishes its epoch as planned.
+    planned_epoch = position.epoch if not start.resumed or position.batch > 0 else None
+    state = RunState(start.total_steps or total_steps, planned_epoch, next_data=next_data if position.batch > 0 else None)
     if position.step >= (config.max_steps or math.inf):
         state.stopped_by = "max_steps"
-    bar = tqdm(total=total_steps, initial=position.step, disable=not _show_bar(progress_bar, accelerator), unit="step")
+    for plugin in plugins:
+        plugin.on_start(ctx)
+    report.event("start", {"total_steps": state.total_steps, **asdict(position)})
+    unreadable = UnreadableImages(run, report)  # images gone or undecodable mid-run are skipped
+
+    bar = tqdm(
+        total=state.total_steps, initial=position.step, disable=not _show_bar(progress_bar, accelerator), unit="step", desc="training"
+    )
     while position.epoch < config.epochs and state.stopped_by == "epochs":
         epoch = position.epoch
         schedule = start_epoch(ctx, plugins, state)
@@ -107,14 +132,14 @@ def train(
         for first in range(position.batch, len(schedule), config.gradient_accumulation_steps):
             started = time.time()
             group = range(first, min(first + config.gradient_accumulation_steps, len(schedule)))
-            loss, finite = optimizer_step(ctx, training, encoder, schedule, epoch, group, plugins)
+            loss, finite = optimizer_step(ctx, training, encoder, schedule, epoch, group, plugins, unreadable)
             check_finite(state, finite, ctx)
             metrics = record_step(ctx, state, training.lr_scheduler, len(schedule), group.stop, loss, finite, started)
             for plugin in plugins:  # before reporting: a plugin may add metrics (validation loss)
                 plugin.on_step(ctx, metrics)
             report.step(metrics)
             bar.update(1)
-            bar.set_postfix(loss=f"{state.last_loss:.4f}", epoch=epoch)
+            bar.set_postfix_str(f"loss {state.last_loss:.4f}, {metrics['images_per_s']:.1f} images/s, epoch {epoch}")
             after_step(ctx, training, plugins, state, epoch_done=position.epoch > epoch)
             if state.stopped_by != "epochs":
                 break
@@ -132,7 +157,7 @@ def _finish(ctx: Context, training: Training, plugins: list[Plugin], state: RunS
     for plugin in plugins:
         plugin.on_end(ctx)
     if state.last_saved is None or ckpt.checkpoint_step(state.last_saved) != position.step:
-        state.last_saved = save(ctx, training, plugins)
+        state.last_saved = save(ctx, training, plugins, state)
     for plugin in plugins:
         plugin.after_end(ctx, state.last_saved)
     report.event("done", {"step": position.step, "epoch": position.epoch, "stopped_by": state.stopped_by})
@@ -155,5 +180,13 @@ def _batch_encoder(training: Training, config: TrainConfig, run: RunDir, acceler
 
 
 def _show_bar(progress_bar: bool | None, accelerator: Accelerator) -> bool:
-    wanted = sys.stderr.isatty() if progress_bar is None else progress_bar
+    """By default a bar in a terminal and in a notebook cell (tqdm.auto draws a widget
+    there; a notebook's stderr is no terminal), not in logs and tests."""
+    wanted = (sys.stderr.isatty() or _in_notebook()) if progress_bar is None else progress_bar
     return wanted and accelerator.is_local_main_process
+
+
+def _in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (JupyterLab, Colab, VS Code)."""
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})

@@ -39,7 +39,8 @@ import torch
 from edlib.data.types import ScanResult
 from edlib.train.hooks import Context, Plugin
 
-CSV_COLUMNS = ("path", "folder", "caption", "observations", "mean", "std", "trend", "last_step", "flagged")
+CSV_COLUMNS = ("path", "folder", "caption", "observations", "mean", "std", "trend", "last_step", "flagged", "score")
+MIN_OBSERVATIONS = 5  # before this many, an image is neither flagged nor ranked (docs/loss_tracking.md)
 
 
 @dataclass
@@ -125,7 +126,7 @@ class LossTracker:
         buckets: int = 20,
         decay: float = 0.02,
         warmup: int = 10,
-        min_observations: int = 5,
+        min_observations: int = MIN_OBSERVATIONS,
         threshold: float = 3.0,
         min_excess: float = 1.0,
         trend_window: int = 10,
@@ -252,7 +253,10 @@ class LossTracker:
                 folder = item.folder if item else r.path.rpartition("/")[0]
                 caption = item.caption.text() if item else ""
                 writer.writerow(
-                    [r.path, folder, caption, r.observations, _fmt(r.mean), _fmt(r.std), _fmt(r.trend), r.last_step, int(r.flagged)]
+                    [
+                        r.path, folder, caption, r.observations, _fmt(r.mean), _fmt(r.std), _fmt(r.trend), r.last_step,
+                        int(r.flagged), _fmt(r.score),
+                    ]
                 )
         tmp.replace(path)
         return path
@@ -271,6 +275,7 @@ class CsvRow:
     trend: float
     last_step: int
     flagged: bool
+    score: float  # nan in files written by edlib 0.1.0 (no such column)
 
 
 def read_csv(path: str | Path) -> list[CsvRow]:
@@ -278,7 +283,7 @@ def read_csv(path: str | Path) -> list[CsvRow]:
     path = Path(path)
     with path.open(encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
-        missing = set(CSV_COLUMNS) - set(reader.fieldnames or ())
+        missing = set(CSV_COLUMNS) - {"score"} - set(reader.fieldnames or ())
         if missing:
             raise ValueError(f"{path}: not an image_loss.csv, missing columns {sorted(missing)}")
         rows = []
@@ -288,11 +293,47 @@ def read_csv(path: str | Path) -> list[CsvRow]:
                     CsvRow(
                         row["path"], row["folder"], row["caption"], int(row["observations"]), float(row["mean"]),
                         float(row["std"]), float(row["trend"]), int(row["last_step"]), row["flagged"] == "1",
+                        float(row.get("score") or "nan"),
                     )
                 )
             except ValueError as error:
                 raise ValueError(f"{path} line {line}: {error}") from None
     return rows
+
+
+@dataclass(frozen=True)
+class Hardest:
+    """The images to look at first: those whose loss stays above what their timesteps lead
+    to expect, worst first. Empty with `ready` False until some image has been observed
+    `min_observations` times."""
+
+    images: list  # ImageStats or CsvRow rows
+    ready: bool
+    most_observed: int
+    min_observations: int
+
+    def message(self) -> str:
+        """What to say instead of a list, or "" when there is a list."""
+        if not self.ready:
+            return (
+                f"not enough observations yet: an image is ranked after {self.min_observations} observations "
+                f"(the most observed has {self.most_observed}); train longer"
+            )
+        if not self.images:
+            return "no image's loss is above what its timesteps lead to expect"
+        return ""
+
+
+def hardest_images(rows, *, min_observations: int = MIN_OBSERVATIONS, top: int | None = None) -> Hardest:
+    """Rank `rows` (`LossTracker.stats()` or image_loss.csv rows): only images with at least
+    `min_observations` observations whose mean z-score is above 0 (their loss above the
+    expectation at their timesteps) and above the population's centre (score > 0); flagged
+    first, then by score (how many standard errors above the centre), then by mean."""
+    rows = list(rows)
+    most = max((r.observations for r in rows), default=0)
+    above = [r for r in rows if r.observations >= min_observations and r.mean > 0 and _or(r.score, 0.0) > 0]
+    above.sort(key=lambda r: (not r.flagged, -r.score, -r.mean, r.path))
+    return Hardest(above[:top] if top is not None else above, most >= min_observations, most, min_observations)
 
 
 def summarise_folders(rows, folder_of: dict[str, str]) -> list[FolderSummary]:

@@ -24,7 +24,10 @@ class TrainingError(RuntimeError):
 @dataclass
 class RunState:
     total_steps: int  # the run's length as now planned (progress, ETA; the LR schedule keeps its own)
-    first_epoch: int  # the epoch this process started in (its settings are the ones loaded)
+    planned_epoch: int | None  # the epoch whose settings are loaded as planned (not re-read at its start)
+    # After a mid-epoch resume, the resumed epoch's saved image list may hold images that are
+    # gone: the next epoch re-reads from this fresh scan (with the epoch's settings) instead.
+    next_data: Any = None
     stopped_by: str = "epochs"  # "epochs", "max_steps" or "stop request"
     last_saved: Path | None = None
     last_save_time: float = field(default_factory=time.time)

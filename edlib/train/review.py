@@ -9,7 +9,6 @@ statistics of each in the quarantine manifest.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -17,7 +16,14 @@ import yaml
 
 from edlib.data import quarantine as data_quarantine
 from edlib.data.quarantine import QUARANTINE, quarantined, restore  # noqa: F401 - one import for review tools
-from edlib.train.loss_tracker import CsvRow, FolderSummary, read_csv, summarise_folders
+from edlib.train.loss_tracker import (
+    MIN_OBSERVATIONS,
+    CsvRow,
+    FolderSummary,
+    hardest_images,
+    read_csv,
+    summarise_folders,
+)
 
 
 @dataclass(frozen=True)
@@ -48,10 +54,17 @@ def _csv_rows(run_dir: str | Path) -> list[CsvRow]:
 
 
 def review(run_dir: str | Path, *, top: int = 20) -> list[ImageReport]:
-    """The `top` worst images of a run: flagged ones first, then by mean normalised loss."""
+    """The `top` hardest images of a run (`loss_tracker.hardest_images`: enough observations,
+    loss above expectation; flagged first). Empty before any image has enough observations;
+    `review_status` says why."""
     root = run_data_root(run_dir)
-    rows = sorted(_csv_rows(run_dir), key=lambda r: (not r.flagged, -_or(r.mean, -math.inf), r.path))
-    return [ImageReport(**asdict(r), present=(root / r.path).is_file()) for r in rows[:top]]
+    ranked = hardest_images(_csv_rows(run_dir), top=top)
+    return [ImageReport(**asdict(r), present=(root / r.path).is_file()) for r in ranked.images]
+
+
+def review_status(run_dir: str | Path) -> str:
+    """Why `review` lists nothing ("" when it lists something)."""
+    return hardest_images(_csv_rows(run_dir)).message()
 
 
 def review_folders(run_dir: str | Path) -> list[FolderSummary]:
@@ -60,10 +73,11 @@ def review_folders(run_dir: str | Path) -> list[FolderSummary]:
     return summarise_folders(rows, {r.path: r.folder for r in rows})
 
 
-def format_review(reports: list[ImageReport], folders: list[FolderSummary] = ()) -> str:
+def format_review(reports: list[ImageReport], folders: list[FolderSummary] = (), status: str = "") -> str:
     """A plain-text table of the reviewed images (and folder summaries, if given)."""
     lines = [
         "mean = average timestep-normalised loss (z-score: 0 is typical, higher is worse); trend < 0: being learned",
+        f"only images with at least {MIN_OBSERVATIONS} observations whose loss is above expectation are listed",
         f"{'flag':4}  {'mean':>6}  {'std':>5}  {'trend':>6}  {'obs':>5}  {'last':>6}  path  |  caption",
     ]
     for r in reports:
@@ -73,10 +87,11 @@ def format_review(reports: list[ImageReport], folders: list[FolderSummary] = ())
             f"{r.last_step:6d}  {r.path}  |  {r.caption}{note}"
         )
     if not reports:
-        lines.append("(no image has been observed yet)")
+        lines.append(f"({status or 'no image has been observed yet'})")
     if folders:
         lines.append("")
-        lines.append(f"{'folder':30}  {'images':>6}  {'obs':>6}  {'mean':>6}  flagged")
+        lines.append("per folder (seen: images observed so far; a folder's other images have not been trained yet):")
+        lines.append(f"{'folder':30}  {'seen':>6}  {'obs':>6}  {'mean':>6}  flagged")
         for f in folders:
             lines.append(f"{(f.folder or '.'):30}  {f.images:6d}  {f.observations:6d}  {f.mean:6.2f}  {f.flagged}")
     flagged = sum(r.flagged for r in reports)
@@ -95,14 +110,11 @@ def quarantine(
     """`edlib.data.quarantine.quarantine`, with each image's statistics from `run_dir`'s
     image_loss.csv recorded in the manifest."""
     stats = {}
-    if run_dir is not None:
+    # Before the run's first epoch ends there are no statistics yet: the move is recorded without them.
+    if run_dir is not None and (Path(run_dir) / "image_loss.csv").is_file():
         for row in _csv_rows(run_dir):
             stats[row.path] = {
                 "observations": row.observations, "mean": row.mean, "std": row.std, "trend": row.trend,
                 "last_step": row.last_step, "flagged": row.flagged,
             }
     return data_quarantine.quarantine(data_root, rel_paths, run_dir=run_dir, reason=reason, stats=stats)
-
-
-def _or(value: float, default: float) -> float:
-    return default if math.isnan(value) else value

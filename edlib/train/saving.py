@@ -14,6 +14,7 @@ from accelerate.utils import broadcast_object_list
 
 from edlib.model import checkpoint as ckpt
 from edlib.model.config import TrainConfig
+from edlib.train.epoch_state import epoch_items, folder_settings
 from edlib.train.hooks import Context, Plugin
 from edlib.train.progress import RunState
 from edlib.train.run_dir import RunDir
@@ -36,7 +37,7 @@ def after_step(ctx: Context, training: Training, plugins: list[Plugin], state: R
         if state.nonfinite_in_a_row:
             report.log(f"step {position.step}: checkpoint not saved while the loss is NaN/inf")
         else:
-            state.last_saved = save(ctx, training, plugins)
+            state.last_saved = save(ctx, training, plugins, state)
             state.last_save_time = time.time()
     for name in requests:
         run.clear_request(name)
@@ -68,7 +69,7 @@ def _agree(run: RunDir, accelerator: Accelerator, config: TrainConfig, since_sav
     return decision[0]
 
 
-def save(ctx: Context, training: Training, plugins: list[Plugin]) -> Path:
+def save(ctx: Context, training: Training, plugins: list[Plugin], progress: RunState) -> Path:
     """Write a complete checkpoint of the run as it is now (atomically), and prune old ones."""
     run, accelerator, config, position, report = ctx.run, ctx.accelerator, ctx.config, ctx.position, ctx.report
     main = accelerator.is_main_process
@@ -80,10 +81,13 @@ def save(ctx: Context, training: Training, plugins: list[Plugin]) -> Path:
             "position": asdict(position),
             "optimizer": training.optimizer.state_dict(),
             "lr_scheduler": training.lr_scheduler.state_dict(),
+            "lr_steps": training.lr_steps,  # the schedule's length (see `begin._resume`)
+            "total_steps": progress.total_steps,  # the run's length as last re-counted
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
             "ema": training.ema.state_dict() if training.ema is not None else None,
             "plugins": {p.name: p.state_dict() for p in plugins},
-            "folder_settings": ckpt.folder_settings(ctx.data),
+            "folder_settings": folder_settings(ctx.data),
+            "epoch_items": epoch_items(ctx.data),
             "item_weights": ctx.item_weights,
             "config": config.model_dump(mode="json"),
         }

@@ -14,8 +14,10 @@ from accelerate.state import AcceleratorState
 
 from edlib.data.scan import scan
 from edlib.data.types import DataRootError, ScanResult
+from edlib.model.block_swap import enable_block_swap
 from edlib.model.config import ConfigError, TrainConfig
 from edlib.model.ema import make_ema
+from edlib.model.flow_config import describe_flow, family_conflicts, flow_settings
 from edlib.model.lr import make_lr_scheduler
 from edlib.model.methods import Method, make_method
 from edlib.model.models import enable_gradient_checkpointing, load_models
@@ -29,7 +31,8 @@ from edlib.train.validation import validation_set
 @dataclass
 class Training:
     """What trains and how: the model bundle, the method, and the optimizer, LR schedule and
-    EMA over the method's trainable parameters."""
+    EMA over the method's trainable parameters. `lr_steps` is the length the LR schedule is
+    laid out for (saved with each checkpoint: a resume keeps it, whatever the data says now)."""
 
     models: Any
     method: Method
@@ -37,6 +40,7 @@ class Training:
     lr_scheduler: Any
     ema: Any | None
     trainable: list[torch.nn.Parameter]
+    lr_steps: int
 
 
 def make_accelerator(config: TrainConfig) -> Accelerator:
@@ -59,7 +63,7 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
 def load_data(config: TrainConfig, report: Reporter) -> tuple[ScanResult, ScanResult | None]:
     """The scanned data root (errors stop the run before any model loads; warnings are
     reported) and the images held out for validation, if any."""
-    data = scan(config.data_root)
+    data = scan(config.data_root, follow_outside_links=config.follow_outside_links)
     if data.errors:
         raise DataRootError(f"data root {config.data_root} has errors:\n  " + "\n  ".join(data.errors))
     for warning in data.warnings:
@@ -75,16 +79,22 @@ def planned_steps(data: ScanResult, config: TrainConfig, num_processes: int = 1)
 
 def build_training(config: TrainConfig, accelerator: Accelerator, report: Reporter, total_steps: int) -> Training:
     """Load the model, set up the method, place the modules, and make the optimizer, the LR
-    schedule (laid out for `total_steps`) and the EMA."""
+    schedule (laid out for `total_steps`: the run's plan when it starts) and the EMA."""
     models = load_models(
         config.model,
         prediction_type=config.prediction_type,
         zero_terminal_snr=config.zero_terminal_snr,
         attention=config.attention,
         vae=config.vae,
+        max_sequence_length=config.max_sequence_length,
     )
-    if config.text_encoder_2_lr is not None and not models.is_sdxl:
-        report.warning(f"text_encoder_2_lr is set, but {config.model} has one text encoder (SDXL has two): ignored")
+    check_family(config, models, report)
+    if config.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        report.warning(
+            "mixed_precision: fp16 on the CPU: there is no fp16 autocast on CPUs, so the trained weights compute in "
+            "fp32 while the frozen modules are kept in fp16 (slow on most CPUs). For a CPU run use "
+            "mixed_precision: no (or bf16); fp16 is for GPUs without bf16, such as a T4"
+        )
     if config.full_bf16 and not config.stochastic_rounding:
         report.warning(
             "full_bf16 with stochastic_rounding: false: weight updates under half a bf16 step (about 1/512 of a "
@@ -99,7 +109,14 @@ def build_training(config: TrainConfig, accelerator: Accelerator, report: Report
         config.optimizer_args,
         stochastic_rounding=config.full_bf16 and config.stochastic_rounding,
     )
-    lr_scheduler = make_lr_scheduler(
+    trainable = method.trainable_parameters(models)
+    lr_scheduler = lr_schedule(config, optimizer, total_steps)
+    return Training(models, method, optimizer, lr_scheduler, make_ema(config.ema_decay, trainable), trainable, total_steps)
+
+
+def lr_schedule(config: TrainConfig, optimizer, total_steps: int):
+    """The config's LR schedule over `total_steps` optimizer steps."""
+    return make_lr_scheduler(
         optimizer,
         config.lr_scheduler,
         total_steps=total_steps,
@@ -107,8 +124,25 @@ def build_training(config: TrainConfig, accelerator: Accelerator, report: Report
         num_cycles=config.lr_num_cycles,
         power=config.lr_power,
     )
-    trainable = method.trainable_parameters(models)
-    return Training(models, method, optimizer, lr_scheduler, make_ema(config.ema_decay, trainable), trainable)
+
+
+def check_family(config: TrainConfig, models, report: Reporter) -> None:
+    """What the config asks that this model's family cannot do (a hub model's family is
+    known only now), and what a flow family trains with, in the log."""
+    problems = family_conflicts(config, models.family)
+    if problems:
+        raise ConfigError(f"{config.model} is a {models.family.upper()} model: " + "; ".join(problems))
+    if config.text_encoder_2_lr is not None and models.family not in ("sdxl", "sd3"):
+        report.warning(f"text_encoder_2_lr is set, but {config.model} has no second CLIP encoder (SDXL and SD3 do): ignored")
+    if models.flow_matching:
+        guidance = bool(getattr(models.unet.config, "guidance_embeds", False))
+        settings = flow_settings(config, models.family)
+        report.log(describe_flow(settings, models.family, models.max_sequence_length, guidance))
+        if guidance and config.flux_guidance != 1.0:
+            report.warning(
+                f"flux_guidance: {config.flux_guidance:g}; the trainers that train FLUX.1-dev well feed 1.0, which keeps "
+                "its guidance distillation; other values teach it classifier-free guidance, which it then needs when sampling"
+            )
 
 
 def place_models(models, method: Method, config: TrainConfig, accelerator: Accelerator) -> None:
@@ -134,11 +168,20 @@ def place_models(models, method: Method, config: TrainConfig, accelerator: Accel
             module.to(device, dtype=frozen_dtype(name, module, config.mixed_precision)).eval()
         elif name == "unet":
             unet = accelerator.prepare(module.to(dtype=trained_dtype).train())
+            if getattr(config, "blocks_to_swap", 0):  # after prepare, which put every block on the device
+                swap_blocks_of(module, config, accelerator)
             # Compiled last, around the DDP wrapper; accelerate's unwrap_model sees through
             # both when the checkpoint takes the plain module's weights.
             setattr(models, name, torch.compile(unet) if config.compile else unet)
         else:
             module.to(accelerator.device, dtype=trained_dtype).train()
+
+
+def swap_blocks_of(transformer, config: TrainConfig, accelerator: Accelerator) -> None:
+    """`blocks_to_swap` of the transformer's blocks wait in CPU memory (`edlib.model.block_swap`)."""
+    if accelerator.num_processes > 1:
+        raise ConfigError("blocks_to_swap: works in a single process; with several GPUs each holds the whole model")
+    enable_block_swap(transformer, config.blocks_to_swap, accelerator.device)
 
 
 def frozen_dtype(name: str, module: torch.nn.Module, mixed_precision: str) -> torch.dtype | None:
@@ -149,6 +192,8 @@ def frozen_dtype(name: str, module: torch.nn.Module, mixed_precision: str) -> to
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision)
     if name == "vae" and dtype == torch.float16 and module.config.get("force_upcast", False):
         return torch.float32
+    if dtype == torch.float16 and type(module).__name__ == "T5EncoderModel":
+        return torch.float32  # T5's activations overflow fp16 (transformers keeps parts of it in fp32 for that)
     return dtype
 
 

@@ -10,12 +10,15 @@ from accelerate import Accelerator
 
 from edlib.data.schedule import EpochSchedule
 from edlib.model.config import TrainConfig
+from edlib.model.flow_config import flow_settings
 from edlib.model.methods import Method
 from edlib.model.models import predict
 from edlib.train.batches import BatchEncoder, batch_loss_scale, local_batch, sample_generators
+from edlib.train.flow import flow_sample_losses
 from edlib.train.hooks import Context, Plugin
 from edlib.train.noise import min_snr_weights, per_sample_loss, sample_noise, sample_timesteps, training_target
 from edlib.train.setup import Training
+from edlib.train.unreadable import UnreadableImages
 
 
 def optimizer_step(
@@ -26,6 +29,7 @@ def optimizer_step(
     epoch: int,
     group: range,
     plugins: list[Plugin],
+    unreadable: UnreadableImages,
 ) -> tuple[torch.Tensor, bool]:
     """Train the batches `group` of `schedule` as one optimizer step (gradients summed, each
     batch's loss divided by the group size). Returns the step's loss (a device tensor) and
@@ -34,7 +38,8 @@ def optimizer_step(
     world, rank = accelerator.num_processes, accelerator.process_index
     finite, loss = True, torch.zeros((), device=accelerator.device)
     for k, b in enumerate(group):
-        batch = local_batch(schedule.batch(b), epoch, rank, world)
+        # an image gone or undecodable since the scan is replaced by another of its bucket
+        batch = unreadable.fill(encoder, ctx.data, local_batch(schedule.batch(b), epoch, rank, world), schedule)
         syncing = k == len(group) - 1  # DDP all-reduces gradients on the group's last backward only
         with nullcontext() if syncing else accelerator.no_sync(models.unet):
             with accelerator.autocast():
@@ -72,6 +77,8 @@ def sample_losses(models, encoder: BatchEncoder, data, batch, config: TrainConfi
         multires_iterations=config.multires_noise_iterations,
         multires_discount=config.multires_noise_discount,
     )
+    if models.flow_matching:  # SD3, FLUX: sigma, velocity (edlib.train.flow)
+        return flow_sample_losses(models, latents, noise, cond, generators, flow_settings(config, models.family))
     scheduler = models.noise_scheduler
     timesteps = sample_timesteps(scheduler, generators, device=latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)

@@ -25,10 +25,13 @@ import torch
 
 from edlib.data.buckets import assign_buckets, make_buckets
 from edlib.data.holdout import _rank, describe_split, split_validation  # noqa: F401 (describe_split re-exported)
+from edlib.data.images import ImageReadError
 from edlib.data.types import ScanResult
+from edlib.model.flow_config import flow_settings
 from edlib.model.models import encode_images, encode_prompts, predict
 from edlib.model.offload import encoders_on_device
 from edlib.train.batches import load_pixels, micro_conditioning
+from edlib.train.flow import NUM_TIMESTEPS, flow_loss
 from edlib.train.hooks import Plugin
 from edlib.train.noise import per_sample_loss, training_target
 
@@ -61,9 +64,10 @@ def fixed_timesteps(num_train_timesteps: int, count: int = 5) -> list[int]:
 
 @dataclass(frozen=True)
 class ValidationResult:
-    loss: float  # mean over images and timesteps
+    loss: float  # mean over images and timesteps (NaN when no image could be read)
     per_timestep: dict[int, float]  # timestep -> mean loss over images
     images: int
+    skipped: tuple[str, ...] = ()  # "path: reason" of images that could not be read (gone, damaged)
 
     def metrics(self) -> dict[str, Any]:
         """Keys for metrics.jsonl: val_loss and val_loss_t{T} per fixed timestep."""
@@ -79,11 +83,15 @@ def validation_loss(
     seed: int,
     timesteps: list[int] | None = None,
     clip_skip: int = 1,
+    flow=None,
 ) -> ValidationResult:
     """The raw (unweighted, loss_scale-free) diffusion loss of every validation image at
     each fixed timestep, with noise seeded by (seed, path). Captions are used as written
     (no dropout, no shuffling). The UNet is evaluated in eval mode and put back as it was;
-    wrap the call in `accelerator.autocast()` to validate in mixed precision."""
+    wrap the call in `accelerator.autocast()` to validate in mixed precision. An image that
+    cannot be read (quarantined mid-run, damaged) is left out and listed in `skipped`. SD3/FLUX
+    (``flow``: the run's `FlowSettings`) are evaluated at sigma = timestep / 1000, on the raw
+    velocity loss."""
     if not batches:
         raise ValueError("validation: no validation images (validation_fraction too small, or an empty validation_data_root)")
     scheduler = models.noise_scheduler
@@ -92,11 +100,19 @@ def validation_loss(
     was_training = unet.training
     unet.eval()
     sums = {t: 0.0 for t in timesteps}
-    images = 0
+    images, skipped = 0, []
     try:
         for batch in batches:
-            items = [val.items[i] for i in batch.items]
-            pixels = torch.stack([load_pixels(Path(val.root) / item.path, batch.bucket, flip=False) for item in items])
+            items, loaded = [], []
+            for i in batch.items:
+                try:
+                    loaded.append(load_pixels(Path(val.root) / val.items[i].path, batch.bucket, flip=False))
+                    items.append(val.items[i])
+                except ImageReadError as error:
+                    skipped.append(f"{val.items[i].path}: {error.reason}")
+            if not items:
+                continue
+            pixels = torch.stack(loaded)
             latents = encode_images(models, pixels).float()
             cond = encode_prompts(models, [item.caption.text() for item in items], clip_skip).to(torch.float32)
             if models.is_sdxl:
@@ -104,14 +120,17 @@ def validation_loss(
             noise = torch.stack([_fixed_noise(seed, item.path, latents.shape[1:]) for item in items]).to(latents.device)
             for t in timesteps:
                 steps = torch.full((len(items),), t, dtype=torch.long, device=latents.device)
+                if models.flow_matching:
+                    sums[t] += flow_loss(models, latents, noise, steps / NUM_TIMESTEPS, cond, flow)[1].sum().item()
+                    continue
                 noisy = scheduler.add_noise(latents, noise, steps)
                 prediction = predict(unet, noisy, steps, cond)
                 sums[t] += per_sample_loss(prediction, training_target(scheduler, latents, noise, steps)).sum().item()
             images += len(items)
     finally:
         unet.train(was_training)
-    per_timestep = {t: s / images for t, s in sums.items()}
-    return ValidationResult(sum(per_timestep.values()) / len(per_timestep), per_timestep, images)
+    per_timestep = {t: s / images if images else float("nan") for t, s in sums.items()}
+    return ValidationResult(sum(per_timestep.values()) / len(per_timestep), per_timestep, images, tuple(skipped))
 
 
 def _fixed_noise(seed: int, path: str, shape) -> torch.Tensor:
@@ -142,6 +161,7 @@ class ValidationPlugin(Plugin):
     def __init__(self, val: ScanResult):
         self.val = val
         self._batches: list[ValidationBatch] = []
+        self._warned: set[str] = set()
 
     def on_start(self, ctx) -> None:
         self._batches = validation_batches(self.val, batch_size=ctx.config.batch_size, resolution=ctx.config.resolution)
@@ -158,5 +178,9 @@ class ValidationPlugin(Plugin):
         # The plain UNet, not a DDP wrapper: only this process's forward, no collective.
         models = replace(ctx.models, unet=ctx.accelerator.unwrap_model(ctx.models.unet))
         with ctx.accelerator.autocast(), encoders_on_device(ctx):
-            result = validation_loss(models, self.val, self._batches, seed=config.seed, clip_skip=config.clip_skip)
+            flow = flow_settings(config, models.family) if models.flow_matching else None
+            result = validation_loss(models, self.val, self._batches, seed=config.seed, clip_skip=config.clip_skip, flow=flow)
+        for skip in set(result.skipped) - self._warned:
+            self._warned.add(skip)
+            ctx.report.warning(f"validation: left out {skip}")
         metrics.update(result.metrics())

@@ -12,6 +12,7 @@ from edlib.widgets.dataset_panel import (
     share_figure,
     weight_nodes,
 )
+from edlib.widgets.gather_panel import GatherPanel, demo_gather_pool
 from edlib.widgets.preservation_panel import (
     PreservationPanel,
     coverage_figure,
@@ -24,12 +25,14 @@ from edlib.widgets.training_panel import TrainingPanel, config_from_form
 __all__ = [
     "BalancePanel",
     "DatasetPanel",
+    "GatherPanel",
     "PreservationPanel",
     "SamplingPanel",
     "TrainingPanel",
     "config_from_form",
     "coverage_figure",
     "demo_data_root",
+    "demo_gather_pool",
     "guess_preservation_folder",
     "mix_figure",
     "share_figure",

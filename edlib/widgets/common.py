@@ -70,6 +70,12 @@ def write_multipliers(scan: ScanResult, texts: dict[str, str]) -> Path:
         if folder not in images:
             raise KeyError(f"no folder {folder!r} with images under {scan.root}")
         value = parse_multiplier(text, folder)
+        source = scan.folder(folder).sources.get("multiply", "")
+        if source.endswith(("local.yaml", "local.yml")):
+            raise ValueError(
+                f"{source} sets multiply, which wins over multiply.txt (EveryDream2's order): "
+                f"change it there, or remove the multiply line there first"
+            )
         # The share of a hand-written value is not a balancing target; apply_balance only
         # reads the path and the text, the share is kept for a faithful history record.
         entries.append(BalanceEntry(folder, images[folder], current[folder], Fraction(0), value, text.strip()))
@@ -132,6 +138,20 @@ def error_text(error: Exception) -> str:
 
 def ok_text(text: str) -> str:
     return f"<span style='color:#1b7f3b'>{html.escape(text)}</span>"
+
+
+def widget_bundle(widget, **kwargs) -> dict:
+    """What `display(widget)` sends, for a panel's own `_repr_mimebundle_`. ipywidgets 8 has
+    the method; 7.7.1 (Colab's, which must stay) only `_ipython_display_`, whose bundle and
+    "displayed" bookkeeping this repeats."""
+    if hasattr(widget, "_repr_mimebundle_"):
+        return widget._repr_mimebundle_(**kwargs)
+    plain = repr(widget)
+    bundle = {"text/plain": plain[:110] + "…" if len(plain) > 110 else plain}
+    if widget._view_name is not None:
+        bundle["application/vnd.jupyter.widget-view+json"] = {"version_major": 2, "version_minor": 0, "model_id": widget._model_id}
+        widget._handle_displayed()  # 7.7.1's callbacks take no include/exclude
+    return bundle
 
 
 def folder_label(folder: str) -> str:

@@ -16,7 +16,6 @@ from pathlib import Path, PurePosixPath
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
-from IPython.display import display
 
 from edlib.data.balance import (
     BalancePlan,
@@ -27,7 +26,9 @@ from edlib.data.balance import (
 from edlib.data.folder_files import format_value
 from edlib.data.preview import Preview, preview
 from edlib.data.scan import scan
+from edlib.data.schedule import DEFAULT_SEED
 from edlib.data.types import DataRootError, ScanResult
+from edlib.widgets.charts import show_figure
 from edlib.widgets.common import (
     THUMBNAIL_PX,
     error_text,
@@ -37,6 +38,7 @@ from edlib.widgets.common import (
     ok_text,
     parse_multiplier,
     undo_writes,
+    widget_bundle,
     with_multipliers,
     write_multipliers,
 )
@@ -86,7 +88,7 @@ class DatasetPanel:
         *,
         batch_size: int = 4,
         resolution: int = 512,
-        seed: int = 0,
+        seed: int = DEFAULT_SEED,
         thumbnails: int = 4,
         on_change: Callable[[], None] | None = None,
     ):
@@ -132,7 +134,7 @@ class DatasetPanel:
         self.rescan()
 
     def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+        return widget_bundle(self.widget, **kwargs)
 
     # ---- reading ------------------------------------------------------------------------
 
@@ -398,7 +400,7 @@ class BalancePanel:
         self._update()
 
     def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+        return widget_bundle(self.widget, **kwargs)
 
     def weight_values(self) -> dict[str, float]:
         return {node: box.value for node, box in self.weights.items()}
@@ -414,9 +416,7 @@ class BalancePanel:
         self.status.value = ""
         self.apply_button.disabled = bool(self.plan.excluded)
         self.table.value = f"<pre style='font-size:12px;line-height:1.3'>{html.escape(format_plan(self.plan))}</pre>"
-        with self.chart:
-            self.chart.clear_output(wait=True)
-            display(share_figure(self.plan))
+        show_figure(self.chart, share_figure(self.plan))
 
     def apply(self, _button=None) -> Path | None:
         if self.plan is None:

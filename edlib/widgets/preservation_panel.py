@@ -10,7 +10,6 @@ from pathlib import Path, PurePosixPath
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
-from IPython.display import display
 
 from edlib.data.preservation import (
     Coverage,
@@ -21,12 +20,15 @@ from edlib.data.preservation import (
     preservation_multiplier,
 )
 from edlib.data.scan import scan
+from edlib.data.schedule import DEFAULT_SEED
 from edlib.data.types import DataRootError, ScanResult
+from edlib.widgets.charts import show_figure
 from edlib.widgets.common import (
     error_text,
     folder_label,
     ok_text,
     undo_writes,
+    widget_bundle,
     write_multipliers,
 )
 
@@ -112,7 +114,7 @@ class PreservationPanel:
         root: str | Path,
         *,
         folder: str | None = None,
-        seed: int = 0,
+        seed: int = DEFAULT_SEED,
         epochs_shown: int = 10,
         max_epochs: int = 2000,
     ):
@@ -161,7 +163,7 @@ class PreservationPanel:
         self._update()
 
     def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+        return widget_bundle(self.widget, **kwargs)
 
     def _amount_for(self, mode: str, text: str) -> float:
         """The amount in `mode` that gives multiplier `text`: switching modes keeps the mix."""
@@ -206,12 +208,8 @@ class PreservationPanel:
             f"samples &middot; {covered}</div>"
         )
         self.save_button.disabled = False
-        with self.mix_chart:
-            self.mix_chart.clear_output(wait=True)
-            display(mix_figure(self.mix, folder))
-        with self.coverage_chart:
-            self.coverage_chart.clear_output(wait=True)
-            display(coverage_figure(self.coverage))
+        show_figure(self.mix_chart, mix_figure(self.mix, folder))
+        show_figure(self.coverage_chart, coverage_figure(self.coverage))
 
     def save(self, _button=None) -> Path | None:
         """Write the chosen multiplier to the preservation folder's multiply.txt."""

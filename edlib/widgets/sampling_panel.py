@@ -20,7 +20,7 @@ from edlib.export.run import export_run
 from edlib.model.config import EXPORT_FORMATS, TrainConfig
 from edlib.sample import SAMPLER_NAMES, PromptSpec, run_checkpoints, sample_grid
 from edlib.train.run_dir import RunDir
-from edlib.widgets.common import error_text, ok_text
+from edlib.widgets.common import error_text, ok_text, widget_bundle
 
 BASE_LABEL = "base model"
 GRID_FOLDER = Path("samples") / "compare"  # inside the run folder
@@ -168,7 +168,7 @@ class SamplingPanel:
         self.export_button.on_click(self._on_export)
 
     def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+        return widget_bundle(self.widget, **kwargs)
 
     def refresh(self, _button=None) -> None:
         """Re-list the run's checkpoints (a running training adds new ones); all of them

@@ -9,7 +9,7 @@ benchmarks' data generator, and (with `check`) the judge of what a model draws:
     classify(image).shape == parse_caption(text).shape
 """
 
-from edlib.world.check import Classification, classify, score
+from edlib.world.check import Classification, classify, fidelity, score
 from edlib.world.dataset import CaptionSplit, caption_split, held_out_captions, write_data_root
 from edlib.world.grammar import VOCABULARY, caption, parse_caption, sample_scene, vocabulary
 from edlib.world.render import (
@@ -39,6 +39,7 @@ __all__ = [
     "caption",
     "caption_split",
     "classify",
+    "fidelity",
     "held_out_captions",
     "parse_caption",
     "render",

@@ -15,6 +15,11 @@ the blurry, noisy images a tiny diffusion model makes:
    renderer with that area and centroid, blurred a few ways (the image may be blurrier
    than the check's own blur), and compared with the coverage by soft intersection over
    union. The best candidate wins; its overlap is the confidence.
+5. Fidelity: the same overlap with the asked shape's template at the check's own blur
+   only. Step 4 forgives a soft drawing (a blob still matches a blurred heart best), as
+   it must to name the shape; fidelity does not, so a three-lobed triangle or a blob for
+   a heart scores low even when named right. Renders score about 0.98, renders blurred
+   by 2 pixels about 0.86 (still named right).
 """
 
 from __future__ import annotations
@@ -53,6 +58,11 @@ class Classification:
     shape: str | None
     confidence: float
     shape_scores: dict[str, float] = field(default_factory=dict)
+    sharp_scores: dict[str, float] = field(default_factory=dict)  # overlap at the check's own blur
+
+    def fidelity(self, shape: str | None) -> float:
+        """How exactly `shape` was drawn: the overlap with its sharp template (0 if blank)."""
+        return self.sharp_scores.get(shape, 0.0) if shape else 0.0
 
 
 def nearest_colour(rgb: np.ndarray) -> str:
@@ -182,10 +192,11 @@ def classify(image: Image.Image, *, shapes: Iterable[str] = ALL_SHAPES) -> Class
     ys, xs = np.indices(seen.shape) + 0.5
     centre = (float((xs * seen).sum()) / area, float((ys * seen).sum()) / area)
     blurs = [float(np.hypot(radius, k * scale)) for k in (0.0, *EXTRA_BLURS)]
-    scores = {}
+    scores, sharp = {}, {}
     for shape in shapes:
         template = _template(shape, area, centre, rgb.size)
-        scores[shape] = max(_overlap(_blurred(template, b), seen) for b in blurs)
+        overlaps = [_overlap(_blurred(template, b), seen) for b in blurs]
+        scores[shape], sharp[shape] = max(overlaps), overlaps[0]
     best = max(scores, key=scores.__getitem__)
     return Classification(
         colour=colour,
@@ -193,6 +204,7 @@ def classify(image: Image.Image, *, shapes: Iterable[str] = ALL_SHAPES) -> Class
         shape=best,
         confidence=scores[best],
         shape_scores=scores,
+        sharp_scores=sharp,
     )
 
 
@@ -204,7 +216,8 @@ def score(
     Each attribute is scored over the prompts that ask for it: "colour" over prompts
     naming a colour, "background" over prompts naming one, "shape" over all. "both" is
     the fraction of images with the asked shape and (where asked) the asked colour: the
-    number a model card reports. An accuracy is None when no prompt asks for it.
+    number a model card reports. An accuracy is None when no prompt asks for it. See
+    `fidelity` for how exactly the shapes were drawn.
     """
     if len(images) != len(prompts):
         raise ValueError(f"got {len(images)} images for {len(prompts)} prompts")
@@ -229,3 +242,14 @@ def score(
             [s.background == a.background for a, s in pairs if a.background]
         ),
     }
+
+
+def fidelity(images: Sequence[Image.Image], prompts: Sequence[str], *, shapes: Iterable[str] = ALL_SHAPES) -> float:
+    """Mean overlap (0..1) of each image with its asked shape drawn sharp (step 5 of the
+    module docstring; a blank image counts 0). It falls when shapes go soft, which the
+    pass/fail shape rate of `score` forgives: renders score about 0.98."""
+    if len(images) != len(prompts) or not prompts:
+        raise ValueError(f"fidelity needs as many images as prompts, at least one; got {len(images)} and {len(prompts)}")
+    shapes = tuple(shapes)
+    asked = [parse_caption(p).shape for p in prompts]
+    return sum(classify(image, shapes=shapes).fidelity(shape) for image, shape in zip(images, asked)) / len(prompts)

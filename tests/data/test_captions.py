@@ -9,57 +9,76 @@ from edlib.data.captions import (
     CaptionError,
     decode_text,
     filename_caption,
-    parse_caption_file,
     training_caption,
     with_trigger,
 )
-from edlib.data.types import Caption, Tag
+from edlib.data.sidecars import parse_caption_file, text_entry
+from edlib.data.types import IMAGE_SETTING_KEYS, Caption, Tag
+
+
+def parse(data: bytes, name: str):
+    return parse_caption_file(data, name, IMAGE_SETTING_KEYS)
+
+
+def text_caption(text: str) -> Caption:
+    """The caption a .txt file with `text` gives (main prompt, then tags)."""
+    entry = text_entry(text)
+    return Caption(entry.main_prompt or "", entry.tags)
 
 
 def test_filename_caption_cuts_at_first_underscore():
     assert filename_caption("rare photo_01.png").main_prompt == "rare photo"
     assert filename_caption("a/b/cat_on_mat.JPG").main_prompt == "cat"
     assert filename_caption("plain.webp").main_prompt == "plain"
+    # read like a .txt caption: the first comma-separated part is the main prompt
+    assert filename_caption("ted, smiling_2.png") == Caption("ted", (Tag("smiling"),))
 
 
 def test_text_caption_tolerates_bom_crlf_and_whitespace():
-    caption, extra = parse_caption_file(b"\xef\xbb\xbf  a red car, parked\r\n", "a/img.txt")
-    assert caption == Caption("a red car, parked") and extra == ()
+    entry = parse(b"\xef\xbb\xbf  a red car, parked\r\n", "a/img.txt")
+    assert entry.main_prompts == ("a red car",) and entry.tags == (Tag("parked"),) and entry.settings == ()
 
 
 def test_invalid_utf8_names_the_file():
     with pytest.raises(CaptionError, match=r"a/img\.txt: not valid UTF-8 \(byte 3"):
-        parse_caption_file(b"caf\xc3\x28 latte", "a/img.txt")
+        parse(b"caf\xc3\x28 latte", "a/img.txt")
     with pytest.raises(CaptionError, match=r"multiply\.txt: not valid UTF-8"):
         decode_text(b"\xff\xfe2\x00", "multiply.txt")  # UTF-16 from Notepad
 
 
 def test_yaml_sidecar_with_plain_and_weighted_tags():
     text = "main_prompt: a portrait of jane\ntags:\n  - smiling\n  - tag: outdoors\n    weight: 3\n  - tag: ''\n"
-    caption, extra = parse_caption_file(text.encode(), "img.yaml")
-    assert caption.main_prompt == "a portrait of jane"
-    assert caption.tags == (Tag("smiling", 1.0), Tag("outdoors", 3.0))
-    assert caption.text() == "a portrait of jane, smiling, outdoors"
-    assert extra == ()
+    entry = parse(text.encode(), "img.yaml")
+    assert entry.main_prompt == "a portrait of jane"
+    assert entry.tags == (Tag("smiling", 1.0), Tag("outdoors", 3.0))
+    assert entry.settings == () and entry.unknown == ()
 
 
-def test_yaml_sidecar_reports_per_image_settings_and_rejects_bad_input():
-    _, extra = parse_caption_file(b"main_prompt: x\nmultiply: 2\nflip_p: 0.5\n", "img.yml")
-    assert extra == ("flip_p", "multiply")
+def test_yaml_sidecar_keeps_per_image_settings_and_rejects_bad_input():
+    entry = parse(b"main_prompt: x\nmultiply: 2\nflip_p: 0.5\nrating: 3\nfoo: 1\n", "img.yml")
+    assert entry.settings == (("multiply", 2), ("flip_p", 0.5))
+    assert entry.unknown == ("foo",)  # rating is EveryDream2's, known but unused
     with pytest.raises(CaptionError, match=r"img\.yaml: not valid YAML"):
-        parse_caption_file(b"main_prompt: [unclosed\n", "img.yaml")
+        parse(b"main_prompt: [unclosed\n", "img.yaml")
     with pytest.raises(CaptionError, match=r"img\.yaml: tag 'x' has weight -1"):
-        parse_caption_file(b"tags:\n  - tag: x\n    weight: -1\n", "img.yaml")
+        parse(b"tags:\n  - tag: x\n    weight: -1\n", "img.yaml")
     with pytest.raises(CaptionError, match=r"img\.yaml: expected a mapping"):
-        parse_caption_file(b"- just\n- a list\n", "img.yaml")
+        parse(b"- just\n- a list\n", "img.yaml")
+    with pytest.raises(CaptionError, match=r"img\.yaml: max_caption_length must be a whole number"):
+        parse(b"max_caption_length: -3\n", "img.yaml")
+    with pytest.raises(CaptionError, match=r"img\.yaml: caption must be text or a mapping"):
+        parse(b"caption: [a, b]\n", "img.yaml")
 
 
 def test_trigger_goes_in_front_once():
     assert with_trigger(Caption("a man"), "ohwx").text() == "ohwx, a man"
-    already = with_trigger(Caption("ohwx, a man"), "ohwx")
-    assert already.text() == "ohwx, a man" and already.main_prompt == "a man"
+    already = with_trigger(text_caption("ohwx, a man"), "ohwx")
+    assert already.text() == "ohwx, a man" and already.main_prompt == "" and already.tags == (Tag("a man"),)
     assert with_trigger(Caption("ohwxyz man"), "ohwx").text() == "ohwx, ohwxyz man"
     assert with_trigger(Caption("a man"), None) == Caption("a man")
+    # a trigger of several comma-separated parts is recognised as a whole
+    two = with_trigger(text_caption("ohwx, style, a man"), "ohwx, style")
+    assert two.text() == "ohwx, style, a man" and two.tags == (Tag("a man"),)
 
 
 def test_no_shuffle_gives_the_caption_text():
@@ -93,7 +112,7 @@ def test_shuffle_keeps_trigger_and_main_prompt_in_front():
 
 
 def test_plain_caption_shuffle_respects_keep_tokens():
-    caption = Caption("ohwx, 1girl, red hair, smiling, outdoors", trigger="style")
+    caption = with_trigger(text_caption("ohwx, 1girl, red hair, smiling, outdoors"), "style")
     rng = random.Random(3)
     firsts = Counter()
     for _ in range(300):
@@ -103,8 +122,13 @@ def test_plain_caption_shuffle_respects_keep_tokens():
         firsts[parts[3]] += 1
     assert len(firsts) == 3
     # keep_tokens=0: every part may move (kohya semantics); the trigger still stays first
-    moved = {training_caption(caption, random.Random(s), shuffle_tags=True).split(", ")[1] for s in range(50)}
+    moved = {
+        training_caption(caption, random.Random(s), shuffle_tags=True, keep_tokens=0).split(", ")[1] for s in range(50)
+    }
     assert "ohwx" in moved and len(moved) > 2
+    # the default (1) keeps the main prompt first, as EveryDream2 does
+    kept = {training_caption(caption, random.Random(s), shuffle_tags=True).split(", ")[1] for s in range(50)}
+    assert kept == {"ohwx"}
 
 
 def test_weighted_shuffle_puts_heavy_tags_first_in_proportion():

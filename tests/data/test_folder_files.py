@@ -95,28 +95,38 @@ def test_invalid_utf8_setting_file_is_an_error(tmp_path):
     assert len(read.errors) == 1 and "multiply.txt: not valid UTF-8" in read.errors[0]
 
 
-def test_precedence_global_then_local_then_txt(tmp_path):
+def test_precedence_global_then_txt_then_local_then_txt(tmp_path):
     parent = tmp_path / "p"
     child = parent / "c"
     write_text(parent / "global.yaml", "multiply: 3\nflip_p: 0.5\ntrigger: style\nloss_scale: 2\n")
     write_text(child / "global.yaml", "loss_scale: 4\n")
-    write_text(child / "local.yaml", "multiply: 0.5\nflip_p: 0.1\n")
+    write_text(child / "local.yaml", "multiply: 0.5\nflip_p: 0.1\nbatch_id: from_yaml\n")
     write_text(child / "multiply.txt", "0.25")
+    write_text(child / "cond_dropout.txt", "0.3")
+    write_text(child / "batch_id.txt", "from_txt")
     top = _read(parent, "p")
     assert top.settings.multiply == 3 and top.settings.trigger == "style"
     read = _read(child, "p/c", top.inherited)
     s = read.settings
-    assert s.multiply == Fraction(1, 4)  # .txt beats local.yaml beats global.yaml
+    assert s.multiply == Fraction(1, 2)  # local.yaml beats multiply.txt (EveryDream2's order)
+    assert s.cond_dropout == 0.3  # multiply.txt and friends beat global.yaml
+    assert s.batch_id == "from_txt"  # batch_id.txt and loss_scale.txt beat local.yaml
     assert s.flip_p == 0.1  # local.yaml beats the inherited global
     assert s.loss_scale == 4.0  # the nearer global.yaml wins
     assert s.trigger == "style"  # inherited from the parent's global.yaml
     assert read.sources == {
-        "multiply": "p/c/multiply.txt",
+        "multiply": "p/c/local.yaml",
+        "cond_dropout": "p/c/cond_dropout.txt",
+        "batch_id": "p/c/batch_id.txt",
         "flip_p": "p/c/local.yaml",
         "loss_scale": "p/c/global.yaml",
         "trigger": "p/global.yaml",
     }
-    assert any("multiply is set in both p/c/local.yaml (0.5) and p/c/multiply.txt (0.25)" in w for w in read.warnings)
+    assert any(
+        "multiply is set in both p/c/local.yaml (0.5) and p/c/multiply.txt (0.25); p/c/local.yaml wins" in w
+        for w in read.warnings
+    )
+    assert any("batch_id is set in both p/c/local.yaml (from_yaml) and p/c/batch_id.txt (from_txt); p/c/batch_id.txt wins" in w for w in read.warnings)
     # local.yaml does not pass down; global.yaml does
     (child / "g").mkdir()
     grandchild = _read(child / "g", "p/c/g", read.inherited)
@@ -125,11 +135,16 @@ def test_precedence_global_then_local_then_txt(tmp_path):
 
 
 def test_yaml_errors_and_unknown_keys(tmp_path):
-    write_text(tmp_path / "local.yaml", "multiply: abc\nflip: 0.5\nmain_prompt: x\n")
+    write_text(tmp_path / "local.yaml", "multiply: abc\nflip: 0.5\nmain_prompt: x\nrating: 2\n")
     read = _read(tmp_path, "f")
     assert read.errors == ["f/local.yaml (multiply): multiply must be a number, found 'abc'"]
     assert any("f/local.yaml: unknown setting 'flip' ignored" in w for w in read.warnings)
-    assert any("f/local.yaml: 'main_prompt' is ignored; captions come from" in w for w in read.warnings)
+    assert any("f/local.yaml: 'rating' is not used by edlib" in w for w in read.warnings)
+    assert read.settings.main_prompt == "x"  # a folder caption key (EveryDream2), not a warning
+    write_text(tmp_path / "local.yaml", "tags: [ok, {tag: bad, weight: 0}]\nflip_p: 0.5\n")
+    read = _read(tmp_path, "f")
+    assert read.errors == ["f/local.yaml: tag 'bad' has weight 0; weights must be numbers > 0"]
+    assert read.settings.flip_p == 0.5 and read.settings.tags == ()  # the settings still apply
     write_text(tmp_path / "local.yaml", "multiply: [unclosed\n")
     assert "f/local.yaml: not valid YAML" in _read(tmp_path, "f").errors[0]
 

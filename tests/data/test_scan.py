@@ -46,8 +46,10 @@ def test_sizes_captions_and_folders(tmp_path):
     assert [i.path for i in result.items] == ["a/b/rot.jpeg", "a/b/z.PNG", "a/x.jpg", "a/y.webp", "rare photo_01.png"]
     assert [(f.path, f.images) for f in result.folders] == [("", 1), ("a", 2), ("a/b", 2)]
     assert item(result, "rare photo_01.png").caption == Caption("rare photo")
-    assert item(result, "a/x.jpg").caption == Caption("from txt")
-    assert item(result, "a/y.webp").caption == Caption("from caption")
+    # several caption files of one image merge, as in EveryDream2: the later one's main
+    # prompt wins (.txt < .caption < .yml < .yaml), the others' main prompts are dropped
+    assert item(result, "a/x.jpg").caption == Caption("from caption")
+    assert item(result, "a/y.webp").caption == Caption("from yaml")
     assert item(result, "a/b/z.PNG").caption == Caption("from yaml", (Tag("t1"), Tag("t2")))
     assert item(result, "a/b/rot.jpeg").caption == Caption("rot")
     assert (item(result, "a/b/rot.jpeg").width, item(result, "a/b/rot.jpeg").height) == (64, 80)
@@ -198,20 +200,21 @@ def test_yaml_sidecar_with_tag_weights(tmp_path):
         tmp_path / "a.yaml", "main_prompt: a castle\ntags:\n  - tag: night\n    weight: 2.5\n  - tag: snow\n  - fog\n"
     )
     write_image(tmp_path / "b.png", size=(64, 64))
-    write_text(tmp_path / "b.yaml", "main_prompt: x\nmultiply: 3\n")
+    write_text(tmp_path / "b.yaml", "main_prompt: x\nmultiply: 3\nfoo: 1\n")
     result = scan(tmp_path)
     assert item(result, "a.png").caption == Caption("a castle", (Tag("night", 2.5), Tag("snow", 1.0), Tag("fog", 1.0)))
-    ignored = [w for w in result.warnings if "per-image settings in .yaml sidecars are ignored" in w]
-    assert len(ignored) == 1 and "multiply in b.yaml" in ignored[0]
+    assert result.item_settings(1).multiply == 3  # b.png's own multiply applies to it
+    unknown = [w for w in result.warnings if "unknown key 'foo'" in w]
+    assert len(unknown) == 1 and "b.yaml" in unknown[0]
 
 
-def test_txt_and_yaml_for_one_image_warns_and_uses_txt(tmp_path):
+def test_txt_and_yaml_for_one_image_are_merged(tmp_path):
     write_image(tmp_path / "a.png", size=(64, 64))
-    write_text(tmp_path / "a.txt", "text wins")
-    write_text(tmp_path / "a.yaml", "main_prompt: yaml loses")
+    write_text(tmp_path / "a.txt", "text main, t1")
+    write_text(tmp_path / "a.yaml", "main_prompt: yaml main\ntags: [t2]")
     result = scan(tmp_path)
-    assert result.items[0].caption == Caption("text wins")
-    assert any("both a text and a .yaml caption" in w and "a.txt" in w for w in result.warnings)
+    assert result.items[0].caption == Caption("yaml main", (Tag("t2"), Tag("t1")))
+    assert "text and .yaml captions of one image merged: 1 image" in result.everydream2
 
 
 def test_invalid_utf8_caption_is_an_error_naming_the_file(tmp_path):
@@ -327,7 +330,7 @@ def test_report_json_shape(tmp_path):
     write_text(tmp_path / "b" / "loss_scale.txt", "oops")
     report = report_json(scan(tmp_path))
     json.dumps(report)  # JSON-able
-    assert set(report) == {"folders", "images", "warnings", "errors"}
+    assert set(report) == {"folders", "images", "images_with_own_settings", "everydream2", "warnings", "errors"}
     assert report["images"] == 3
     a, b = report["folders"]
     assert (a["path"], a["images"], a["multiply"], a["loss_scale"], a["trigger"]) == ("a", 2, 0.5, 1.0, None)

@@ -3,7 +3,8 @@
 import logging
 from fractions import Fraction
 
-from edlib.data.scan import reread_settings, scan
+from edlib.data.reread import reread_settings
+from edlib.data.scan import scan
 from tests.data.make_images import make_tree, write_text
 
 
@@ -105,11 +106,25 @@ def test_broken_local_yaml_keeps_all_its_values_but_txt_files_still_apply(tmp_pa
 
 
 def test_bad_value_in_lower_layer_does_not_block_a_good_txt_value(tmp_path):
+    # loss_scale.txt is above local.yaml (EveryDream2's order), so a bad loss_scale in
+    # local.yaml does not keep the previous value when loss_scale.txt has a good one
+    make_tree(tmp_path, {"a": 1})
+    write_text(tmp_path / "a" / "local.yaml", "loss_scale: 2\n")
+    result = scan(tmp_path)
+    write_text(tmp_path / "a" / "local.yaml", "loss_scale: x\n")
+    write_text(tmp_path / "a" / "loss_scale.txt", "4")
+    new, messages = reread_settings(result)
+    assert new.folder("a").settings.loss_scale == 4
+    assert "a/loss_scale.txt: 2.0 -> 4.0" in messages
+
+
+def test_bad_value_in_the_winning_local_yaml_keeps_the_previous_value(tmp_path):
+    # local.yaml is above multiply.txt: a bad multiply there keeps the value in use
     make_tree(tmp_path, {"a": 1})
     write_text(tmp_path / "a" / "local.yaml", "multiply: 2\n")
     result = scan(tmp_path)
     write_text(tmp_path / "a" / "local.yaml", "multiply: x\n")
     write_text(tmp_path / "a" / "multiply.txt", "4")
     new, messages = reread_settings(result)
-    assert new.folder("a").settings.multiply == 4
-    assert "a/multiply.txt: 2 -> 4" in messages
+    assert new.folder("a").settings.multiply == 2
+    assert messages == ["a/local.yaml (multiply): multiply must be a number, found 'x'; keeping the previous value"]

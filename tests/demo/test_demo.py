@@ -39,5 +39,6 @@ def test_quick_demo_runs_the_whole_flow(tmp_path, capsys):
     line = next(l for l in printed.splitlines() if l.strip().startswith(f"new concept ({NEW_CONCEPT})"))
     assert re.search(r"shape +\d+% -> +\d+%", line)
     assert f"{100 * new['after']['shape']:.0f}%" in line
+    assert f"shape fidelity {new['before']['fidelity']:.2f} -> {new['after']['fidelity']:.2f}" in line
     assert "known shapes (preservation)" in printed
     assert str(run_dir / "exports") in printed

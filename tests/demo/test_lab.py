@@ -13,23 +13,23 @@ from edlib.demo.lab import LabResult, LabRun, format_table, write_chart
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _score(shape, colour=None, background=None):
-    return {"n": 4, "shape": shape, "colour": colour, "both": shape, "background": background}
+def _score(shape, colour=None, background=None, fidelity=None):
+    return {"n": 4, "shape": shape, "colour": colour, "both": shape, "background": background, "fidelity": fidelity}
 
 
 def test_table_and_chart_show_every_run(tmp_path):
     result = LabResult(
         before_new_concept=_score(0.0),
-        before_base_world=_score(0.5, 0.75, 1.0),
+        before_base_world=_score(0.5, 0.75, 1.0, 0.93),
         runs=(
-            LabRun("no preservation", None, 0, 280, _score(0.5), _score(0.25, 0.5, 0.75)),
+            LabRun("no preservation", None, 0, 280, _score(0.5), _score(0.25, 0.5, 0.75, 0.61)),
             LabRun("preservation x0.1", 0.1, 20, 360, _score(0.5), _score(0.5, 0.75, 1.0)),
         ),
     )
     lines = format_table(result).splitlines()
     assert len(lines) == 2 + 3
-    assert lines[2].startswith("| base model (before) | - | 0 | 0% | 75% | 50% | 100% |")
-    assert lines[3] == "| no preservation | 0 | 280 | 50% | 50% | 25% | 75% |"
+    assert lines[2].startswith("| base model (before) | - | 0 | 0% | 75% | 50% | 0.93 | 100% |")
+    assert lines[3] == "| no preservation | 0 | 280 | 50% | 50% | 25% | 0.61 | 75% |"
     html = write_chart(result, tmp_path / "chart" / "lab.html").read_text()
     assert "preservation x0.1" in html and "plotly" in html.lower()
 

@@ -79,7 +79,7 @@ def test_the_file_has_a1111s_layout_keys_order_and_metadata_types(tmp_path):
 )
 def test_linear_numbering_shifts_with_parameter_free_layers(spec, keys):
     """The four layouts of the field notes (dim 768, [1, 2, 1]), checked there against A1111."""
-    contents = hypernetwork_file_contents(Hypernetwork([768], spec), name="n", step=0, base_model="m")
+    contents = hypernetwork_file_contents(Hypernetwork([768], spec), name="n", step=0, base_model="m", base_model_label="m")
     assert [k.removesuffix(".weight") for k in contents[768][0] if k.endswith(".weight")] == keys
 
 
@@ -115,7 +115,7 @@ def test_a1111_and_comfyui_build_networks_that_compute_what_edlibs_do(tmp_path, 
     hypernetwork = trained(48, spec)
     hypernetwork.set_strength(strength)
     hypernetwork.eval()
-    path = export_a1111_hypernetwork(hypernetwork, tmp_path / "h.pt", step=1, base_model="m", dtype="fp32")
+    path = export_a1111_hypernetwork(hypernetwork, tmp_path / "h.pt", step=1, base_model="m", base_model_label="m", dtype="fp32")
     contents = torch.load(path, weights_only=True)
     context = torch.randn(2, 7, 48, generator=torch.Generator().manual_seed(9))
 
@@ -136,35 +136,42 @@ def test_comfyui_builds_layer_norm_with_an_activation_differently_unless_activat
     decides which Linear is the last, so it adds the activation after the last Linear too. Such
     files differ between the clients unless `activate_output` is set (edlib's setup warns)."""
     spec = HypernetworkSpec(activation_func="relu", is_layer_norm=True)
-    contents = hypernetwork_file_contents(trained(32, spec), name="n", step=0, base_model="m", dtype="fp32")
+    contents = hypernetwork_file_contents(trained(32, spec), name="n", step=0, base_model="m", base_model_label="m", dtype="fp32")
     a1111_layers = [type(m).__name__ for m in a1111_load(contents)[32][0].linear]
     comfy_layers = [type(m).__name__ for m in comfyui_networks(contents)[32][0]]
     assert a1111_layers == ["Linear", "ReLU", "LayerNorm", "Linear", "LayerNorm"]
     assert comfy_layers == ["Linear", "ReLU", "LayerNorm", "Linear", "ReLU", "LayerNorm"]
-    fixed = hypernetwork_file_contents(trained(32, replace(spec, activate_output=True)), name="n", step=0, base_model="m")
+    fixed = hypernetwork_file_contents(trained(32, replace(spec, activate_output=True)), name="n", step=0, base_model="m", base_model_label="m")
     assert [type(m).__name__ for m in a1111_load(fixed)[32][0].linear] == [type(m).__name__ for m in comfyui_networks(fixed)[32][0]]
 
 
 def test_none_activation_and_missing_metadata_are_never_written():
     """ComfyUI refuses an `activation_func` of None and defaults `activate_output` to False
     where A1111 defaults it to True: both are always written, as strings and bools."""
-    contents = hypernetwork_file_contents(Hypernetwork([16], HypernetworkSpec()), name="n", step=0, base_model="m")
+    contents = hypernetwork_file_contents(Hypernetwork([16], HypernetworkSpec()), name="n", step=0, base_model="m", base_model_label="m")
     assert contents["activation_func"] == "linear" and contents["activate_output"] is False
     assert comfyui_networks(contents) is not None
 
 
 def test_base_model_name_and_short_hash_as_a1111_writes_them(tmp_path):
+    """The name is A1111's (the file name without folders or extension, as `export.run`
+    names base models so no local path travels); the hash is A1111's short hash of the file."""
     import hashlib
 
-    single = tmp_path / "base-v1.safetensors"
+    from edlib.export.run import base_model_name
+
+    single = tmp_path / "models" / "base-v1.safetensors"
+    single.parent.mkdir()
     single.write_bytes(b"not really a model, but hashed like one" * 1000)
-    contents = hypernetwork_file_contents(Hypernetwork([8], HypernetworkSpec()), name="n", step=5, base_model=str(single))
-    assert contents["sd_checkpoint_name"] == "base-v1"
+    contents = hypernetwork_file_contents(
+        Hypernetwork([8], HypernetworkSpec()), name="n", step=5, base_model=str(single), base_model_label=base_model_name(str(single))
+    )
+    assert contents["sd_checkpoint_name"] == "base-v1" and str(tmp_path) not in contents["optional_info"]
     assert contents["sd_checkpoint"] == hashlib.sha256(single.read_bytes()).hexdigest()[:10]
-    hub = hypernetwork_file_contents(Hypernetwork([8], HypernetworkSpec()), name="n", step=5, base_model="org/model")
+    hub = hypernetwork_file_contents(Hypernetwork([8], HypernetworkSpec()), name="n", step=5, base_model="org/model", base_model_label="org/model")
     assert hub["sd_checkpoint"] is None and hub["sd_checkpoint_name"] == "org/model"
 
 
 def test_a_name_without_pt_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"must end in \.pt"):
-        export_a1111_hypernetwork(Hypernetwork([8], HypernetworkSpec()), tmp_path / "h.safetensors", step=0, base_model="m")
+        export_a1111_hypernetwork(Hypernetwork([8], HypernetworkSpec()), tmp_path / "h.safetensors", step=0, base_model="m", base_model_label="m")

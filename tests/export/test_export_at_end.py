@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from edlib.export import export_run
@@ -14,6 +15,11 @@ from edlib.model.config import ConfigError
 from edlib.model.trained import load_trained
 from edlib.train.loop import train
 from tests.train.loop_support import make_data_root, one_torch_thread, tiny_config  # noqa: F401
+
+
+def _metadata(path) -> dict[str, str]:
+    with safe_open(str(path), "pt") as file:
+        return file.metadata()
 
 
 def _same_tensors(a, b) -> bool:
@@ -29,6 +35,8 @@ def test_a_full_run_ends_with_a_single_file_equal_to_exporting_its_checkpoint(ti
     later = export_run(tmp_path / "run", "single-file", out=tmp_path / "later")
     assert _same_tensors(written, later[0])
     assert "exported single-file" in (tmp_path / "run" / "log.txt").read_text(encoding="utf-8")
+    # The base model is named, its folder on this machine is not (kohya records a file name).
+    assert _metadata(written)["base_model"] == "sd1" and str(tmp_path) not in str(_metadata(written))
 
 
 def test_exports_hold_the_ema_weights_when_the_run_keeps_them(tiny_folders, tmp_path):
@@ -51,9 +59,14 @@ def test_a_lora_run_ends_with_its_kohya_file_and_a_diffusers_folder_is_refused(t
     summary = train(tiny_config(tiny_folders["sd1"], data, tmp_path / "run", **settings))
     [written] = summary.exports
     assert written.name == "run-step000002-lora.safetensors"
+    metadata = _metadata(written)
+    assert metadata["ss_sd_model_name"] == "sd1" and metadata["base_model"] == "sd1"
+    assert str(tiny_folders["sd1"].parent) not in str(metadata)
     assert _same_tensors(written, export_run(tmp_path / "run", "kohya-lora", out=tmp_path / "later")[0])
-    with pytest.raises(ConfigError, match=r"export_formats: a 'lora' run exports as kohya-lora, not 'diffusers'"):
+    with pytest.raises(ConfigError, match=r"export_formats: a 'lora' run exports as kohya-lora, peft-lora, not 'diffusers'"):
         tiny_config(tiny_folders["sd1"], data, tmp_path / "other", export_formats=["diffusers"], **settings)
+    with pytest.raises(ConfigError, match=r"peft-lora: is offered for SD3/FLUX LoRAs; this model is SD "):
+        tiny_config(tiny_folders["sd1"], data, tmp_path / "other", export_formats=["peft-lora"], **settings)
 
 
 def test_a_failed_export_is_a_warning_and_the_run_stays_saved(tiny_folders, tmp_path):

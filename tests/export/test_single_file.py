@@ -222,3 +222,16 @@ def test_real_sd2_architecture_maps_to_the_openclip_layout():
     assert {key.removeprefix("text_model.") for key in clip_back} == set(text_encoder.state_dict())
     unet_back = single_file_utils.convert_ldm_unet_checkpoint(checkpoint, dict(unet.config))
     assert unet_back.keys() == unet.state_dict().keys()
+
+
+def test_the_base_model_is_a_hub_id_or_a_file_name_never_a_local_path(tmp_path):
+    from edlib.export.run import base_model_name
+
+    assert base_model_name("stable-diffusion-v1-5/stable-diffusion-v1-5") == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert base_model_name("/content/drive/MyDrive/models/dreamshaper_8.safetensors") == "dreamshaper_8.safetensors"
+    assert base_model_name(r"C:\Users\me\models\sd15.ckpt") == "sd15.ckpt"
+    assert base_model_name("~/models/my-sd/") == "my-sd"
+    assert base_model_name("models/sub/sd15") == "sd15"  # deeper than owner/name: a path
+    local = tmp_path / "owner" / "model"
+    local.mkdir(parents=True)
+    assert base_model_name(str(local)) == "model"

@@ -7,8 +7,8 @@ import yaml
 
 from edlib.model.config import ConfigError, TrainConfig
 from edlib.model.config_files import config_reference_markdown, load_config, parse_overrides
-from edlib.model.resume_keys import RESUME_IMMUTABLE_KEYS, diff_configs
 from edlib.model.lr import LR_SCHEDULERS
+from edlib.model.resume_keys import RESUME_IMMUTABLE_KEYS, diff_configs
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "config.md"
 
@@ -180,3 +180,17 @@ def test_the_example_in_the_docs_is_a_valid_config():
     example = text.split("```yaml\n", 1)[1].split("```", 1)[0]
     config = TrainConfig.from_dict(yaml.safe_load(example))
     assert config.mixed_precision == "bf16" and config.data_root == Path("data").absolute()
+
+
+def test_upper_bounds_name_the_key_and_the_limit():
+    """The limits the notebook form's number boxes take from the schema hold for any config."""
+    too_big = {"resolution": 8192, "batch_size": 2000, "gradient_accumulation_steps": 2048, "epochs": 200_000}
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.from_dict({"data_root": "d", **too_big})
+    message = str(info.value)
+    assert "resolution: Input should be less than or equal to 4096 (got 8192)" in message
+    assert "batch_size: Input should be less than or equal to 1024 (got 2000)" in message
+    assert "gradient_accumulation_steps: Input should be less than or equal to 1024 (got 2048)" in message
+    assert "epochs: Input should be less than or equal to 100000 (got 200000)" in message
+    at_limit = TrainConfig(data_root="d", resolution=4096, batch_size=1024, gradient_accumulation_steps=1024, epochs=100_000)
+    assert (at_limit.resolution, at_limit.batch_size, at_limit.epochs) == (4096, 1024, 100_000)

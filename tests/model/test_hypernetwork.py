@@ -37,11 +37,17 @@ def test_the_config_names_the_method_and_a1111s_settings():
         ({"text_encoder_lr": 1e-5}, "text_encoder_lr: a hypernetwork trains with the whole model frozen"),
         ({"unet_lr": 0.0}, "unet_lr: the hypernetwork trains at this rate"),
         ({"export_formats": ["single-file"]}, "exports as a1111-hypernetwork"),
+        ({"fp8_base": True, "mixed_precision": "bf16"}, "fp8_base: is for LoRA"),
     ],
 )
 def test_bad_settings_are_clear_errors(values, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig.from_dict({"data_root": "d", "method": "hypernetwork", "unet_lr": 1e-5, **values})
+
+
+def test_sd3_and_flux_are_refused_with_the_families_that_have_one(tiny_flux):
+    with pytest.raises(ConfigError, match="hypernetwork is for SD1.x, SD2.x and SDXL"):
+        TrainConfig.from_dict({"data_root": "d", "model": str(tiny_flux), "method": "hypernetwork", "unet_lr": 1e-5})
 
 
 def test_a1111_initialisation_starts_near_the_identity_and_follows_the_seed():

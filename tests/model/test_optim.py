@@ -187,7 +187,7 @@ def test_stochastic_rounding_moves_bf16_weights_by_updates_below_their_resolutio
 
 
 def test_full_bf16_stochastic_rounding_needs_an_optimizer_torchao_has(tmp_path):
-    from edlib.model.config import ConfigError, TrainConfig
+    from edlib.model.config import ConfigError
 
     values = dict(model="m", data_root=str(tmp_path), mixed_precision="bf16", full_bf16=True, optimizer="adafactor")
     with pytest.raises(ConfigError, match="stochastic_rounding: with full_bf16 it needs optimizer adamw or adamw8bit"):

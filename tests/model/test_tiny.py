@@ -66,8 +66,8 @@ def test_resolution_sets_unet_sample_size_and_bad_values_are_refused(tmp_path):
     assert json.loads((path / "unet" / "config.json").read_text())["sample_size"] == 32
     with pytest.raises(ValueError, match="resolution"):
         build_tiny_pipeline(tmp_path / "bad", resolution=60)
-    with pytest.raises(ValueError, match="variant.*sd1, sd2-v, sdxl, sdxl-v"):
-        build_tiny_pipeline(tmp_path / "bad2", variant="sd3")
+    with pytest.raises(ValueError, match="variant.*sd1, sd2-v, sdxl, sdxl-v, sd3, flux, flux-schnell"):
+        build_tiny_pipeline(tmp_path / "bad2", variant="sd4")
 
 
 def test_tokenizer_gives_words_one_token_and_spells_out_anything_else(tmp_path):

@@ -4,6 +4,7 @@ data root.
 The notebooks read their data root from EDLIB_DATA_ROOT (the parameters cell), so CI points
 them at a toy-world root written here; a failing cell fails the test with its traceback."""
 
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -35,9 +36,18 @@ def test_there_are_notebooks():
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path, data_root, tmp_path, monkeypatch):
+    if path.name.startswith("02_"):
+        # Notebook 02 gathers a preservation folder into its data root: it gets a copy of its
+        # own, so the notebooks sharing the module's data root see the same folders in any order.
+        data_root = Path(shutil.copytree(data_root, tmp_path / "own_data"))
+        pool = tmp_path / "pool"
+        write_data_root(pool, {"photos": {"count": 60}}, seed=4, size=64)
+        monkeypatch.setenv("EDLIB_GATHER_FROM", str(pool))
     monkeypatch.setenv("EDLIB_DATA_ROOT", str(data_root))
     monkeypatch.setenv("EDLIB_QUICK", "1")  # training notebooks: a few steps on the tiny model
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel is a process of its own: one thread, as in tests
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # where 00 remembers the work folder
+    monkeypatch.delenv("EDLIB_WORK", raising=False)  # the work folder is the kernel's folder, tmp_path
     nb = nbformat.read(path, as_version=4)
     # The kernel is this interpreter (the venv), whatever kernels the machine has installed.
     client = NotebookClient(nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
@@ -57,4 +67,11 @@ def test_notebook_runs(path, data_root, tmp_path, monkeypatch):
         if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
     ]
     assert widgets_shown, f"{path.name} displayed no panel"
-    assert not (tmp_path / "edlib_demo").exists(), "the notebook ignored EDLIB_DATA_ROOT and wrote demo data"
+    assert not (tmp_path / "data" / "demo").exists(), "the notebook ignored EDLIB_DATA_ROOT and wrote demo data"
+    if path.name.startswith("02_"):
+        assert len(list((data_root / "ground_truth").glob("*.png"))) == 40, "notebook 02 gathered no preservation set"
+    if path.name == "00_quickstart.ipynb":
+        # The plain train(...) call shows a live progress bar (tqdm's widget) in the cell.
+        texts = [o.get("data", {}).get("text/plain", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+        assert any(text.startswith("training:") for text in texts)
+        assert (tmp_path / "runs" / "quickstart" / "checkpoints").is_dir()  # under the work folder

@@ -121,17 +121,13 @@ def test_files_that_are_not_hypernetworks_are_refused_without_running_code(tiny_
         read_hypernetwork(_legacy_save(bad, tmp_path / "bad.pt"))
 
 
-@pytest.mark.parametrize("method", ["hypernetwork", "lora"])
-def test_a_run_trained_in_bf16_samples_afterwards_in_one_dtype(tiny_sd1, tmp_path, method):
-    """Both methods keep the frozen base in the run's mixed-precision dtype while training; a
-    pipeline loaded from the run gets every module in the dtype asked for (fp32 here), or the
-    fp32 prompt embeddings would meet a bf16 UNet."""
+def test_a_hypernetwork_run_trained_in_bf16_samples_afterwards(tiny_sd1, tmp_path):
+    """The frozen UNet stays in the run's bf16 beside the fp32 hypernetwork, as it trained; the
+    run's pipeline samples under the same autocast (or fp32 prompts would meet a bf16 UNet)."""
     config = tiny_config(
-        tiny_sd1, make_data_root(tmp_path / "data"), tmp_path / "run", method=method, unet_lr=1e-3,
+        tiny_sd1, make_data_root(tmp_path / "data"), tmp_path / "run", method="hypernetwork", unet_lr=1e-3,
         mixed_precision="bf16", epochs=1, export_formats=[],
     )  # fmt: skip
     train(config)
-    pipeline = load_pipeline(tmp_path / "run")
-    assert {p.dtype for name in ("unet", "vae", "text_encoder") for p in getattr(pipeline, name).parameters()} == {torch.float32}
     [image] = sample_model(tmp_path / "run", [PromptSpec("red", steps=2)], tmp_path / "samples")
     assert image.is_file()

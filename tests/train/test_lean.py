@@ -14,13 +14,13 @@ import torch
 from safetensors.torch import load_file
 
 from edlib.model.config import ConfigError
-from edlib.model.resume_keys import RESUME_IMMUTABLE_KEYS
 from edlib.model.models import load_models
 from edlib.model.offload import HOME, home_device, offloaded_modules, on_device
+from edlib.model.resume_keys import RESUME_IMMUTABLE_KEYS
 from edlib.train.hooks import Plugin
 from edlib.train.loop import train
-from tests.train.test_sampling import _prompt_file
 from tests.train.loop_support import make_data_root, metrics, one_torch_thread, tiny_config  # noqa: F401
+from tests.train.test_sampling import _prompt_file
 
 LEAN = dict(
     mixed_precision="bf16",

@@ -216,3 +216,13 @@ def test_tensorboard_without_the_package_is_a_clear_error(tiny_sd1, tmp_path):
     data = make_data_root(tmp_path / "data")
     with pytest.raises(ValueError, match="tensorboard: true needs the tensorboard package"):
         train(tiny_config(tiny_sd1, data, tmp_path / "run", tensorboard=True))
+
+
+def test_fp16_on_a_cpu_says_so_and_the_summary_reads_as_a_sentence(tiny_sd1, tmp_path):
+    data = make_data_root(tmp_path / "data")
+    run = tmp_path / "run"
+    summary = train(tiny_config(tiny_sd1, data, run, mixed_precision="fp16", max_steps=1, export_formats=[]))
+    assert "mixed_precision: fp16 on the CPU" in (run / "log.txt").read_text()
+    text = str(summary)
+    assert text.startswith(f"run {run}: stopped by max_steps at step 1 (epoch 0), last loss ")
+    assert "RunSummary(" not in text and "last checkpoint:" in text

@@ -18,9 +18,11 @@ from edlib.model.tiny import build_tiny_pipeline
 from edlib.train.batches import load_pixels
 from edlib.train.loop import train
 from edlib.train.loss_tracker import (
+    MIN_OBSERVATIONS,
     LossTracker,
     LossTrackerPlugin,
     boost_weights,
+    hardest_images,
     read_csv,
 )
 from edlib.world.dataset import write_data_root
@@ -224,3 +226,26 @@ def test_plugin_state_survives_stop_and_resume_through_the_loop(tiny_sd1, tmp_pa
     assert len(straight.tracker.stats()) == 6 and straight.tracker.stats()[0].last_step > 3
     csv_a = (tmp_path / "straight" / "image_loss.csv").read_text(encoding="utf-8")
     assert (tmp_path / "stopped" / "image_loss.csv").read_text(encoding="utf-8") == csv_a
+
+
+def test_the_hardest_list_waits_for_observations_and_shows_only_images_above_expectation():
+    """Before any image has MIN_OBSERVATIONS observations there is no list, only a message;
+    after, only images whose mean z-score is above 0 and above the typical image appear."""
+    tracker = LossTracker(warmup=2)
+    rng = np.random.default_rng(0)
+    paths = [f"a/{i}.png" for i in range(20)]
+
+    def feed(rounds: int):
+        for _ in range(rounds):
+            timesteps = torch.tensor(rng.integers(0, 1000, len(paths)))
+            losses = torch.tensor(rng.normal(1.0, 0.1, len(paths))) + torch.tensor([0.5 if p == "a/3.png" else 0.0 for p in paths])
+            tracker.observe(paths, timesteps, losses, step=1)
+
+    feed(2)
+    early = hardest_images(tracker.stats())
+    assert early.images == [] and not early.ready and "not enough observations yet" in early.message()
+    feed(30)
+    ranked = hardest_images(tracker.stats())
+    assert ranked.ready and ranked.images[0].path == "a/3.png"
+    assert all(r.mean > 0 and r.score > 0 and r.observations >= MIN_OBSERVATIONS for r in ranked.images)
+    assert len(ranked.images) < len(paths) // 2 + 2  # the below-average half is never listed

@@ -267,3 +267,39 @@ def test_a_new_phase_keeps_the_text_encoder_the_parent_trained(tiny_sd1, tmp_pat
     train(tiny_config(tiny_sd1, data, tmp_path / "phase2", epochs=1, init_from=str(parent)), plugins=[keep])
     used = keep.text_encoder.state_dict()
     assert all(torch.equal(used[k], trained[k]) for k in trained)
+
+
+@pytest.mark.parametrize("stop_at", [2, 3, 7], ids=["at-the-epoch-end", "in-the-changed-epoch", "in-a-later-epoch"])
+def test_resume_after_a_mid_run_multiplier_change_follows_the_unbroken_run(tiny_sd1, tmp_path, stop_at):
+    """warm x3 written during epoch 0 re-plans the run from 6 to 10 steps at epoch 1. A run
+    stopped after the change and resumed follows the unbroken run exactly: the same losses,
+    the same learning rates (the cosine laid out for 6 steps, held at its end after them) and
+    the same re-counted total in every epoch event."""
+    data = _data(tmp_path)
+    runs = {"straight": tmp_path / "straight", "resumed": tmp_path / "resumed"}
+    totals = {name: {} for name in runs}
+
+    def watch(name):
+        def callback(event):
+            if event.kind == "epoch":
+                totals[name][event.data["epoch"]] = event.data["total_steps"]
+            if event.kind == "step" and event.data["step"] == 1 and not (data / "warm" / "multiply.txt").exists():
+                (data / "warm" / "multiply.txt").write_text("3\n", encoding="utf-8")
+
+        return callback
+
+    settings = dict(epochs=3, lr_scheduler="cosine", lr_warmup_steps=1, unet_lr=1e-3)
+    assert train(tiny_config(tiny_sd1, data, runs["straight"], **settings), callbacks=[watch("straight")]).step == 10
+    (data / "warm" / "multiply.txt").unlink()
+
+    config = tiny_config(tiny_sd1, data, runs["resumed"], **settings)
+    assert train(config, callbacks=[watch("resumed"), _stop_at(runs["resumed"], stop_at)]).step == stop_at
+    assert train(config, resume="latest", callbacks=[watch("resumed")]).step == 10
+
+    straight, resumed = metrics(runs["straight"]), metrics(runs["resumed"])
+    assert [r["step"] for r in resumed] == list(range(1, 11))
+    for a, b in zip(resumed, straight):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+        assert a["lr"] == pytest.approx(b["lr"], rel=1e-9, abs=1e-15)
+    assert totals["straight"] == {0: 6, 1: 10, 2: 10}
+    assert totals["resumed"] == totals["straight"]

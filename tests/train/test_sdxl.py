@@ -11,7 +11,7 @@ from PIL import Image
 from edlib.data.scan import scan
 from edlib.data.schedule import realise_epoch
 from edlib.model.checkpoint import load_checkpoint, resolve_checkpoint
-from edlib.model.models import Conditioning, encode_prompts, load_models, predict
+from edlib.model.models import encode_prompts, load_models, predict
 from edlib.train.batches import BatchEncoder, crop_top_left, load_pixels, local_batch, micro_conditioning
 from edlib.train.loop import train
 from edlib.train.setup import frozen_dtype

@@ -23,6 +23,7 @@ from edlib.world import (
     Scene,
     caption,
     classify,
+    fidelity,
     render,
     sample_scene,
     score,
@@ -160,3 +161,17 @@ def test_score_rejects_mismatched_or_empty_input():
         score([], [])
     with pytest.raises(ValueError, match="not a toy-world caption"):
         score([image], ["a photo of a cat"])
+
+
+def test_fidelity_falls_when_shapes_go_soft_though_they_are_still_named():
+    """The pass/fail shape rate forgives a soft drawing; fidelity does not (issue 19: a
+    three-lobed triangle and a blob for a heart passed as right)."""
+    rng = np.random.default_rng(0)
+    scenes = [sample_scene(rng) for _ in range(48)]
+    prompts = [caption(s) for s in scenes]
+    sharp = [render(s) for s in scenes]
+    soft = [image.filter(ImageFilter.GaussianBlur(2.0)) for image in sharp]
+    assert fidelity(sharp, prompts) > 0.95 and score(soft, prompts)["shape"] == 1.0  # still named right...
+    assert fidelity(soft, prompts) < fidelity(sharp, prompts) - 0.08  # ...but visibly softer, and measured so
+    blank = classify(Image.new("RGB", (64, 64), (0, 0, 0)))
+    assert blank.fidelity("circle") == 0.0

@@ -45,11 +45,12 @@ class Method(ABC):
 
     def text_encoder_lrs(self, models) -> dict[str, float]:
         """The model's text encoders that train, with their learning rates: `text_encoder_lr`
-        for the first (SD1.x/SD2.x have only it), `text_encoder_2_lr` for SDXL's second (null:
-        the same). 0 keeps an encoder frozen and out of the dict."""
+        for the first (SD1.x/SD2.x and FLUX have only it to train), `text_encoder_2_lr` for
+        SDXL's and SD3's second (null: the same). 0 keeps an encoder frozen and out of the dict;
+        T5 (SD3, FLUX) is never trained."""
         second = self.config.text_encoder_2_lr
         lrs = {"text_encoder": self.config.text_encoder_lr, "text_encoder_2": self.config.text_encoder_lr if second is None else second}
-        return {name: lrs[name] for name in models.text_encoder_names if lrs[name] > 0}
+        return {name: lrs[name] for name in models.trainable_text_encoder_names if lrs[name] > 0}
 
     def trainable_parameters(self, models) -> list[torch.nn.Parameter]:
         return [p for group in self.param_groups(models) for p in group["params"]]

@@ -13,6 +13,11 @@ result is meant to be used in AUTOMATIC1111 and ComfyUI, whose users expect kohy
   the same): every Linear inside the CLIP attention and MLP blocks (q/k/v/out projections,
   fc1, fc2).
 
+- SD3/FLUX transformer: the layers of the `lora_targets` preset (`lora_targets.py`).
+- LoRA+ (`loraplus_lr_ratio`): the up (B) matrices train at that multiple of their group's rate.
+- `fp8_base`: the frozen base layers keep their weights in fp8 and compute in the mixed-precision
+  dtype (diffusers' layerwise casting), set up before the adapters so these stay fp32.
+
 The adapter's output is scaled by alpha / rank, in peft as in kohya, so the two agree.
 The base model stays frozen, in the mixed-precision dtype (half the memory of fp32 when
 training in bf16 or fp16); the adapters train in fp32. Only the adapter parameters go to the
@@ -60,12 +65,13 @@ def adapter_layers(model: torch.nn.Module, block_classes: tuple[str, ...]) -> tu
     return sorted(linear), sorted(conv)
 
 
-def lora_config(model: torch.nn.Module, block_classes: tuple[str, ...], settings) -> Any:
+def lora_config(model: torch.nn.Module, block_classes: tuple[str, ...], settings, layers: list[str] | None = None) -> Any:
     """The peft `LoraConfig` for ``model``: explicit layer names (so exactly kohya's layers
-    train), with the conv rank and alpha given per layer through peft's rank/alpha patterns."""
+    train, or the given ``layers``), with the conv rank and alpha given per layer through
+    peft's rank/alpha patterns."""
     from peft import LoraConfig
 
-    linear, conv = adapter_layers(model, block_classes)
+    linear, conv = adapter_layers(model, block_classes) if layers is None else (layers, [])
     if not linear and not conv:
         raise ValueError(f"no layers for LoRA found in {type(model).__name__} (looked inside {', '.join(block_classes)})")
     conv_dim = settings.conv_dim or settings.network_dim
@@ -112,23 +118,41 @@ class LoraMethod(Method):
         for name in models.module_names:
             getattr(models, name).requires_grad_(False)
         blocks = UNET_ATTENTION_BLOCKS + (UNET_CONV_BLOCKS if self.config.conv_dim else ())
-        self._add_adapter(models.unet, blocks, base_dtype)
+        layers = None
+        if models.flow_matching:
+            from edlib.model.flow_config import FLOW_DEFAULTS
+            from edlib.model.methods.lora_targets import transformer_lora_layers
+
+            preset = getattr(self.config, "lora_targets", None) or FLOW_DEFAULTS[models.family]["lora_targets"]
+            layers = transformer_lora_layers(models.unet, preset)
+        self._add_adapter(models.unet, blocks, base_dtype, layers, fp8=getattr(self.config, "fp8_base", False))
         for name in self.text_encoder_lrs(models):
             self._add_adapter(getattr(models, name), TEXT_ENCODER_BLOCKS, base_dtype)
 
-    def _add_adapter(self, module: torch.nn.Module, blocks: tuple[str, ...], base_dtype: torch.dtype) -> None:
+    def _add_adapter(self, module, blocks: tuple[str, ...], base_dtype: torch.dtype, layers=None, fp8: bool = False) -> None:
         if module.dtype != base_dtype:
             module.to(dtype=base_dtype)
-        module.add_adapter(lora_config(module, blocks, self.config))
+        if fp8:
+            # Before the adapters: the hooks go on the base layers only, which peft then wraps.
+            module.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=base_dtype)
+        module.add_adapter(lora_config(module, blocks, self.config, layers))
         for param in adapter_parameters(module).values():
             # fp32 adapters: their small updates would round away in half precision.
             param.data = param.data.float()
             param.requires_grad_(True)
 
     def param_groups(self, models) -> list[dict[str, Any]]:
-        groups = [{"name": "unet_lora", "params": list(adapter_parameters(models.unet).values()), "lr": self.config.unet_lr}]
-        for name, lr in self.text_encoder_lrs(models).items():
-            groups.append({"name": f"{name}_lora", "params": list(adapter_parameters(getattr(models, name)).values()), "lr": lr})
+        modules = {"unet": self.config.unet_lr, **self.text_encoder_lrs(models)}
+        ratio = getattr(self.config, "loraplus_lr_ratio", None)
+        groups = []
+        for name, lr in modules.items():
+            params = adapter_parameters(getattr(models, name))
+            if ratio is None:
+                groups.append({"name": f"{name}_lora", "params": list(params.values()), "lr": lr})
+                continue
+            # LoRA+: B (lora_up) learns faster than A; both start their own group.
+            groups.append({"name": f"{name}_lora_A", "params": [p for k, p in params.items() if ".lora_A." in k], "lr": lr})
+            groups.append({"name": f"{name}_lora_B", "params": [p for k, p in params.items() if ".lora_B." in k], "lr": lr * ratio})
         return groups
 
     def checkpoint_weights(self, models, unwrap=lambda m: m) -> dict[str, dict[str, torch.Tensor]]:

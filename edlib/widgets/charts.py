@@ -1,0 +1,44 @@
+"""Putting a plotly figure into a panel so that it draws in every notebook front end.
+
+JupyterLab, VS Code and RunPod's JupyterLab draw plotly's own mime bundle inside an
+ipywidgets `Output`. Colab does not: a plotly figure redrawn inside an `Output` fails there
+with "Plotly is not defined", and `FigureWidget` does not work at all (colabtools #5889,
+colab-cdn-widget-manager #51). On Colab the figure goes in as a self-contained HTML page in
+an iframe (plotly.js from its CDN, as Colab's own plotly renderer loads it), which needs
+nothing from the page around it.
+
+The output list is replaced as a whole instead of `with output: display(...)`, so a
+figure can be shown from any thread (the training panel redraws from the training thread).
+"""
+
+from __future__ import annotations
+
+import html
+import sys
+
+import ipywidgets as widgets
+import plotly.graph_objects as go
+
+
+def on_colab() -> bool:
+    return "google.colab" in sys.modules
+
+
+def figure_bundle(figure: go.Figure, *, colab: bool | None = None) -> dict:
+    """The mime bundle that shows `figure`: plotly's own, or on Colab an iframe page."""
+    title = figure.layout.title.text or "chart"
+    if not (on_colab() if colab is None else colab):
+        return {"text/plain": f"<plotly figure: {title}>", **figure._repr_mimebundle_()}
+    page = figure.to_html(include_plotlyjs="cdn", full_html=True, config={"displaylogo": False})
+    width = f"{figure.layout.width + 20}px" if figure.layout.width else "100%"
+    height = (figure.layout.height or 450) + 20
+    frame = (
+        f'<iframe srcdoc="{html.escape(page, quote=True)}" title="{html.escape(title)}" '
+        f'style="border:none;width:{width};height:{height}px"></iframe>'
+    )
+    return {"text/plain": f"<plotly figure: {title}>", "text/html": frame}
+
+
+def show_figure(output: widgets.Output, figure: go.Figure, *, colab: bool | None = None) -> None:
+    """Show `figure` in `output`, replacing what it showed."""
+    output.outputs = ({"output_type": "display_data", "data": figure_bundle(figure, colab=colab), "metadata": {}},)
