@@ -46,8 +46,14 @@ def test_bad_settings_are_clear_errors(values, message):
 
 
 def test_sd3_and_flux_are_refused_with_the_families_that_have_one(tiny_flux):
+    from types import SimpleNamespace
+
+    from edlib.model.methods.hypernetwork import HypernetworkMethod
+
     with pytest.raises(ConfigError, match="hypernetwork is for SD1.x, SD2.x and SDXL"):
         TrainConfig.from_dict({"data_root": "d", "model": str(tiny_flux), "method": "hypernetwork", "unet_lr": 1e-5})
+    with pytest.raises(ValueError, match="hypernetwork is for SD1.x, SD2.x and SDXL .*not FLUX"):
+        HypernetworkMethod(SimpleNamespace()).setup(load_models(tiny_flux))
 
 
 def test_a1111_initialisation_starts_near_the_identity_and_follows_the_seed():

@@ -48,6 +48,8 @@ class HypernetworkMethod(Method):
 
     def setup(self, models) -> None:
         config = self.config
+        if getattr(models, "flow_matching", False):
+            raise ValueError(f"method: hypernetwork is for SD1.x, SD2.x and SDXL (UNet attention), not {models.family.upper()}")
         spec = HypernetworkSpec.from_config(config)
         if spec.is_layer_norm and spec.activation_func != "linear" and not spec.activate_output:
             log.warning(
