@@ -139,7 +139,15 @@ def _cmd_train(args) -> int:
 def _cmd_sample(args) -> int:
     from edlib.sample import sample_model
 
-    paths = sample_model(args.model, args.prompts, args.out, grid=args.grid, config=args.config)
+    paths = sample_model(
+        args.model,
+        args.prompts,
+        args.out,
+        grid=args.grid,
+        config=args.config,
+        hypernetwork=args.hypernetwork,
+        hypernetwork_strength=args.hypernetwork_strength,
+    )
     for path in paths:
         print(path)
     return 0
@@ -369,11 +377,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="default: RUN/samples/manual or ./samples/NAME")
     p.add_argument("--grid", action="store_true", help="X/Y grid of all of a run's checkpoints x the prompts")
     p.add_argument("--config", metavar="DIR", help="for a single-file model: a diffusers folder with its configs")
+    p.add_argument("--hypernetwork", metavar="FILE.pt", help="apply an AUTOMATIC1111 hypernetwork file to the model")
+    p.add_argument("--hypernetwork-strength", type=float, default=1.0, metavar="S", help="its strength (default 1.0)")
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser("export", help="write what a run trained in a format other tools load")
     p.add_argument("run", metavar="RUN", help="a run folder (newest checkpoint) or a checkpoint folder")
-    p.add_argument("--format", required=True, choices=["diffusers", "single-file", "kohya-lora", "a1111-embedding"])
+    p.add_argument("--format", required=True, choices=["diffusers", "single-file", "kohya-lora", "a1111-embedding", "a1111-hypernetwork"])
     p.add_argument("--out", metavar="DIR", help="default: RUN/exports")
     p.add_argument(
         "--dtype",

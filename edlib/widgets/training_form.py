@@ -72,15 +72,23 @@ NEWCOMER_DEFAULTS: dict[str, Callable[[], Any]] = {
 }
 # Learning rates a newcomer should start from, per method (docs/methods.md), offered when the
 # method changes: the config's 1e-6 / 0 are right for a full fine-tune only; LoRA adapters
-# learn at about 1e-4, and textual inversion trains its new word at the text encoder's rate.
-METHOD_LRS = {"full": (1e-6, 0.0), "lora": (1e-4, 0.0), "textual_inversion": (0.0, 5e-3)}
+# learn at about 1e-4, and textual inversion trains its new word at the text encoder's rate; a
+# hypernetwork starts at AUTOMATIC1111's default rate, with the text encoder frozen.
+METHOD_LRS = {"full": (1e-6, 0.0), "lora": (1e-4, 0.0), "textual_inversion": (0.0, 5e-3), "hypernetwork": (1e-5, 0.0)}
 
 # The form's layout: keys on top, then the sections of the accordion. A tuple is one row
 # of keys that share the first key's help.
 TOP = ("model", "run_dir")
 GRID = (("resolution", "batch_size"), ("epochs", "unet_lr"))
 SECTIONS: dict[str, tuple[str | tuple[str, ...], ...]] = {
-    "Method": ("method", "network_dim", "network_alpha", ("token", "init_word")),
+    "Method": (
+        "method",
+        "network_dim",
+        "network_alpha",
+        ("token", "init_word"),
+        "hypernetwork_activation_func",
+        "hypernetwork_strength",
+    ),
     "Learning rate and optimizer": ("unet_lr", "text_encoder_lr", "lr_scheduler", "lr_warmup_steps", "optimizer"),
     "Steps": ("gradient_accumulation_steps", "max_steps", "seed"),
     "Memory and speed": ("mixed_precision", "gradient_checkpointing", "cache_latents", "cache_text_embeddings"),
