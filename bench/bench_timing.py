@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import torch
-from bench_models import free, peak_gib, reset_peak, sync
 
+from bench_models import free, peak_gib, reset_peak, sync
 from edlib.model.config import TrainConfig
 from edlib.model.models import load_models
 from edlib.train.hooks import Plugin

@@ -62,6 +62,20 @@ def _replace_dir(built: Path, out_dir: Path) -> None:
     shutil.rmtree(old)
 
 
+def save_pipeline_folder(pipeline, out_dir: Path) -> Path:
+    """Save ``pipeline`` as a diffusers folder at ``out_dir``: written beside it first and
+    moved into place whole, so an interrupted export never leaves a folder that loads."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    built = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.partial")
+    shutil.rmtree(built, ignore_errors=True)
+    try:
+        pipeline.save_pretrained(built, safe_serialization=True)
+        _replace_dir(built, out_dir)
+    finally:
+        shutil.rmtree(built, ignore_errors=True)
+    return out_dir
+
+
 def export_diffusers(
     unet,
     vae,
@@ -108,12 +122,4 @@ def export_diffusers(
         pipeline = StableDiffusionPipeline(
             **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
         )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    built = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.partial")
-    shutil.rmtree(built, ignore_errors=True)
-    try:
-        pipeline.save_pretrained(built, safe_serialization=True)
-        _replace_dir(built, out_dir)
-    finally:
-        shutil.rmtree(built, ignore_errors=True)
-    return out_dir
+    return save_pipeline_folder(pipeline, out_dir)

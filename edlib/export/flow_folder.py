@@ -8,11 +8,9 @@ the SD export does (`edlib.export.diffusers_folder`).
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
-from edlib.export.diffusers_folder import _check_replaceable, _cpu_copy, _replace_dir
+from edlib.export.diffusers_folder import _check_replaceable, _cpu_copy, save_pipeline_folder
 from edlib.export.single_file import DTYPES
 from edlib.model.models import Models, pipeline_class
 from edlib.sample.samplers import scheduler_from_config
@@ -40,12 +38,4 @@ def export_flow_folder(models: Models, scheduler_config, out_dir: str | Path, *,
             if hasattr(module, "state_dict") and module is not None:
                 components[name] = _cpu_copy(module, DTYPES[dtype])
     pipeline = pipeline_class(models.family)(scheduler=scheduler_from_config(scheduler_config), **components)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    built = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.partial")
-    shutil.rmtree(built, ignore_errors=True)
-    try:
-        pipeline.save_pretrained(built, safe_serialization=True)
-        _replace_dir(built, out_dir)
-    finally:
-        shutil.rmtree(built, ignore_errors=True)
-    return out_dir
+    return save_pipeline_folder(pipeline, out_dir)

@@ -52,11 +52,15 @@ def _build_wheel(out: Path) -> Path:
     """`python -m build --wheel` from a copy of the source (the build writes build/ and
     *.egg-info next to the sources; the checkout stays as it is)."""
     source = out / "source"
-    shutil.copytree(
-        REPO,
-        source,
-        ignore=shutil.ignore_patterns(".git", ".venv", "artifacts", "build", "dist", "*.egg-info", "__pycache__", "demo", "runs"),
-    )
+    # Outputs of make demo, make test and earlier builds sit at the top of the checkout only;
+    # a pattern matched at every depth would also drop the package's own edlib/demo/.
+    top_level = {".git", ".venv", "artifacts", "build", "dist", "demo", "runs", ".whl"}
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        at_top = Path(folder) == REPO
+        return {n for n in names if (at_top and n in top_level) or n == "__pycache__" or n.endswith(".egg-info")}
+
+    shutil.copytree(REPO, source, ignore=ignore)
     _run([sys.executable, "-m", "build", "--wheel", "--outdir", str(out / "dist"), str(source)], env=_clean_env())
     [wheel] = (out / "dist").glob("edlib_sd_trainer-*.whl")
     return wheel
