@@ -133,6 +133,10 @@ class PixelPrefetcher:
             num_workers=workers,
             pin_memory=pin,
             prefetch_factor=2 if workers else None,
+            # Its own generator: an iterator draws its workers' base seed from the global RNG
+            # otherwise, and a resumed run (which starts its iterator after the RNG state is
+            # restored) would then draw other dropout masks than the unbroken run.
+            generator=torch.Generator().manual_seed(0),
         )
         self._iterator = iter(loader) if jobs else None
 
