@@ -15,7 +15,7 @@ QUIET = {"step", "epoch", "start", "checkpoint"}  # kinds not about the end (a c
 
 
 def _sample_options():
-    return dict(sample_prompts=PROMPTS, export_formats=["single-file"])
+    return {"sample_prompts": PROMPTS, "export_formats": ["single-file"]}
 
 
 def _end_events(events):
