@@ -24,9 +24,11 @@ from fractions import Fraction
 import numpy as np
 
 from edlib.data.balance import multiplier_text
+from edlib.data.numbers import shortest_decimal_between
 from edlib.data.schedule import DEFAULT_SEED, EpochPlanner
 from edlib.data.types import ScanResult
 
+AMOUNT_DECIMALS = 6  # the decimals an amount is read to (the panel rounds what it shows to these)
 # Buckets do not change which images an epoch draws, so counting uses the smallest base
 # resolution that makes valid buckets.
 _COUNT_RESOLUTION = 64
@@ -49,31 +51,46 @@ def preservation_multiplier(
     (expected), or `fraction` of its images, or `share` of the whole epoch (the other
     folders keeping their multipliers). Exactly one of the three must be given.
 
-    The text keeps 6 decimals (6 significant digits below 1) like balancing writes, so a
-    small value is never rounded to 0."""
+    An amount is read to `AMOUNT_DECIMALS` decimals, as the notebook panel shows it: the
+    text is the shortest decimal whose amount rounds to the one given, so the amount the panel
+    shows for a multiplier of 1 gives back 1, never 0.999999. Where no decimal that short exists
+    the text keeps 6 decimals (6 significant digits below 1) like balancing writes, so a small
+    value is never rounded to 0."""
     given = {k: v for k, v in (("per_epoch", per_epoch), ("fraction", fraction), ("share", share)) if v is not None}
     if len(given) != 1:
         raise ValueError(f"give exactly one of per_epoch, fraction, share; got {sorted(given) or 'none'}")
     ((kind, value),) = given.items()
     exact = Fraction(str(value))
     n = _folder_images(scan, folder)
-    if kind == "per_epoch":
-        if exact <= 0:
-            raise ValueError(f"images per epoch must be > 0, got {value}")
-        m = exact / n
-    elif kind == "fraction":
-        if exact <= 0:
-            raise ValueError(f"fraction of the folder per epoch must be > 0, got {value}")
-        m = exact
-    else:
+    others = _others_per_epoch(scan, folder)
+    if kind == "per_epoch" and exact <= 0:
+        raise ValueError(f"images per epoch must be > 0, got {value}")
+    if kind == "fraction" and exact <= 0:
+        raise ValueError(f"fraction of the folder per epoch must be > 0, got {value}")
+    if kind == "share":
         if not 0 < exact < 1:
             raise ValueError(f"share of the epoch must be between 0 and 1 (exclusive), got {value}")
-        others = _others_per_epoch(scan, folder)
         if others == 0:
             raise ValueError(f"folder {folder!r} is the only folder with images: its share is always 1")
-        # share = m*n / (m*n + others)  =>  m*n = share * others / (1 - share)
-        m = exact * others / ((1 - exact) * n)
-    return multiplier_text(m)
+    text = multiplier_text(_multiplier(kind, exact, n, others))
+    # Every amount that shows as the given one, and the multipliers giving them (the
+    # multiplier grows with the amount); the shortest of those, when shorter than `text`.
+    half = Fraction(1, 2 * 10**AMOUNT_DECIMALS)
+    top = exact + half if kind != "share" or exact + half < 1 else exact
+    low, high = _multiplier(kind, max(exact - half, Fraction(0)), n, others), _multiplier(kind, top, n, others)
+    places = len(text.partition(".")[2])
+    short = shortest_decimal_between(max(low, Fraction(1, 10**places)), high, max_places=places - 1) if places else None
+    return multiplier_text(short) if short else text
+
+
+def _multiplier(kind: str, amount: Fraction, n: int, others: Fraction) -> Fraction:
+    """The multiplier of a folder of `n` images that gives `amount` (module docstring)."""
+    if kind == "per_epoch":
+        return amount / n
+    if kind == "fraction":
+        return amount
+    # share = m*n / (m*n + others)  =>  m*n = share * others / (1 - share)
+    return amount * others / ((1 - amount) * n)
 
 
 def _others_per_epoch(scan: ScanResult, folder: str) -> Fraction:

@@ -21,6 +21,7 @@ from fractions import Fraction
 import numpy as np
 
 from edlib.data.buckets import resolution_problem
+from edlib.data.numbers import format_count, format_share
 from edlib.data.holdout import describe_split, split_validation
 from edlib.data.schedule import DEFAULT_SEED, EpochCounts, EpochPlanner, EpochSchedule
 from edlib.data.types import ScanResult
@@ -269,8 +270,8 @@ def format_preview(p: Preview) -> str:
                 str(f.images),
                 _num(f.multiply),
                 _num(f.loss_scale),
-                f"{float(f.expected_per_epoch):.6g}",
-                f"{100 * f.share:.1f}%",
+                format_count(f.expected_per_epoch),
+                format_share(f.share),
             )
         )
     lines = _table(rows)
@@ -280,7 +281,7 @@ def format_preview(p: Preview) -> str:
         step_text = f"{min(steps)}-{max(steps)} (varies: fractional multipliers)"
     lines += [
         "",
-        f"epoch size: {float(p.epoch_size):.6g} expected samples; batch size {p.batch_size}, "
+        f"epoch size: {format_count(p.epoch_size)} expected samples; batch size {p.batch_size}, "
         f"gradient accumulation {p.gradient_accumulation_steps}",
         f"steps per epoch: {step_text}; epochs: {p.epochs}; total steps: {p.total_steps}"
         + (f" (max_steps {p.max_steps})" if p.max_steps is not None else ""),

@@ -24,6 +24,7 @@ from edlib.data.balance import (
     plan_balance,
 )
 from edlib.data.folder_files import format_value
+from edlib.data.numbers import format_count, format_share
 from edlib.data.preview import Preview, preview
 from edlib.data.scan import scan
 from edlib.data.schedule import DEFAULT_SEED
@@ -59,7 +60,7 @@ def _share_bar(share: float) -> str:
         "<div style='display:flex;align-items:center;gap:6px'>"
         f"<div style='width:80px;height:10px;background:#e8e8e8;border-radius:2px'>"
         f"<div style='width:{min(pct, 100):.1f}%;height:10px;background:#3b7dd8;border-radius:2px'></div></div>"
-        f"<span>{pct:.1f}%</span></div>"
+        f"<span>{format_share(share)}</span></div>"
     )
 
 
@@ -215,14 +216,14 @@ class DatasetPanel:
             row = self.rows[f.path]
             row.multiply.layout.border = _BAD_BORDER if f.path in invalid else ""
             changed = f.path in edited
-            per_epoch = f"{float(f.expected_per_epoch):.6g}"
+            per_epoch = format_count(f.expected_per_epoch)
             row.per_epoch.value = (
                 f"<div style='text-align:right'>{'<b>' + per_epoch + '</b>' if changed else per_epoch}</div>"
             )
             row.share.value = _share_bar(f.share)
         p = self.preview
         self.summary.value = (
-            f"<div style='margin:6px 0'>Epoch: <b>{float(p.epoch_size):.6g}</b> expected samples &middot; "
+            f"<div style='margin:6px 0'>Epoch: <b>{format_count(p.epoch_size)}</b> expected samples &middot; "
             f"<b>{p.steps_per_epoch}</b> steps per epoch at batch size {p.batch_size} "
             f"(resolution {self.resolution})"
             + (f" &middot; <b>{len(edited)}</b> unsaved change(s)" if edited else "")

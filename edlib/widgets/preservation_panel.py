@@ -19,6 +19,8 @@ from edlib.data.preservation import (
     mix_per_epoch,
     preservation_multiplier,
 )
+from edlib.data.folder_files import format_value
+from edlib.data.numbers import format_count, format_share
 from edlib.data.scan import scan
 from edlib.data.schedule import DEFAULT_SEED
 from edlib.data.types import DataRootError, ScanResult
@@ -202,12 +204,12 @@ class PreservationPanel:
         current = self.scan.folder(folder).settings.multiply
         self.result.value = (
             f"<div style='margin:6px 0;line-height:1.6'>multiply.txt for <b>{html.escape(folder_label(folder))}</b>: "
-            f"<b style='font-size:1.15em'>{self.text}</b> (now {float(current):g}) &middot; "
-            f"{float(mix.per_epoch):.4g} of {mix.images} images per epoch, "
-            f"<b>{100 * mix.share:.1f}%</b> of an epoch of {float(mix.per_epoch + mix.others_per_epoch):.4g} "
+            f"<b style='font-size:1.15em'>{self.text}</b> (now {format_value(current)}) &middot; "
+            f"{format_count(mix.per_epoch)} of {mix.images} images per epoch, "
+            f"<b>{format_share(mix.share)}</b> of an epoch of {format_count(mix.per_epoch + mix.others_per_epoch)} "
             f"samples &middot; {covered}</div>"
         )
-        self.save_button.disabled = False
+        self.save_button.disabled = mix.multiply == current  # nothing new to write
         show_figure(self.mix_chart, mix_figure(self.mix, folder))
         show_figure(self.coverage_chart, coverage_figure(self.coverage))
 
