@@ -195,8 +195,10 @@ def engine_images_per_s(path: Path, data: Path, run_dir: Path, device: str, **pr
     return 1.0 / statistics.median(seconds_per_image), peak
 
 
-def run_flow(model: str, *, tiny: bool, cases=None, batch: int = 1, resolution: int | None = None, steps: int = 6, warmup: int = 2) -> None:
-    """Every case of ``model`` (module docstring), rows printed as measured."""
+def run_flow(model: str, *, tiny: bool, cases=None, batch: int = 1, resolution: int | None = None, steps: int = 6, warmup: int = 2,
+             jsonl: Path | None = None) -> None:
+    """Every case of ``model`` (module docstring), rows printed as measured (and appended to
+    ``jsonl`` as JSON lines, in bench/train_gpu.py's row shape where it has the figure)."""
     device = "cuda" if torch.cuda.is_available() and not tiny else "cpu"
     cases = cases or CASES[model]
     resolution = 64 if tiny else resolution or 1024
@@ -214,6 +216,7 @@ def run_flow(model: str, *, tiny: bool, cases=None, batch: int = 1, resolution: 
     print(f"{'':24} {'images/s':>10} {'x ref':>7} {'peak GiB':>9}", flush=True)
     ref, peak = reference_images_per_s(path, batch, resolution, steps, warmup, device)
     print(f"{'reference (b%d)' % batch:24} {ref:10.2f} {1.0:7.2f} {peak:9.2f}", flush=True)
+    _row(jsonl, model, tiny, device, "reference", batch, resolution, ref, 1.0, peak)
     data = _data_root(work / "data", batch * steps, resolution)
     for case in cases:
         preset = dict(presets(model, device == "cuda")[case], batch_size=batch, resolution=resolution)
@@ -221,6 +224,7 @@ def run_flow(model: str, *, tiny: bool, cases=None, batch: int = 1, resolution: 
             preset["max_sequence_length"] = 8
         ips, peak = engine_images_per_s(path, data, work / f"run-{case}", device, **preset)
         print(f"{'edlib %s (b%d)' % (case, batch):24} {ips:10.2f} {ips / ref:7.2f} {peak:9.2f}", flush=True)
+        _row(jsonl, model, tiny, device, case, batch, resolution, ips, ips / ref, peak)
     shutil.rmtree(work, ignore_errors=True)
     print(f"total {time.perf_counter() - started:.0f} s")
 
@@ -239,6 +243,18 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"--cases: unknown for {args.model}: {', '.join(sorted(unknown))}; allowed: {', '.join(CASES[args.model])}")
     run_flow(args.model, tiny=args.tiny, cases=args.cases, batch=args.batch_size, resolution=args.resolution, steps=args.steps, warmup=args.warmup)
+
+
+def _row(jsonl, model, tiny, device, case, batch, resolution, images_per_s, x_ref, peak) -> None:
+    if jsonl is None:
+        return
+    import json
+
+    row = {"bench": "train", "model": model, "tiny": tiny, "device": device, "case": case, "batch": batch,
+           "case_batch": batch, "resolution": resolution, "images_per_s": images_per_s, "x_ref": x_ref,
+           "peak_gib": peak, "timing": "median step (bench/flow_cases.py)"}  # fmt: skip
+    with open(jsonl, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 def _data_root(root: Path, count: int, size: int) -> Path:

@@ -17,6 +17,7 @@ before the sampling plugin in each step.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -60,6 +61,8 @@ class PeakProbe(Plugin):
         if event.kind == "sample":
             self.sampling = max(self.sampling, self._read_and_reset())
             self.events += 1
+            if self.events == 2:  # both measured: end the run before its last checkpoint (minutes of disk)
+                raise train_gpu.bench_timing.WindowDone
 
     def _read_and_reset(self) -> float:
         if self.device != "cuda":
@@ -77,11 +80,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps per epoch")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--sample-steps", type=int, default=20, help="denoising steps of each sample")
+    parser.add_argument("--jsonl", type=Path, help="append the result to this file as a JSON line")
     args = parser.parse_args(argv)
 
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
+    if args.tiny:
+        torch.set_num_threads(1)  # tiny models: one thread is fastest, and two thrash a busy 2-core machine
     batch = args.batch_size or (2 if args.tiny else BATCH[args.model])
-    resolution = 64 if args.tiny else train_gpu.DEFAULTS[args.model]["resolution"]
+    resolution = 64 if args.tiny else train_gpu.RESOLUTION[args.model]
     work = Path(tempfile.mkdtemp(prefix="edlib-sample-memory-"))
     started = time.perf_counter()
     if args.tiny:
@@ -117,7 +123,10 @@ def main(argv: list[str] | None = None) -> None:
         )
     )
     probe = PeakProbe(device)
-    train(config, plugins=[probe], callbacks=[probe.on_event], progress_bar=False)
+    try:
+        train(config, plugins=[probe], callbacks=[probe.on_event], progress_bar=False)
+    except train_gpu.bench_timing.WindowDone:
+        pass
     gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     print(f"device: {gpu}, {args.model} lean preset, batch {batch}, {resolution} px, {probe.events} sampling event(s)")
     if device == "cuda":
@@ -127,6 +136,14 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print("peaks: not measured (needs CUDA)")
     print(f"total {time.perf_counter() - started:.0f} s")
+    if args.jsonl is not None:
+        row = {"bench": "sample_memory", "model": args.model, "tiny": args.tiny, "device": gpu, "case": "lean", "batch": batch,
+               "resolution": resolution, "events": probe.events, "training_peak_gib": probe.training if device == "cuda" else None,
+               "sampling_peak_gib": probe.sampling if device == "cuda" else None,
+               "ratio": probe.sampling / probe.training if device == "cuda" and probe.training else None,
+               "wall_s": time.perf_counter() - started}  # fmt: skip
+        with args.jsonl.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ def _cmd_scan(args) -> int:
     if args.json:
         print(json.dumps(report_json(result), indent=2))
     else:
-        print(format_report(result))
+        print(format_report(result, captions=args.captions))
     return _fail_on_errors(result.errors)
 
 
@@ -72,7 +72,7 @@ def _cmd_balance(args) -> int:
     result = scan(args.data_root, follow_outside_links=not args.skip_outside_links)
     if result.errors:
         return _fail_on_errors(result.errors)
-    plan = plan_balance(result, load_weights(args.weights), epoch_size=args.epoch_size)
+    plan = plan_balance(result, load_weights(args.weights), epoch_size=args.epoch_size, source=args.weights)
     plan.warnings = [*result.warnings, *plan.warnings]
     if args.json:
         print(json.dumps(plan.to_json(), indent=2))
@@ -80,9 +80,44 @@ def _cmd_balance(args) -> int:
         print(format_plan(plan))
     if args.apply:
         history = apply_balance(plan)
-        print(f"\nWrote multiply.txt files; previous files kept in {history} (undo: edlib balance --undo {args.data_root})")
+        excluded = f", exclude.txt in {len(plan.excluded)} excluded folder(s)" if plan.excluded else ""
+        print(
+            f"\nWrote multiply.txt files{excluded}; previous files kept in {history} "
+            f"(undo: edlib balance {args.data_root} --undo)"
+        )
     elif not args.json:
-        print("\nNothing written (add --apply to write multiply.txt files).")
+        print("\nNothing written (add --apply to write multiply.txt files, and exclude.txt where the weight is 0).")
+    return 0
+
+
+def _cmd_caption(args) -> int:
+    from edlib.data.caption_explain import CaptionRules, explain_caption, format_explanation, select_items
+    from edlib.data.scan import scan
+
+    rules, source, prepare, follow = CaptionRules(), "the training defaults", None, not args.skip_outside_links
+    if args.config:
+        from edlib.model.config_files import load_config
+
+        rules = config = load_config(args.config)
+        source, follow = args.config, follow and config.follow_outside_links
+        if config.method != "full":  # a method may change captions (textual inversion): ask it, as training does
+            from edlib.model.methods import make_method
+
+            prepare = make_method(config).prepare_captions
+    result = scan(args.data_root, follow_outside_links=follow)
+    if result.errors:
+        return _fail_on_errors(result.errors)
+    chosen = select_items(result, args.paths)
+    shown = chosen if args.limit <= 0 else chosen[: args.limit]
+    explained = [
+        explain_caption(result, i, rules, examples=args.examples, prepare=prepare, rules_source=source) for i in shown
+    ]
+    if args.json:
+        print(json.dumps({"images": [e.to_json() for e in explained], "more": len(chosen) - len(shown)}, indent=2))
+        return 0
+    print("\n\n".join(format_explanation(e) for e in explained))
+    if len(chosen) > len(shown):
+        print(f"\n... and {len(chosen) - len(shown)} more image(s) (--limit N shows more, 0 all)")
     return 0
 
 
@@ -104,7 +139,15 @@ def _cmd_train(args) -> int:
 def _cmd_sample(args) -> int:
     from edlib.sample import sample_model
 
-    paths = sample_model(args.model, args.prompts, args.out, grid=args.grid, config=args.config)
+    paths = sample_model(
+        args.model,
+        args.prompts,
+        args.out,
+        grid=args.grid,
+        config=args.config,
+        hypernetwork=args.hypernetwork,
+        hypernetwork_strength=args.hypernetwork_strength,
+    )
     for path in paths:
         print(path)
     return 0
@@ -242,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data_root")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-cache", action="store_true", help="ignore and do not update the scan cache")
+    p.add_argument(
+        "--captions", type=int, default=3, metavar="N", help="example captions per folder (default 3; 0: none; --json has all)"
+    )
     _add_links_option(p)
     p.set_defaults(func=_cmd_scan)
 
@@ -284,16 +330,40 @@ def build_parser() -> argparse.ArgumentParser:
     _add_links_option(p)
     p.set_defaults(func=_cmd_preview)
 
-    p = sub.add_parser("balance", help="turn target shares (a weight tree) into multiply.txt values")
+    p = sub.add_parser(
+        "balance",
+        help="turn target shares (a weight tree) into multiply.txt values",
+        description="Turn target shares into multiply.txt values. The weights file maps folder paths relative to "
+        "the data root (or glob patterns, * also matching /) to weights; siblings share their parent's share. "
+        "Weight 0 excludes a folder: --apply writes an exclude.txt there (the scan then gives it 0 samples). "
+        "Nothing is written without --apply, and --undo reverts the last apply.",
+    )
     p.add_argument("data_root")
-    p.add_argument("--weights", metavar="W.yaml", help="folder path or glob -> weight")
+    p.add_argument("--weights", metavar="W.yaml", help="folder path or glob -> weight (0 excludes)")
     p.add_argument("--epoch-size", type=float, default=None, help="samples per epoch wanted (default: current)")
-    p.add_argument("--apply", action="store_true", help="write the multiply.txt files (history kept)")
-    p.add_argument("--undo", action="store_true", help="restore the multiply.txt files before the last --apply")
+    p.add_argument("--apply", action="store_true", help="write the multiply.txt (and exclude.txt) files; history kept")
+    p.add_argument("--undo", action="store_true", help="restore the files as they were before the last --apply")
     p.add_argument("--force", action="store_true", help="with --undo: restore even files edited since the apply")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_links_option(p)
     p.set_defaults(func=_cmd_balance)
+
+    p = sub.add_parser(
+        "caption",
+        help="the caption an image trains with, and where each part comes from",
+        description="Show the caption each image trains with, as training builds it: its caption files, the "
+        "folder's trigger and tags, the file name, then tag shuffling (keep_tokens) and caption dropout, with "
+        "example orders drawn by the same function training uses. Settings are the training defaults, or "
+        "those of --config.",
+    )
+    p.add_argument("data_root")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="images or folders (relative to the data root); none: all")
+    p.add_argument("--config", metavar="C.yaml", help="a training config: its shuffle_caption, keep_tokens, caption_dropout, method")
+    p.add_argument("--examples", type=int, default=3, help="shuffled orders to show per image when tags shuffle (default 3)")
+    p.add_argument("--limit", type=int, default=20, help="images to show at most (default 20; 0: all)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_links_option(p)
+    p.set_defaults(func=_cmd_caption)
 
     p = sub.add_parser("train", help="train from a config file (resumable)")
     p.add_argument("config", help="CONFIG.yaml (keys: docs/config.md)")
@@ -307,11 +377,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="default: RUN/samples/manual or ./samples/NAME")
     p.add_argument("--grid", action="store_true", help="X/Y grid of all of a run's checkpoints x the prompts")
     p.add_argument("--config", metavar="DIR", help="for a single-file model: a diffusers folder with its configs")
+    p.add_argument("--hypernetwork", metavar="FILE.pt", help="apply an AUTOMATIC1111 hypernetwork file to the model")
+    p.add_argument("--hypernetwork-strength", type=float, default=1.0, metavar="S", help="its strength (default 1.0)")
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser("export", help="write what a run trained in a format other tools load")
     p.add_argument("run", metavar="RUN", help="a run folder (newest checkpoint) or a checkpoint folder")
-    p.add_argument("--format", required=True, choices=["diffusers", "single-file", "kohya-lora", "a1111-embedding"])
+    p.add_argument("--format", required=True, choices=["diffusers", "single-file", "kohya-lora", "a1111-embedding", "a1111-hypernetwork"])
     p.add_argument("--out", metavar="DIR", help="default: RUN/exports")
     p.add_argument(
         "--dtype",

@@ -214,3 +214,27 @@ def test_export_each_method_in_its_formats(tmp_path):
     embedding = Path(r.stdout.split()[-1])
     assert embedding.name == "zorblat.safetensors"
     pipe.load_textual_inversion(str(embedding), token="zorblat")
+
+
+@pytest.mark.slow
+def test_hypernetwork_export_and_sample_from_the_command_line(tmp_path):
+    """`edlib export RUN --format a1111-hypernetwork`, then `edlib sample MODEL --hypernetwork
+    FILE`: the base model with the file draws what sampling the run itself draws."""
+    import numpy as np
+    from PIL import Image
+
+    run = _train_tiny(tmp_path, "hyper", "method: hypernetwork\nunet_lr: 5.0e-2\nhypernetwork_strength: 0.8\nexport_formats: []\n")
+    r = edlib("export", run, "--format", "a1111-hypernetwork", "--dtype", "fp32")
+    assert r.returncode == 0, r.stderr
+    exported = Path(r.stdout.split()[-1])
+    assert exported == run / "exports" / "hyper-step000002-fp32.pt"  # an export other than fp16 is named by its dtype
+    prompts = tmp_path / "prompts.yaml"
+    prompts.write_text("defaults: {steps: 2, seed: 3}\nprompts: [red]\n")
+    r = edlib("sample", tmp_path / "model", "--prompts", prompts, "--out", tmp_path / "file",
+              "--hypernetwork", exported, "--hypernetwork-strength", "0.8")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    from_file = Path(r.stdout.split()[0])
+    r = edlib("sample", run, "--prompts", prompts, "--out", tmp_path / "run-samples")
+    assert r.returncode == 0, r.stderr
+    from_run = Path(r.stdout.split()[0])
+    assert np.array_equal(np.asarray(Image.open(from_file)), np.asarray(Image.open(from_run)))

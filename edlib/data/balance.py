@@ -9,31 +9,34 @@ that Bob"); multiply.txt wants a per-image multiplier. The weight tree bridges t
   sibling: its direct images form a pseudo-child written `FOLDER/.` (`.` for images
   directly in the data root). The folder's own weight is its whole subtree's weight among
   its siblings; `FOLDER/.` weighs its direct images against its subfolders.
-- Folders (and `FOLDER/.` entries) without a weight get weight 1.
+- Folders (and `FOLDER/.` entries) without a weight get weight 1, except those excluded
+  now (an `exclude.txt`): they stay excluded unless a key of the weights matches them.
 - Keys of the weights file are folder paths relative to the data root, or fnmatch-style
   glob patterns (`*` also matches `/`). An exact path beats any pattern; among patterns,
   the last matching one in the file wins. A key that matches no folder is an error (it is
-  almost always a typo).
+  almost always a typo): the message names the key and the folder names closest to it.
 - A weight of 0 excludes a folder and its subtree explicitly: its siblings share the
-  parent's share. multiply.txt cannot say "never" (its value must be > 0), so a plan
-  that excludes a folder holding images can be shown but `apply_balance` refuses it and
-  says which folders to move out of the data root (or give a small weight) instead.
+  parent's share. multiply.txt cannot say "never" (0 there is an error, so a typo cannot
+  drop a folder), so applying writes an `exclude.txt` into each excluded folder holding
+  images (a note saying which balance wrote it), which the scan reads as multiplier 0
+  whatever multiply.txt says, and leaves its multiply.txt as it is. A later balance that
+  gives the folder a weight again removes that exclude.txt; undo puts it back.
 - Each folder holding images gets m = share * N_epoch / n (N_epoch: the wanted epoch
   size, by default the current expected one). Shares and multipliers are exact fractions;
-  the written value keeps 6 decimals (6 significant digits below 1), so nothing is
-  rounded to 0 and no folder is silently excluded.
+  the written value is the exact decimal when m has one of at most 15 significant digits
+  (0.5, 2.25), else m to 6 decimals (6 significant digits below 1), so nothing is rounded
+  to 0 and no folder is silently excluded.
 
-`apply_balance` writes the multiply.txt files (the only files balancing writes in the
-data root, besides its history under DATA_ROOT/.edlib/balance_history/, which the scanner
-ignores); `undo_balance` puts back what was there before.
+`apply_balance` writes the multiply.txt and exclude.txt files (the only files balancing
+writes in the data root, besides its history under DATA_ROOT/.edlib/balance_history/, which
+the scanner ignores: `balance_history`); `undo_balance` puts back what was there before.
 """
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
-import json
 import math
-import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -43,15 +46,20 @@ from pathlib import Path, PurePosixPath
 import yaml
 
 from edlib.data import safe_yaml
-from edlib.data.folder_files import format_value
+from edlib.data.balance_history import HISTORY_DIR, record_and_apply, undo_balance
+from edlib.data.folder_files import EXCLUDE_FILE, format_value
 from edlib.data.numbers import format_count, format_share
 from edlib.data.small_files import TEXT_FILE_LIMIT, quote, read_small
 from edlib.data.types import DataRootError, ScanResult
-from edlib.files import copy_atomic, describe_write_error, write_text_atomic
 
-HISTORY_DIR = PurePosixPath(".edlib", "balance_history")
-MANIFEST = "manifest.json"
+__all__ = [
+    "HISTORY_DIR", "BalanceEntry", "BalancePlan", "apply_balance", "format_plan", "load_weights",
+    "multiplier_text", "plan_balance", "undo_balance",
+]
+
 OWN_IMAGES = "."  # name of a folder's pseudo-child holding its direct images
+# Significant digits up to which a multiplier with an exact decimal form is written exactly.
+EXACT_DIGITS = 15
 
 
 def load_weights(path) -> dict[str, float]:
@@ -98,6 +106,7 @@ class BalanceEntry:
     share: Fraction  # of the whole epoch
     new: Fraction  # exact m = share * epoch_size / images (0 when excluded)
     text: str | None  # the value as written to multiply.txt; None when excluded
+    was_excluded: bool = False  # excluded by an exclude.txt when planned
 
     @property
     def excluded(self) -> bool:
@@ -132,6 +141,7 @@ class BalancePlan:
                     "path": e.path,
                     "images": e.images,
                     "current_multiply": float(e.current),
+                    "currently_excluded": e.was_excluded,
                     "new_multiply": None if e.excluded else float(e.written),
                     "written": e.text,  # the exact text of multiply.txt; None when excluded
                     "share": float(e.share),
@@ -144,8 +154,11 @@ class BalancePlan:
         }
 
 
-def plan_balance(scan: ScanResult, weights: dict[str, float], *, epoch_size: float | None = None) -> BalancePlan:
-    """Multipliers that give each folder its share of the weight tree (module docstring)."""
+def plan_balance(
+    scan: ScanResult, weights: dict[str, float], *, epoch_size: float | None = None, source: str = "weights"
+) -> BalancePlan:
+    """Multipliers that give each folder its share of the weight tree (module docstring).
+    `source` names the weights in messages (the weights file)."""
     images = {f.path: 0 for f in scan.folders}
     for it in scan.items:
         images[it.folder] += 1
@@ -153,9 +166,11 @@ def plan_balance(scan: ScanResult, weights: dict[str, float], *, epoch_size: flo
     image_folders = [p for p, n in images.items() if n]
     if not image_folders:
         raise DataRootError(f"{scan.root}: no folders with images to balance")
+    excluded_now = {f.path for f in scan.folders if f.settings.exclude and images[f.path]}
 
     children = _tree(image_folders)
-    weight_of = _resolve_weights(_checked_weights(weights, source="weights"), children, scan.root)
+    kept_out = {_own(p, children) for p in excluded_now}
+    weight_of, still_out = _resolve_weights(_checked_weights(weights, source=source), children, scan.root, source, kept_out)
 
     if epoch_size is None:
         target = sum(scan.expected_samples().values(), Fraction(0))
@@ -165,13 +180,14 @@ def plan_balance(scan: ScanResult, weights: dict[str, float], *, epoch_size: flo
         target = Fraction(str(epoch_size))
 
     shares: dict[str, Fraction] = {}
-    _split(children, "", Fraction(1), weight_of, shares, scan.root)
+    _split(children, "", Fraction(1), weight_of, shares, scan.root, still_out)
 
     entries = []
     for p in sorted(image_folders):
         share = shares[_own(p, children)]
         new = share * target / images[p]
-        entries.append(BalanceEntry(p, images[p], Fraction(current[p]), share, new, multiplier_text(new) if new else None))
+        text = multiplier_text(new) if new else None
+        entries.append(BalanceEntry(p, images[p], Fraction(current[p]), share, new, text, p in excluded_now))
     plan = BalancePlan(root=Path(scan.root), epoch_size=target, entries=entries)
     for e in entries:
         if not e.excluded and e.written * e.images < 1:
@@ -179,12 +195,29 @@ def plan_balance(scan: ScanResult, weights: dict[str, float], *, epoch_size: flo
                 f"folder {e.path or '.'}: {float(e.written * e.images):.3g} expected samples per epoch (< 1)"
             )
     _note_other_multipliers(scan, plan)
-    if plan.excluded:
-        plan.warnings.append(
-            "weight 0 excludes " + ", ".join(p or "." for p in plan.excluded) + "; multiply.txt cannot hold 0, "
-            "so this plan cannot be applied: move those folders out of the data root or give them a small weight"
-        )
+    _note_exclusions(plan, still_out)
     return plan
+
+
+def _note_exclusions(plan: BalancePlan, still_out: list[str]) -> None:
+    """Say what applying does about exclusions: new ones, kept ones, ended ones."""
+    new = [e.path or "." for e in plan.entries if e.excluded and not e.was_excluded]
+    ended = [e.path or "." for e in plan.entries if e.was_excluded and not e.excluded]
+    if new:
+        plan.warnings.append(
+            f"weight 0 excludes {', '.join(new)}: applying writes an {EXCLUDE_FILE} into each (their images get "
+            f"0 samples per epoch; multiply.txt stays as it is; undo: edlib balance {plan.root} --undo)"
+        )
+    if still_out:
+        plan.warnings.append(
+            f"{', '.join(still_out)} stay(s) excluded by {EXCLUDE_FILE}: no key of the weights names it; give it a "
+            "weight (the folder path, or FOLDER/. for a folder with subfolders) to train it again"
+        )
+    if ended:
+        plan.warnings.append(
+            f"{', '.join(ended)} is/are excluded by {EXCLUDE_FILE} now; applying this plan trains it again and "
+            "removes that file (a copy is kept in the balance history; undo puts it back)"
+        )
 
 
 def _note_other_multipliers(scan: ScanResult, plan: BalancePlan) -> None:
@@ -236,46 +269,104 @@ def _own(folder: str, children: dict[str, list[str]]) -> str:
     return _pseudo(folder) if children[folder] else folder
 
 
-def _resolve_weights(weights: dict[str, float], children: dict[str, list[str]], root) -> dict[str, Fraction]:
-    """Weight of every node but the root: exact key, else the last matching pattern, else 1."""
+def _resolve_weights(
+    weights: dict[str, float], children: dict[str, list[str]], root, source: str, kept_out: set[str]
+) -> tuple[dict[str, Fraction], list[str]]:
+    """Weight of every node but the root: exact key, else the last matching pattern, else 1
+    (0 for a node in `kept_out`, excluded now). Also returns the `kept_out` nodes no key
+    matched, which stay excluded."""
     nodes = [n for n in children if n != ""]
     exact = {k: v for k, v in weights.items() if k in children}
     patterns = [(k, v) for k, v in weights.items() if k not in children]
     unmatched = [k for k, _ in patterns if not any(fnmatch.fnmatchcase(n, k) for n in nodes)]
     if unmatched:
-        raise DataRootError(
-            f"{root}: weights name no folder with images (or above some): {', '.join(map(repr, unmatched))}"
-        )
-    resolved = {}
+        raise DataRootError(_unmatched_message(unmatched, nodes, root, source))
+    resolved, still_out = {}, []
     for n in nodes:
         value = exact.get(n)
         if value is None:
-            value = next((v for k, v in reversed(patterns) if fnmatch.fnmatchcase(n, k)), 1)
-        resolved[n] = Fraction(str(value))  # decimal text -> exact: 0.3 stays 3/10
-    return resolved
+            value = next((v for k, v in reversed(patterns) if fnmatch.fnmatchcase(n, k)), None)
+        if value is None and n in kept_out:
+            value = 0
+            still_out.append(n)
+        resolved[n] = Fraction(str(1 if value is None else value))  # decimal text -> exact: 0.3 stays 3/10
+    return resolved, still_out
 
 
-def _split(children, node: str, share: Fraction, weight_of, shares: dict[str, Fraction], root) -> None:
+def _unmatched_message(keys: list[str], nodes: list[str], root, source: str) -> str:
+    """Which keys match nothing, the folder names closest to each, and what a key may be."""
+    parts = []
+    for key in keys:
+        # The key's last part against its siblings' names first (a typo is rarely in two
+        # places, and "a/bbo" is as close to "a/amy" as to "a/bob" as a whole path).
+        parent, _, last = key.rpartition("/")
+        siblings = {n.rpartition("/")[2]: n for n in nodes if n.rpartition("/")[0] == parent}
+        close = [siblings[m] for m in difflib.get_close_matches(last, list(siblings), n=3, cutoff=0.6)]
+        close = close or difflib.get_close_matches(key, nodes, n=3, cutoff=0.75)
+        hint = f"did you mean {' or '.join(map(repr, close))}?" if close else "no folder name is close to it"
+        if key and not any(ch in key for ch in "*?[") and (Path(root) / key).is_dir():
+            hint = "that folder holds no images, in it or below it"
+        parts.append(f"{key!r} ({hint})")
+    shown = sorted(nodes)
+    listed = ", ".join(shown[:12]) + (f" and {len(shown) - 12} more" if len(shown) > 12 else "")
+    return (
+        f"{source}: {'key' if len(keys) == 1 else 'keys'} matching no folder with images (or above some) under "
+        f"{root}: {'; '.join(parts)}. A key is a folder path relative to the data root ('a/b'; 'a/.' for the "
+        f"images directly in a folder that has subfolders) or a glob pattern ('*/ground_truth'; * also matches /). "
+        f"Folders: {listed}"
+    )
+
+
+def _split(children, node: str, share: Fraction, weight_of, shares: dict[str, Fraction], root, still_out) -> None:
     shares[node] = share
     kids = children[node]
     if not kids:
         return
     total = sum((weight_of[k] for k in kids), Fraction(0))
     if total == 0 and share > 0:
+        excluded = [k for k in kids if k in still_out]
+        why = f" ({', '.join(excluded)}: excluded by {EXCLUDE_FILE}, named by no key)" if excluded else ""
         raise DataRootError(
-            f"{root}: every subfolder of {node or 'the data root'} has weight 0; "
+            f"{root}: every subfolder of {node or 'the data root'} has weight 0{why}; "
             f"give one a weight > 0, or give {node or 'the data root'} itself weight 0"
         )
     for k in kids:
-        _split(children, k, share * weight_of[k] / total if total else Fraction(0), weight_of, shares, root)
+        _split(children, k, share * weight_of[k] / total if total else Fraction(0), weight_of, shares, root, still_out)
 
 
 def multiplier_text(m: Fraction) -> str:
-    """6 decimals, or 6 significant digits below 1 (so a tiny value never becomes 0),
-    trailing zeros stripped."""
+    """The text written for multiplier m > 0: its exact decimal when it has one of at most
+    `EXACT_DIGITS` significant digits (1/2 -> 0.5, 9/4 -> 2.25, 1/1024 -> 0.0009765625), else
+    m rounded to 6 decimals, or to 6 significant digits below 1 (so a tiny value never
+    becomes 0); trailing zeros stripped."""
+    exact = _exact_decimal(m)
+    if exact is not None:
+        return exact
     exponent = math.floor(math.log10(m)) if m < 1 else 0
     places = max(6, 5 - exponent)
     d = (Decimal(m.numerator) / Decimal(m.denominator)).quantize(Decimal(1).scaleb(-places), ROUND_HALF_EVEN)
+    return _plain(d)
+
+
+def _exact_decimal(m: Fraction) -> str | None:
+    """m's finite decimal expansion, or None when it has none (a denominator with a prime
+    factor other than 2 and 5) or needs more than `EXACT_DIGITS` significant digits."""
+    m = Fraction(m)
+    rest, twos, fives = m.denominator, 0, 0
+    while rest % 2 == 0:
+        rest, twos = rest // 2, twos + 1
+    while rest % 5 == 0:
+        rest, fives = rest // 5, fives + 1
+    if rest != 1:
+        return None
+    places = max(twos, fives)
+    digits = m.numerator * 10**places // m.denominator  # exact: 10**places is a multiple of the denominator
+    if len(str(digits).rstrip("0")) > EXACT_DIGITS:
+        return None
+    return _plain(Decimal(digits).scaleb(-places))
+
+
+def _plain(d: Decimal) -> str:
     text = format(d, "f")
     return text.rstrip("0").rstrip(".") if "." in text else text
 
@@ -289,7 +380,7 @@ def format_plan(plan: BalancePlan) -> str:
             (
                 e.path or ".",
                 str(e.images),
-                format_value(e.current),
+                "excluded" if e.was_excluded else format_value(e.current),
                 e.text if e.text is not None else "excluded",
                 format_share(e.share),
                 format_count(e.written * e.images),
@@ -307,112 +398,34 @@ def format_plan(plan: BalancePlan) -> str:
 
 
 def apply_balance(plan: BalancePlan) -> Path:
-    """Write the plan's multiply.txt files; returns the history entry that undoes it.
+    """Write the plan's multiply.txt files, and an exclude.txt into each folder it excludes;
+    returns the history entry that undoes it (`balance_history`).
 
-    The previous files are copied into DATA_ROOT/.edlib/balance_history/<time>/ with a
-    manifest before anything is written, so an interrupted apply can still be undone. If
-    that copy fails (a full disk), the history entry is removed and nothing is written. A
-    multiply.txt that is a symlink is written through (the link stays a link).
+    An included folder that holds an exclude.txt (excluded before) loses it: the history
+    keeps a copy. An excluded folder keeps its multiply.txt, and an exclude.txt it already
+    has. The previous files are copied into the history before anything is written, so an
+    interrupted apply can still be undone; if that copy fails (a full disk), nothing is
+    written. A multiply.txt that is a symlink is written through (the link stays a link).
     """
-    if plan.excluded:
-        raise DataRootError(
-            f"{plan.root}: cannot apply: weight 0 excludes {', '.join(p or '.' for p in plan.excluded)}, and "
-            "multiply.txt must be > 0; move those folders out of the data root or give them a small weight"
-        )
     if plan.overridden:
         raise DataRootError(
             f"{plan.root}: cannot apply: {', '.join(plan.overridden)} set(s) multiply, which wins over the "
             "multiply.txt balancing writes (EveryDream2's order); remove the multiply line there first"
         )
     root = Path(plan.root)
-    entry = _new_history_entry(root)
-    try:
-        manifest = _keep_previous(root, entry, plan)
-    except OSError as error:
-        shutil.rmtree(entry, ignore_errors=True)
-        raise DataRootError(
-            f"{root}: could not keep the previous multiply.txt files ({describe_write_error(error, entry)}); "
-            "nothing was written, free some space and apply again"
-        ) from None
-    written = 0
-    for rel, text in manifest["written"].items():
-        try:
-            write_text_atomic(root / rel, text)
-        except OSError as error:
-            raise DataRootError(
-                f"{root / rel}: could not write ({describe_write_error(error, root / rel)}); {written} of "
-                f"{len(manifest['written'])} multiply.txt files were written. Undo them with: "
-                f"edlib balance {root} --undo"
-            ) from None
-        written += 1
-    return entry
-
-
-def _keep_previous(root: Path, entry: Path, plan: BalancePlan) -> dict:
-    """Copy the multiply.txt files the plan replaces into the history `entry` and write its
-    manifest; returns the manifest."""
-    manifest = {"created": [], "replaced": [], "written": {}}
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    written: dict[str, str] = {}
+    removed: list[str] = []
     for e in plan.entries:
-        rel = str(PurePosixPath(e.path, "multiply.txt"))
-        target = root / rel
-        if target.exists():
-            backup = entry / "files" / rel
-            backup.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(target, backup)
-            manifest["replaced"].append(rel)
+        exclude = str(PurePosixPath(e.path, EXCLUDE_FILE))
+        if e.excluded:
+            if not (root / exclude).exists():
+                written[exclude] = (
+                    f"written by edlib balance --apply on {when}: weight 0 excludes this folder from training\n"
+                    f"To train it again: edlib balance {root} --undo (undoes that whole balance), or delete this file.\n"
+                )
         else:
-            manifest["created"].append(rel)
-        manifest["written"][rel] = e.text + "\n"
-    write_text_atomic(entry / MANIFEST, json.dumps(manifest, indent=2))
-    return manifest
-
-
-def undo_balance(root, *, force: bool = False) -> list[str]:
-    """Undo the newest `apply_balance`: restore the files it replaced, remove the ones it
-    created, drop its history entry. Returns one line per file touched.
-
-    A file changed since the apply (someone edited it) is not overwritten unless `force`:
-    undo never destroys an edit it did not make.
-    """
-    root = Path(root)
-    history = root / HISTORY_DIR
-    entries = sorted(p for p in history.iterdir() if (p / MANIFEST).is_file()) if history.is_dir() else []
-    if not entries:
-        raise DataRootError(f"{root}: no balance history to undo (looked in {history})")
-    entry = entries[-1]
-    manifest = json.loads((entry / MANIFEST).read_text(encoding="utf-8"))
-    if not force:
-        edited = [
-            rel
-            for rel, text in manifest["written"].items()
-            if (root / rel).exists() and (root / rel).read_text(encoding="utf-8") != text
-        ]
-        if edited:
-            raise DataRootError(
-                f"{root}: changed since the balance was applied, not undoing: {', '.join(edited)}. "
-                f"To restore the older files anyway: edlib balance {root} --undo --force "
-                "(from Python: undo_balance(root, force=True))"
-            )
-    done = []
-    for rel in manifest["replaced"]:
-        copy_atomic(entry / "files" / rel, root / rel)  # through a symlink: the link stays
-        done.append(f"restored {rel}")
-    for rel in manifest["created"]:
-        if (root / rel).exists():
-            (root / rel).unlink()
-            done.append(f"removed {rel} (it did not exist before)")
-    shutil.rmtree(entry)
-    return done
-
-
-def _new_history_entry(root: Path) -> Path:
-    history = root / HISTORY_DIR
-    history.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S_%fZ")
-    entry = history / stamp
-    n = 1
-    while entry.exists():  # two applies within a microsecond: keep both, in order
-        entry = history / f"{stamp}-{n}"
-        n += 1
-    entry.mkdir()
-    return entry
+            written[str(PurePosixPath(e.path, "multiply.txt"))] = e.text + "\n"
+            if (root / exclude).exists() or (root / exclude).is_symlink():
+                removed.append(exclude)
+    return record_and_apply(root, written, removed)

@@ -9,6 +9,7 @@ Files a folder may hold (EveryDream2 names):
     shuffle_tags.txt  present = shuffle caption tags; or true/false/yes/no/on/off/1/0
     batch_id.txt      images with the same batch id are batched together
     trigger.txt       a word or phrase put in front of every caption of the folder (empty: none)
+    exclude.txt       present = the folder's images are not trained (multiplier 0); its text is a note
     local.yaml        any of the keys above (multiply, loss_scale, ..., trigger): this folder
     global.yaml       the same keys, for this folder and every folder below it
 
@@ -29,6 +30,12 @@ Two keys combine instead: `tags` from every level are pooled (nearer ones first)
 `shuffle_tags` is on when any level turns it on. Nothing but global.yaml ever cascades: a
 multiply.txt applies to the images directly in its folder, not to subfolders (the
 EveryDream rule users rely on for preservation sets).
+
+`exclude.txt` (edlib's, written by `edlib balance --apply` for a weight of 0, or by hand) wins
+over every multiplier: the folder's images stay in the scan but get 0 samples per epoch, also
+those whose own .yaml sets `multiply`. Like multiply.txt it applies to its folder only. It is
+a file of its own rather than `multiply.txt` = 0 because 0 there is an error (a typo must not
+silently drop a folder), and because deleting it undoes it while the multiplier stays as it was.
 
 Bad values are errors naming the file and the text found; the folder then keeps the
 value it would have had without that file, so one typo shows every other problem too.
@@ -73,10 +80,12 @@ SETTING_FILES = {
 }
 LOCAL_YAML = ("local.yaml", "local.yml")
 GLOBAL_YAML = ("global.yaml", "global.yml")
-FOLDER_FILES = frozenset(SETTING_FILES) | frozenset(LOCAL_YAML) | frozenset(GLOBAL_YAML)
-# Folder caption keys (from local/global yaml); every other field is a setting.
+EXCLUDE_FILE = "exclude.txt"
+FOLDER_FILES = frozenset(SETTING_FILES) | frozenset(LOCAL_YAML) | frozenset(GLOBAL_YAML) | {EXCLUDE_FILE}
+# Folder caption keys (from local/global yaml); every other field is a setting, except
+# `exclude`, which only exclude.txt sets (no yaml key: one explicit file to find and delete).
 CAPTION_FIELDS = ("main_prompt", "tags", "max_caption_length")
-SETTING_KEYS = tuple(f.name for f in fields(FolderSettings) if f.name not in CAPTION_FIELDS)
+SETTING_KEYS = tuple(f.name for f in fields(FolderSettings) if f.name not in (*CAPTION_FIELDS, "exclude"))
 ALL_KEYS = SETTING_KEYS + CAPTION_FIELDS
 # .txt files that local.yaml overrides in the same folder; the others override local.yaml.
 _BELOW_LOCAL = frozenset({"multiply", "flip_p", "cond_dropout", "shuffle_tags"})
@@ -124,6 +133,7 @@ class FolderRead:
     failed: set[str] = field(default_factory=set)  # keys whose final value a bad file would have set
     files: list[str] = field(default_factory=list)  # folder files present (relative paths)
     yaml_keys: dict[str, tuple[str, ...]] = field(default_factory=dict)  # local/global yaml -> its keys
+    exclude_note: str | None = None  # the first line of exclude.txt, when the folder is excluded
 
 
 def parse_setting(key: str, value: object, source: str) -> object:
@@ -227,13 +237,37 @@ def read_folder(folder: Path, rel: str, names: set[str], inherited: Layer) -> Fo
             )
         layer.values[key] = value
         layer.sources[key] = source
+    if EXCLUDE_FILE in names:
+        _read_exclude(folder, rel, above, out)
 
     out.inherited = global_layer.over(inherited)
     merged = above.over(local_layer.over(below.over(out.inherited)))
+    if merged.values.get("exclude"):  # the effective multiplier: every count downstream follows it
+        merged.values["multiply"], merged.sources["multiply"] = Fraction(0), merged.sources["exclude"]
     out.settings = FolderSettings(**merged.values)
     out.sources = merged.sources
     out.failed = merged.failed
     return out
+
+
+def _read_exclude(folder: Path, rel: str, layer: Layer, out: FolderRead) -> None:
+    """exclude.txt: its presence excludes the folder; a text that reads as "no" is an error
+    rather than a silent exclusion the writer did not mean."""
+    source = _join(rel, EXCLUDE_FILE)
+    out.files.append(source)
+    try:
+        text = _read_text(folder / EXCLUDE_FILE, source).strip()
+        if text.lower() in _FALSE:
+            raise SettingError(
+                f"{source}: this file excludes its folder from training whatever it holds, and it says "
+                f"{quote(text)}; delete it to train the folder (its text is only a note)"
+            )
+    except DataRootError as exc:
+        out.errors.append(str(exc))
+        layer.failed.update(("exclude", "multiply"))  # a re-read keeps both as they were
+        return
+    layer.values["exclude"], layer.sources["exclude"] = True, source
+    out.exclude_note = text.splitlines()[0].strip() if text else None
 
 
 def _read_yaml_layer(folder: Path, rel: str, names: set[str], spellings: tuple[str, ...], out: FolderRead) -> Layer:
@@ -312,6 +346,8 @@ _CANONICAL = {
     "batchid": "batch_id.txt",
     "trigger": "trigger.txt",
     "triggers": "trigger.txt",
+    "exclude": "exclude.txt",
+    "excluded": "exclude.txt",
     "local": "local.yaml",
     "global": "global.yaml",
 }

@@ -6,7 +6,6 @@ multiply.txt (`edlib.data.folder_files.format_value`), never re-rounded."""
 
 from __future__ import annotations
 
-import math
 from fractions import Fraction
 
 
@@ -29,13 +28,3 @@ def format_share(share: float | Fraction) -> str:
     """A share of the epoch (0..1) as a percentage with one decimal: 85.7%."""
     return f"{100 * float(share):.1f}%"
 
-
-def shortest_decimal_between(low: Fraction, high: Fraction, *, max_places: int) -> Fraction | None:
-    """The decimal with the fewest places (at most `max_places`) in [low, high], the one
-    nearest `low` among those; None when the interval holds none."""
-    for places in range(max_places + 1):
-        unit = Fraction(1, 10**places)
-        candidate = math.ceil(low / unit) * unit
-        if candidate <= high:
-            return candidate
-    return None

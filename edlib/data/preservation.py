@@ -18,20 +18,22 @@ This module turns what a user wants into that multiplier, and shows the conseque
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from fractions import Fraction
 
 import numpy as np
 
 from edlib.data.balance import multiplier_text
-from edlib.data.numbers import shortest_decimal_between
 from edlib.data.schedule import DEFAULT_SEED, EpochPlanner
 from edlib.data.types import ScanResult
 
-AMOUNT_DECIMALS = 6  # the decimals an amount is read to (the panel rounds what it shows to these)
 # Buckets do not change which images an epoch draws, so counting uses the smallest base
 # resolution that makes valid buckets.
 _COUNT_RESOLUTION = 64
+# Significant digits a panel shows an amount to: the fewest `preservation_multiplier` reads an
+# amount to, so an amount shown for a multiplier gives that multiplier back.
+AMOUNT_DIGITS = 6
 
 
 def _folder_images(scan: ScanResult, folder: str) -> int:
@@ -51,46 +53,65 @@ def preservation_multiplier(
     (expected), or `fraction` of its images, or `share` of the whole epoch (the other
     folders keeping their multipliers). Exactly one of the three must be given.
 
-    An amount is read to `AMOUNT_DECIMALS` decimals, as the notebook panel shows it: the
-    text is the shortest decimal whose amount rounds to the one given, so the amount the panel
-    shows for a multiplier of 1 gives back 1, never 0.999999. Where no decimal that short exists
-    the text keeps 6 decimals (6 significant digits below 1) like balancing writes, so a small
-    value is never rounded to 0."""
+    The amount is taken to the precision it was given in (at least `AMOUNT_DIGITS` = 6 and at
+    most 12 significant digits: 0.142857 stands for anything from 0.1428565 to 0.1428575), and the
+    text is the shortest decimal multiplier whose amount lies in that range (the one
+    nearest the exact value among equally short ones). So an amount shown rounded from a
+    multiplier of 1 gives back "1", never 0.999999, and a small value never becomes 0."""
     given = {k: v for k, v in (("per_epoch", per_epoch), ("fraction", fraction), ("share", share)) if v is not None}
     if len(given) != 1:
         raise ValueError(f"give exactly one of per_epoch, fraction, share; got {sorted(given) or 'none'}")
     ((kind, value),) = given.items()
     exact = Fraction(str(value))
     n = _folder_images(scan, folder)
-    others = _others_per_epoch(scan, folder)
-    if kind == "per_epoch" and exact <= 0:
-        raise ValueError(f"images per epoch must be > 0, got {value}")
-    if kind == "fraction" and exact <= 0:
-        raise ValueError(f"fraction of the folder per epoch must be > 0, got {value}")
-    if kind == "share":
-        if not 0 < exact < 1:
-            raise ValueError(f"share of the epoch must be between 0 and 1 (exclusive), got {value}")
-        if others == 0:
-            raise ValueError(f"folder {folder!r} is the only folder with images: its share is always 1")
-    text = multiplier_text(_multiplier(kind, exact, n, others))
-    # Every amount that shows as the given one, and the multipliers giving them (the
-    # multiplier grows with the amount); the shortest of those, when shorter than `text`.
-    half = Fraction(1, 2 * 10**AMOUNT_DECIMALS)
-    top = exact + half if kind != "share" or exact + half < 1 else exact
-    low, high = _multiplier(kind, max(exact - half, Fraction(0)), n, others), _multiplier(kind, top, n, others)
-    places = len(text.partition(".")[2])
-    short = shortest_decimal_between(max(low, Fraction(1, 10**places)), high, max_places=places - 1) if places else None
-    return multiplier_text(short) if short else text
-
-
-def _multiplier(kind: str, amount: Fraction, n: int, others: Fraction) -> Fraction:
-    """The multiplier of a folder of `n` images that gives `amount` (module docstring)."""
     if kind == "per_epoch":
-        return amount / n
+        if exact <= 0:
+            raise ValueError(f"images per epoch must be > 0, got {value}")
+        return _shortest_multiplier(exact, lambda a: a / n)
     if kind == "fraction":
-        return amount
+        if exact <= 0:
+            raise ValueError(f"fraction of the folder per epoch must be > 0, got {value}")
+        return _shortest_multiplier(exact, lambda a: a)
+    if not 0 < exact < 1:
+        raise ValueError(f"share of the epoch must be between 0 and 1 (exclusive), got {value}")
+    others = _others_per_epoch(scan, folder)
+    if others == 0:
+        raise ValueError(f"folder {folder!r} is the only folder with images: its share is always 1")
     # share = m*n / (m*n + others)  =>  m*n = share * others / (1 - share)
-    return amount * others / ((1 - amount) * n)
+    return _shortest_multiplier(exact, lambda a: a * others / ((1 - a) * n))
+
+
+def amount_as_shown(amount: float | Fraction) -> float:
+    """`amount` to `AMOUNT_DIGITS` significant digits, as a panel shows it for editing."""
+    return float(f"{float(amount):.{AMOUNT_DIGITS}g}")
+
+
+def _shortest_multiplier(amount: Fraction, to_multiplier) -> str:
+    """The shortest decimal m with to_multiplier(a) = m for some a within half a unit of
+    `amount`'s last digit (see `preservation_multiplier`); `to_multiplier` is increasing."""
+    exponent = math.floor(math.log10(amount))
+    typed = _decimal_places(amount)
+    unit = Fraction(10) ** max(min(-typed, exponent - AMOUNT_DIGITS + 1), exponent - 11)
+    low, high = to_multiplier(amount - unit / 2), to_multiplier(amount + unit / 2)
+    target = to_multiplier(amount)
+    places = 0
+    while True:
+        scale = 10**places
+        first, last = math.ceil(low * scale), math.floor(high * scale)
+        first = max(first, 1)  # m > 0
+        if first <= last:
+            nearest = min(max(round(target * scale), first), last)
+            return multiplier_text(Fraction(nearest, scale))
+        places += 1
+
+
+def _decimal_places(value: Fraction) -> int:
+    """Decimal places of the shortest decimal equal to `value` (the text it was typed as),
+    or a large number when it has no finite decimal form."""
+    places, scaled = 0, value
+    while scaled.denominator != 1 and places < 30:
+        places, scaled = places + 1, scaled * 10
+    return places
 
 
 def _others_per_epoch(scan: ScanResult, folder: str) -> Fraction:

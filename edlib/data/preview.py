@@ -48,6 +48,7 @@ class FolderPreview:
     loss_scale: float
     expected_per_epoch: Fraction  # multiply * images exactly (images with their own multiply at theirs)
     share: float  # expected_per_epoch / epoch_size
+    excluded: bool = False  # by its exclude.txt: 0 samples whatever its multiply.txt says
 
 
 @dataclass
@@ -107,6 +108,7 @@ class Preview:
                     "loss_scale": f.loss_scale,
                     "expected_per_epoch": float(f.expected_per_epoch),
                     "share": f.share,
+                    "excluded": f.excluded,
                 }
                 for f in self.folders
             ],
@@ -216,6 +218,7 @@ def _folder_previews(scan: ScanResult) -> list[FolderPreview]:
             loss_scale=f.settings.loss_scale,
             expected_per_epoch=expected[f.path],
             share=0.0,
+            excluded=f.settings.exclude,
         )
         for f in scan.folders
     ]
@@ -268,7 +271,7 @@ def format_preview(p: Preview) -> str:
             (
                 f.path or ".",
                 str(f.images),
-                _num(f.multiply),
+                "excluded" if f.excluded else _num(f.multiply),
                 _num(f.loss_scale),
                 format_count(f.expected_per_epoch),
                 format_share(f.share),

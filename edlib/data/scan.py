@@ -172,6 +172,8 @@ def _scan(root_path: Path, use_cache: bool, log: logging.Logger, follow_outside_
         info = FolderInfo(folder.rel, len(items), read.settings, read.sources)
         result.folders.append(info)
         result.warnings.extend(_log_applied(info, log))
+        if read.settings.exclude:
+            result.warnings.append(_excluded_warning(info, read.exclude_note))
 
     if use_cache:
         cache.save()
@@ -183,9 +185,20 @@ def _scan(root_path: Path, use_cache: bool, log: logging.Logger, follow_outside_
             f"{len(small)} image(s) smaller than {SMALL_SIDE} px on a side will be upscaled a lot "
             f"in training (smallest: {tiny.path}, {tiny.width}x{tiny.height})"
         )
+    if result.folders and all(f.settings.exclude for f in result.folders):
+        result.warnings.append("every folder with images is excluded (exclude.txt): training has nothing to train on")
     result.items.sort(key=attrgetter("path"))
     result.folders.sort(key=attrgetter("path"))
     return result
+
+
+def _excluded_warning(info: FolderInfo, note: str | None) -> str:
+    source = info.sources["exclude"]
+    said = f' (it says: "{note[:120]}")' if note else ""
+    return (
+        f"{info.path or '.'}: its {info.images} image(s) are excluded from training by {source}{said}: "
+        f"0 samples per epoch; delete {source} (or undo the balance that wrote it) to train them again"
+    )
 
 
 def _checked_root(root: str | os.PathLike) -> Path:
@@ -392,6 +405,9 @@ def _log_applied(info: FolderInfo, log: logging.Logger) -> list[str]:
         if source is None:
             continue
         value = getattr(info.settings, key)
+        if key == "multiply" and info.settings.exclude:
+            log.info("%s: excluded, 0 samples per epoch for %d image(s) in %s", source, info.images, _where(info.path))
+            continue
         label, shown = setting_label(info.path, key, source), format_value(value)
         log.info("%s: %s for %d image(s) in %s", label, shown, info.images, _where(info.path))
         if key == "loss_scale" and value <= 0:

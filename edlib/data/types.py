@@ -65,7 +65,8 @@ class FolderSettings:
     0.1 x 10 images is exactly 1 image. `cond_dropout` None means "use the run config".
     `main_prompt`, `tags` and `max_caption_length` are the caption keys of local.yaml and
     global.yaml (EveryDream2's folder captions): they complete the captions of the folder's
-    images (see `captions.compose_caption`).
+    images (see `captions.compose_caption`). `exclude` is set by the folder's `exclude.txt`;
+    `multiply` is then 0 (the effective multiplier), whatever multiply.txt says.
     """
 
     multiply: Fraction = Fraction(1)
@@ -78,6 +79,7 @@ class FolderSettings:
     main_prompt: str | None = None
     tags: tuple[Tag, ...] = ()
     max_caption_length: int | None = None
+    exclude: bool = False
 
     def with_(self, **changes) -> FolderSettings:
         return replace(self, **changes)
@@ -103,10 +105,13 @@ class ImageOwn:
 def with_image_settings(settings: FolderSettings, own: ImageOwn | None) -> FolderSettings:
     """A folder's settings with an image's own overrides applied. `shuffle_tags` is on
     when any file that applies to the image turns it on (EveryDream2's rule); every other
-    key set by the image replaces the folder's value."""
+    key set by the image replaces the folder's value, except `multiply` in an excluded folder
+    (exclude.txt wins over every multiplier)."""
     if own is None or not own.settings:
         return settings
     changes = dict(own.settings)
+    if settings.exclude:
+        changes.pop("multiply", None)
     if "shuffle_tags" in changes:
         changes["shuffle_tags"] = bool(changes["shuffle_tags"]) or settings.shuffle_tags
     return replace(settings, **changes)
@@ -169,12 +174,14 @@ class ScanResult:
 
     def expected_samples(self) -> dict[str, Fraction]:
         """Expected samples per epoch of each folder (path -> exact count): its multiplier
-        times its images, with images that set their own multiply counted at theirs."""
+        times its images, with images that set their own multiply counted at theirs (0 in a
+        folder excluded by exclude.txt)."""
         images = {f.path: 0 for f in self.folders}
+        excluded = {f.path for f in self.folders if f.settings.exclude}
         own: dict[str, Fraction] = {}  # per folder: the sum of the images' own multipliers
         for item in self.items:
             settings = dict(item.own.settings) if item.own is not None and item.own.settings else None
-            if settings is not None and "multiply" in settings:
+            if settings is not None and "multiply" in settings and item.folder not in excluded:
                 own[item.folder] = own.get(item.folder, Fraction(0)) + settings["multiply"]
             else:
                 images[item.folder] += 1

@@ -2,7 +2,7 @@
 
 Which formats fit depends on the method: a full fine-tune becomes a diffusers folder or one
 single-file checkpoint; a LoRA run a kohya-style LoRA file; a textual-inversion run one
-A1111 embedding per placeholder. SD3 and FLUX runs export through `flow_exports`: a diffusers
+A1111 embedding per placeholder; a hypernetwork run an A1111 hypernetwork `.pt`. SD3 and FLUX runs export through `flow_exports`: a diffusers
 folder for a full fine-tune, a LoRA in kohya's layout (FLUX) or diffusers' (both). Everything goes under `RUN/exports/` unless told otherwise,
 named after the run and the checkpoint step so exports of different steps sit side by side,
 and after the dtype unless it is the usual fp16 (`...-fp32.safetensors`), so an fp32 export
@@ -16,6 +16,7 @@ from pathlib import Path, PureWindowsPath
 
 from edlib import __version__
 from edlib.export.a1111_embedding import export_a1111_embeddings
+from edlib.export.a1111_hypernetwork import export_a1111_hypernetwork
 from edlib.export.diffusers_folder import export_diffusers
 from edlib.export.kohya_lora import export_kohya_lora
 from edlib.export.single_file import export_single_file
@@ -114,6 +115,11 @@ def export_models(
                 text_encoder_2=m.text_encoder_2,
             )
         ]
+    if format == "a1111-hypernetwork":
+        target = out_dir / f"{name}.pt"
+        label = base_model_name(config.model)
+        hypernetwork = method.hypernetwork(m)
+        return [export_a1111_hypernetwork(hypernetwork, target, step=step, base_model=config.model, base_model_label=label, dtype=dtype)]
     second = method.learned_embeddings(m, encoder="text_encoder_2") if m.is_sdxl else None
     # Embeddings are a few KB: always fp32, whatever `dtype` says, so they never clash either.
     return export_a1111_embeddings(method.learned_embeddings(m), out_dir, metadata=metadata, embeddings_g=second)

@@ -10,6 +10,8 @@
     architectures.py   per-family facts (SD1.x, SD2.x, SDXL, SD3.5, FLUX.1)
     methods/           full fine-tune, LoRA/LoCon, textual inversion behind one registry
     optim.py, lr.py    optimizers and learning-rate schedules (and the curve a preview draws)
+    sr_optim.py        AdamW / 8-bit AdamW with bf16 stochastic rounding (full_bf16)
+    nonfinite.py       skipping a non-finite step on the device; transfer.py: host data to the GPU without waiting
     plan.py            a run's preview and LR curve from its config
     ema.py, offload.py EMA of the trained weights; frozen encoders kept in CPU memory
     checkpoint.py      checkpoints on disk (atomic, complete or ignored); trained.py loads them

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from edlib.model.identify import FLOW_FAMILIES
+from edlib.model.transfer import upload, uploading
 
 # Each family's text encoders, as `Models` attribute names in the order their outputs join.
 TEXT_ENCODERS = {
@@ -107,8 +108,11 @@ class Conditioning:
         return replace(self, time_ids=time_ids.to(self.hidden.device))
 
 
-def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
-    """Token ids, padded and truncated to the tokenizer's 77 positions (BOS and EOS included)."""
-    return tokenizer(
-        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
+def tokenize(tokenizer, captions: list[str], device: torch.device | str | None = None) -> torch.Tensor:
+    """Token ids, padded and truncated to the tokenizer's 77 positions (BOS and EOS included),
+    on `device` if given (uploaded without blocking: see `edlib.model.transfer`)."""
+    with uploading():
+        ids = tokenizer(
+            captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
+        return ids if device is None else upload(ids, device)

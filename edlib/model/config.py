@@ -19,13 +19,15 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator, model_
 
 from edlib.data.buckets import resolution_problem
 from edlib.data.schedule import DEFAULT_SEED
+from edlib.model.config_checks import key_conflicts
 from edlib.model.config_errors import describe_error, is_number
 from edlib.model.flow_config import FamilyKeys
+from edlib.model.hypernetwork_settings import HypernetworkKeys, config_problems
 from edlib.model.lr import LR_SCHEDULERS
 
 OPTIMIZERS = ("adamw", "adamw8bit", "lion", "prodigy", "adafactor")
-STOCHASTIC_ROUNDING_OPTIMIZERS = ("adamw", "adamw8bit")  # torchao implements bf16 stochastic rounding for these
-METHODS = ("full", "lora", "textual_inversion")
+STOCHASTIC_ROUNDING_OPTIMIZERS = ("adamw", "adamw8bit")  # edlib.model.sr_optim implements bf16 stochastic rounding for these
+METHODS = ("full", "lora", "textual_inversion", "hypernetwork")
 # What each method's result can be exported as (DESIGN.md "Output formats"), and what a run
 # exports when it ends unless `export_formats` says otherwise: the one file A1111 and
 # ComfyUI users load.
@@ -33,8 +35,14 @@ EXPORT_FORMATS = {
     "full": ("diffusers", "single-file"),
     "lora": ("kohya-lora", "peft-lora"),
     "textual_inversion": ("a1111-embedding",),
+    "hypernetwork": ("a1111-hypernetwork",),
 }
-END_EXPORT_FORMATS = {"full": "single-file", "lora": "kohya-lora", "textual_inversion": "a1111-embedding"}
+END_EXPORT_FORMATS = {
+    "full": "single-file",
+    "lora": "kohya-lora",
+    "textual_inversion": "a1111-embedding",
+    "hypernetwork": "a1111-hypernetwork",
+}
 # SD3/FLUX: a full fine-tune ends as a diffusers folder (no single-file export for them yet); an
 # SD3 LoRA in diffusers/PEFT layout, the one diffusers and ComfyUI both load (diffusers ignores
 # kohya SD3 LoRAs without a word).
@@ -46,10 +54,11 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message names every offending key."""
 
 
-class TrainConfig(FamilyKeys):
+class TrainConfig(FamilyKeys, HypernetworkKeys):
     """Everything a training run needs. See docs/config.md for the reference. The keys of
     SD3/FLUX, LoRA targets and LoRA+, fp8 and block swapping come from
-    `edlib.model.flow_config.FamilyKeys`."""
+    `edlib.model.flow_config.FamilyKeys`, the hypernetwork's from
+    `edlib.model.hypernetwork_settings.HypernetworkKeys`."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -79,7 +88,8 @@ class TrainConfig(FamilyKeys):
         "full",
         description="Training method. `full` fine-tunes the UNet (and the text encoder when "
         "`text_encoder_lr` > 0). `lora` trains LoRA/LoCon adapters (see `network_dim`), "
-        "`textual_inversion` trains new words (see `placeholder_tokens`). docs/methods.md has presets.",
+        "`textual_inversion` trains new words (see `placeholder_tokens`), `hypernetwork` trains an AUTOMATIC1111 "
+        "hypernetwork with the model frozen (see `hypernetwork_layer_structure`). docs/methods.md has presets.",
     )
     init_from: Path | None = Field(
         None,
@@ -260,11 +270,11 @@ class TrainConfig(FamilyKeys):
     )
     stochastic_rounding: bool = Field(
         True,
-        description="With `full_bf16`: round each weight update to bf16 stochastically (torchao's AdamW/AdamW8bit "
-        "with `bf16_stochastic_round`), so updates below bf16's resolution still move the weights by the right "
+        description="With `full_bf16`: round each weight update to bf16 stochastically (edlib's AdamW/AdamW8bit, "
+        "`edlib.model.sr_optim`), so updates below bf16's resolution still move the weights by the right "
         "amount on average. With nearest rounding, AdamW at lr 1e-6 moves under 1% of typical SD weights and "
-        "about 1% of the total it should (docs/methods.md). Needs `optimizer: adamw` or `adamw8bit` and the "
-        "torchao package (in edlib-sd-trainer[gpu]). false: nearest rounding (e.g. with adafactor).",
+        "about 1% of the total it should (docs/methods.md). Needs `optimizer: adamw` or `adamw8bit`. "
+        "false: nearest rounding (e.g. with adafactor).",
     )
     attention: Literal["sdpa", "xformers"] = Field(
         "sdpa", description="Attention kernel: `sdpa` (PyTorch's fused attention) or `xformers` (must be installed)."
@@ -280,6 +290,13 @@ class TrainConfig(FamilyKeys):
         description="Encode each caption once and reuse it. Only with a frozen text encoder "
         "(`text_encoder_lr: 0`) and fixed captions (no `shuffle_caption`). On a GPU the text encoder(s) then "
         "wait in CPU memory, as the VAE does with `cache_latents`.",
+    )
+    decode_workers: int | None = Field(
+        None,
+        ge=0,
+        description="Processes that decode images ahead of the steps that need them (every step without "
+        "`cache_latents`, the first epoch with it). Null: up to 4 on a GPU machine (one CPU core left for "
+        "training), 0 on a CPU, where decoding in the training process costs the same.",
     )
     compile: bool = Field(
         False, description="Compile the UNet with torch.compile (faster steps after a slow first one)."
@@ -304,7 +321,11 @@ class TrainConfig(FamilyKeys):
         2, ge=1, description="Delete older checkpoints, keeping the newest N. Null keeps all."
     )
     log_every_n_steps: int = Field(
-        10, ge=1, description="Write a progress line to log.txt and the console every N optimizer steps."
+        10,
+        ge=1,
+        description="Write a progress line to log.txt and the console every N optimizer steps. Steps' losses "
+        "are read back from the GPU only then, so metrics.jsonl (a line per step) and the live chart update once "
+        "per N steps, and a run whose loss keeps being NaN stops at the next such step.",
     )
     tensorboard: bool = Field(
         False, description="Also write TensorBoard logs to the run folder (needs tensorboard installed)."
@@ -330,8 +351,8 @@ class TrainConfig(FamilyKeys):
         description="Exports written to the run's exports/ when training ends (also after a stop request), from "
         "the final weights (EMA weights when `ema_decay` is set). Null: the method's usual format: `single-file` "
         "for full (`diffusers` for SD3/FLUX), `kohya-lora` for lora (`peft-lora`, diffusers' layout, for SD3), "
-        "`a1111-embedding` for textual_inversion. A full fine-tune may also list `diffusers`, a LoRA `peft-lora` "
-        "(SD3/FLUX). []: none (`edlib export RUN` exports any checkpoint later).",
+        "`a1111-embedding` for textual_inversion, `a1111-hypernetwork` for hypernetwork. A full fine-tune may also "
+        "list `diffusers`, a LoRA `peft-lora` (SD3/FLUX). []: none (`edlib export RUN` exports any checkpoint later).",
     )
     export_dtype: Literal["fp16", "fp32"] = Field(
         "fp16", description="Weight dtype of the exports written at the end of a run."
@@ -414,45 +435,21 @@ class TrainConfig(FamilyKeys):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
-        if self.method == "textual_inversion" and not self.placeholder_tokens:
-            raise ValueError("placeholder_tokens: textual_inversion needs at least one, e.g. [{token: <ohwx>, init_word: person}]")
-        if self.method == "textual_inversion" and self.text_encoder_lr <= 0:
-            raise ValueError("text_encoder_lr: textual_inversion trains the new embeddings at this rate; set it, e.g. 5e-3")
-        if self.cache_text_embeddings and (self.text_encoder_lr > 0 or (self.text_encoder_2_lr or 0) > 0):
-            raise ValueError(
-                "cache_text_embeddings: cannot cache while a text encoder trains (text_encoder_lr or "
-                "text_encoder_2_lr > 0); set them to 0 or cache_text_embeddings: false"
-            )
-        if self.cache_text_embeddings and self.shuffle_caption:
-            raise ValueError(
-                "cache_text_embeddings: captions change every step with shuffle_caption; "
-                "set shuffle_caption: false or cache_text_embeddings: false"
-            )
+        if problem := key_conflicts(self):
+            raise ValueError(problem)
+        if problem := config_problems(self):
+            raise ValueError(problem)
         allowed = EXPORT_FORMATS[self.method]
         wrong = [f for f in self.export_formats or () if f not in allowed]
         if wrong:
             raise ValueError(
                 f"export_formats: a {self.method!r} run exports as {', '.join(allowed)}, not {', '.join(map(repr, wrong))}"
             )
-        if self.full_bf16 and self.mixed_precision != "bf16":
-            raise ValueError(
-                f"full_bf16: keeps the trained weights in bf16, which needs mixed_precision: bf16 (got "
-                f"{self.mixed_precision!r}); set mixed_precision: bf16 or full_bf16: false"
-            )
         if self.full_bf16 and self.stochastic_rounding and self.optimizer not in STOCHASTIC_ROUNDING_OPTIMIZERS:
             raise ValueError(
-                f"stochastic_rounding: with full_bf16 it needs optimizer adamw or adamw8bit (torchao's), not "
+                f"stochastic_rounding: with full_bf16 it needs optimizer adamw or adamw8bit (edlib's), not "
                 f"{self.optimizer!r}; change the optimizer, or set stochastic_rounding: false (small updates then "
                 "round away)"
-            )
-        if self.full_bf16 and self.method != "full":
-            raise ValueError(
-                f"full_bf16: is for method: full (got {self.method!r}): LoRA adapters and new embeddings are a few "
-                "million parameters, so bf16 would save little memory and lose their small updates; set full_bf16: false"
-            )
-        if self.hard_example_boost and not self.loss_tracking:
-            raise ValueError(
-                "hard_example_boost: boosts the images the loss tracker flags; set loss_tracking: true or hard_example_boost: 0"
             )
         return self
 
@@ -472,11 +469,11 @@ class TrainConfig(FamilyKeys):
             raise ConfigError(describe_error(error, list(cls.model_fields))) from None
 
     def model_dump(self, **kwargs) -> dict[str, Any]:
-        """As pydantic's, with the inherited family keys (which pydantic lists first) last, so a
-        run's config.yaml reads in this class's order."""
+        """As pydantic's, with the inherited keys (which pydantic lists first) last, so a run's
+        config.yaml reads in this class's order."""
         values = super().model_dump(**kwargs)
-        family = set(FamilyKeys.model_fields)
-        return {**{k: v for k, v in values.items() if k not in family}, **{k: v for k, v in values.items() if k in family}}
+        inherited = set(FamilyKeys.model_fields) | set(HypernetworkKeys.model_fields)
+        return {**{k: v for k, v in values.items() if k not in inherited}, **{k: v for k, v in values.items() if k in inherited}}
 
     def to_yaml(self) -> str:
         """The config as YAML, every key written out, in declaration order."""
@@ -487,3 +484,4 @@ class TrainConfig(FamilyKeys):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.to_yaml(), encoding="utf-8")
         return path
+

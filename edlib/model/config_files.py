@@ -12,6 +12,7 @@ from edlib.data import safe_yaml
 from edlib.data.small_files import TEXT_FILE_LIMIT, read_small
 from edlib.model.config import ConfigError, TrainConfig
 from edlib.model.flow_config import FamilyKeys
+from edlib.model.hypernetwork_settings import HypernetworkKeys
 from edlib.model.resume_keys import RESUME_IMMUTABLE_KEYS
 
 # Keys holding file system paths: relative values in a config file resolve against its folder.
@@ -102,9 +103,9 @@ def config_reference_markdown() -> str:
         "| key | default | description |",
         "| --- | --- | --- |",
     ]
-    # The family keys are inherited, so pydantic lists them first; they read best last.
-    family_keys = set(FamilyKeys.model_fields)
-    for name, field in sorted(TrainConfig.model_fields.items(), key=lambda item: item[0] in family_keys):
+    # The family and hypernetwork keys are inherited, so pydantic lists them first; they read best last.
+    inherited = set(FamilyKeys.model_fields) | set(HypernetworkKeys.model_fields)
+    for name, field in sorted(TrainConfig.model_fields.items(), key=lambda item: item[0] in inherited):
         if field.is_required():
             default = "*required*"
         else:

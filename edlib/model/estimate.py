@@ -172,7 +172,7 @@ def estimate_memory(config: TrainConfig, family: str | None = None, device: str 
 
     if config.method == "full":
         trained, frozen = fam.unet_params, 0.0
-    else:  # LoRA adapters and new embeddings are a few million parameters: the UNet stays frozen
+    else:  # LoRA adapters, new embeddings, a hypernetwork: a few million parameters; the UNet stays frozen
         trained, frozen = 0.0, fam.unet_params
     text_trains = config.method == "full" and config.text_encoder_lr > 0
     if text_trains:
@@ -285,8 +285,9 @@ def _nearest_row(config: TrainConfig, family: str) -> tuple[str, list[tuple[str,
     rows) that take it the rest of the way."""
     factors: list[tuple[str, float]] = []
     cached = config.cache_latents != "no" and config.cache_text_embeddings
-    if config.method == "textual_inversion":
-        factors.append(("textual inversion timed as LoRA (both backpropagate through the frozen UNet)", 1.0))
+    if config.method in ("textual_inversion", "hypernetwork"):
+        what = config.method.replace("_", " ")
+        factors.append((f"{what} timed as LoRA (both backpropagate through the frozen UNet)", 1.0))
     if config.method != "full":
         row = "lora_checkpointed" if config.gradient_checkpointing else "lora"
     elif config.gradient_checkpointing:

@@ -163,6 +163,8 @@ def family_conflicts(config, family: str | None) -> list[str]:
             problems.append(f"min_snr_gamma: is for DDPM noise schedules; {name} weighs noise levels with timestep_sampling")
         if config.method == "textual_inversion":
             problems.append(f"method: textual_inversion is not offered for {name} (the tools that load {name} do not load embeddings)")
+        if config.method == "hypernetwork":
+            problems.append(f"method: hypernetwork is for SD1.x, SD2.x and SDXL (UNet attention), not {name}")
         if config.conv_dim is not None:
             problems.append(f"conv_dim: {name}'s transformer has no convolutions to adapt; set it to null")
         if family == "flux" and (config.text_encoder_2_lr or 0) > 0:

@@ -18,12 +18,15 @@ from __future__ import annotations
 import torch
 
 from edlib.model.bundle import Conditioning, Models, tokenize
+from edlib.model.transfer import upload, uploading
 
 
 def encode_t5(tokenizer, encoder, captions: list[str], length: int) -> torch.Tensor:
     """T5's last hidden states ``(B, length, width)``, padded and truncated to ``length`` tokens."""
-    ids = tokenizer(captions, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
-    return encoder(ids.to(encoder.device))[0]
+    with uploading():  # copied to the GPU without the host waiting (edlib.model.transfer)
+        ids = tokenizer(captions, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
+        ids = upload(ids, encoder.device)
+    return encoder(ids)[0]
 
 
 def encode_flow_prompts(models: Models, captions: list[str], clip_skip: int = 1) -> Conditioning:
@@ -32,7 +35,7 @@ def encode_flow_prompts(models: Models, captions: list[str], clip_skip: int = 1)
         if clip_skip != 1:
             raise ValueError("clip_skip: FLUX reads CLIP's pooled output only, which clip_skip does not change; set it to 1")
         encoder = models.text_encoder
-        pooled = encoder(tokenize(models.tokenizer, captions).to(encoder.device)).pooler_output
+        pooled = encoder(tokenize(models.tokenizer, captions, encoder.device)).pooler_output
         hidden = encode_t5(models.tokenizer_2, models.text_encoder_2, captions, models.max_sequence_length)
         return Conditioning(hidden, pooled)
     return _encode_sd3(models, captions, clip_skip)
@@ -44,7 +47,7 @@ def _encode_sd3(models: Models, captions: list[str], clip_skip: int) -> Conditio
         layers = encoder.config.num_hidden_layers
         if not 1 <= clip_skip <= layers - 1:
             raise ValueError(f"clip_skip: {clip_skip} is out of range for a text encoder with {layers} layers (1..{layers - 1})")
-        output = encoder(tokenize(tokenizer, captions).to(encoder.device), output_hidden_states=True)
+        output = encoder(tokenize(tokenizer, captions, encoder.device), output_hidden_states=True)
         hidden.append(output.hidden_states[-(clip_skip + 1)])
         pooled.append(output.text_embeds)
     dtype = torch.promote_types(hidden[0].dtype, hidden[1].dtype)

@@ -278,7 +278,7 @@ def encode_prompts(models: Models, captions: list[str], clip_skip: int = 1) -> C
 def encode_sd_prompts(tokenizer, encoder, captions: list[str], clip_skip: int = 1) -> torch.Tensor:
     """SD1.x/SD2.x hidden states of one text encoder (see `encode_prompts`)."""
     _check_clip_skip(encoder, clip_skip)
-    ids = tokenize(tokenizer, captions).to(encoder.device)
+    ids = tokenize(tokenizer, captions, encoder.device)
     if clip_skip == 1:
         return encoder(ids).last_hidden_state
     hidden = encoder(ids, output_hidden_states=True).hidden_states[-clip_skip]
@@ -292,7 +292,7 @@ def _encode_sdxl(models: Models, captions: list[str], clip_skip: int) -> Conditi
     hidden, outputs = [], []
     for tokenizer, encoder in ((models.tokenizer, models.text_encoder), (models.tokenizer_2, models.text_encoder_2)):
         _check_clip_skip(encoder, clip_skip, extra=1)
-        outputs.append(encoder(tokenize(tokenizer, captions).to(encoder.device), output_hidden_states=True))
+        outputs.append(encoder(tokenize(tokenizer, captions, encoder.device), output_hidden_states=True))
         hidden.append(outputs[-1].hidden_states[-(clip_skip + 1)])
     pooled = outputs[1].text_embeds  # the second encoder's, projected: only it conditions SDXL
     # The encoders may sit in different dtypes (one training, one frozen in half precision).

@@ -71,16 +71,17 @@ _BUILDERS = {"adamw": _adamw, "adamw8bit": _adamw8bit, "lion": _lion, "prodigy":
 
 
 def _stochastic_rounding(name: str, param_groups, args):
-    """torchao's AdamW (fp32 moments) or AdamW8bit with ``bf16_stochastic_round``: the update
-    is computed in fp32 and the new bf16 weight rounded up or down at random, in proportion
-    to where the exact value lies between the two, so the expected weight is the exact one.
-    bitsandbytes and torch round to nearest, which drops every update under half a bf16 step
-    (about 1/512 of the weight)."""
-    classes = {"adamw": "_AdamW", "adamw8bit": "AdamW8bit"}
+    """edlib's AdamW (moments in bf16) or AdamW8bit (8-bit block-wise moments) for bf16
+    weights: the update is computed in fp32 and the new bf16 weight rounded up or down at
+    random, in proportion to where the exact value lies between the two, so the expected
+    weight is the exact one (`edlib.model.sr_optim`). bitsandbytes and torch round to nearest,
+    which drops every update under half a bf16 step (about 1/512 of the weight)."""
+    from edlib.model.sr_optim import AdamW8bitStochasticRounding, AdamWStochasticRounding
+
+    classes = {"adamw": AdamWStochasticRounding, "adamw8bit": AdamW8bitStochasticRounding}
     if name not in classes:
         raise ValueError(f"stochastic_rounding: implemented for {', '.join(STOCHASTIC_ROUNDING_OPTIMIZERS)}, not {name!r}")
-    optimizer = _import("torchao.optim", classes[name], f"{name} with stochastic_rounding", "torchao")
-    return optimizer(param_groups, bf16_stochastic_round=True, **args)
+    return classes[name](param_groups, **args)
 
 
 def make_optimizer(

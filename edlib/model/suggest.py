@@ -9,7 +9,7 @@ world model at SD1.5's 512 px and 1e-6 would learn nothing in the minutes a newc
   fine-tune of a small model (a denoiser under `SMALL_MODEL_PARAMS`, e.g. the 5M-parameter
   world model) takes `SMALL_FULL_LRS`: the rate `edlib.demo` and notebook 00 fine-tune the world
   model with (in the README's preservation lab 88-97% of "zorblat" prompts draw the new shape
-  after 280-520 steps at it). LoRA and textual inversion keep their rates at every size: no
+  after 280-520 steps at it). LoRA, textual inversion and hypernetworks keep their rates at every size: no
   measurement here says otherwise.
 """
 
@@ -23,8 +23,9 @@ from edlib.model.sizes import model_size
 
 # (unet_lr, text_encoder_lr) per method for Stable Diffusion-sized models: a full fine-tune
 # at EveryDream's 1e-6 with the text encoder frozen, LoRA adapters at about 100x that, textual
-# inversion's new word at the text encoder's rate (docs/methods.md).
-METHOD_LRS = {"full": (1e-6, 0.0), "lora": (1e-4, 0.0), "textual_inversion": (0.0, 5e-3)}
+# inversion's new word at the text encoder's rate (docs/methods.md), a hypernetwork at
+# AUTOMATIC1111's default rate with the text encoder frozen.
+METHOD_LRS = {"full": (1e-6, 0.0), "lora": (1e-4, 0.0), "textual_inversion": (0.0, 5e-3), "hypernetwork": (1e-5, 0.0)}
 SMALL_MODEL_PARAMS = 100e6  # SD1.5's UNet has 860M; toy and test models have a few million
 SMALL_FULL_LRS = (3e-4, 3e-4)  # edlib.demo's LEARNING_RATE, UNet and text encoder
 

@@ -4,6 +4,7 @@ text chunks, grids, and sampling during and after training."""
 from edlib.sample.from_model import default_out_dir, model_label, run_checkpoints, sample_model
 from edlib.sample.generate import generate_image, resolve_spec, sample_grid, sample_images
 from edlib.sample.grid import GridLayout, make_grid
+from edlib.sample.hypernetwork import apply_hypernetwork, read_hypernetwork
 from edlib.sample.pipeline import load_pipeline, pipeline_from_checkpoint, pipeline_from_modules
 from edlib.sample.pngmeta import format_parameters, parse_parameters, read_parameters, save_png
 from edlib.sample.prompts import PromptFileError, PromptSpec, load_prompts, prompt_specs
@@ -14,6 +15,7 @@ __all__ = [
     "GridLayout",
     "PromptFileError",
     "PromptSpec",
+    "apply_hypernetwork",
     "default_out_dir",
     "format_parameters",
     "generate_image",
@@ -27,6 +29,7 @@ __all__ = [
     "pipeline_from_checkpoint",
     "pipeline_from_modules",
     "prompt_specs",
+    "read_hypernetwork",
     "read_parameters",
     "resolve_spec",
     "run_checkpoints",

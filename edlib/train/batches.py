@@ -19,30 +19,32 @@ from __future__ import annotations
 
 import hashlib
 import random
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
-from safetensors.torch import load_file, save_file
 
-from edlib.data.captions import training_caption
-from edlib.data.images import ImageReadError, load_rgb
+from edlib.data.caption_explain import item_training_caption
+from edlib.data.images import ImageReadError
 from edlib.data.types import ScanResult
 from edlib.model.models import Conditioning, encode_images, encode_prompts
 from edlib.model.offload import offloaded_modules, on_device, park_on_cpu
+from edlib.model.transfer import host_tensor, upload, uploading
+from edlib.train.caches import DeviceStore, LatentCache
+from edlib.train.prefetch import (
+    PixelPrefetcher,
+    decode,
+    decode_workers,
+    load_pixels_uint8,
+    plan_decoding,
+    to_unit_range,
+)
 
 
 def load_pixels(path: str | Path, size: tuple[int, int], flip: bool) -> torch.Tensor:
     """The image at `path` as a (3, height, width) float tensor in [-1, 1], fitted to
     `size` = (width, height) by scale-to-cover and center crop."""
-    image = ImageOps.fit(load_rgb(path), size, method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
-    if flip:
-        image = ImageOps.mirror(image)
-    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    return to_unit_range(load_pixels_uint8(path, size, flip))
 
 
 def crop_top_left(original: tuple[int, int], bucket: tuple[int, int]) -> tuple[int, int]:
@@ -107,27 +109,17 @@ def batch_captions(scan: ScanResult, batch: LocalBatch, config, seed: int) -> li
     """The caption each sample trains with: tag shuffling and conditional dropout follow
     the sample's settings (its folder's, or its own .yaml sidecar's), falling back to the
     run config."""
-    captions = []
-    for slot, item_index in zip(batch.slots, batch.items):
-        item = scan.items[item_index]
-        settings = scan.item_settings(item_index)
-        dropout = config.caption_dropout if settings.cond_dropout is None else settings.cond_dropout
-        rng = random.Random(sample_seed(seed, batch.epoch, batch.index, slot))
-        captions.append(
-            training_caption(
-                item.caption,
-                rng,
-                shuffle_tags=config.shuffle_caption or settings.shuffle_tags,
-                keep_tokens=config.keep_tokens,
-                dropout=dropout,
-            )
-        )
-    return captions
+    # `item_training_caption` is also what `edlib caption` explains: one function, no drift.
+    return [
+        item_training_caption(scan, item_index, random.Random(sample_seed(seed, batch.epoch, batch.index, slot)), config)
+        for slot, item_index in zip(batch.slots, batch.items)
+    ]
 
 
 def batch_loss_scale(scan: ScanResult, batch: LocalBatch) -> torch.Tensor:
     """(B,) loss multipliers: each sample's `loss_scale` (its folder's `loss_scale.txt`, or
-    its own .yaml sidecar's)."""
+    its own .yaml sidecar's), as a host tensor (the step takes them from
+    `BatchEncoder.loss_scale`, kept on the device)."""
     scales = [scan.item_settings(i).loss_scale for i in batch.items]
     return torch.tensor(scales, dtype=torch.float32)
 
@@ -147,44 +139,6 @@ def _salt(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:7], "little")
 
 
-class LatentCache:
-    """Latents per (image, bucket, flip), so the VAE encodes each once.
-
-    `mode` "memory" keeps CPU tensors in a dict; "disk" writes safetensors files to
-    `directory`, reused by a resumed run (the key includes the file's size and mtime, so an
-    edited image is encoded again). Latents are the VAE posterior mean (see
-    `edlib.model.models.encode_images`), so cached and uncached training are identical.
-    """
-
-    def __init__(self, mode: str, directory: Path | None = None):
-        self.mode = mode
-        self.directory = directory
-        self._memory: dict[str, torch.Tensor] = {}
-        if mode == "disk":
-            directory.mkdir(parents=True, exist_ok=True)
-
-    @staticmethod
-    def key(path: Path, bucket: tuple[int, int], flip: bool) -> str:
-        stat = path.stat()
-        text = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{bucket[0]}x{bucket[1]}|{int(flip)}"
-        return hashlib.sha1(text.encode()).hexdigest()
-
-    def get(self, key: str) -> torch.Tensor | None:
-        if self.mode == "memory":
-            return self._memory.get(key)
-        file = self.directory / f"{key}.safetensors"
-        return load_file(str(file))["latents"] if file.exists() else None
-
-    def put(self, key: str, latents: torch.Tensor) -> None:
-        latents = latents.detach().to("cpu").contiguous()
-        if self.mode == "memory":
-            self._memory[key] = latents
-        else:  # written under a temp name and renamed: a killed run never leaves half a file
-            tmp = self.directory / f".{key}.tmp"
-            save_file({"latents": latents}, str(tmp))
-            tmp.replace(self.directory / f"{key}.safetensors")
-
-
 class BatchEncoder:
     """Turns a `LocalBatch` into UNet inputs: latents (B, 4, h, w) and the `Conditioning`
     (text embeddings (B, 77, hidden); for SDXL also pooled embeddings and micro-conditioning),
@@ -194,8 +148,12 @@ class BatchEncoder:
     caption varies (dropout gives the empty caption, one more entry); the config refuses
     the cache when a text encoder trains or tags are shuffled.
 
-    Tensors come out on `device` (default: the UNet's). Encoders kept in CPU memory between
-    uses (`edlib.model.offload`) are brought there to encode what the caches miss.
+    Tensors come out on `device` (default: the UNet's), and a step that finds everything
+    cached reads nothing from the host: cached tensors, SDXL's micro-conditioning and loss
+    scales are kept on the device (`edlib.train.caches`), and images still to decode were
+    decoded ahead by DataLoader workers (`start_epoch`, `edlib.train.prefetch`). Encoders kept
+    in CPU memory between uses (`edlib.model.offload`) are brought to the device to encode
+    what the caches miss, a batch at a time.
 
     An image is read (decoded, or its cached latents looked up) by `read_inputs`, which
     reports an image it cannot read instead of raising, so training can put another image
@@ -210,14 +168,33 @@ class BatchEncoder:
         self.prepare_captions = prepare_captions
         self.config = config
         self.text_encoder_trains = text_encoder_trains
+        self.store = DeviceStore(self.device)
         mode = config.cache_latents
-        self.latent_cache = None if mode == "no" else LatentCache(mode, cache_dir / "latents")
+        self.latent_cache = None if mode == "no" else LatentCache(mode, cache_dir / "latents", self.store)
         self.text_cache: dict[str, Conditioning] | None = {} if config.cache_text_embeddings else None
+        self._constants: dict[tuple, torch.Tensor] = {}  # micro-conditioning rows and loss scales, on the device
+        self._workers = decode_workers(self.device, config.decode_workers)
+        self._prefetch: PixelPrefetcher | None = None
         # SD3/FLUX embeddings hold T5's hundreds of tokens (FLUX: 512 x 4096 values a caption):
-        # cached in CPU memory, in the encoder's dtype, and moved per batch.
-        self._text_cache_device = torch.device("cpu") if models.flow_matching else self.device
+        # kept in CPU memory (not pinned: a few GB of them would be), in the encoder's dtype,
+        # and copied per batch without blocking; all encoded before the first step.
+        self.text_store = DeviceStore(self.device, budget_bytes=0, pin=False) if models.flow_matching else self.store
         self._warm_pending = models.flow_matching and self.text_cache is not None
         self._ready: tuple[LocalBatch, list[torch.Tensor]] | None = None
+
+    def start_epoch(self, scan: ScanResult, schedule, first_batch: int, local) -> None:
+        """Start decoding, in workers, the images the epoch's batches from `first_batch` on
+        will need (`local(batch)`: this process's part of a scheduled batch)."""
+        self.close()
+        cached = None if self.latent_cache is None else self.latent_cache.has
+        jobs = plan_decoding(scan, schedule, first_batch, local, cached, LatentCache.key)
+        if jobs:
+            self._prefetch = PixelPrefetcher(jobs, self._workers, pin=self.device.type == "cuda")
+
+    def close(self) -> None:
+        if self._prefetch is not None:
+            self._prefetch.close()
+            self._prefetch = None
 
     def encode(self, scan: ScanResult, batch: LocalBatch, seed: int) -> tuple[torch.Tensor, Conditioning]:
         # fp32 here: the frozen encoders may run in fp16/bf16, but noise, targets and the
@@ -228,52 +205,61 @@ class BatchEncoder:
             self.warm_text_cache(scan)
         cond = self.text_embeddings(self.prepare_captions(batch_captions(scan, batch, self.config, seed))).to(torch.float32)
         if self.models.is_sdxl:
-            cond = cond.with_time_ids(micro_conditioning(scan, batch))
+            cond = cond.with_time_ids(self.time_ids(scan, batch))
         return latents, cond
 
     def latents(self, scan: ScanResult, batch: LocalBatch) -> torch.Tensor:
         if self._ready is not None and self._ready[0] == batch:
             inputs, self._ready = self._ready[1], None
         else:
-            read, errors = self.read_inputs(scan, batch, [(i, f) for i, f in zip(batch.items, batch.flips)])
+            inputs, errors = self.read_inputs(scan, batch, list(zip(batch.items, batch.flips)))
             for error in errors:
                 if error is not None:
                     raise error
-            inputs = read
-        if self.latent_cache is None:
-            return encode_images(self.models, torch.stack(inputs)).to(self.device)
-        return torch.stack([latents.to(self.device) for latents in inputs])
+        if self.latent_cache is None:  # uint8 pixels in host memory
+            pixels = to_unit_range(upload(torch.stack(inputs), self.device))
+            return encode_images(self.models, pixels).to(self.device)
+        return torch.stack(inputs)  # latents, on the device
 
     def read_inputs(
         self, scan: ScanResult, batch: LocalBatch, samples: list[tuple[int, bool]]
     ) -> tuple[list[torch.Tensor | None], list[ImageReadError | None]]:
         """What `encode` needs of each (item, flip) in `samples`, in `batch`'s bucket: the
-        pixels, or with a latent cache the latents (encoding what the cache misses). Where an
-        image cannot be read: None, and the `ImageReadError` saying why."""
-        inputs: list[torch.Tensor | None] = []
-        errors: list[ImageReadError | None] = []
-        with ExitStack() as stack:
-            vae_moved = False
-
-            def vae_on_device() -> None:  # the VAE comes to the device once per batch, if needed
-                nonlocal vae_moved
-                if not vae_moved:
-                    stack.enter_context(self._on_device("vae"))
-                    vae_moved = True
-
-            for item, flip in samples:
-                path = Path(scan.root) / scan.items[item].path
-                try:
-                    inputs.append(self._read_input(path, batch.bucket, flip, vae_on_device))
-                    errors.append(None)
-                except ImageReadError as error:
-                    inputs.append(None)
-                    errors.append(error)
-                except OSError as error:  # stat() of the latent cache key: the file is gone
-                    inputs.append(None)
-                    gone = isinstance(error, FileNotFoundError)
-                    why = "no such file (moved to the quarantine, renamed or deleted?)" if gone else error.strerror
-                    errors.append(ImageReadError(path, why or str(error)))
+        pixels (uint8, in host memory), or with a latent cache the latents on the device
+        (what the cache misses encoded as one batch). Where an image cannot be read: None, and
+        the `ImageReadError` saying why."""
+        paths = [str(Path(scan.root) / scan.items[item].path) for item, _ in samples]
+        images = [(path, flip) for path, (_, flip) in zip(paths, samples)]
+        if self.latent_cache is None:
+            return self._decode(batch, images, None)
+        keys, errors = [], []
+        for path, flip in images:
+            try:
+                keys.append(LatentCache.key(Path(path), batch.bucket, flip))
+                errors.append(None)
+            except OSError as error:  # stat() of the latent cache key: the file is gone
+                gone = isinstance(error, FileNotFoundError)
+                why = "no such file (moved to the quarantine, renamed or deleted?)" if gone else error.strerror
+                keys.append(None)
+                errors.append(ImageReadError(path, why or str(error)))
+        first: dict[str, tuple[str, bool]] = {}  # each key's first (path, flip)
+        for key, image in zip(keys, images):
+            if key is not None:
+                first.setdefault(key, image)
+        found = {key: self.latent_cache.get(key) for key in first}
+        missing = [key for key in first if found[key] is None]
+        if missing:
+            pixels, failed = self._decode(batch, [first[key] for key in missing], tuple(missing))
+            good = [(key, p) for key, p in zip(missing, pixels) if p is not None]
+            if good:
+                with self._on_device("vae"):
+                    encoded = self._encode_batch(to_unit_range(upload(torch.stack([p for _, p in good]), self.device)), len(batch.items))
+                for (key, _), latents in zip(good, encoded):
+                    self.latent_cache.put(key, latents)
+                    found[key] = latents.to(self.device)
+            found.update({key: error for key, error in zip(missing, failed) if error is not None})
+        inputs = [None if key is None or isinstance(found[key], ImageReadError) else found[key] for key in keys]
+        errors = [error if key is None else (found[key] if isinstance(found[key], ImageReadError) else None) for key, error in zip(keys, errors)]
         return inputs, errors
 
     def use_inputs(self, batch: LocalBatch, inputs: list[torch.Tensor]) -> None:
@@ -281,17 +267,53 @@ class BatchEncoder:
         `encode` of that batch uses them instead of reading the images again."""
         self._ready = (batch, inputs)
 
-    def _read_input(self, path: Path, bucket: tuple[int, int], flip: bool, vae_on_device) -> torch.Tensor:
-        if self.latent_cache is None:
-            return load_pixels(path, bucket, flip)
-        key = self.latent_cache.key(path, bucket, flip)
-        latents = self.latent_cache.get(key)
-        if latents is None:
-            vae_on_device()
-            # One image at a time: the same latents whatever the batch.
-            latents = encode_images(self.models, load_pixels(path, bucket, flip)[None])[0]
-            self.latent_cache.put(key, latents)
-        return latents
+    def _decode(self, batch: LocalBatch, images: list[tuple[str, bool]], keys) -> tuple[list, list]:
+        """uint8 pixels of `images` ((path, flip) each) in `batch`'s bucket, and the errors of
+        those that cannot be read: decoded ahead by the prefetcher where it planned them
+        (pinned memory), else here."""
+        taken = self._prefetch.take(batch.index) if self._prefetch is not None else None
+        ahead = {} if taken is None else dict(zip(taken[0].images, taken[1]))
+        pixels, errors = [], []
+        for path, flip in images:
+            pixel, reason = ahead[path, flip] if (path, flip) in ahead else decode(path, batch.bucket, flip)
+            pixels.append(pixel)
+            errors.append(None if reason is None else ImageReadError(path, reason))
+        return pixels, errors
+
+    def _encode_batch(self, pixels: torch.Tensor, size: int) -> torch.Tensor:
+        """Latents of `pixels`, encoded as one batch padded to `size` images: the VAE then
+        always runs at the training batch's shape, so an image's latents are the same
+        whichever batch it was first seen in (a resumed run re-encodes in other company),
+        and the same as an uncached run's."""
+        n = len(pixels)
+        if n < size:
+            pixels = torch.cat([pixels, pixels[:1].expand(size - n, *pixels.shape[1:])])
+        return encode_images(self.models, pixels)[:n]
+
+    def time_ids(self, scan: ScanResult, batch: LocalBatch) -> torch.Tensor:
+        """SDXL's micro-conditioning (B, 6) on the device; each image's row is uploaded once."""
+        rows = []
+        for i in batch.items:
+            item = scan.items[i]
+            key = ("time_ids", item.path, item.width, item.height, batch.bucket)
+            if key not in self._constants:
+                one = LocalBatch(batch.epoch, batch.index, batch.bucket, (0,), (i,), (False,))
+                with uploading():
+                    self._constants[key] = upload(micro_conditioning(scan, one)[0], self.device)
+            rows.append(self._constants[key])
+        return torch.stack(rows)
+
+    def loss_scale(self, scan: ScanResult, batch: LocalBatch) -> torch.Tensor | None:
+        """(B,) loss multipliers on the device: each sample's `loss_scale` (its folder's
+        `loss_scale.txt`, or its own .yaml sidecar's); None when all are 1 (then nothing needs
+        multiplying)."""
+        scales = [scan.item_settings(i).loss_scale for i in batch.items]
+        if all(scale == 1.0 for scale in scales):
+            return None
+        for scale in scales:
+            if ("loss_scale", scale) not in self._constants:
+                self._constants["loss_scale", scale] = host_tensor(scale, self.device)
+        return torch.stack([self._constants["loss_scale", scale] for scale in scales])
 
     def text_embeddings(self, captions: list[str]) -> Conditioning:
         clip_skip = self.config.clip_skip
@@ -303,10 +325,9 @@ class BatchEncoder:
             missing = sorted({c for c in captions if c not in self.text_cache})
             if missing:
                 with self._on_device(*self.models.text_encoder_names):
-                    encoded = encode_prompts(self.models, missing, clip_skip).to(self._text_cache_device)
-                for k, caption in enumerate(missing):
-                    self.text_cache[caption] = encoded[k]
-            return Conditioning.stack([self.text_cache[c] for c in captions]).to(self.device)
+                    encoded = encode_prompts(self.models, missing, clip_skip)
+                self._keep_text(missing, encoded)
+            return Conditioning.stack([self._fetch(self.text_cache[c]) for c in captions])
 
     def warm_text_cache(self, scan: ScanResult, chunk: int = 8) -> None:
         """SD3/FLUX: encode every caption of the data root (and the empty one dropout gives)
@@ -321,10 +342,19 @@ class BatchEncoder:
         with park_on_cpu(self.models.unet), self._on_device(*self.models.text_encoder_names), torch.no_grad():
             for start in range(0, len(missing), chunk):
                 part = missing[start : start + chunk]
-                encoded = encode_prompts(self.models, part, self.config.clip_skip).to(self._text_cache_device)
-                for k, caption in enumerate(part):
-                    self.text_cache[caption] = encoded[k]
+                self._keep_text(part, encode_prompts(self.models, part, self.config.clip_skip))
+
+    def _keep_text(self, captions: list[str], encoded: Conditioning) -> None:
+        for k, caption in enumerate(captions):
+            self.text_cache[caption] = Conditioning(*(None if t is None else self.text_store.keep(t[k]) for t in _fields(encoded)))
+
+    def _fetch(self, cond: Conditioning) -> Conditioning:
+        return Conditioning(*(None if t is None else self.text_store.fetch(t) for t in _fields(cond)))
 
     def _on_device(self, *names: str):
         """The named encoders on the training device for a cache miss, if they are offloaded."""
         return on_device(self.models, [name for name in names if name in self.offloaded], self.device)
+
+
+def _fields(cond: Conditioning) -> tuple:
+    return cond.hidden, cond.pooled, cond.time_ids

@@ -28,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -36,13 +37,13 @@ from tqdm.auto import tqdm
 
 from edlib.model import checkpoint as ckpt
 from edlib.model.config import TrainConfig
-from edlib.train.batches import BatchEncoder
+from edlib.train.batches import BatchEncoder, local_batch
 from edlib.train.begin import begin
 from edlib.train.epoch_state import restore_epoch
 from edlib.train.epochs import start_epoch
 from edlib.train.hooks import Context, Plugin
 from edlib.train.plugins import run_plugins
-from edlib.train.progress import RunState, check_finite, record_step
+from edlib.train.progress import RunState, flush, record_step
 from edlib.train.run_dir import Event, Reporter, RunDir
 from edlib.train.run_lock import run_lock
 from edlib.train.saving import after_step, save
@@ -128,18 +129,18 @@ def _train(config, resume, callbacks, plugins, progress_bar, requested_at) -> Ru
     while position.epoch < config.epochs and state.stopped_by == "epochs":
         epoch = position.epoch
         schedule = start_epoch(ctx, plugins, state)
+        encoder.start_epoch(ctx.data, schedule, position.batch, partial(local_batch, epoch=epoch, **_process(accelerator)))
         bar.total = state.total_steps
         for first in range(position.batch, len(schedule), config.gradient_accumulation_steps):
-            started = time.time()
             group = range(first, min(first + config.gradient_accumulation_steps, len(schedule)))
-            loss, finite = optimizer_step(ctx, training, encoder, schedule, epoch, group, plugins, unreadable)
-            check_finite(state, finite, ctx)
-            metrics = record_step(ctx, state, training.lr_scheduler, len(schedule), group.stop, loss, finite, started)
+            loss, nonfinite = optimizer_step(ctx, training, encoder, schedule, epoch, group, plugins, unreadable)
+            metrics = record_step(ctx, state, training.lr_scheduler, len(schedule), group.stop, loss, nonfinite)
             for plugin in plugins:  # before reporting: a plugin may add metrics (validation loss)
                 plugin.on_step(ctx, metrics)
-            report.step(metrics)
+            if position.step % config.log_every_n_steps == 0:
+                flush(ctx, state)  # the window's losses come back: the only read of a step
+                bar.set_postfix_str(f"loss {state.last_loss:.4f}, {metrics['images_per_s']:.1f} images/s, epoch {epoch}")
             bar.update(1)
-            bar.set_postfix_str(f"loss {state.last_loss:.4f}, {metrics['images_per_s']:.1f} images/s, epoch {epoch}")
             after_step(ctx, training, plugins, state, epoch_done=position.epoch > epoch)
             if state.stopped_by != "epochs":
                 break
@@ -147,6 +148,7 @@ def _train(config, resume, callbacks, plugins, progress_bar, requested_at) -> Ru
             for plugin in plugins:
                 plugin.on_epoch_end(ctx)
     bar.close()
+    encoder.close()
     return _finish(ctx, training, plugins, state)
 
 
@@ -155,6 +157,7 @@ def _finish(ctx: Context, training: Training, plugins: list[Plugin], state: RunS
     need it saved (exports). An "ending" event says it began: the steps are over, the end
     work can take minutes (its own events say which part is under way)."""
     position, report = ctx.position, ctx.report
+    flush(ctx, state)
     ctx.stopped_by = state.stopped_by
     report.event("ending", {"step": position.step, "stopped_by": state.stopped_by})
     for plugin in plugins:
@@ -180,6 +183,10 @@ def _batch_encoder(training: Training, config: TrainConfig, run: RunDir, acceler
         prepare_captions=training.method.prepare_captions,
         device=accelerator.device,
     )
+
+
+def _process(accelerator: Accelerator) -> dict[str, int]:
+    return {"process_index": accelerator.process_index, "num_processes": accelerator.num_processes}
 
 
 def _show_bar(progress_bar: bool | None, accelerator: Accelerator) -> bool:

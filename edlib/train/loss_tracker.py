@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from edlib.data.types import ScanResult
+from edlib.model.transfer import host_tensor
 from edlib.train.hooks import Context, Plugin
 
 CSV_COLUMNS = ("path", "folder", "caption", "observations", "mean", "std", "trend", "last_step", "flagged", "score")
@@ -148,11 +149,16 @@ class LossTracker:
     def bucket_of(self, timestep: int) -> int:
         return min(int(timestep) * len(self._buckets) // self.num_train_timesteps, len(self._buckets) - 1)
 
-    def observe(self, paths: list[str], timesteps: torch.Tensor, losses: torch.Tensor, step: int) -> None:
-        """Record one batch: image paths, their timesteps and raw per-sample losses (B,).
+    def observe(self, paths: list[str], timesteps, losses, step: int) -> None:
+        """Record one batch: image paths, their timesteps and raw per-sample losses (B,), as
+        tensors or lists of numbers.
 
         Non-finite losses (a skipped fp16 step) are ignored: they say nothing about the image."""
-        for path, t, loss in zip(paths, timesteps.tolist(), losses.detach().float().cpu().tolist()):
+        if isinstance(timesteps, torch.Tensor):
+            timesteps = timesteps.tolist()
+        if isinstance(losses, torch.Tensor):
+            losses = losses.detach().float().cpu().tolist()
+        for path, t, loss in zip(paths, timesteps, losses):
             if not math.isfinite(loss):
                 continue
             bucket = self._buckets[self.bucket_of(t)]
@@ -366,16 +372,19 @@ class LossTrackerPlugin(Plugin):
     """Feeds a `LossTracker` from the training loop and writes `image_loss.csv` into the
     run folder at every epoch end and whenever a checkpoint is saved (via state_dict).
 
-    Item indices are turned into paths with the loop's current scan (`ctx.data`, which the
-    loop replaces when it re-reads settings at an epoch boundary). On several processes
-    each batch's losses are gathered, so every process holds the same tracker and the saved
-    state is complete."""
+    Item indices stay on the host (the scheduled batch lists them for every process); the
+    per-sample losses and timesteps stay on the device, gathered over processes there, until
+    a logging step reads the window back in one transfer, so a step never waits for them.
+    Every process then holds the same tracker and the saved state is complete. Paths come
+    from the loop's current scan (`ctx.data`, replaced only at an epoch start, when nothing
+    is pending)."""
 
     name = "loss_tracker"
 
     def __init__(self, tracker: LossTracker | None = None):
         self.tracker = tracker or LossTracker()
         self._ctx: Context | None = None
+        self._pending: list[tuple[tuple[int, ...] | None, torch.Tensor, int]] = []  # (items, [timesteps; losses], step)
 
     def on_start(self, ctx: Context) -> None:
         self._ctx = ctx
@@ -387,19 +396,47 @@ class LossTrackerPlugin(Plugin):
             )
 
     def on_sample_losses(self, ctx: Context, batch, timesteps: torch.Tensor, losses: torch.Tensor) -> None:
-        accelerator = ctx.accelerator
-        items = torch.tensor(batch.items, device=losses.device)
-        items, timesteps, losses = (accelerator.gather(x.contiguous()) for x in (items, timesteps, losses.float()))
-        paths = [ctx.data.items[i].path for i in items.tolist()]
-        self.tracker.observe(paths, timesteps, losses, ctx.position.step + 1)
+        rows = [timesteps.to(torch.float64), losses.detach().to(torch.float64)]  # timesteps < 2**53: exact
+        items = batch.items  # the images trained (an unreadable one's substitute included)
+        if ctx.accelerator.num_processes > 1:  # the other processes' items travel with their losses
+            rows.append(host_tensor(batch.items, losses.device, torch.float64))
+            items = None
+        rows = torch.stack(rows)
+        if items is None:
+            rows = ctx.accelerator.gather(rows.T.contiguous()).T  # processes' samples in slot order
+        self._pending.append((items, rows, ctx.position.step + 1))
+
+    def on_step(self, ctx: Context, metrics: dict[str, Any]) -> None:
+        if ctx.position.step % ctx.config.log_every_n_steps == 0:
+            self.flush()
+
+    def flush(self) -> None:
+        """Read the pending losses back (one transfer) and record them."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        values = torch.cat([pair for _, pair, _ in pending], dim=1).tolist()  # rows: timesteps, losses (, items)
+        items = self._ctx.data.items
+        start = 0
+        for batch_items, pair, step in pending:
+            end = start + pair.shape[1]
+            batch_items = batch_items or [int(i) for i in values[2][start:end]]
+            paths = [items[i].path for i in batch_items]
+            self.tracker.observe(paths, values[0][start:end], values[1][start:end], step)
+            start = end
 
     def item_weights(self, ctx: Context) -> dict[str, float] | None:
         """The hard-example boost: flagged images weighted by 1 + `hard_example_boost`."""
         boost = ctx.config.hard_example_boost
+        self.flush()
         return boost_weights(self.tracker.flagged(), boost) if boost else None
 
     def on_epoch_end(self, ctx: Context) -> None:
+        self.flush()
         self.write_csv()
+
+    def on_end(self, ctx: Context) -> None:
+        self.flush()
 
     def write_csv(self) -> Path | None:
         ctx = self._ctx
@@ -408,6 +445,7 @@ class LossTrackerPlugin(Plugin):
         return self.tracker.write_csv(ctx.run.path / "image_loss.csv", ctx.data)
 
     def state_dict(self) -> dict[str, Any]:
+        self.flush()
         self.write_csv()  # a checkpoint and the csv next to it tell the same story
         return self.tracker.state_dict()
 

@@ -16,7 +16,7 @@ from edlib.model import checkpoint as ckpt
 from edlib.model.config import TrainConfig
 from edlib.train.epoch_state import epoch_items, folder_settings
 from edlib.train.hooks import Context, Plugin
-from edlib.train.progress import RunState
+from edlib.train.progress import RunState, flush
 from edlib.train.run_dir import RunDir
 from edlib.train.setup import Training, unwrapper
 
@@ -25,7 +25,11 @@ def after_step(ctx: Context, training: Training, plugins: list[Plugin], state: R
     """Serve requests, decide whether the run stops here (`state.stopped_by`), and save
     when a request, a cadence or the stop asks for it."""
     config, run, position, report = ctx.config, ctx.run, ctx.position, ctx.report
-    requests, minutes_due = _agree(run, ctx.accelerator, config, time.time() - state.last_save_time)
+    requests, minutes_due = set(), False
+    # One process looks at the control files and the clock; several must agree, which takes
+    # a collective through the host: on logging steps only, so a step never waits for one.
+    if ctx.accelerator.num_processes == 1 or position.step % config.log_every_n_steps == 0:
+        requests, minutes_due = _agree(run, ctx.accelerator, config, time.time() - state.last_save_time)
     if "sample" in requests and not any(plugin.sample(ctx) for plugin in plugins):
         report.event("sample_request", {"step": position.step, "served": False})
         report.log("sample request received: no sampler is configured for this run, ignored")
@@ -34,6 +38,7 @@ def after_step(ctx: Context, training: Training, plugins: list[Plugin], state: R
     elif "stop" in requests:
         state.stopped_by = "stop request"
     if save_due(config, position.step, position.epoch, requests, minutes_due, epoch_done, state.stopped_by != "epochs"):
+        flush(ctx, state)  # the non-finite rule needs the steps' losses before it lets a save through
         if state.nonfinite_in_a_row:
             report.log(f"step {position.step}: checkpoint not saved while the loss is NaN/inf")
         else:

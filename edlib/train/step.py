@@ -1,5 +1,11 @@
 """One optimizer step: per-sample losses of each batch of an accumulation group, their
-backward passes, then the weight update, skipped when a loss was not finite."""
+backward passes, then the weight update, skipped when a loss was not finite.
+
+Nothing here waits for the GPU (issue 16; `edlib.train.host_sync` counts it in a test): the
+step's loss and its non-finite count stay on the device for `progress` to read back on a
+logging step; the count is summed over processes on the device, so all skip together; and
+the update is skipped on the device where the optimizer allows it (`edlib.model.nonfinite`;
+otherwise one host read of the flag)."""
 
 from __future__ import annotations
 
@@ -13,7 +19,8 @@ from edlib.model.config import TrainConfig
 from edlib.model.flow_config import flow_settings
 from edlib.model.methods import Method
 from edlib.model.models import predict
-from edlib.train.batches import BatchEncoder, batch_loss_scale, local_batch, sample_generators
+from edlib.model.nonfinite import skips_on_device, step_unless
+from edlib.train.batches import BatchEncoder, local_batch, sample_generators
 from edlib.train.flow import flow_sample_losses
 from edlib.train.hooks import Context, Plugin
 from edlib.train.noise import min_snr_weights, per_sample_loss, sample_noise, sample_timesteps, training_target
@@ -30,13 +37,15 @@ def optimizer_step(
     group: range,
     plugins: list[Plugin],
     unreadable: UnreadableImages,
-) -> tuple[torch.Tensor, bool]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Train the batches `group` of `schedule` as one optimizer step (gradients summed, each
-    batch's loss divided by the group size). Returns the step's loss (a device tensor) and
-    whether it was finite on every process; a non-finite step leaves the weights as they were."""
+    batch's loss divided by the group size). Returns, as device tensors, the step's loss
+    (this process's) and how many of its batches had a non-finite loss on any process; a step
+    with any leaves the weights, optimizer and EMA as they were."""
     config, accelerator, models = ctx.config, ctx.accelerator, training.models
     world, rank = accelerator.num_processes, accelerator.process_index
-    finite, loss = True, torch.zeros((), device=accelerator.device)
+    nonfinite = torch.zeros((), device=accelerator.device)
+    loss = torch.zeros((), device=accelerator.device)
     for k, b in enumerate(group):
         # an image gone or undecodable since the scan is replaced by another of its bucket
         batch = unreadable.fill(encoder, ctx.data, local_batch(schedule.batch(b), epoch, rank, world), schedule)
@@ -44,24 +53,40 @@ def optimizer_step(
         with nullcontext() if syncing else accelerator.no_sync(models.unet):
             with accelerator.autocast():
                 losses, raw_losses, timesteps = sample_losses(models, encoder, ctx.data, batch, config)
-            scaled = (losses * batch_loss_scale(ctx.data, batch).to(losses.device)).mean() / len(group)
-            finite = finite and all_finite(scaled, accelerator)
-            if finite:
-                accelerator.backward(scaled)
-                loss += scaled.detach()
+            scale = encoder.loss_scale(ctx.data, batch)
+            scaled = (losses if scale is None else losses * scale).mean() / len(group)
+            nonfinite += (~torch.isfinite(scaled.detach())).to(nonfinite.dtype)
+            # Always backward, also after a non-finite loss: every process must join DDP's
+            # gradient all-reduce; the update is what gets skipped.
+            accelerator.backward(scaled)
+            loss += scaled.detach()
         for plugin in plugins:
             plugin.on_sample_losses(ctx, batch, timesteps, raw_losses.detach())
-
-    if finite:
-        average_gradients(training.method, models, accelerator)
-        if config.max_grad_norm:
-            accelerator.clip_grad_norm_(training.trainable, config.max_grad_norm)
-        training.optimizer.step()
-        if training.ema is not None:
-            training.ema.step(training.trainable)
+    if world > 1:
+        nonfinite = accelerator.reduce(nonfinite, "sum")  # on the device: every process skips together
+    update_weights(training, config, accelerator, nonfinite)
     training.optimizer.zero_grad(set_to_none=True)
     training.lr_scheduler.step()
-    return loss, finite
+    return loss, nonfinite
+
+
+def update_weights(training: Training, config: TrainConfig, accelerator: Accelerator, nonfinite: torch.Tensor) -> None:
+    """The optimizer and EMA step, skipped when `nonfinite` > 0: on the device where the
+    optimizer takes a `found_inf` flag, else after one host read of the flag."""
+    skip = None
+    if skips_on_device(training.optimizer, accelerator.scaler):
+        skip = nonfinite > 0
+    elif nonfinite.item() > 0:
+        return
+    average_gradients(training.method, training.models, accelerator)
+    if config.max_grad_norm:
+        accelerator.clip_grad_norm_(training.trainable, config.max_grad_norm)
+    if skip is None:
+        training.optimizer.step()
+    else:
+        step_unless(training.optimizer, skip)
+    if training.ema is not None:
+        training.ema.step(training.trainable, skip)
 
 
 def sample_losses(models, encoder: BatchEncoder, data, batch, config: TrainConfig):
@@ -101,10 +126,3 @@ def average_gradients(method: Method, models, accelerator: Accelerator) -> None:
         for param in module.parameters():
             if param.grad is not None:
                 param.grad = accelerator.reduce(param.grad, "mean")
-
-
-def all_finite(loss: torch.Tensor, accelerator: Accelerator) -> bool:
-    """Whether the loss is finite on every process: all must skip a step together, or DDP's
-    gradient all-reduce would wait forever for the one that skipped."""
-    flag = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
-    return bool(accelerator.gather(flag).min().item() > 0)

@@ -359,10 +359,14 @@ class BalancePanel:
         self.plan: BalancePlan | None = None
         self.weights: dict[str, widgets.BoundedFloatText] = {}
         rows = []
+        image_folders = [f.path for f in self.scan.folders]
+        # A folder excluded now (exclude.txt) starts at 0, so Apply keeps it excluded unless changed.
+        excluded = {_own_node(f.path, image_folders) for f in self.scan.folders if f.settings.exclude}
         for node in weight_nodes(self.scan):
             depth = len(_parts(node)) - 1
             box = widgets.BoundedFloatText(
-                value=start.get(node, 1.0), min=0.0, max=1e6, step=0.1, layout=widgets.Layout(width="90px")
+                value=start.get(node, 0.0 if node in excluded else 1.0), min=0.0, max=1e6, step=0.1,
+                layout=widgets.Layout(width="90px"),
             )
             box.observe(self._update, names="value")
             self.weights[node] = box
@@ -373,7 +377,8 @@ class BalancePanel:
         )
         self.epoch_size.observe(self._update, names="value")
         self.apply_button = widgets.Button(
-            description="Apply (write multiply.txt)", button_style="warning", layout=widgets.Layout(width="220px")
+            description="Apply (write multiply.txt)", button_style="warning", layout=widgets.Layout(width="220px"),
+            tooltip="writes multiply.txt, and exclude.txt where the weight is 0 (Undo puts back the old files)",
         )
         self.undo_button = widgets.Button(description="Undo", icon="undo")
         self.apply_button.on_click(self.apply)
@@ -415,7 +420,7 @@ class BalancePanel:
             self.apply_button.disabled = True
             return
         self.status.value = ""
-        self.apply_button.disabled = bool(self.plan.excluded)
+        self.apply_button.disabled = False
         self.table.value = f"<pre style='font-size:12px;line-height:1.3'>{html.escape(format_plan(self.plan))}</pre>"
         show_figure(self.chart, share_figure(self.plan))
 
@@ -428,7 +433,11 @@ class BalancePanel:
             self.status.value = error_text(e)
             return None
         self._changed()
-        self.status.value = ok_text(f"wrote {len(self.plan.entries)} multiply.txt file(s); Undo puts back the old ones")
+        excluded = len(self.plan.excluded)
+        wrote = f"{len(self.plan.entries) - excluded} multiply.txt file(s)" + (
+            f", exclude.txt in {excluded} excluded folder(s)" if excluded else ""
+        )
+        self.status.value = ok_text(f"wrote {wrote}; Undo puts back the old files")
         return entry
 
     def undo(self, _button=None) -> list[str]:

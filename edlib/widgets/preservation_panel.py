@@ -12,6 +12,7 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 
 from edlib.data.preservation import (
+    amount_as_shown,
     Coverage,
     EpochMix,
     coverage,
@@ -174,7 +175,7 @@ class PreservationPanel:
 
     def _set_amount_from_file(self) -> None:
         current = self.scan.folder(self.folder.value).settings.multiply
-        self.amount.value = round(self._amount_for(self.mode.value, str(float(current))), 6)
+        self.amount.value = amount_as_shown(self._amount_for(self.mode.value, format_value(current)))
 
     def _folder_changed(self, _change) -> None:
         self._set_amount_from_file()
@@ -182,7 +183,7 @@ class PreservationPanel:
 
     def _mode_changed(self, change) -> None:
         if self.text is not None:
-            self.amount.value = round(self._amount_for(change["new"], self.text), 6)
+            self.amount.value = amount_as_shown(self._amount_for(change["new"], self.text))
         self._update()
 
     def _update(self, _change=None) -> None:

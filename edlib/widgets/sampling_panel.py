@@ -34,6 +34,8 @@ USAGE = {
     "ComfyUI: models/loras/. diffusers: pipeline.load_lora_weights(file).",
     "a1111-embedding": "AUTOMATIC1111: copy into embeddings/ and use the file name in the prompt. "
     "ComfyUI: models/embeddings/. diffusers: pipeline.load_textual_inversion(file).",
+    "a1111-hypernetwork": "AUTOMATIC1111: copy into models/hypernetworks/ and write <hypernet:NAME:1> in the prompt. "
+    "ComfyUI: models/hypernetworks/ (Load Hypernetwork node). edlib: edlib sample MODEL --hypernetwork file.pt.",
 }
 
 

@@ -83,7 +83,14 @@ MODEL_DEFAULTS = ("resolution", "unet_lr", "text_encoder_lr")
 TOP = ("model", "run_dir")
 GRID = (("resolution", "batch_size"), ("epochs", "unet_lr"))
 SECTIONS: dict[str, tuple[str | tuple[str, ...], ...]] = {
-    "Method": ("method", "network_dim", "network_alpha", ("token", "init_word")),
+    "Method": (
+        "method",
+        "network_dim",
+        "network_alpha",
+        ("token", "init_word"),
+        "hypernetwork_activation_func",
+        "hypernetwork_strength",
+    ),
     "Learning rate and optimizer": ("unet_lr", "text_encoder_lr", "lr_scheduler", "lr_warmup_steps", "optimizer"),
     "Steps": ("gradient_accumulation_steps", "max_steps", "seed"),
     "Memory and speed": ("mixed_precision", "gradient_checkpointing", "cache_latents", "cache_text_embeddings"),

@@ -4,7 +4,7 @@ from fractions import Fraction
 
 import pytest
 
-from edlib.data.balance import apply_balance, format_plan, load_weights, plan_balance, undo_balance
+from edlib.data.balance import apply_balance, format_plan, load_weights, multiplier_text, plan_balance, undo_balance
 from edlib.data.types import DataRootError
 
 from .fake_scan import FakeFolder, fake_scan
@@ -89,23 +89,120 @@ def test_globs_exact_keys_and_the_last_matching_pattern():
     assert got["chars/amy"].share == Fraction(2, 7)
 
 
-def test_a_key_naming_no_folder_is_an_error():
-    with pytest.raises(DataRootError, match="'1_charcter'"):
-        plan_balance(worked_scan(), {"1_charcter": 3})
+def test_a_key_naming_no_folder_is_an_error_that_names_it_and_the_closest_folders(tmp_path):
+    with pytest.raises(DataRootError) as err:
+        plan_balance(worked_scan(), {"1_charcter": 3, "others/class3": 1, "nothing/*": 2}, source="w.yaml")
+    message = str(err.value)
+    assert message.startswith("w.yaml: keys matching no folder with images")
+    assert "'1_charcter' (did you mean '1_character'?)" in message
+    assert "'nothing/*' (no folder name is close to it)" in message
+    assert "'others/class3'" not in message.split("Folders:")[0]  # a good key is not blamed
+    assert "folder path relative to the data root" in message and "glob pattern" in message
+    assert "Folders: 1_character, 1_character/class1, 1_character/class2, others, others/class1" in message
+    # a folder that exists but holds no images is named as such
+    make_tree(tmp_path, {"a": 2})
+    (tmp_path / "empty").mkdir()
+    from edlib.data.scan import scan
+
+    with pytest.raises(DataRootError, match=r"'empty' \(that folder holds no images, in it or below it\)"):
+        plan_balance(scan(tmp_path), {"empty": 1})
 
 
-def test_weight_zero_excludes_explicitly_and_cannot_be_applied(tmp_path):
-    scan = fake_scan(FakeFolder("keep", 10), FakeFolder("drop", 10), FakeFolder("drop/sub", 4), root=tmp_path)
+def test_weight_zero_excludes_explicitly_in_the_plan():
+    scan = fake_scan(FakeFolder("keep", 10), FakeFolder("drop", 10), FakeFolder("drop/sub", 4))
     plan = plan_balance(scan, {"drop": 0}, epoch_size=50)
     got = entries(plan)
     assert got["keep"].share == 1 and got["keep"].text == "5"
     assert got["drop"].excluded and got["drop/sub"].excluded
     assert plan.excluded == ["drop", "drop/sub"]
-    assert "weight 0 excludes drop, drop/sub" in " ".join(plan.warnings)
+    assert "weight 0 excludes drop, drop/sub: applying writes an exclude.txt into each" in " ".join(plan.warnings)
     assert "excluded" in format_plan(plan)
-    with pytest.raises(DataRootError, match="cannot apply"):
-        apply_balance(plan)
-    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_weight_zero_applied_writes_exclude_txt_that_the_scan_preview_and_schedule_follow(tmp_path):
+    from edlib.data.preview import format_preview, preview
+    from edlib.data.scan import format_report, scan
+
+    root = tmp_path / "data"
+    make_tree(root, {"keep": 6, "drop": 5, "drop/sub": 3}, size=(64, 64))
+    write_text(root / "drop/multiply.txt", "2\n")  # the user's value: kept while excluded
+    before = tree_digest(root)
+
+    history = apply_balance(plan_balance(scan(root), {"drop": 0}, epoch_size=12))
+    note = (root / "drop/exclude.txt").read_text()
+    assert note.startswith("written by edlib balance --apply on ") and f"edlib balance {root} --undo" in note
+    assert (root / "drop/sub/exclude.txt").is_file()
+    assert (root / "drop/multiply.txt").read_text() == "2\n"
+    assert (root / "keep/multiply.txt").read_text() == "2\n"  # 12 samples over 6 images
+    assert history.parent == root / ".edlib" / "balance_history"
+
+    excluded = scan(root)
+    assert {f.path: (f.settings.exclude, f.settings.multiply) for f in excluded.folders} == {
+        "drop": (True, 0), "drop/sub": (True, 0), "keep": (False, 2)
+    }
+    assert len(excluded.items) == 14  # the images stay listed: nothing moved or deleted
+    warning = next(w for w in excluded.warnings if w.startswith("drop: "))
+    assert "its 5 image(s) are excluded from training by drop/exclude.txt" in warning
+    assert 'it says: "written by edlib balance --apply on' in warning and "0 samples per epoch" in warning
+    report = format_report(excluded)
+    assert "(8 images in 2 folder(s) excluded by exclude.txt, not trained)" in report
+    assert any(line.split()[:3] == ["drop/sub", "3", "excluded"] for line in report.splitlines())
+
+    p = preview(excluded, epochs=3, resolution=64, batch_size=2)
+    per_folder = {f.path: f.expected_per_epoch for f in p.folders}
+    assert per_folder == {"drop": 0, "drop/sub": 0, "keep": 12} and p.epoch_size == 12
+    rows = {line.split()[0]: line.split()[1:] for line in format_preview(p).splitlines()[1:4]}
+    assert rows["drop"] == ["5", "excluded", "1", "0", "0.0%"] and rows["keep"][-1] == "100.0%"
+    for epoch in range(3):
+        trained = {excluded.items[i].folder for i in p.realise(epoch).items.tolist()}
+        assert trained == {"keep"}
+
+    lines = undo_balance(root)
+    assert "removed drop/exclude.txt (it did not exist before)" in lines
+    after = {k: v for k, v in tree_digest(root).items() if not k.startswith(".edlib")}
+    assert after == before
+    assert not any(f.settings.exclude for f in scan(root).folders)
+
+
+def test_an_excluded_folder_stays_excluded_until_a_key_names_it_and_undo_puts_the_file_back(tmp_path):
+    from edlib.data.scan import scan
+
+    root = tmp_path / "data"
+    make_tree(root, {"keep": 4, "drop": 4}, size=(64, 64))
+    write_text(root / "drop/exclude.txt", "blurry set, my own note\n")  # excluded by hand
+
+    plan = plan_balance(scan(root), {"keep": 2})
+    assert entries(plan)["drop"].excluded and entries(plan)["drop"].was_excluded
+    assert "drop stay(s) excluded by exclude.txt: no key of the weights names it" in " ".join(plan.warnings)
+    assert format_plan(plan).splitlines()[1].split()[:3] == ["drop", "4", "excluded"]  # current: excluded
+    apply_balance(plan)
+    assert (root / "drop/exclude.txt").read_text() == "blurry set, my own note\n"  # left as it was
+
+    plan = plan_balance(scan(root), {"drop": 1, "keep": 1}, epoch_size=8)
+    assert entries(plan)["drop"].text == "1" and not entries(plan)["drop"].excluded
+    assert "drop is/are excluded by exclude.txt now; applying this plan trains it again" in " ".join(plan.warnings)
+    apply_balance(plan)
+    assert not (root / "drop/exclude.txt").exists()
+    assert {f.path: f.settings.multiply for f in scan(root).folders} == {"drop": 1, "keep": 1}
+
+    lines = undo_balance(root)
+    assert "restored drop/exclude.txt (the balance had removed it)" in lines
+    assert (root / "drop/exclude.txt").read_text() == "blurry set, my own note\n"
+
+
+def test_undo_does_not_overwrite_an_exclude_txt_made_again_after_the_apply(tmp_path):
+    from edlib.data.scan import scan
+
+    root = tmp_path / "data"
+    make_tree(root, {"keep": 4, "drop": 4}, size=(64, 64))
+    write_text(root / "drop/exclude.txt", "first\n")
+    apply_balance(plan_balance(scan(root), {"drop": 1}))
+    write_text(root / "drop/exclude.txt", "second\n")
+    with pytest.raises(DataRootError, match="changed since the balance was applied, not undoing: .*drop/exclude.txt"):
+        undo_balance(root)
+    assert (root / "drop/exclude.txt").read_text() == "second\n"
+    undo_balance(root, force=True)
+    assert (root / "drop/exclude.txt").read_text() == "first\n"
 
 
 def test_weights_given_directly_are_checked_too():
@@ -118,6 +215,19 @@ def test_weights_given_directly_are_checked_too():
 def test_all_children_weighing_zero_is_an_error():
     with pytest.raises(DataRootError, match="every subfolder of 1_character has weight 0"):
         plan_balance(worked_scan(), {"1_character/class1": 0, "1_character/class2": 0})
+
+
+def test_written_values_are_exact_when_a_short_exact_decimal_exists():
+    assert multiplier_text(Fraction(1, 2)) == "0.5" and multiplier_text(Fraction(9, 4)) == "2.25"
+    assert multiplier_text(Fraction(1, 1024)) == "0.0009765625"  # exact, though 10 decimals
+    assert multiplier_text(Fraction(1000001, 1000000)) == "1.000001"
+    assert multiplier_text(Fraction(123456789, 10**12)) == "0.000123456789"
+    assert multiplier_text(Fraction(29, 15)) == "1.933333"  # no exact decimal: 6 decimals
+    assert multiplier_text(Fraction(1, 3 * 10**9)) == "0.000000000333333"  # 6 significant digits below 1
+    assert multiplier_text(Fraction(1, 2**60)) == "0.000000000000000000867362"  # exact needs 42 digits
+    assert multiplier_text(Fraction(7)) == "7" and multiplier_text(Fraction(250)) == "250"
+    for m in (Fraction(1, 2), Fraction(9, 4), Fraction(1, 1024), Fraction(3, 80)):
+        assert Fraction(multiplier_text(m)) == m
 
 
 def test_tiny_shares_are_never_rounded_to_zero():

@@ -330,8 +330,12 @@ def test_report_json_shape(tmp_path):
     write_text(tmp_path / "b" / "loss_scale.txt", "oops")
     report = report_json(scan(tmp_path))
     json.dumps(report)  # JSON-able
-    assert set(report) == {"folders", "images", "images_with_own_settings", "everydream2", "warnings", "errors"}
-    assert report["images"] == 3
+    assert set(report) == {
+        "folders", "images", "excluded_images", "images_with_own_settings", "items", "everydream2", "warnings", "errors"
+    }
+    assert report["images"] == 3 and report["excluded_images"] == 0
+    assert [(it["path"], it["caption"]) for it in report["items"]] == [("a/a 0_000.png", "a 0"), ("a/a 1_001.png", "a 1"),
+                                                                       ("b/b 0_000.png", "b 0")]
     a, b = report["folders"]
     assert (a["path"], a["images"], a["multiply"], a["loss_scale"], a["trigger"]) == ("a", 2, 0.5, 1.0, None)
     assert b["path"] == "b" and b["loss_scale"] == 1.0

@@ -98,3 +98,20 @@ def test_a_textual_inversion_run_ends_with_its_embedding(tiny_folders, tmp_path)
     assert written.parent == tmp_path / "run" / "exports" and written.suffix == ".safetensors"
     [later] = export_run(tmp_path / "run", "a1111-embedding", out=tmp_path / "later")
     assert later.name == written.name and _same_tensors(written, later)
+
+
+def test_a_hypernetwork_run_ends_with_its_a1111_file(tiny_folders, tmp_path):
+    """The end-of-run export (EMA weights) equals exporting the final checkpoint; SD2's file
+    is keyed by its context width like SD1's."""
+    data = make_data_root(tmp_path / "data")
+    settings = dict(method="hypernetwork", unet_lr=1e-2, epochs=1, ema_decay=0.5, hypernetwork_activation_func="relu")
+    [written] = train(tiny_config(tiny_folders["sd2"], data, tmp_path / "run", **settings)).exports
+    assert written == tmp_path / "run" / "exports" / "run-step000002.pt"
+    [later] = export_run(tmp_path / "run", "a1111-hypernetwork", out=tmp_path / "later")
+    ours, theirs = (torch.load(p, weights_only=True) for p in (written, later))
+    assert list(ours) == list(theirs) and ours["step"] == 2 and ours["activation_func"] == "relu"
+    (width,) = [key for key in ours if type(key) is int]
+    for a, b in zip(ours[width], theirs[width], strict=True):
+        assert list(a) == list(b) and all(torch.equal(a[k], b[k]) and a[k].dtype == torch.float16 for k in a)
+    with pytest.raises(ConfigError, match=r"a 'hypernetwork' run exports as a1111-hypernetwork, not 'single-file'"):
+        tiny_config(tiny_folders["sd2"], data, tmp_path / "other", export_formats=["single-file"], **settings)

@@ -150,7 +150,7 @@ def test_a_full_disk_during_balance_apply_leaves_nothing_behind(tmp_path, root):
     before = tree_digest(root)
     r = edlib("balance", root, "--weights", weights, "--apply", preexec_fn=_tiny_file_limit)
     assert r.returncode == 1
-    assert "could not keep the previous multiply.txt files (file too large" in r.stderr
+    assert "could not keep the previous multiply.txt and exclude.txt files (file too large" in r.stderr
     assert "nothing was written" in r.stderr and "Traceback" not in r.stderr
     history = root / HISTORY_DIR
     assert not history.exists() or list(history.iterdir()) == []  # before: an empty entry folder

@@ -97,8 +97,9 @@ def test_the_wheel_holds_everything_a_run_needs(runtime):
 
     names = set(zipfile.ZipFile(runtime["wheel"]).namelist())
     # Every source file and every file of the bundled world model (the offline base model).
-    pretrained = {str(f.relative_to(REPO)) for f in (REPO / "edlib" / "world" / "pretrained").rglob("*") if f.is_file()}
-    assert "edlib/world/pretrained/unet/diffusion_pytorch_model.safetensors" in pretrained
+    world = REPO / "edlib" / "model" / "world" / "pretrained"
+    pretrained = {str(f.relative_to(REPO)) for f in world.rglob("*") if f.is_file()}
+    assert "edlib/model/world/pretrained/unet/diffusion_pytorch_model.safetensors" in pretrained
     sources = {str(f.relative_to(REPO)) for f in (REPO / "edlib").rglob("*.py")}
     assert sources | pretrained <= names, sorted((sources | pretrained) - names)
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))

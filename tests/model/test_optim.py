@@ -163,18 +163,22 @@ def test_lr_schedules_hold_their_end_value_past_the_planned_steps():
 
 @pytest.mark.parametrize(
     ("name", "device"),
-    [("adamw", "cpu"), pytest.param("adamw", "cuda", marks=pytest.mark.gpu), pytest.param("adamw8bit", "cuda", marks=pytest.mark.gpu)],
+    [
+        ("adamw", "cpu"),
+        ("adamw8bit", "cpu"),
+        pytest.param("adamw", "cuda", marks=pytest.mark.gpu),
+        pytest.param("adamw8bit", "cuda", marks=pytest.mark.gpu),
+    ],
 )
 def test_stochastic_rounding_moves_bf16_weights_by_updates_below_their_resolution(name, device):
     """full_bf16's trap, measured: AdamW at lr 1e-6 on bf16 weights of SD-like size (sd 0.05)
-    with nearest rounding moves the weights by ~1% of what it should; torchao's stochastic
-    rounding gets the average right (and both end in bf16). On CUDA also torchao's AdamW8bit
-    against bitsandbytes' (the SDXL lean preset's optimizer)."""
-    pytest.importorskip("torchao")  # in requirements/ci.txt: this runs in CI
+    with nearest rounding moves the weights by ~1% of what it should; stochastic rounding
+    (edlib.model.sr_optim) gets the average right (and both end in bf16). Nearest rounding is
+    torch's AdamW, or bitsandbytes' AdamW8bit on CUDA (the SDXL lean preset's optimizer)."""
     torch.manual_seed(0)
     start = (torch.randn(256, 256) * 0.05).bfloat16().to(device)
     moved = {}
-    for rounding in (False, True):
+    for rounding in (False, True) if name == "adamw" or device == "cuda" else (True,):
         weight = torch.nn.Parameter(start.clone())
         groups = [{"params": [weight], "lr": 1e-6}]
         optimizer = make_optimizer(name, groups, {"weight_decay": 0.0}, stochastic_rounding=rounding)
@@ -183,7 +187,7 @@ def test_stochastic_rounding_moves_bf16_weights_by_updates_below_their_resolutio
             optimizer.step()
         assert weight.dtype == torch.bfloat16
         moved[rounding] = (weight.detach().float() - start.float()).mean().item() / -1e-5
-    assert moved[False] < 0.05 and moved[True] == pytest.approx(1.0, abs=0.05)
+    assert moved.get(False, 0.0) < 0.05 and moved[True] == pytest.approx(1.0, abs=0.05)
 
 
 def test_full_bf16_stochastic_rounding_needs_an_optimizer_torchao_has(tmp_path):

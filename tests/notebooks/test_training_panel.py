@@ -125,6 +125,15 @@ def test_config_from_form_without_a_panel(tmp_path):
     assert config.placeholder_tokens == [{"token": "<zx>", "init_word": "cat"}] and config.sample_prompts is None
 
 
+def test_every_method_has_starting_rates_and_a_valid_form():
+    from edlib.model.config import METHODS
+    from edlib.model.suggest import METHOD_LRS
+
+    assert set(METHOD_LRS) == set(METHODS)
+    config = config_from_form({"data_root": "d", "method": "hypernetwork", "unet_lr": METHOD_LRS["hypernetwork"][0]})
+    assert config.exports_at_end() == ("a1111-hypernetwork",) and config.text_encoder_lr == 0
+
+
 @pytest.mark.slow
 def test_start_fills_the_live_view_and_quarantine_moves_an_image(tiny_model, data_root, tmp_path):
     run = tmp_path / "run"

@@ -153,10 +153,15 @@ def test_a_save_in_the_table_replans_the_balance(root):
     assert balance.plan.epoch_size == plan_balance(scan(root), {}).epoch_size
 
 
-def test_balance_panel_refuses_to_apply_an_exclusion(root):
+def test_balance_panel_applies_an_exclusion_as_exclude_txt_and_keeps_it_when_reopened(root):
     panel = BalancePanel(root)
     panel.weights["concept"].value = 0
-    assert panel.apply_button.disabled and panel.plan.excluded == ["concept"]
+    assert not panel.apply_button.disabled and panel.plan.excluded == ["concept"]
+    panel.apply_button.click()
+    assert (root / "concept" / "exclude.txt").is_file() and "exclude.txt in 1 excluded folder" in panel.status.value
+    assert BalancePanel(root).weights["concept"].value == 0  # reopened: still excluded unless changed
+    panel.undo_button.click()
+    assert not (root / "concept" / "exclude.txt").exists()
 
 
 def test_preservation_multiplier_modes(root):

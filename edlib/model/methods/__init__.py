@@ -5,6 +5,7 @@ config's `method` key names. Each method lives in its own module beside this one
     full.py                full fine-tune
     lora.py                LoRA / LoCon adapters (peft)
     textual_inversion.py   new words in the text encoder(s)
+    hypernetwork.py        an AUTOMATIC1111 hypernetwork beside the frozen model
 
 The config schema lists the same names (`edlib.model.config.METHODS`) without importing
 torch; a test keeps the two in step.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from edlib.model.methods.base import Method
 from edlib.model.methods.full import FullFineTune
+from edlib.model.methods.hypernetwork import HypernetworkMethod
 from edlib.model.methods.lora import LoraMethod
 from edlib.model.methods.textual_inversion import TextualInversion
 
@@ -21,6 +23,7 @@ METHODS: dict[str, type[Method]] = {
     "full": FullFineTune,
     "lora": LoraMethod,
     "textual_inversion": TextualInversion,
+    "hypernetwork": HypernetworkMethod,
 }
 
 
@@ -32,4 +35,4 @@ def make_method(config) -> Method:
     return METHODS[name](config)
 
 
-__all__ = ["METHODS", "FullFineTune", "LoraMethod", "Method", "TextualInversion", "make_method"]
+__all__ = ["METHODS", "FullFineTune", "HypernetworkMethod", "LoraMethod", "Method", "TextualInversion", "make_method"]
