@@ -408,17 +408,14 @@ class BalancePanel:
                 *rows,
                 self.epoch_size,
                 widgets.HTML("<small>epoch size 0 keeps the current expected epoch size</small>"),
-            ],
-            layout=widgets.Layout(min_width="330px"),
-        )
-        self.widget = widgets.VBox(
-            [
-                widgets.HBox([form, self.chart], layout=widgets.Layout(grid_gap="16px")),
+                # The plan under the weights, beside the chart: no gap under a short form.
                 self.table,
                 widgets.HBox([self.apply_button, self.undo_button]),
                 self.status,
-            ]
+            ],
+            layout=widgets.Layout(min_width="330px"),
         )
+        self.widget = widgets.HBox([form, self.chart], layout=widgets.Layout(grid_gap="16px"))
         self._update()
 
     def _repr_mimebundle_(self, **kwargs):

@@ -260,7 +260,7 @@ def _training(browser, lab, shots):
     page.screenshot(path=str(shots / "03_training_form.png"))
 
     start.click()
-    _wait_for_text(page, ".edlib-live", "ETA", shots, "03", timeout=120_000)
+    _wait_for_text(page, ".edlib-live", " left", shots, "03", timeout=120_000)  # the time left while it runs
     page.wait_for_function("() => document.querySelector('.edlib-loss-chart .js-plotly-plot')", timeout=30_000)
     first = _loss_points(page)
     page.wait_for_function(  # the chart is redrawn while the run trains
