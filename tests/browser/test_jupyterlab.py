@@ -258,6 +258,15 @@ def _training(browser, lab, shots):
     _wait_for_text(page, ".edlib-plan", "60 optimizer steps (15 per epoch)", shots, "03")
     page.locator(".edlib-field-epochs").scroll_into_view_if_needed()
     page.screenshot(path=str(shots / "03_training_form.png"))
+    # Issue 19: checkbox labels were cut ("gradient...", "cache_te...").
+    page.locator(".edlib-advanced").get_by_text("Memory and speed", exact=True).click()
+    page.locator(".edlib-advanced .widget-checkbox").first.scroll_into_view_if_needed()
+    page.screenshot(path=str(shots / "03_memory_section.png"))
+    labels = page.evaluate(
+        """() => [...document.querySelectorAll('.edlib-advanced .widget-checkbox')].filter(b => b.offsetParent)
+            .map(b => [b.innerText.trim(), [...b.querySelectorAll('span, label')].some(e => e.scrollWidth > e.clientWidth + 1)])"""
+    )
+    assert labels and not [text for text, cut in labels if cut], labels
 
     start.click()
     _wait_for_text(page, ".edlib-live", " left", shots, "03", timeout=120_000)  # the time left while it runs
