@@ -138,7 +138,7 @@ class PreservationPanel:
             description="folder",
         )
         self.mode = widgets.ToggleButtons(options=[(label, key) for key, label in MODES.items()], value="fraction")
-        self.mode.style.button_width = "150px"
+        self.mode.style.button_width = "175px"  # "fraction of the folder" in full
         self.amount = widgets.BoundedFloatText(value=0.0, min=0.0, max=1e9, step=0.01, description="amount")
         self.result = widgets.HTML()
         self.result.add_class("edlib-preservation-result")

@@ -29,7 +29,9 @@ from edlib.world import write_data_root
 
 CHROMIUM = Path("/usr/bin/chromium")
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
-NAMES = ("01_dataset_and_balancing.ipynb", "03_training.ipynb", "04_sampling_and_export.ipynb")
+NAMES = (
+    "01_dataset_and_balancing.ipynb", "03_training.ipynb", "04_sampling_and_export.ipynb", "02_preservation_mixing.ipynb"
+)
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -194,6 +196,7 @@ def test_notebooks_in_jupyterlab(lab, tmp_path):
             _dataset_and_balancing(browser, lab, shots)
             _training(browser, lab, shots)
             _sampling_and_export(browser, lab, shots)
+            _preservation(browser, lab, shots)
         finally:
             browser.close()
 
@@ -231,6 +234,23 @@ def _dataset_and_balancing(browser, lab, shots):
 
     page.locator(".js-plotly-plot").first.scroll_into_view_if_needed(timeout=30_000)
     page.screenshot(path=str(shots / "01_balance.png"))
+    page.close()
+
+
+def _preservation(browser, lab, shots):
+    """02 after the others (it writes nothing until Save): its panel and charts as shown."""
+    page = _open_and_run_all(browser, lab, NAMES[3], shots)
+    _wait_for_text(page, ".edlib-preservation-result", "multiply.txt for", shots, "02", timeout=120_000)
+    page.locator(".edlib-preservation-result").scroll_into_view_if_needed()
+    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 2", timeout=30_000)
+    page.screenshot(path=str(shots / "02_preservation.png"))
+    # Issue 19: the mode toggle's labels were cut, and plotly's toolbar covered the charts' corner.
+    cut = page.evaluate(
+        "() => [...document.querySelectorAll('.widget-toggle-button')].filter(b => b.scrollWidth > b.clientWidth + 1)"
+        ".map(b => b.innerText)"
+    )
+    assert cut == []
+    assert page.locator(".js-plotly-plot .modebar-container .modebar-btn").count() == 0
     page.close()
 
 
