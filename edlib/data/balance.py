@@ -47,7 +47,8 @@ import yaml
 
 from edlib.data import safe_yaml
 from edlib.data.balance_history import HISTORY_DIR, record_and_apply, undo_balance
-from edlib.data.folder_files import EXCLUDE_FILE
+from edlib.data.folder_files import EXCLUDE_FILE, format_value
+from edlib.data.numbers import format_count, format_share
 from edlib.data.small_files import TEXT_FILE_LIMIT, quote, read_small
 from edlib.data.types import DataRootError, ScanResult
 
@@ -371,16 +372,18 @@ def _plain(d: Decimal) -> str:
 
 
 def format_plan(plan: BalancePlan) -> str:
+    """The plan as a table; multipliers as multiply.txt holds them (current and new alike),
+    counts and shares rounded as every panel rounds them (`edlib.data.numbers`)."""
     rows = [("folder", "images", "current", "new", "share", "per epoch")]
     for e in plan.entries:
         rows.append(
             (
                 e.path or ".",
                 str(e.images),
-                "excluded" if e.was_excluded else f"{float(e.current):.6g}",
+                "excluded" if e.was_excluded else format_value(e.current),
                 e.text if e.text is not None else "excluded",
-                f"{100 * float(e.share):.2f}%",
-                f"{float(e.written * e.images):.6g}",
+                format_share(e.share),
+                format_count(e.written * e.images),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -388,7 +391,7 @@ def format_plan(plan: BalancePlan) -> str:
         "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows
     ]
     realised = sum((e.written * e.images for e in plan.entries), Fraction(0))
-    lines += ["", f"epoch size: target {float(plan.epoch_size):.6g}, with the written values {float(realised):.6g}"]
+    lines += ["", f"epoch size: target {format_count(plan.epoch_size)}, with the written values {format_count(realised)}"]
     if plan.warnings:
         lines += ["", "warnings:"] + [f"  - {w}" for w in plan.warnings]
     return "\n".join(lines)

@@ -31,6 +31,9 @@ from edlib.data.types import ScanResult
 # Buckets do not change which images an epoch draws, so counting uses the smallest base
 # resolution that makes valid buckets.
 _COUNT_RESOLUTION = 64
+# Significant digits a panel shows an amount to: the fewest `preservation_multiplier` reads an
+# amount to, so an amount shown for a multiplier gives that multiplier back.
+AMOUNT_DIGITS = 6
 
 
 def _folder_images(scan: ScanResult, folder: str) -> int:
@@ -50,8 +53,8 @@ def preservation_multiplier(
     (expected), or `fraction` of its images, or `share` of the whole epoch (the other
     folders keeping their multipliers). Exactly one of the three must be given.
 
-    The amount is taken to the precision it was given in (at least 6 and at most 12
-    significant digits: 0.142857 stands for anything from 0.1428565 to 0.1428575), and the
+    The amount is taken to the precision it was given in (at least `AMOUNT_DIGITS` = 6 and at
+    most 12 significant digits: 0.142857 stands for anything from 0.1428565 to 0.1428575), and the
     text is the shortest decimal multiplier whose amount lies in that range (the one
     nearest the exact value among equally short ones). So an amount shown rounded from a
     multiplier of 1 gives back "1", never 0.999999, and a small value never becomes 0."""
@@ -78,12 +81,17 @@ def preservation_multiplier(
     return _shortest_multiplier(exact, lambda a: a * others / ((1 - a) * n))
 
 
+def amount_as_shown(amount: float | Fraction) -> float:
+    """`amount` to `AMOUNT_DIGITS` significant digits, as a panel shows it for editing."""
+    return float(f"{float(amount):.{AMOUNT_DIGITS}g}")
+
+
 def _shortest_multiplier(amount: Fraction, to_multiplier) -> str:
     """The shortest decimal m with to_multiplier(a) = m for some a within half a unit of
     `amount`'s last digit (see `preservation_multiplier`); `to_multiplier` is increasing."""
     exponent = math.floor(math.log10(amount))
     typed = _decimal_places(amount)
-    unit = Fraction(10) ** max(min(-typed, exponent - 5), exponent - 11)
+    unit = Fraction(10) ** max(min(-typed, exponent - AMOUNT_DIGITS + 1), exponent - 11)
     low, high = to_multiplier(amount - unit / 2), to_multiplier(amount + unit / 2)
     target = to_multiplier(amount)
     places = 0

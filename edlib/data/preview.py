@@ -21,6 +21,8 @@ from fractions import Fraction
 import numpy as np
 
 from edlib.data.buckets import resolution_problem
+from edlib.data.folder_files import format_value
+from edlib.data.numbers import format_count, format_share
 from edlib.data.holdout import describe_split, split_validation
 from edlib.data.schedule import DEFAULT_SEED, EpochCounts, EpochPlanner, EpochSchedule
 from edlib.data.types import ScanResult
@@ -228,7 +230,7 @@ def _warnings(p: Preview) -> list[str]:
     for f in p.folders:
         name = f.path or "(data root)"
         if 0 < f.expected_per_epoch < 1:
-            how = f"multiply {_num(f.multiply)} x {f.images} images"
+            how = f"multiply {format_value(f.multiply)} x {f.images} images"
             if f.expected_per_epoch != f.multiply * f.images:
                 how = f"{f.images} images (some with their own multiply in .yaml sidecars)"
             out.append(
@@ -258,10 +260,6 @@ def _warnings(p: Preview) -> list[str]:
     return out
 
 
-def _num(x) -> str:
-    return f"{float(x):.6g}"
-
-
 def format_preview(p: Preview) -> str:
     """The preview as text for a terminal: folder table, steps, LR curve summary, buckets."""
     rows = [("folder", "images", "multiply", "loss_scale", "per epoch", "share")]
@@ -270,10 +268,10 @@ def format_preview(p: Preview) -> str:
             (
                 f.path or ".",
                 str(f.images),
-                "excluded" if f.excluded else _num(f.multiply),
-                _num(f.loss_scale),
-                f"{float(f.expected_per_epoch):.6g}",
-                f"{100 * f.share:.1f}%",
+                "excluded" if f.excluded else format_value(f.multiply),
+                f"{f.loss_scale:g}",
+                format_count(f.expected_per_epoch),
+                format_share(f.share),
             )
         )
     lines = _table(rows)
@@ -283,7 +281,7 @@ def format_preview(p: Preview) -> str:
         step_text = f"{min(steps)}-{max(steps)} (varies: fractional multipliers)"
     lines += [
         "",
-        f"epoch size: {float(p.epoch_size):.6g} expected samples; batch size {p.batch_size}, "
+        f"epoch size: {format_count(p.epoch_size)} expected samples; batch size {p.batch_size}, "
         f"gradient accumulation {p.gradient_accumulation_steps}",
         f"steps per epoch: {step_text}; epochs: {p.epochs}; total steps: {p.total_steps}"
         + (f" (max_steps {p.max_steps})" if p.max_steps is not None else ""),

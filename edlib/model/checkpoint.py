@@ -99,6 +99,31 @@ def resolve_checkpoint(target: str | Path, run_dir: Path | None = None) -> Path:
     return checkpoints[-1]
 
 
+def saved_position(path: Path) -> dict[str, int] | None:
+    """The run position (epoch, batch, step, samples) a checkpoint was saved at, read from its
+    complete.json alone (state.pt holds the optimizer: gigabytes); None for checkpoints saved
+    before edlib wrote it there."""
+    try:
+        position = json.loads((Path(path) / COMPLETE_MARKER).read_text(encoding="utf-8")).get("position")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return position if isinstance(position, dict) else None
+
+
+def finished_by(path: Path, epochs: int, max_steps: int | None) -> str | None:
+    """Why resuming checkpoint `path` with `epochs` and `max_steps` would train no step
+    ("epochs" or "max_steps", the loop's own end conditions), or None when it would train on
+    (or the checkpoint does not say where it was saved)."""
+    position = saved_position(path)
+    if position is None:
+        return None
+    if max_steps and position["step"] >= max_steps:
+        return "max_steps"
+    if position["epoch"] >= epochs:
+        return "epochs"
+    return None
+
+
 # -- RNG states ---------------------------------------------------------------------------
 
 
@@ -175,6 +200,8 @@ def save_checkpoint(
         _barrier(accelerator)
         if main:
             marker = {"step": step, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "files": _sums(tmp)}
+            if state and "position" in state:  # readable without loading state.pt (see `saved_position`)
+                marker["position"] = state["position"]
             (tmp / COMPLETE_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
     except Exception as error:  # noqa: BLE001 - any failed write: say it plainly, keep what is intact
         shutil.rmtree(tmp, ignore_errors=True)  # frees the space a full disk needs back

@@ -342,7 +342,9 @@ class TrainConfig(FamilyKeys, HypernetworkKeys):
         None, gt=0.0, description="Generate samples every N minutes. Null: off."
     )
     sample_at_end: bool = Field(
-        True, description="Generate samples when training ends (with `sample_prompts` set)."
+        True,
+        description="Generate samples when training ends (with `sample_prompts` set). A run stopped by a stop "
+        "request skips them (draw them later with `edlib sample RUN --prompts FILE` or notebook 04).",
     )
     export_formats: list[str] | None = Field(
         None,

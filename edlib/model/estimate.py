@@ -15,6 +15,18 @@ These are orientation figures, not promises:
   settings without a row of their own from the nearest measured row by the ratio between
   two measured rows. Once a run trains, `refine_time` replaces the table by the run's own
   measured images/s, which is the figure to trust.
+- **The model in hand.** A model whose parameter counts can be read from its files
+  (`edlib.model.sizes`: a local folder or file, a cached hub model) and differ from its
+  family's by more than `SAME_SIZE` is estimated from its family's figures scaled by the
+  UNet's parameter count: memory by its own counts (activations in proportion), time in
+  inverse proportion (compute grows with parameters x pixels). Rough for a model far from
+  the family's size (a toy model's step is mostly overhead), and labelled so. Training
+  FLOPs per image (torch's flop counter, UNet forward and backward) follow parameters x pixels
+  within 1.6x between the world model at 64 px (0.35 GFLOP) and SD1.5 at 512 (2.4 TFLOP).
+- **The CPU** (`CPU`, the device a machine without a GPU trains on) has a measured row of its
+  own, `CPU_MEASURED`: edlib's world model, full fine-tune in fp32, per CPU core; other models
+  and settings scale from it as above, and by the H100 rows' ratios between settings.
+  Memory is compared with the machine's RAM. fp32 is the CPU's precision: no penalty for it.
 - **Memory** = weights + gradients + optimizer state of what trains (bytes per parameter:
   fp32 weights and gradients, bf16 with `full_bf16`, whose fp32-state optimizers then keep
   bf16 state too), + frozen weights on the GPU (a VAE or text encoder whose outputs are all
@@ -33,100 +45,31 @@ from pathlib import Path
 from typing import Any
 
 from edlib.model.config import TrainConfig
-from edlib.model.estimate_flow import FLOW_ESTIMATES, flow_images_per_s, flow_memory_parts
+from edlib.model.estimate_flow import (
+    FLOW_ESTIMATES,
+    flow_images_per_s,
+    flow_memory_parts,
+)
+from edlib.model.estimate_rows import (
+    CPU,
+    CPU_MEASURED,
+    DEVICES,
+    FAMILIES,
+    GIB,
+    GPUS,
+    MEASURED,
+    MEASURED_BATCH,
+    MEASURED_SOURCE,
+    REFERENCE_GPU,
+    ROW_LABELS,
+    Family,
+)
 from edlib.model.identify import model_family as identify_family
 from edlib.model.identify import model_location
+from edlib.model.sizes import ModelSize, model_size
 
-GIB = 1024**3
+SAME_SIZE = 0.05  # parameter counts within 5% of the family's are the family's (its measured rows apply)
 
-
-@dataclass(frozen=True)
-class Family:
-    """A Stable Diffusion family: parameter counts and what its H100 measurements give."""
-
-    name: str
-    ref_resolution: int  # the resolution its throughput and activations were measured at
-    unet_params: float
-    text_encoder_params: float  # all text encoders together
-    vae_params: float
-    activation_gib: float  # activation memory per image at ref_resolution, bf16
-    activation_gib_checkpointed: float  # the same with gradient checkpointing
-    full_images_per_s: float  # measured: full fine-tune, cached latents and text, AdamW
-
-
-# Activation constants fitted to GPU_FIGURES.md: (peak - weights - grads - optimizer) / batch.
-# SD1.5 full, AdamW, batch 16: (30.2 - 16 B x 860M) / 16 = 1.09 GiB (LoRA rows give 1.09 too);
-# with checkpointing: 0.16 (full, 8-bit) and 0.26 (LoRA), taken as 0.2.
-# SDXL full, AdamW, batch 4: (66.4 - 16 B x 2.57B) / 4 = 7.0 GiB; checkpointed + 8-bit: 0.42.
-# Parameter counts: the published configs in edlib.model.architectures (tests/bench checks
-# them): SDXL UNet 2,567.5M, CLIP-L 123.1M + OpenCLIP-bigG 694.7M, VAE 83.7M.
-FAMILIES = {
-    "sd15": Family("SD1.5", 512, 859.5e6, 123.1e6, 83.7e6, 1.09, 0.2, 74.1),
-    "sdxl": Family("SDXL", 1024, 2567.5e6, 817.7e6, 83.7e6, 7.0, 0.42, 9.2),
-}
-
-ROW_LABELS = {
-    "full_uncached": "full fine-tune, VAE and text encoder every step",
-    "full": "full fine-tune, cached latents and text embeddings",
-    "full_fused": "full fine-tune, cached latents and text embeddings, fused AdamW",
-    "full_compiled": "full fine-tune, cached, torch.compile",
-    "full_checkpointed_8bit": "full fine-tune, cached, gradient checkpointing + 8-bit AdamW",
-    "lora": "LoRA rank 16, base in bf16",
-    "lora_checkpointed": "LoRA rank 16, base in bf16, gradient checkpointing",
-}
-MEASURED_BATCH = {"sd15": 16, "sdxl": 4}
-
-# Measured on the H100, images/s (GPU_FIGURES.md). Keys: (family, case).
-MEASURED: dict[tuple[str, str], float] = {
-    ("sd15", "full_uncached"): 50.4,
-    ("sd15", "full"): 74.1,
-    ("sd15", "full_compiled"): 115.7,
-    ("sd15", "full_checkpointed_8bit"): 41.2,
-    ("sd15", "lora"): 90.4,
-    ("sd15", "lora_checkpointed"): 56.0,
-    ("sdxl", "full"): 9.2,
-    ("sdxl", "full_fused"): 11.5,
-    ("sdxl", "full_checkpointed_8bit"): 5.8,
-}
-# Where each MEASURED figure comes from: its row in GPU_FIGURES.md (SD1.5 had no separate
-# unfused row: its "full" row is already fused AdamW with channels_last).
-MEASURED_SOURCE: dict[tuple[str, str], str] = {
-    ("sd15", "full_uncached"): "SD1.5, reference step in the style of diffusers' train_text_to_image.py (VAE + text encoder every step, AdamW), batch 16",
-    ("sd15", "full"): "SD1.5, cached latents and text embeddings, channels_last, fused AdamW, batch 16",
-    ("sd15", "full_compiled"): "SD1.5, cached, channels_last, fused AdamW + torch.compile, batch 16",
-    ("sd15", "full_checkpointed_8bit"): "SD1.5, cached, gradient checkpointing + bitsandbytes AdamW8bit, batch 16",
-    ("sd15", "lora"): "SD1.5 LoRA rank 16 on attention, base in bf16, batch 16",
-    ("sd15", "lora_checkpointed"): "SD1.5 LoRA rank 16 on attention, base in bf16, + gradient checkpointing, batch 16",
-    ("sdxl", "full"): "SDXL, cached, AdamW, batch 4",
-    ("sdxl", "full_fused"): "SDXL, cached, fused AdamW, batch 4",
-    ("sdxl", "full_checkpointed_8bit"): "SDXL, cached, gradient checkpointing + AdamW8bit, batch 4",
-}
-
-
-@dataclass(frozen=True)
-class Gpu:
-    name: str
-    memory_gib: float
-    bf16_tflops: float  # dense bf16 (fp16 with fp32 accumulate where no bf16) tensor TFLOPs, datasheet
-    price_per_hour: float  # an example on-demand price in USD; users should type their provider's
-
-
-REFERENCE_GPU = "H100 80GB"
-GPUS = {
-    g.name: g
-    for g in (
-        Gpu("H100 80GB", 80, 989, 2.5),
-        Gpu("H200 141GB", 141, 989, 3.5),
-        Gpu("A100 80GB", 80, 312, 1.6),
-        Gpu("A100 40GB", 40, 312, 1.3),
-        Gpu("L40S 48GB", 48, 362, 1.0),
-        Gpu("RTX A6000 48GB", 48, 155, 0.8),
-        Gpu("RTX 4090 24GB", 24, 165, 0.7),
-        Gpu("RTX 3090 24GB", 24, 71, 0.45),
-        Gpu("A10G 24GB", 24, 125, 1.0),
-        Gpu("T4 16GB", 16, 65, 0.35),
-    )
-}
 
 # Optimizer state per trained parameter: full-size states, each in the weights' dtype (torch's
 # AdamW, Lion and Prodigy make them with zeros_like), or a fixed size (8-bit Adam's two
@@ -165,33 +108,65 @@ def model_family(model: str) -> str:
 # -- memory -----------------------------------------------------------------------------------
 
 
+def _model_name(model: str) -> str:
+    """A model as a reader knows it: a bundled name as is, a path by its last part."""
+    text = str(model)
+    return text if text.startswith("edlib:") else Path(text).name or text
+
+
+def sized_family(config: TrainConfig, family: str) -> Family:
+    """The family's figures, or for a model whose own parameter counts differ from them, the
+    figures scaled to it (module docstring, "The model in hand")."""
+    fam = FAMILIES[family]
+    size: ModelSize | None = model_size(config.model)
+    if size is None or abs(size.denoiser / fam.unet_params - 1) <= SAME_SIZE:
+        return fam
+    ratio = size.denoiser / fam.unet_params
+    return replace(
+        fam,
+        name=f"{_model_name(config.model)} ({size.denoiser / 1e6:.3g}M UNet parameters)",
+        unet_params=size.denoiser,
+        text_encoder_params=size.text_encoders,
+        vae_params=size.vae,
+        activation_gib=fam.activation_gib * ratio,
+        activation_gib_checkpointed=fam.activation_gib_checkpointed * ratio,
+        full_images_per_s=fam.full_images_per_s / ratio,
+        scaled_from=fam.name,
+    )
+
+
 @dataclass(frozen=True)
 class MemoryEstimate:
     family: str
     parts: dict[str, float]  # GiB per part, in the order they are explained
+    name: str = ""  # the model described, when not the family's own figures
+    scaled_from: str | None = None
 
     @property
     def total_gib(self) -> float:
         return sum(self.parts.values())
 
-    def fits(self, gpu: str) -> bool:
-        return self.total_gib <= GPUS[gpu].memory_gib
+    def fits(self, device: str) -> bool:
+        return self.total_gib <= DEVICES[device].memory_gib
 
     def describe(self) -> str:
         parts = ", ".join(f"{name} {gib:.1f}" for name, gib in self.parts.items() if gib >= 0.05)
         if self.family in FLOW_ESTIMATES:
             name = FLOW_ESTIMATES[self.family].name
             return f"about {self.total_gib:.1f} GiB ({parts}) for {name}; rough, derived from reported figures, not yet measured"
-        return f"about {self.total_gib:.1f} GiB ({parts}) for {FAMILIES[self.family].name}; rough, +-30%"
+        if self.scaled_from:
+            return f"about {self.total_gib:.2g} GiB ({parts}) for {self.name}; rough, scaled from {self.scaled_from} by parameter count"
+        return f"about {self.total_gib:.1f} GiB ({parts}) for {self.name or FAMILIES[self.family].name}; rough, +-30%"
 
 
-def estimate_memory(config: TrainConfig, family: str | None = None) -> MemoryEstimate:
-    """Peak GPU memory of one GPU training `config` (see the module docstring; SD3.5 and
-    FLUX: `edlib.model.estimate_flow`)."""
+def estimate_memory(config: TrainConfig, family: str | None = None, device: str = REFERENCE_GPU) -> MemoryEstimate:
+    """Peak memory of one GPU (or of the CPU: its RAM) training `config` (see the module
+    docstring; SD3.5 and FLUX: `edlib.model.estimate_flow`)."""
     family = family or model_family(config.model)
     if family in FLOW_ESTIMATES:
         return MemoryEstimate(family, flow_memory_parts(config, family, trained_bytes_per_parameter(config)))
-    fam = FAMILIES[family]
+    fam = sized_family(config, family)
+    on_cpu = device == CPU
     precision_bytes = 4 if config.mixed_precision == "no" else 2  # frozen weights, activations
     state_bytes = trained_bytes_per_parameter(config)
 
@@ -202,23 +177,22 @@ def estimate_memory(config: TrainConfig, family: str | None = None) -> MemoryEst
     text_trains = config.method == "full" and config.text_encoder_lr > 0
     if text_trains:
         trained += fam.text_encoder_params
-    elif not config.cache_text_embeddings:  # cached: the text encoders wait in CPU memory
+    elif not config.cache_text_embeddings or on_cpu:  # cached: the text encoders wait in CPU memory
         frozen += fam.text_encoder_params
-    if config.cache_latents == "no":  # cached: so does the VAE
+    if config.cache_latents == "no" or on_cpu:  # cached: so does the VAE
         frozen += fam.vae_params
 
     per_image = fam.activation_gib_checkpointed if config.gradient_checkpointing else fam.activation_gib
     pixels = (config.resolution / fam.ref_resolution) ** 2
     activations = per_image * pixels * config.batch_size * precision_bytes / 2
-    return MemoryEstimate(
-        family,
-        {
-            "trained weights, gradients, optimizer": trained * state_bytes / GIB,
-            "frozen weights": frozen * precision_bytes / GIB,
-            "activations": activations,
-            "CUDA context": 1.0,
-        },
-    )
+    parts = {
+        "trained weights, gradients, optimizer": trained * state_bytes / GIB,
+        "frozen weights": frozen * precision_bytes / GIB,
+        "activations": activations,
+    }
+    if not on_cpu:
+        parts["CUDA context"] = 1.0
+    return MemoryEstimate(family, parts, fam.name, fam.scaled_from)
 
 
 # -- time and cost ----------------------------------------------------------------------------
@@ -232,18 +206,25 @@ class Throughput:
 
 
 def throughput(config: TrainConfig, gpu: str = REFERENCE_GPU, family: str | None = None) -> Throughput:
-    """Training images per second of `config` on one `gpu` (see the module docstring)."""
-    if gpu not in GPUS:
-        raise KeyError(f"unknown GPU {gpu!r}; known: {', '.join(GPUS)}")
+    """Training images per second of `config` on one `gpu`, or on the `CPU` (see the module
+    docstring)."""
+    if gpu not in DEVICES:
+        raise KeyError(f"unknown GPU {gpu!r}; known: {', '.join(DEVICES)}")
     fam_key = family or model_family(config.model)
+    if gpu == CPU:
+        return _cpu_throughput(config, fam_key)
     if fam_key in FLOW_ESTIMATES:
         rate, basis = flow_images_per_s(config, fam_key, GPUS[gpu].bf16_tflops)
         return Throughput(rate, False, f"{basis} ({gpu})")
-    fam = FAMILIES[fam_key]
+    fam = sized_family(config, fam_key)
     row, factors = _nearest_row(config, fam_key)
     rate = MEASURED[(fam_key, row)] if (fam_key, row) in MEASURED else MEASURED[(fam_key, "full")]
     if (fam_key, row) not in MEASURED:  # e.g. SDXL LoRA: SD1.5's ratio to its full row
         factors.append(("no row of its own, SD1.5's ratio", MEASURED[("sd15", row)] / MEASURED[("sd15", "full")]))
+    far = ""
+    if fam.scaled_from:
+        factors.append((f"{fam.name} instead of {fam.scaled_from}'s", FAMILIES[fam_key].unet_params / fam.unet_params))
+        far = _far(fam.unet_params / FAMILIES[fam_key].unet_params)
     if config.resolution != fam.ref_resolution:
         factors.append((f"{config.resolution} px instead of {fam.ref_resolution}", (fam.ref_resolution / config.resolution) ** 2))
     if config.mixed_precision == "no":
@@ -252,11 +233,51 @@ def throughput(config: TrainConfig, gpu: str = REFERENCE_GPU, family: str | None
         factors.append((f"{gpu} TFLOPs / H100", GPUS[gpu].bf16_tflops / GPUS[REFERENCE_GPU].bf16_tflops))
     for _, factor in factors:
         rate *= factor
-    label = f"{fam.name} {ROW_LABELS[row]}, batch {MEASURED_BATCH[fam_key]}"
+    label = f"{FAMILIES[fam_key].name} {ROW_LABELS[row]}, batch {MEASURED_BATCH[fam_key]}"
     if not factors:
         return Throughput(rate, True, f"measured on an H100: {label} (GPU_FIGURES.md: {MEASURED_SOURCE[(fam_key, row)]})")
     scaled = "; ".join(why if factor == 1.0 else f"{why} x{factor:.2g}" for why, factor in factors)
-    return Throughput(rate, False, f"scaled estimate from the H100 row {label}: {scaled}")
+    return Throughput(rate, False, f"scaled estimate from the H100 row {label}: {scaled}{far}")
+
+
+def _far(size_ratio: float) -> str:
+    """A caveat for a model far from the measured one's size: a small model's step is mostly
+    fixed overhead, so scaling from a small model to a large one is pessimistic, the other way
+    optimistic."""
+    if size_ratio > 10:
+        return " (far from the measured size: likely pessimistic)"
+    if size_ratio < 0.1:
+        return " (far from the measured size: likely optimistic, a small model's step is mostly overhead)"
+    return ""
+
+
+def _cpu_throughput(config: TrainConfig, family: str) -> Throughput:
+    """The CPU row (`CPU_MEASURED`) scaled to `config`: by UNet parameters (a flow model's
+    transformer), pixels, and the H100 rows' ratio for other settings."""
+    measured = CPU_MEASURED
+    if family in FLOW_ESTIMATES:
+        params = FLOW_ESTIMATES[family].transformer_params
+        name = FLOW_ESTIMATES[family].name
+    else:
+        fam = sized_family(config, family)
+        params, name = fam.unet_params, fam.name
+    # Settings as ratios of measured rows; the text encoder of the measured run trains, so it
+    # ran every step whether or not a config caches its embeddings.
+    row, factors = _nearest_row(config.model_copy(update={"cache_text_embeddings": True}), "sd15")
+    if row != "full":
+        factors.append((ROW_LABELS[row], MEASURED[("sd15", row)] / MEASURED[("sd15", "full")]))
+    if abs(params / measured["unet_params"] - 1) > SAME_SIZE:
+        factors.append((f"{name} instead of the world model's 5.03M UNet parameters", measured["unet_params"] / params))
+    if config.resolution != measured["resolution"]:
+        factors.append((f"{config.resolution} px instead of {measured['resolution']}", (measured["resolution"] / config.resolution) ** 2))
+    rate = measured["images_per_s"]
+    for _, factor in factors:
+        rate *= factor
+    label = f"edlib:world full fine-tune, fp32, {measured['resolution']} px, batch {measured['batch_size']}, one core"
+    if not factors:
+        return Throughput(rate, True, f"measured on a CPU: {label} (bench/cpu_world.py)")
+    scaled = "; ".join(why if factor == 1.0 else f"{why} x{factor:.2g}" for why, factor in factors)
+    return Throughput(rate, False, f"scaled estimate from the CPU row {label}: {scaled}{_far(params / measured['unet_params'])}")
 
 
 def _nearest_row(config: TrainConfig, family: str) -> tuple[str, list[tuple[str, float]]]:
@@ -324,7 +345,7 @@ def estimate_time(
 ) -> TimeEstimate:
     """Time and cost of `steps` optimizer steps of `config` on one `gpu` (steps from
     `edlib.data.preview.preview`); `price_per_hour` defaults to the table's example price."""
-    price = GPUS[gpu].price_per_hour if price_per_hour is None else price_per_hour
+    price = DEVICES[gpu].price_per_hour if price_per_hour is None else price_per_hour
     if price < 0:
         raise ValueError(f"price_per_hour must be >= 0, got {price}")
     images_per_step = config.batch_size * config.gradient_accumulation_steps

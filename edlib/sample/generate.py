@@ -14,7 +14,7 @@ import contextlib
 import logging
 import random
 import secrets
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -253,9 +253,13 @@ def _as_pipeline(pipeline_or_components: DiffusionPipeline | Mapping[str, Any]) 
 
 
 def _generate_all(
-    pipeline: DiffusionPipeline, prompts: Sequence[PromptSpec], autocast_dtype: torch.dtype | None
+    pipeline: DiffusionPipeline,
+    prompts: Sequence[PromptSpec],
+    autocast_dtype: torch.dtype | None,
+    on_image: Callable[[int, int], None] | None = None,
 ) -> list[tuple[PromptSpec, Image.Image]]:
-    """Images for ``prompts`` with training left untouched (modes, weights, RNG states)."""
+    """Images for ``prompts`` with training left untouched (modes, weights, RNG states);
+    ``on_image(done, total)`` after each image."""
     modules = [c for c in pipeline.components.values() if isinstance(c, torch.nn.Module)]
     device_type = pipeline.device.type
     autocast_dtype = autocast_dtype or getattr(pipeline, "edlib_autocast_dtype", None)  # a run's own (pipeline_from_checkpoint)
@@ -270,6 +274,8 @@ def _generate_all(
         for spec in prompts:
             spec = resolve_spec(spec, pipeline)
             results.append((spec, generate_image(pipeline, spec)))
+            if on_image is not None:
+                on_image(len(results), len(prompts))
     if device_type == "cuda":
         torch.cuda.empty_cache()  # give the sampling activations back to training
     return results
@@ -284,6 +290,7 @@ def sample_images(
     model_name: str = "",
     device: str | torch.device | None = None,
     autocast_dtype: torch.dtype | None = None,
+    on_image: Callable[[int, int], None] | None = None,
 ) -> list[Path]:
     """Sample one image per prompt into ``out_dir`` (``out_dir/step-NNNNNN/`` when ``step`` is
     given), plus ``grid.png`` of them all. Returns the image paths (grid not included).
@@ -292,7 +299,8 @@ def sample_images(
     keyword arguments of `pipeline_from_modules` as a mapping. ``device``: move the pipeline
     there first (leave None for live training modules: they are sampled where they are).
     ``autocast_dtype``: run under ``torch.autocast`` with this dtype, as training does with
-    mixed precision (needed when the modules hold different dtypes).
+    mixed precision (needed when the modules hold different dtypes). ``on_image(done, total)``
+    is called after each image (a progress display: sampling a real model takes minutes).
 
     Every PNG carries its settings in A1111's "parameters" chunk (the grid: the first image's,
     as A1111 does), with ``model_name`` as the model.
@@ -307,7 +315,7 @@ def sample_images(
         out_dir = out_dir / f"step-{step:06d}"
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    results = _generate_all(pipeline, prompts, autocast_dtype)
+    results = _generate_all(pipeline, prompts, autocast_dtype, on_image)
     paths = []
     for index, (spec, image) in enumerate(results):
         path = save_png(image, out_dir / f"{index:03d}-seed{spec.seed}.png", parameters_text(spec, model_name, flow_family(pipeline)))

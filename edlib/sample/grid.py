@@ -1,7 +1,9 @@
 """Image grids: all images of a sampling event at a glance, and labelled X/Y comparisons.
 
 Every cell is as large as the largest image, and each image is pasted at its cell's top-left
-corner, so a cell's crop is exactly that image. Labels use PIL's default font: no font files to
+corner, so a cell's crop is exactly that image. A labelled grid of small images (a toy model's
+64 px samples) enlarges every image by a whole factor, pixels kept square (`MIN_LABELLED_CELL`),
+so a prompt above its column has room to be read and the grid need not be blown up to be seen. Labels use PIL's default font: no font files to
 ship or find, and it renders the same everywhere.
 """
 
@@ -20,6 +22,7 @@ MAX_LABEL_LINES = 4  # longer column labels (long prompts) are cut with an ellip
 MAX_ROW_LABEL_WIDTH = 512
 MIN_FONT_SIZE = 10
 CELL_WIDTH_PER_FONT_PIXEL = 24  # a 512 px cell gets a 21 px font
+MIN_LABELLED_CELL = 192  # a labelled grid's cells are at least this wide (whole-factor enlargement)
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class GridLayout:
     cell_height: int
     left: int = 0  # width of the row-label band
     top: int = 0  # height of the column-label band
+    scale: int = 1  # each image is pasted enlarged this many times (nearest neighbour)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -98,7 +102,8 @@ def make_grid(
     """Lay ``images`` out row by row in a grid of ``cols`` columns (default: about square).
 
     ``row_labels``/``col_labels`` (one per row / column) are drawn in bands left of and above
-    the cells. Returns the grid and its layout (where each cell lies).
+    the cells; with labels, images narrower than `MIN_LABELLED_CELL` are enlarged by the
+    whole factor that reaches it. Returns the grid and its layout (where each cell lies).
     """
     if not images:
         raise ValueError("make_grid: no images to lay out")
@@ -109,6 +114,11 @@ def make_grid(
     if col_labels is not None and len(col_labels) != cols:
         raise ValueError(f"make_grid: {len(col_labels)} column labels for {cols} columns")
 
+    scale = 1
+    if row_labels or col_labels:
+        scale = max(1, math.ceil(MIN_LABELLED_CELL / max(image.width for image in images)))
+    if scale > 1:
+        images = [image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST) for image in images]
     cell_width = max(image.width for image in images)
     cell_height = max(image.height for image in images)
     font = _font(cell_width)
@@ -124,7 +134,7 @@ def make_grid(
         left = min(int(math.ceil(longest)), MAX_ROW_LABEL_WIDTH) + 2 * PADDING
         wrapped_rows = [_wrap(label, font, left - 2 * PADDING) for label in row_labels]
 
-    layout = GridLayout(rows, cols, cell_width, cell_height, left, top)
+    layout = GridLayout(rows, cols, cell_width, cell_height, left, top, scale)
     grid = Image.new("RGB", layout.size, BACKGROUND)
     for index, image in enumerate(images):
         x, y, _, _ = layout.box(index // cols, index % cols)

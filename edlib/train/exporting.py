@@ -30,6 +30,7 @@ class ExportAtEnd(Plugin):
                 ctx.ema.copy_to(ctx.method.trainable_parameters(ctx.models))
             models = replace(ctx.models, unet=accelerator.unwrap_model(ctx.models.unet, keep_torch_compile=False))
             for format in config.exports_at_end(ctx.models.family):
+                report.event("exporting", {"format": format, "step": ctx.position.step})
                 try:
                     paths = export_models(
                         models,

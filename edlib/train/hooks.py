@@ -48,6 +48,9 @@ class Context:
     report: Reporter  # for a plugin's own events and log lines (e.g. "sample")
     item_weights: dict[str, float] | None = None  # the current epoch's per-image sampling weights
     exports: list[Path] = field(default_factory=list)  # files written at the end (see `after_end`)
+    # Why the run is ending ("epochs", "max_steps", "stop request"), set before `on_end`;
+    # None while it trains.
+    stopped_by: str | None = None
 
 
 class Plugin:
@@ -78,7 +81,8 @@ class Plugin:
     def on_epoch_end(self, ctx: Context) -> None: ...
 
     def on_end(self, ctx: Context) -> None:
-        """Training is over (epochs done, max_steps reached or stopped), before the last save."""
+        """Training is over (epochs done, max_steps reached or stopped: `ctx.stopped_by`),
+        before the last save."""
 
     def after_end(self, ctx: Context, checkpoint: Path) -> None:
         """The last checkpoint is saved (`checkpoint`): the training weights are safe on disk,

@@ -154,9 +154,12 @@ def _train(config, resume, callbacks, plugins, progress_bar, requested_at) -> Ru
 
 def _finish(ctx: Context, training: Training, plugins: list[Plugin], state: RunState) -> RunSummary:
     """The end of a run: plugins' end work (samples), the last checkpoint, then the hooks that
-    need it saved (exports)."""
+    need it saved (exports). An "ending" event says it began: the steps are over, the end
+    work can take minutes (its own events say which part is under way)."""
     position, report = ctx.position, ctx.report
     flush(ctx, state)
+    ctx.stopped_by = state.stopped_by
+    report.event("ending", {"step": position.step, "stopped_by": state.stopped_by})
     for plugin in plugins:
         plugin.on_end(ctx)
     if state.last_saved is None or ckpt.checkpoint_step(state.last_saved) != position.step:

@@ -147,10 +147,13 @@ class RunDir:
 
 @dataclass
 class Event:
-    """What the loop reports: kind is one of "start", "epoch", "step", "checkpoint",
-    "sample" (from the sampling plugin: step and grid path), "sample_request", "warning",
-    "done" (and "error", from `RunHandle` when the run raises). `data` is JSON-able; a
-    "step" event's data is its metrics.jsonl line."""
+    """What the loop reports: kind is one of "start", "epoch", "step", "saving" (a
+    checkpoint is being written), "checkpoint" (it is), "sampling" (from the sampling plugin:
+    `done` of `total` images, `why`), "sample" (step and grid path), "sample_request",
+    "warning", "ending" (the steps are over: `stopped_by`; end samples, the last save and
+    exports follow), "exporting" (`format`), "export" (a file written), "done" (and "error",
+    from `RunHandle` when the run raises). `data` is JSON-able; a "step" event's data is its
+    metrics.jsonl line."""
 
     kind: str
     data: dict[str, Any]

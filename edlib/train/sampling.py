@@ -11,13 +11,20 @@ with samples trains exactly as one without.
 
 Only the main process samples; the others wait at a barrier, so all processes leave the event
 together. Each event writes ``samples/step-NNNNNN/`` (one PNG per prompt and ``grid.png``) and
-reports a "sample" event with the grid's path, for the notebook to show.
+reports a "sample" event with the grid's path, for the notebook to show. While it draws, it
+reports "sampling" events (`done` of `total` images, and `why`: "cadence", "request" or "end"),
+so a notebook can say what the run is doing during the minutes a real model takes.
+
+A run stopped by a stop request skips its end samples: whoever pressed Stop wants the run
+over, and `edlib sample RUN --prompts FILE` (or notebook 04) draws them from the last
+checkpoint later. A run
+that ends by its epochs or `max_steps` samples at its end as `sample_at_end` says.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,18 +95,26 @@ class SamplingPlugin(Plugin):
     def on_step(self, ctx: Context, metrics: dict[str, Any]) -> None:
         step_due = bool(self.every_n_steps) and ctx.position.step % self.every_n_steps == 0
         if step_due or self._minutes_due(ctx):
-            self._sample(ctx)
+            self._sample(ctx, "cadence")
 
     def on_epoch_end(self, ctx: Context) -> None:
         if self.every_n_epochs and ctx.position.epoch % self.every_n_epochs == 0:
-            self._sample(ctx)
+            self._sample(ctx, "cadence")
 
     def on_end(self, ctx: Context) -> None:
-        if self.at_end:
-            self._sample(ctx)
+        if not self.at_end:
+            return
+        if ctx.stopped_by == "stop request":  # see the module docstring
+            if self._sampled_step != ctx.position.step:
+                ctx.report.log(
+                    f"step {ctx.position.step}: end samples skipped (stopped by request); "
+                    f"draw them later with: edlib sample {ctx.run.path} --prompts FILE (or in notebook 04)"
+                )
+            return
+        self._sample(ctx, "end")
 
     def sample(self, ctx: Context) -> bool:
-        self._sample(ctx)
+        self._sample(ctx, "request")
         return True
 
     def state_dict(self) -> dict[str, Any]:
@@ -125,7 +140,7 @@ class SamplingPlugin(Plugin):
             broadcast_object_list(decision)
         return decision[0]
 
-    def _sample(self, ctx: Context) -> None:
+    def _sample(self, ctx: Context, why: str) -> None:
         step = ctx.position.step
         if self._sampled_step == step:
             return
@@ -133,12 +148,17 @@ class SamplingPlugin(Plugin):
         self._last_time = time.time()
         accelerator = ctx.accelerator
         if accelerator.is_main_process:
-            grid = self._write_samples(ctx)
+
+            def progress(done: int, total: int) -> None:
+                ctx.report.event("sampling", {"step": step, "done": done, "total": total, "why": why})
+
+            progress(0, len(self.prompts))
+            grid = self._write_samples(ctx, progress)
             ctx.report.log(f"step {step}: sampled {len(self.prompts)} prompt(s) to {grid.parent}")
             ctx.report.event("sample", {"step": step, "path": str(grid)})
         accelerator.wait_for_everyone()
 
-    def _write_samples(self, ctx: Context) -> Path:
+    def _write_samples(self, ctx: Context, progress: Callable[[int, int], None]) -> Path:
         """Sample every prompt from the live modules into ``samples/step-NNNNNN/``; returns
         the grid's path."""
         models, step = ctx.models, ctx.position.step
@@ -157,6 +177,7 @@ class SamplingPlugin(Plugin):
                 step=step,
                 model_name=f"{ctx.run.path.name} step-{step:06d}",
                 autocast_dtype=_AUTOCAST_DTYPES.get(ctx.config.mixed_precision),
+                on_image=progress,
             )
         del pipeline  # holds only references to the training modules; nothing outlives the event
         return paths[0].parent / GRID_NAME

@@ -78,6 +78,7 @@ def save(ctx: Context, training: Training, plugins: list[Plugin], progress: RunS
     """Write a complete checkpoint of the run as it is now (atomically), and prune old ones."""
     run, accelerator, config, position, report = ctx.run, ctx.accelerator, ctx.config, ctx.position, ctx.report
     main = accelerator.is_main_process
+    report.event("saving", {"step": position.step})
     state = None
     if main:
         state = {

@@ -20,6 +20,12 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 
 
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+# No toolbar: on these small charts plotly's modebar covers their top-right corner (a legend,
+# the last points), and zooming or saving them is not what a panel is for.
+CHART_CONFIG = {"displayModeBar": False, "displaylogo": False}
+
+
 def on_colab() -> bool:
     return "google.colab" in sys.modules
 
@@ -28,8 +34,11 @@ def figure_bundle(figure: go.Figure, *, colab: bool | None = None) -> dict:
     """The mime bundle that shows `figure`: plotly's own, or on Colab an iframe page."""
     title = figure.layout.title.text or "chart"
     if not (on_colab() if colab is None else colab):
-        return {"text/plain": f"<plotly figure: {title}>", **figure._repr_mimebundle_()}
-    page = figure.to_html(include_plotlyjs="cdn", full_html=True, config={"displaylogo": False})
+        bundle = figure._repr_mimebundle_()
+        if PLOTLY_MIME in bundle:
+            bundle[PLOTLY_MIME] = {**bundle[PLOTLY_MIME], "config": CHART_CONFIG}
+        return {"text/plain": f"<plotly figure: {title}>", **bundle}
+    page = figure.to_html(include_plotlyjs="cdn", full_html=True, config=CHART_CONFIG)
     width = f"{figure.layout.width + 20}px" if figure.layout.width else "100%"
     height = (figure.layout.height or 450) + 20
     frame = (

@@ -23,7 +23,9 @@ from edlib.data.balance import (
     format_plan,
     plan_balance,
 )
+from edlib.data.buckets import resolution_problem
 from edlib.data.folder_files import format_value
+from edlib.data.numbers import format_count, format_share
 from edlib.data.preview import Preview, preview
 from edlib.data.scan import scan
 from edlib.data.schedule import DEFAULT_SEED
@@ -59,7 +61,7 @@ def _share_bar(share: float) -> str:
         "<div style='display:flex;align-items:center;gap:6px'>"
         f"<div style='width:80px;height:10px;background:#e8e8e8;border-radius:2px'>"
         f"<div style='width:{min(pct, 100):.1f}%;height:10px;background:#3b7dd8;border-radius:2px'></div></div>"
-        f"<span>{pct:.1f}%</span></div>"
+        f"<span>{format_share(share)}</span></div>"
     )
 
 
@@ -94,7 +96,6 @@ class DatasetPanel:
     ):
         self.root = Path(root)
         self.on_change = on_change  # called after Save and Undo (e.g. a BalancePanel's refresh)
-        self.resolution = resolution
         self.seed = seed
         self.thumbnails = thumbnails
         self.scan: ScanResult | None = None
@@ -103,6 +104,10 @@ class DatasetPanel:
 
         self.batch_size = widgets.BoundedIntText(
             value=batch_size, min=1, max=4096, description="batch size", layout=widgets.Layout(width="170px")
+        )
+        # The run's base resolution: it decides the aspect buckets, hence the steps of an epoch.
+        self.resolution_field = widgets.BoundedIntText(
+            value=resolution, min=64, max=8192, step=64, description="resolution", layout=widgets.Layout(width="170px")
         )
         self.save_button = widgets.Button(description="Save multiply.txt", button_style="primary", icon="save")
         self.undo_button = widgets.Button(description="Undo last save", icon="undo")
@@ -122,12 +127,13 @@ class DatasetPanel:
                 self.messages,
                 self.table,
                 self.summary,
-                widgets.HBox([self.batch_size, self.save_button, self.undo_button, self.rescan_button]),
+                widgets.HBox([self.batch_size, self.resolution_field, self.save_button, self.undo_button, self.rescan_button]),
                 self.status,
             ],
             layout=widgets.Layout(max_width="1100px"),
         )
         self.batch_size.observe(self._update, names="value")
+        self.resolution_field.observe(self._update, names="value")
         self.save_button.on_click(self.save)
         self.undo_button.on_click(self.undo)
         self.rescan_button.on_click(lambda _: self.rescan())
@@ -180,12 +186,17 @@ class DatasetPanel:
         self.table.children = cells
         self._update()
 
+    @property
+    def resolution(self) -> int:
+        return self.resolution_field.value
+
     def set_plan(self, *, batch_size: int, resolution: int, seed: int) -> None:
         """Preview with another run's settings (the training form's), keeping any edits."""
-        self.resolution, self.seed = resolution, seed
-        if self.batch_size.value != batch_size:
-            self.batch_size.value = batch_size  # observed: updates the preview
-        else:
+        unchanged = (self.resolution_field.value, self.batch_size.value) == (resolution, batch_size)
+        self.seed = seed
+        self.resolution_field.value = resolution  # observed: updates the preview
+        self.batch_size.value = batch_size
+        if unchanged:
             self._update()
 
     def edits(self) -> tuple[dict[str, str], dict[str, str]]:
@@ -209,20 +220,26 @@ class DatasetPanel:
         if self.scan is None:
             return
         edited, invalid = self.edits()
+        problem = resolution_problem(self.resolution)
+        self.resolution_field.layout.border = _BAD_BORDER if problem else ""
+        if problem:
+            self.status.value = error_text(Exception(f"resolution {self.resolution}: {problem}"))
+            self.save_button.disabled = True
+            return
         planned = with_multipliers(self.scan, {p: Fraction(t) for p, t in edited.items()})
         self.preview = preview(planned, batch_size=self.batch_size.value, resolution=self.resolution, seed=self.seed)
         for f in self.preview.folders:
             row = self.rows[f.path]
             row.multiply.layout.border = _BAD_BORDER if f.path in invalid else ""
             changed = f.path in edited
-            per_epoch = f"{float(f.expected_per_epoch):.6g}"
+            per_epoch = format_count(f.expected_per_epoch)
             row.per_epoch.value = (
                 f"<div style='text-align:right'>{'<b>' + per_epoch + '</b>' if changed else per_epoch}</div>"
             )
             row.share.value = _share_bar(f.share)
         p = self.preview
         self.summary.value = (
-            f"<div style='margin:6px 0'>Epoch: <b>{float(p.epoch_size):.6g}</b> expected samples &middot; "
+            f"<div style='margin:6px 0'>Epoch: <b>{format_count(p.epoch_size)}</b> expected samples &middot; "
             f"<b>{p.steps_per_epoch}</b> steps per epoch at batch size {p.batch_size} "
             f"(resolution {self.resolution})"
             + (f" &middot; <b>{len(edited)}</b> unsaved change(s)" if edited else "")
@@ -391,17 +408,14 @@ class BalancePanel:
                 *rows,
                 self.epoch_size,
                 widgets.HTML("<small>epoch size 0 keeps the current expected epoch size</small>"),
-            ],
-            layout=widgets.Layout(min_width="330px"),
-        )
-        self.widget = widgets.VBox(
-            [
-                widgets.HBox([form, self.chart], layout=widgets.Layout(grid_gap="16px")),
+                # The plan under the weights, beside the chart: no gap under a short form.
                 self.table,
                 widgets.HBox([self.apply_button, self.undo_button]),
                 self.status,
-            ]
+            ],
+            layout=widgets.Layout(min_width="330px"),
         )
+        self.widget = widgets.HBox([form, self.chart], layout=widgets.Layout(grid_gap="16px"))
         self._update()
 
     def _repr_mimebundle_(self, **kwargs):

@@ -65,7 +65,7 @@ class GatherPanel:
         self.count = widgets.BoundedIntText(value=count, min=1, max=10_000_000, description="images")
         self.resolution = widgets.BoundedIntText(value=resolution, min=8, max=8192, step=64, description="resolution")
         self.mode = widgets.ToggleButtons(options=[(label, key) for key, label in MODES.items()], value="per_epoch")
-        self.mode.style.button_width = "150px"
+        self.mode.style.button_width = "175px"  # "fraction of the folder" in full
         self.amount = widgets.BoundedFloatText(value=per_epoch, min=0.0, max=1e9, step=1.0, description="amount")
         self.gather_button = widgets.Button(description="Gather", button_style="primary", icon="download")
         self.progress = widgets.Output()

@@ -12,6 +12,7 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 
 from edlib.data.preservation import (
+    amount_as_shown,
     Coverage,
     EpochMix,
     coverage,
@@ -19,6 +20,8 @@ from edlib.data.preservation import (
     mix_per_epoch,
     preservation_multiplier,
 )
+from edlib.data.folder_files import format_value
+from edlib.data.numbers import format_count, format_share
 from edlib.data.scan import scan
 from edlib.data.schedule import DEFAULT_SEED
 from edlib.data.types import DataRootError, ScanResult
@@ -135,7 +138,7 @@ class PreservationPanel:
             description="folder",
         )
         self.mode = widgets.ToggleButtons(options=[(label, key) for key, label in MODES.items()], value="fraction")
-        self.mode.style.button_width = "150px"
+        self.mode.style.button_width = "175px"  # "fraction of the folder" in full
         self.amount = widgets.BoundedFloatText(value=0.0, min=0.0, max=1e9, step=0.01, description="amount")
         self.result = widgets.HTML()
         self.result.add_class("edlib-preservation-result")
@@ -172,7 +175,7 @@ class PreservationPanel:
 
     def _set_amount_from_file(self) -> None:
         current = self.scan.folder(self.folder.value).settings.multiply
-        self.amount.value = round(self._amount_for(self.mode.value, str(float(current))), 6)
+        self.amount.value = amount_as_shown(self._amount_for(self.mode.value, format_value(current)))
 
     def _folder_changed(self, _change) -> None:
         self._set_amount_from_file()
@@ -180,7 +183,7 @@ class PreservationPanel:
 
     def _mode_changed(self, change) -> None:
         if self.text is not None:
-            self.amount.value = round(self._amount_for(change["new"], self.text), 6)
+            self.amount.value = amount_as_shown(self._amount_for(change["new"], self.text))
         self._update()
 
     def _update(self, _change=None) -> None:
@@ -202,12 +205,12 @@ class PreservationPanel:
         current = self.scan.folder(folder).settings.multiply
         self.result.value = (
             f"<div style='margin:6px 0;line-height:1.6'>multiply.txt for <b>{html.escape(folder_label(folder))}</b>: "
-            f"<b style='font-size:1.15em'>{self.text}</b> (now {float(current):g}) &middot; "
-            f"{float(mix.per_epoch):.4g} of {mix.images} images per epoch, "
-            f"<b>{100 * mix.share:.1f}%</b> of an epoch of {float(mix.per_epoch + mix.others_per_epoch):.4g} "
+            f"<b style='font-size:1.15em'>{self.text}</b> (now {format_value(current)}) &middot; "
+            f"{format_count(mix.per_epoch)} of {mix.images} images per epoch, "
+            f"<b>{format_share(mix.share)}</b> of an epoch of {format_count(mix.per_epoch + mix.others_per_epoch)} "
             f"samples &middot; {covered}</div>"
         )
-        self.save_button.disabled = False
+        self.save_button.disabled = mix.multiply == current  # nothing new to write
         show_figure(self.mix_chart, mix_figure(self.mix, folder))
         show_figure(self.coverage_chart, coverage_figure(self.coverage))
 

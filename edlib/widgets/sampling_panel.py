@@ -61,11 +61,12 @@ def run_config(run_dir: Path) -> TrainConfig:
     return TrainConfig.from_dict(values)
 
 
-def grid_display_width(path: Path, smallest: int = 480, largest: int = 960) -> int:
-    """How wide to show a grid: its own width, enlarged up to `smallest` (a toy model's 64 px
-    cells) and reduced to `largest` (512 px cells, many prompts) so it fits a laptop screen."""
+def grid_display_width(path: Path, largest: int = 960) -> int:
+    """How wide to show a grid: its own width (a toy model's 64 px samples are enlarged in the
+    grid itself, `edlib.sample.grid.MIN_LABELLED_CELL`), reduced to `largest` (512 px cells,
+    many prompts) so it fits a laptop screen."""
     with Image.open(path) as image:
-        return min(max(image.width, smallest), largest)
+        return min(image.width, largest)
 
 
 def next_grid_path(folder: Path) -> Path:

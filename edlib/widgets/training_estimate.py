@@ -1,6 +1,7 @@
 """The training panel's estimate: the planned run's steps and learning-rate curve
-(`edlib.data.preview`), its GPU memory, and its time and cost on the GPU picked
-(`edlib.model.estimate`). Redone from the form's config on every change."""
+(`edlib.data.preview`), its memory, and its time and cost on the device picked
+(`edlib.model.estimate`: the CPU or a GPU; by default the one a run started here trains on).
+Redone from the form's config on every change."""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ import plotly.graph_objects as go
 from edlib.data.preview import Preview
 from edlib.data.types import ScanResult
 from edlib.model.config import TrainConfig
-from edlib.model.estimate import GPUS, TimeEstimate, estimate_memory, estimate_time, format_duration
+from edlib.model.estimate import (
+    CPU,
+    DEVICES,
+    TimeEstimate,
+    estimate_memory,
+    estimate_time,
+    format_duration,
+)
+from edlib.model.estimate_rows import local_device
 from edlib.model.plan import preview_run
 from edlib.widgets.charts import show_figure
 from edlib.widgets.common import error_text
@@ -35,14 +44,20 @@ def lr_figure(p: Preview) -> go.Figure:
     return fig
 
 
-class EstimateView:
-    """The GPU and its price (`gpu`, `price`), the plan line (`plan`), the memory line
-    (`memory`) and the LR chart (`lr_chart`); `preview` and `estimate` hold the last numbers."""
+def _on(device: str) -> str:
+    return "on this machine's CPU" if device == CPU else f"on a {device}"
 
-    def __init__(self, gpu: str):
-        self.gpu = widgets.Dropdown(options=list(GPUS), value=gpu, description="GPU", style=STYLE, layout={"width": "420px"})
+
+class EstimateView:
+    """The device and its price (`gpu`, `price`), the plan line (`plan`), the memory line
+    (`memory`) and the LR chart (`lr_chart`); `preview` and `estimate` hold the last numbers.
+    `gpu`: a key of `DEVICES`; None: the device a run started here trains on."""
+
+    def __init__(self, gpu: str | None = None):
+        gpu = gpu or local_device()
+        self.gpu = widgets.Dropdown(options=list(DEVICES), value=gpu, description="device", style=STYLE, layout={"width": "420px"})
         self.price = widgets.BoundedFloatText(
-            value=GPUS[gpu].price_per_hour, min=0, max=1000, step=0.1, description="price per hour ($)", style=STYLE
+            value=DEVICES[gpu].price_per_hour, min=0, max=1000, step=0.1, description="price per hour ($)", style=STYLE
         )
         self.plan = widgets.HTML()
         self.memory = widgets.HTML()
@@ -50,7 +65,7 @@ class EstimateView:
         self.preview: Preview | None = None
         self.estimate: TimeEstimate | None = None
         # Registered before any observer of the panel's: a new GPU's price is in place when it re-plans.
-        self.gpu.observe(lambda change: setattr(self.price, "value", GPUS[change["new"]].price_per_hour), names="value")
+        self.gpu.observe(lambda change: setattr(self.price, "value", DEVICES[change["new"]].price_per_hour), names="value")
 
     def show_error(self, error: Exception) -> None:
         self.plan.value = error_text(error)
@@ -59,14 +74,20 @@ class EstimateView:
         """Re-plan `config` over `scan`: LR curve, memory, time and cost on the chosen GPU."""
         self.preview = preview_run(scan, config)
         show_figure(self.lr_chart, lr_figure(self.preview))
-        memory = estimate_memory(config)
-        gpu = GPUS[self.gpu.value]
-        fits = "fits" if memory.fits(gpu.name) else "<b style='color:#b00020'>does not fit</b>"
-        self.memory.value = f"memory: {html.escape(memory.describe())}; {fits} on a {gpu.name}"
-        self.estimate = e = estimate_time(config, self.preview.total_steps, gpu.name, price_per_hour=self.price.value)
+        device = self.gpu.value
+        memory = estimate_memory(config, device=device)
+        fits = "fits" if memory.fits(device) else "<b style='color:#b00020'>does not fit</b>"
+        room = f"{DEVICES[device].memory_gib:.0f} GiB"
+        self.memory.value = f"memory: {html.escape(memory.describe())}; {fits} {html.escape(_on(device))} ({room})"
+        self.estimate = e = estimate_time(config, self.preview.total_steps, device, price_per_hour=self.price.value)
         self.plan.value = (
             f"<div style='line-height:1.6'><b>{e.steps}</b> optimizer steps ({self.preview.steps_per_epoch} per epoch) "
-            f"&middot; on a {html.escape(gpu.name)}: <b>{format_duration(e.seconds)}</b>, about <b>${e.cost:.2f}</b> "
-            f"&middot; memory about {memory.total_gib:.0f} GiB ({fits})<br>"
+            f"&middot; {html.escape(_on(device))}: <b>{format_duration(e.seconds)}</b>, about <b>${e.cost:.2f}</b> "
+            f"&middot; memory about {_gib(memory.total_gib)} ({fits})<br>"
             f"<span style='color:#666;font-size:0.9em'>{html.escape(e.throughput.basis)}</span></div>"
         )
+
+
+def _gib(value: float) -> str:
+    """Whole GiB, or a fraction below 1 (a toy model needs MBs: "0 GiB" would say nothing)."""
+    return f"{value:.0f} GiB" if value >= 1 else f"{value:.2g} GiB"

@@ -4,7 +4,9 @@ the limits, its description the help), laid out as the most used keys on top and
 in sections.
 
 Where the form starts from something other than the config's default, the reason is in
-`NEWCOMER_DEFAULTS` / `METHOD_LRS` below. The form's own conventions (0 = off in a number
+`NEWCOMER_DEFAULTS` and `MODEL_DEFAULTS` below: resolution and learning rates follow the
+model (`edlib.model.suggest`: its native size, rates for its method and size), so the
+defaults are safe for a first run of whatever model the form names. The form's own conventions (0 = off in a number
 box, one prompt per line, one textual inversion word) become config values in
 `config_from_form`, which is plain library code a script can call too.
 """
@@ -24,6 +26,7 @@ import ipywidgets as widgets
 
 from edlib.environment import has_native_bf16
 from edlib.model.config import METHODS, TrainConfig
+from edlib.model.suggest import suggested_learning_rates, suggested_resolution
 
 STYLE = {"description_width": "200px"}  # the longest key, gradient_accumulation_steps, in full
 WIDE = {"width": "520px"}
@@ -70,11 +73,10 @@ NEWCOMER_DEFAULTS: dict[str, Callable[[], Any]] = {
     # so the form offers bf16 where the card has it.
     "mixed_precision": _default_precision,
 }
-# Learning rates a newcomer should start from, per method (docs/methods.md), offered when the
-# method changes: the config's 1e-6 / 0 are right for a full fine-tune only; LoRA adapters
-# learn at about 1e-4, and textual inversion trains its new word at the text encoder's rate; a
-# hypernetwork starts at AUTOMATIC1111's default rate, with the text encoder frozen.
-METHOD_LRS = {"full": (1e-6, 0.0), "lora": (1e-4, 0.0), "textual_inversion": (0.0, 5e-3), "hypernetwork": (1e-5, 0.0)}
+# Keys whose starting value follows the model and method (`edlib.model.suggest`): the config's
+# 512 px and 1e-6 fit SD1.5's full fine-tune only. Offered again when the model or the method
+# changes (`METHOD_LRS` holds the rates for Stable Diffusion-sized models).
+MODEL_DEFAULTS = ("resolution", "unet_lr", "text_encoder_lr")
 
 # The form's layout: keys on top, then the sections of the accordion. A tuple is one row
 # of keys that share the first key's help.
@@ -217,6 +219,8 @@ class TrainingForm:
         keys += [k for rows in SECTIONS.values() for row in rows for k in (row if isinstance(row, tuple) else (row,))]
         given = {"model": str(model), "run_dir": str(run_dir)}
         self.fields: dict[str, widgets.ValueWidget] = {k: field_widget(k, given.get(k)) for k in dict.fromkeys(keys)}
+        self.suggested: dict[str, Any] = {}  # the MODEL_DEFAULTS values last offered
+        self.offer_model_defaults()
         for key, value in (values or {}).items():
             self.set(key, value)
         for key, widget in self.fields.items():
@@ -236,9 +240,27 @@ class TrainingForm:
         """The form as config keys, before `config_from_form`'s conversions."""
         return {key: widget.value for key, widget in self.fields.items()}
 
+    def model_defaults(self) -> dict[str, Any]:
+        """The `MODEL_DEFAULTS` values for the model and method in the form now."""
+        model, method = self.fields["model"].value.strip(), self.fields["method"].value
+        unet_lr, text_encoder_lr = suggested_learning_rates(method, model)
+        return {"resolution": suggested_resolution(model), "unet_lr": unet_lr, "text_encoder_lr": text_encoder_lr}
+
+    def offer_model_defaults(self) -> None:
+        """After the model changed: its resolution and rates, in each field that still holds
+        the value offered before (a value the user typed is kept)."""
+        new = self.model_defaults()
+        for key, value in new.items():
+            if key not in self.suggested or self.fields[key].value == self.suggested[key]:
+                self.fields[key].value = value
+        self.suggested = new
+
     def offer_method_lrs(self, method: str) -> None:
-        """Each method has its own sensible learning rates; switching offers them."""
-        self.fields["unet_lr"].value, self.fields["text_encoder_lr"].value = METHOD_LRS[method]
+        """Each method has its own sensible learning rates (for this model's size); switching
+        offers them."""
+        rates = suggested_learning_rates(method, self.fields["model"].value.strip())
+        self.fields["unet_lr"].value, self.fields["text_encoder_lr"].value = rates
+        self.suggested.update(zip(("unet_lr", "text_encoder_lr"), rates, strict=True))
 
     def sections(self, extras: dict[str, list[widgets.Widget]]) -> widgets.Accordion:
         """The accordion of `SECTIONS`, closed, each field with its help beside it;

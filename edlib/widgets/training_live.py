@@ -22,7 +22,7 @@ import plotly.graph_objects as go
 
 from edlib.model.estimate import TimeEstimate, format_duration, refine_time
 from edlib.train.loss_tracker import MIN_OBSERVATIONS, ImageStats, hardest_images
-from edlib.train.run_dir import Event
+from edlib.train.run_dir import Event, RunDir
 from edlib.widgets.charts import show_figure
 from edlib.widgets.common import thumbnail_png
 from edlib.widgets.training_form import STYLE, WIDE
@@ -106,6 +106,8 @@ class LiveView:
         if event.kind == "start":
             self.progress.max = max(data["total_steps"], 1)
             self.progress.value = data["step"]
+            if data["step"] > 0:  # resumed: the chart shows the run from its first step
+                self.load_history(run_dir, data["step"])
         elif event.kind == "step":
             with self._lock:
                 self.loss_steps.append(data["step"])
@@ -131,24 +133,36 @@ class LiveView:
             if last is not None:
                 self.show_metrics(last, estimate, running=False)  # no ETA once it is over
 
+    def load_history(self, run_dir: Path, up_to_step: int) -> None:
+        """The loss of every step up to `up_to_step` from the run's metrics.jsonl (a resumed
+        run's earlier sessions), so its chart shows the whole run."""
+        earlier = [m for m in RunDir(run_dir, writer=False).read_metrics() if m.get("step", 0) <= up_to_step]
+        with self._lock:
+            self.loss_steps = [m["step"] for m in earlier] + self.loss_steps
+            self.losses = [m["loss"] for m in earlier] + self.losses
+        self.draw_loss_chart()
+
     def show_metrics(self, metrics: dict[str, Any], estimate: TimeEstimate | None, *, running: bool = True) -> None:
-        """Progress line, and the cost estimate redone with this run's measured images/s."""
-        line = (
-            f"{'' if running else 'last step: '}loss {metrics['loss']:.4f} &middot; lr {metrics['lr']:.3g} &middot; "
-            f"{metrics['images_per_s']:.2f} images/s"
-            + (f" &middot; ETA {format_duration(metrics['eta_s'])}" if running else "")
-        )
+        """Progress line with one remaining time, and the cost estimate redone with this run's
+        measured images/s. The time left is the measured rate's once there is one (the
+        median of the last steps, as the cost line uses), the loop's own ETA before."""
+        live = None
         if estimate is not None:
             with self._lock:
                 recent = list(self.recent)
-            live = refine_time(estimate, recent)  # the first of these is skipped as warm-up
-            if live is not estimate:
-                line += (
-                    f"<br><span style='color:#666'>at the measured {live.throughput.images_per_s:.3g} images/s the run takes "
-                    f"{format_duration(live.seconds)}, about ${live.cost:.2f} at ${live.price_per_hour:g}/h"
-                    + (f" ({format_duration(live.remaining_s)} left)" if running else "")
-                    + "</span>"
-                )
+            refined = refine_time(estimate, recent)  # the first of these is skipped as warm-up
+            live = refined if refined is not estimate else None
+        left = live.remaining_s if live is not None else metrics["eta_s"]
+        line = (
+            f"{'' if running else 'last step: '}loss {metrics['loss']:.4f} &middot; lr {metrics['lr']:.3g} &middot; "
+            f"{metrics['images_per_s']:.2f} images/s"
+            + (f" &middot; <b>{format_duration(left)} left</b>" if running else "")
+        )
+        if live is not None:
+            line += (
+                f"<br><span style='color:#666'>at the measured {live.throughput.images_per_s:.3g} images/s the whole run "
+                f"takes {format_duration(live.seconds)}, about ${live.cost:.2f} at ${live.price_per_hour:g}/h</span>"
+            )
         self.live.value = line
 
     def draw_loss_chart(self) -> None:

@@ -21,9 +21,8 @@ import ipywidgets as widgets
 
 from edlib.data.scan import scan
 from edlib.data.types import DataRootError, ScanResult
-from edlib.model.checkpoint import list_checkpoints
+from edlib.model.checkpoint import finished_by, list_checkpoints
 from edlib.model.config import ConfigError, TrainConfig
-from edlib.model.estimate import REFERENCE_GPU
 from edlib.train.handle import RunHandle, start
 from edlib.train.hooks import Plugin
 from edlib.train.loss_tracker import MIN_OBSERVATIONS
@@ -41,7 +40,9 @@ __all__ = ["TrainingPanel", "config_from_form", "loss_figure", "lr_figure"]
 class TrainingPanel:
     """Configure, estimate, start and watch a training run; see the module docstring.
 
-    `values` overrides the form's starting values (config keys, e.g. `{"max_steps": 3}`);
+    `values` overrides the form's starting values (config keys, e.g. `{"max_steps": 3}`); `gpu`
+    is the device the estimate is for (a key of `edlib.model.estimate.DEVICES`; default: the one
+    a run started here trains on, the CPU on a machine without a GPU);
     `plugins` go to `edlib.train.start` with every run (e.g. a loss tracker with other settings).
     The parts are `form`, `estimate_view`, `live_view` and `multipliers_editor`; their widgets are also
     attributes of the panel under the names notebooks use (`fields`, `plan`, `progress`, ...)."""
@@ -53,7 +54,7 @@ class TrainingPanel:
         run_dir: str | Path,
         *,
         values: dict[str, Any] | None = None,
-        gpu: str = REFERENCE_GPU,
+        gpu: str | None = None,
         review_top: int = 8,
         plugins: Sequence[Plugin] = (),
     ):
@@ -62,6 +63,8 @@ class TrainingPanel:
         self.scan: ScanResult = scan(self.data_root)
         self.handle: RunHandle | None = None
         self.exports: list[Path] = []  # what the last run exported when it ended
+        self._stopping = False  # Stop was pressed (or the run ends by a stop request)
+        self._ending = False  # the steps are over; end samples, last save and exports follow
 
         self.form = TrainingForm(model, run_dir, values)
         self.estimate_view = EstimateView(gpu)
@@ -113,15 +116,16 @@ class TrainingPanel:
         )
 
     def _connect(self) -> None:
+        changed = {"method": self._method_changed, "model": self._model_changed}
         for key, widget in self.fields.items():
-            widget.observe(self._method_changed if key == "method" else self._refresh, names="value")
+            widget.observe(changed.get(key, self._refresh), names="value")
         self.gpu.observe(self._refresh, names="value")
         self.price.observe(self._refresh, names="value")
         self.start_button.on_click(lambda _b: self.start())
         self.resume_button.on_click(lambda _b: self.start(resume="latest"))
-        self.stop_button.on_click(lambda _b: self.handle and self.handle.stop())
+        self.stop_button.on_click(lambda _b: self.stop())
         self.save_button.on_click(lambda _b: self.handle and self.handle.save_now())
-        self.sample_button.on_click(lambda _b: self.handle and self.handle.sample_now())
+        self.sample_button.on_click(lambda _b: self.sample_now())
         self.review_button.on_click(lambda _b: self.refresh_review())
 
     def _repr_mimebundle_(self, **kwargs):
@@ -168,6 +172,10 @@ class TrainingPanel:
         self.form.offer_method_lrs(change["new"])
         self._refresh()
 
+    def _model_changed(self, _change) -> None:
+        self.form.offer_model_defaults()  # its resolution and learning rates
+        self._refresh()
+
     def checkpoints(self) -> list[Path]:
         return list_checkpoints(Path(self.fields["run_dir"].value) / "checkpoints")
 
@@ -181,20 +189,20 @@ class TrainingPanel:
             return
         self.estimate_view.update(self.scan, config)
         self.multipliers.set_plan(batch_size=config.batch_size, resolution=config.resolution, seed=config.seed)
-        existing = self._offer_buttons(running=self.running)
+        existing, finished = self._offer_buttons(running=self.running, config=config)
         if existing and not self.running:
-            self.status.value = (
-                f"run_dir holds checkpoints (newest {existing[-1].name}): <b>Resume</b> continues it; "
-                "for a new run, change run_dir"
-            )
+            self.status.value = _run_dir_note(existing[-1], finished)
 
-    def _offer_buttons(self, *, running: bool) -> list[Path]:
-        """Start for a new run folder, Resume where checkpoints are, neither while one runs.
-        Returns the checkpoints found."""
+    def _offer_buttons(self, *, running: bool, config: TrainConfig | None = None) -> tuple[list[Path], str | None]:
+        """Start for a new run folder, Resume where checkpoints are and resuming would train
+        (not for a run that reached its epochs or max_steps: resuming it would only sample and
+        export again), neither while one runs. Returns the checkpoints found and why the
+        newest one is finished (None: it is not)."""
         existing = self.checkpoints()
+        finished = finished_by(existing[-1], config.epochs, config.max_steps) if existing and config else None
         self.start_button.disabled = running or bool(existing)
-        self.resume_button.disabled = running or not existing
-        return existing
+        self.resume_button.disabled = running or not existing or finished is not None
+        return existing, finished
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -214,6 +222,7 @@ class TrainingPanel:
         self.live_view.reset(self.estimate.steps)
         self.multipliers_editor.reset()
         self.exports = []
+        self._stopping = False
         try:  # another panel's run in this kernel (a re-run cell) must stop first
             self.handle = start(config, resume=resume, callbacks=[self._on_event], plugins=self.plugins)
         except RuntimeError as e:
@@ -225,6 +234,25 @@ class TrainingPanel:
         for button in (self.stop_button, self.save_button, self.sample_button):
             button.disabled = False
         return self.handle
+
+    def stop(self) -> None:
+        """Ask the run to stop after its current step: it saves a checkpoint and exports,
+        without end samples (notebook 04 draws them later). The status says what it does."""
+        if not self.running:
+            return
+        self.handle.stop()
+        self._stopping = True
+        for button in (self.stop_button, self.save_button, self.sample_button):
+            button.disabled = True
+        self.status.value = ok_text("stopping: finishing the current step, then saving a checkpoint")
+
+    def sample_now(self) -> None:
+        """Ask for samples after the current step; the button waits until they are drawn."""
+        if not self.running:
+            return
+        self.handle.sample_now()
+        self.sample_button.disabled = True
+        self.status.value = ok_text("Sample now: sampling after the current step...")
 
     def wait(self, timeout: float | None = None):
         """Block until the run ends (scripts and CI; in a notebook, let it run and watch)."""
@@ -245,17 +273,32 @@ class TrainingPanel:
         """The status line, the multiplier note, the review and the buttons; the live view
         shows the rest."""
         data = event.data
+        doing = "stopping: " if self._stopping else "finishing: " if self._ending else ""
         if event.kind == "epoch":
             self.status.value = ok_text(f"epoch {data['epoch']}: {data['samples']} samples in {data['batches']} batches")
             self.multipliers_editor.epoch_began(data["epoch"], data["samples"])
             if data["epoch"] > 0:
                 self.refresh_review()
+        elif event.kind == "saving":
+            self.status.value = ok_text(f"{doing}saving a checkpoint at step {data['step']}...")
         elif event.kind == "checkpoint":
-            self.status.value = ok_text(f"saved checkpoint {Path(data['path']).name} at step {data['step']}")
+            self.status.value = ok_text(f"{doing}saved checkpoint {Path(data['path']).name} at step {data['step']}")
+        elif event.kind == "ending":
+            self._ending = True
+            self._stopping = data["stopped_by"] == "stop request"
+            for button in (self.stop_button, self.save_button, self.sample_button):
+                button.disabled = True  # the steps are over: nothing left to steer
+        elif event.kind == "sampling":
+            self.status.value = ok_text(doing + _sampling_text(data))
+        elif event.kind == "sample" and not (self._ending or self._stopping):
+            self.sample_button.disabled = False  # Sample now may be asked again
+        elif event.kind == "exporting":
+            self.status.value = ok_text(f"{doing}exporting {data['format']}...")
         elif event.kind == "export":
             self.exports.append(Path(data["path"]))
-            self.status.value = ok_text(f"exported {data['format']}: {Path(data['path']).name}")
+            self.status.value = ok_text(f"{doing}exported {data['format']}: {Path(data['path']).name}")
         elif event.kind == "sample_request":
+            self.sample_button.disabled = self._ending or self._stopping
             self.status.value = "Sample now: this run has no sample_prompts; set them before starting"
         elif event.kind == "warning":
             self.status.value = f"<span style='color:#b26a00'>{html.escape(data['message'])}</span>"
@@ -272,7 +315,11 @@ class TrainingPanel:
             self.status.value = error_text(RuntimeError(f"{data['type']}: {data['message']}"))
         for button in (self.stop_button, self.save_button, self.sample_button):
             button.disabled = True
-        self._offer_buttons(running=False)  # the run's thread is still ending: it counts as over
+        self._stopping = self._ending = False
+        # The run's thread is still ending: it counts as over. A finished run offers no Resume.
+        _, finished = self._offer_buttons(running=False, config=self.handle.config if self.handle else None)
+        if finished and event.kind == "done":
+            self.status.value += f"<br>{_finished_text(finished)}"
 
     # -- multipliers while it runs ---------------------------------------------------------
 
@@ -315,3 +362,24 @@ class TrainingPanel:
         self.refresh_review()
         self.multipliers.rescan()  # its folder has one image fewer
         return where
+
+
+def _sampling_text(data: dict) -> str:
+    """A "sampling" event in words: why, and how far."""
+    what = {"end": "drawing end samples", "request": "Sample now: sampling"}.get(data["why"], "sampling")
+    return f"{what} {data['done']}/{data['total']} (step {data['step']})"
+
+
+def _finished_text(stopped_by: str) -> str:
+    more = "epochs" if stopped_by == "epochs" else "max_steps"
+    return (
+        f"the run is finished ({stopped_by}): Resume would only sample and export again. To train it further, "
+        f"raise {more}; for a new run, change run_dir"
+    )
+
+
+def _run_dir_note(newest: Path, finished: str | None) -> str:
+    """What the panel says about a run_dir that already holds checkpoints."""
+    if finished:
+        return f"run_dir holds a finished run (newest checkpoint {newest.name}): {_finished_text(finished)}"
+    return f"run_dir holds checkpoints (newest {newest.name}): <b>Resume</b> continues it; for a new run, change run_dir"

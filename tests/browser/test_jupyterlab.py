@@ -29,7 +29,9 @@ from edlib.world import write_data_root
 
 CHROMIUM = Path("/usr/bin/chromium")
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
-NAMES = ("01_dataset_and_balancing.ipynb", "03_training.ipynb", "04_sampling_and_export.ipynb")
+NAMES = (
+    "01_dataset_and_balancing.ipynb", "03_training.ipynb", "04_sampling_and_export.ipynb", "02_preservation_mixing.ipynb"
+)
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -194,6 +196,7 @@ def test_notebooks_in_jupyterlab(lab, tmp_path):
             _dataset_and_balancing(browser, lab, shots)
             _training(browser, lab, shots)
             _sampling_and_export(browser, lab, shots)
+            _preservation(browser, lab, shots)
         finally:
             browser.close()
 
@@ -234,6 +237,23 @@ def _dataset_and_balancing(browser, lab, shots):
     page.close()
 
 
+def _preservation(browser, lab, shots):
+    """02 after the others (it writes nothing until Save): its panel and charts as shown."""
+    page = _open_and_run_all(browser, lab, NAMES[3], shots)
+    _wait_for_text(page, ".edlib-preservation-result", "multiply.txt for", shots, "02", timeout=120_000)
+    page.locator(".edlib-preservation-result").scroll_into_view_if_needed()
+    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 2", timeout=30_000)
+    page.screenshot(path=str(shots / "02_preservation.png"))
+    # Issue 19: the mode toggle's labels were cut, and plotly's toolbar covered the charts' corner.
+    cut = page.evaluate(
+        "() => [...document.querySelectorAll('.widget-toggle-button')].filter(b => b.scrollWidth > b.clientWidth + 1)"
+        ".map(b => b.innerText)"
+    )
+    assert cut == []
+    assert page.locator(".js-plotly-plot .modebar-container .modebar-btn").count() == 0
+    page.close()
+
+
 def _commit(page, selector: str, value: str) -> None:
     """Type into a number box and commit it as a user does (number boxes send on Enter)."""
     box = page.locator(f"{selector} input")
@@ -258,9 +278,18 @@ def _training(browser, lab, shots):
     _wait_for_text(page, ".edlib-plan", "60 optimizer steps (15 per epoch)", shots, "03")
     page.locator(".edlib-field-epochs").scroll_into_view_if_needed()
     page.screenshot(path=str(shots / "03_training_form.png"))
+    # Issue 19: checkbox labels were cut ("gradient...", "cache_te...").
+    page.locator(".edlib-advanced").get_by_text("Memory and speed", exact=True).click()
+    page.locator(".edlib-advanced .widget-checkbox").first.scroll_into_view_if_needed()
+    page.screenshot(path=str(shots / "03_memory_section.png"))
+    labels = page.evaluate(
+        """() => [...document.querySelectorAll('.edlib-advanced .widget-checkbox')].filter(b => b.offsetParent)
+            .map(b => [b.innerText.trim(), [...b.querySelectorAll('span, label')].some(e => e.scrollWidth > e.clientWidth + 1)])"""
+    )
+    assert labels and not [text for text, cut in labels if cut], labels
 
     start.click()
-    _wait_for_text(page, ".edlib-live", "ETA", shots, "03", timeout=120_000)
+    _wait_for_text(page, ".edlib-live", " left", shots, "03", timeout=120_000)  # the time left while it runs
     page.wait_for_function("() => document.querySelector('.edlib-loss-chart .js-plotly-plot')", timeout=30_000)
     first = _loss_points(page)
     page.wait_for_function(  # the chart is redrawn while the run trains

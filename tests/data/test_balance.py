@@ -45,7 +45,7 @@ def test_worked_example_from_issue_2():
         "others/class3": "1",
     }
     assert plan.epoch_size == 1000 and not plan.warnings
-    assert "1_character/class2" in format_plan(plan) and "45.00%" in format_plan(plan)
+    assert "1_character/class2" in format_plan(plan) and "45.0%" in format_plan(plan)
     assert plan.to_json()["folders"][0]["new_multiply"] == 10.0
     assert plan.to_json()["folders"][0]["written"] == "10"
 

@@ -5,7 +5,7 @@ from fractions import Fraction
 
 import pytest
 
-from edlib.data.preservation import expected_mix, preservation_multiplier
+from edlib.data.preservation import amount_as_shown, expected_mix, preservation_multiplier
 
 from .fake_scan import FakeFolder, fake_scan
 
@@ -17,13 +17,14 @@ def data():
 
 
 @pytest.mark.parametrize("mode", ["share", "per_epoch", "fraction"])
-@pytest.mark.parametrize("current", ["1", "0.05", "0.1", "2.5", "0.333333"])
+@pytest.mark.parametrize("current", ["1", "0.05", "0.1", "2.5", "0.333333", "0.0001"])
 def test_an_amount_shown_rounded_from_the_current_multiplier_gives_it_back(data, mode, current):
-    """A panel shows the current multiplier as an amount rounded to 6 decimals; taking that
-    amount back must propose the multiplier that is there, not 0.999999 or 1.000001."""
+    """A panel shows the current multiplier as an amount rounded to 6 significant digits
+    (`amount_as_shown`; 0.0001 keeps a share of 4.1e-7 nonzero); taking that amount back must
+    propose the multiplier that is there, not 0.999999 or 1.000001."""
     mix = expected_mix(data, "gt", current)
     amount = {"share": mix.share, "per_epoch": float(mix.per_epoch), "fraction": float(mix.multiply)}[mode]
-    assert preservation_multiplier(data, "gt", **{mode: round(amount, 6)}) == current
+    assert preservation_multiplier(data, "gt", **{mode: amount_as_shown(amount)}) == current
     assert preservation_multiplier(data, "gt", **{mode: amount}) == current  # and the unrounded float
 
 

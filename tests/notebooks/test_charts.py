@@ -6,8 +6,9 @@ import re
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
+import plotly.io as pio
 
-from edlib.widgets.charts import show_figure
+from edlib.widgets.charts import PLOTLY_MIME, show_figure
 
 
 def _figure():
@@ -22,6 +23,18 @@ def test_outside_colab_the_output_holds_plotlys_own_bundle():
     [shown] = output.outputs
     # What display(figure) sends in this front end (in a kernel: plotly's renderer's bundle).
     assert shown["data"] == {"text/plain": "<plotly figure: training loss>", **figure._repr_mimebundle_()}
+
+
+def test_charts_have_no_toolbar_over_their_corner(monkeypatch):
+    """Issue 19: plotly's modebar covered the right edge of the charts in notebook 02."""
+    monkeypatch.setattr(pio.renderers, "default", "plotly_mimetype")  # JupyterLab's renderer
+    output = widgets.Output()
+    show_figure(output, _figure(), colab=False)
+    [shown] = output.outputs
+    assert shown["data"][PLOTLY_MIME]["config"]["displayModeBar"] is False
+    assert shown["data"][PLOTLY_MIME]["data"][0]["y"] == [4.5, 2.25, 1.125]
+    show_figure(output, _figure(), colab=True)
+    assert '"displayModeBar": false' in html.unescape(output.outputs[0]["data"]["text/html"])
 
 
 def test_on_colab_the_figure_is_a_page_of_its_own_in_an_iframe():

@@ -73,3 +73,15 @@ def test_widgets_are_the_portable_ones():
     front_end = {"ipywidgets", "plotly", "IPython"}
     extensions = {"ipympl", "bqplot", "ipyvolume", "ipyleaflet", "ipyevents", "ipycanvas", "ipydatagrid", "qgrid", "itkwidgets", "jupyter_bokeh", "anywidget"}
     assert front_end & imported and not (imported & extensions), sorted(imported)
+
+
+def test_what_the_notebooks_say_about_defaults_is_the_config_default():
+    """Issue 19: notebook 04 said "one checkpoint per epoch" while a run keeps its newest 2."""
+    from edlib.model.config import TrainConfig
+
+    fields = TrainConfig.model_fields
+    keep, every = fields["keep_last_n_checkpoints"].default, fields["save_every_n_epochs"].default
+    text = {p.stem[:2]: "\n".join(c.source for c in nbformat.read(p, as_version=4).cells) for p in NOTEBOOKS}
+    assert "checkpoints, one per epoch" not in text["04"] and "there is one per\nepoch" not in text["04"]
+    assert f"`keep_last_n_checkpoints: {keep}`" in text["04"] and f"`save_every_n_epochs: {every}`" in text["04"]
+    assert f"the newest {keep} are kept" in text["03"]

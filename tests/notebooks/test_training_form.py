@@ -8,8 +8,8 @@ import pytest
 
 from edlib.model.config import METHODS, OPTIMIZERS, TrainConfig
 from edlib.model.lr import LR_SCHEDULERS
+from edlib.model.suggest import METHOD_LRS
 from edlib.widgets.training_form import (
-    METHOD_LRS,
     NEWCOMER_DEFAULTS,
     NO_LIMIT,
     OPTIONAL_COUNTS,

@@ -15,7 +15,8 @@ import torch
 from edlib.data.preview import preview
 from edlib.data.scan import scan
 from edlib.model.checkpoint import list_checkpoints
-from edlib.model.estimate import GPUS
+from edlib.model.estimate import GPUS, REFERENCE_GPU
+from edlib.model.estimate_rows import local_device
 from edlib.model.lr import with_lr_curve
 from edlib.model.tiny import build_tiny_pipeline
 from edlib.train.hooks import Plugin
@@ -90,7 +91,10 @@ def test_form_builds_the_config_and_the_estimates(data_root, tmp_path):
     assert panel.estimate.steps == expected.total_steps and f"<b>{expected.total_steps}</b> optimizer steps" in panel.plan.value
     curve = chart_data(panel.lr_chart)[0]
     assert curve["y"] == pytest.approx(expected.lr) and curve["y"][0] > curve["y"][-1]  # cosine decays
-    assert "GiB" in panel.memory.value and "H100" in panel.plan.value
+    # The estimate is for the device a run started here trains on (this machine: the CPU).
+    assert panel.gpu.value == local_device() and "GiB" in panel.memory.value
+    panel.gpu.value = REFERENCE_GPU
+    assert "on a H100 80GB" in panel.plan.value and "GiB" in panel.memory.value
     panel.gpu.value = "RTX 4090 24GB"
     assert panel.price.value == GPUS["RTX 4090 24GB"].price_per_hour
     panel.price.value = 1.5
@@ -123,7 +127,7 @@ def test_config_from_form_without_a_panel(tmp_path):
 
 def test_every_method_has_starting_rates_and_a_valid_form():
     from edlib.model.config import METHODS
-    from edlib.widgets.training_form import METHOD_LRS
+    from edlib.model.suggest import METHOD_LRS
 
     assert set(METHOD_LRS) == set(METHODS)
     config = config_from_form({"data_root": "d", "method": "hypernetwork", "unet_lr": METHOD_LRS["hypernetwork"][0]})
@@ -153,8 +157,14 @@ def test_start_fills_the_live_view_and_quarantine_moves_an_image(tiny_model, dat
     assert "exported to exports/: run-step000009.safetensors" in panel.status.value
     assert panel.sample_image.value == (run / "samples" / "step-000009" / "grid.png").read_bytes()
     assert panel.sample_image.layout.display is None and "samples/step-000009/grid.png" in panel.sample_label.value
-    # The run ended with a checkpoint: a fresh Start would clash with it, Resume is offered.
-    assert panel.start_button.disabled and not panel.resume_button.disabled and panel.stop_button.disabled
+    # The run ended with a checkpoint: a fresh Start would clash with it. It reached its epochs,
+    # so Resume would only sample and export again: not offered until the form asks for more.
+    assert panel.start_button.disabled and panel.resume_button.disabled and panel.stop_button.disabled
+    assert "the run is finished (epochs)" in panel.status.value and "raise epochs" in panel.status.value
+    panel.set("epochs", 4)
+    assert not panel.resume_button.disabled and "Resume</b> continues it" in panel.status.value
+    panel.set("epochs", 3)
+    assert panel.resume_button.disabled and "finished run (newest checkpoint step-000009)" in panel.status.value
 
     rows = panel.review_box.children
     assert 1 <= len(rows) <= 3
@@ -200,7 +210,11 @@ def test_save_sample_stop_and_resume_reach_the_run(tiny_model, data_root, tmp_pa
     again.resume_button.click()
     resumed = again.wait(timeout=120)
     assert resumed.step == stopped + 2 and resumed.stopped_by == "max_steps"
-    assert again.loss_steps == [stopped + 1, stopped + 2]
+    # The chart shows the whole run: the steps before the stop come from its metrics.jsonl.
+    assert again.loss_steps == list(range(1, stopped + 3))
+    assert again.losses[:stopped] == [m["loss"] for m in panel.handle.metrics()][:stopped]
+    assert chart_data(again.loss_chart)[0]["x"] == again.loss_steps
+    assert again.resume_button.disabled  # it reached max_steps
 
 
 class PauseAtSteps(Plugin):

@@ -6,6 +6,7 @@ from fractions import Fraction
 import pytest
 
 from edlib.data.balance import plan_balance
+from edlib.data.numbers import format_count, format_share
 from edlib.data.preservation import coverage, expected_mix, mix_per_epoch, preservation_multiplier
 from edlib.data.preview import preview
 from edlib.data.scan import scan
@@ -40,8 +41,8 @@ def test_dataset_panel_shows_the_preview(root):
     for f in expected.folders:
         row = panel.rows[f.path]
         assert Fraction(row.multiply.value) == f.multiply
-        assert f">{float(f.expected_per_epoch):.6g}<" in row.per_epoch.value
-        assert f"{100 * f.share:.1f}%" in row.share.value
+        assert f">{format_count(f.expected_per_epoch)}<" in row.per_epoch.value
+        assert f">{format_share(f.share)}<" in row.share.value
     assert f"<b>{expected.steps_per_epoch}</b> steps per epoch" in panel.summary.value
     # a few thumbnails per folder: the grid's last cell of each row holds PNG Image widgets
     thumbs = panel.table.children[-1].children
@@ -79,6 +80,19 @@ def test_editing_a_multiplier_updates_the_preview_and_save_writes_it(root):
     panel.undo_button.click()
     assert not (root / "concept" / "multiply.txt").exists()
     assert panel.rows["concept"].multiply.value == "1"
+
+
+def test_the_resolution_field_replans_and_refuses_what_buckets_cannot_use(root):
+    panel = DatasetPanel(root, batch_size=2, resolution=64)
+    assert "(resolution 64)" in panel.summary.value  # the demo's 64 px images, not 512
+    panel.resolution_field.value = 128
+    assert panel.preview.buckets == preview(scan(root), batch_size=2, resolution=128).buckets
+    assert "(resolution 128)" in panel.summary.value and not panel.resolution_field.layout.border
+    panel.resolution_field.value = 100
+    assert "resolution 100: must be a multiple of 64" in panel.status.value and panel.resolution_field.layout.border
+    assert panel.save_button.disabled
+    panel.resolution_field.value = 64
+    assert not panel.resolution_field.layout.border and "(resolution 64)" in panel.summary.value
 
 
 def test_undo_restores_a_replaced_file(root):

@@ -40,11 +40,13 @@ def test_xy_grid_over_models_and_prompts_has_the_individual_images_in_its_cells(
     cells = [Image.open(path) for row in rows for path in row]
     expected, layout = make_grid(cells, cols=2, row_labels=["epoch 1", "epoch 2"], col_labels=[p.prompt for p in PROMPTS])
     grid = Image.open(out)
-    assert grid.size == layout.size == (layout.left + 2 * 64, layout.top + 2 * 64)
+    k = layout.scale  # 64 px samples, enlarged in the grid so their prompts fit above them
+    assert grid.size == layout.size == (layout.left + 2 * 64 * k, layout.top + 2 * 64 * k)
     assert np.array_equal(_pixels(grid), _pixels(expected))  # labels included
     for row in range(2):
         for col in range(2):
-            assert np.array_equal(_pixels(grid.crop(layout.box(row, col))), _pixels(rows[row][col]))
+            enlarged = np.repeat(np.repeat(_pixels(rows[row][col]), k, axis=0), k, axis=1)
+            assert np.array_equal(_pixels(grid.crop(layout.box(row, col))), enlarged)
     # Different models, same seeds: the rows differ.
     assert not np.array_equal(_pixels(rows[0][0]), _pixels(rows[1][0]))
     assert parse_parameters(read_parameters(out))["seed"] == 1
@@ -57,8 +59,9 @@ def test_random_seeds_are_shared_by_every_cell_of_a_column(tiny_model, tmp_path)
     out = sample_grid([("same", pipeline), ("model", pipeline)], random_seed, tmp_path / "g.png")
 
     grid = _pixels(out)
-    top = grid.shape[0] - 2 * 64
-    assert np.array_equal(grid[top : top + 64, -64:], grid[top + 64 :, -64:])
+    cell = 3 * 64  # 64 px samples, enlarged 3x in a labelled grid
+    top = grid.shape[0] - 2 * cell
+    assert np.array_equal(grid[top : top + cell, -cell:], grid[top + cell :, -cell:])
 
 
 def _fake_run(tmp_path, base_model, steps):

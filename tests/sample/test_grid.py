@@ -36,15 +36,26 @@ def test_labelled_grid_puts_labels_left_and_on_top_and_cells_after_them():
     grid, layout = make_grid(images, cols=2, row_labels=rows, col_labels=cols)
 
     assert layout.left > 0 and layout.top > 0
-    assert grid.size == (layout.left + 2 * 24, layout.top + 2 * 16)
+    # 24 px images are enlarged 8 times (to MIN_LABELLED_CELL), pixels kept square.
+    assert layout.scale == 8 and (layout.cell_width, layout.cell_height) == (192, 128)
+    assert grid.size == (layout.left + 2 * 192, layout.top + 2 * 128)
     for index, image in enumerate(images):
-        crop = grid.crop((layout.left + (index % 2) * 24, layout.top + (index // 2) * 16,
-                          layout.left + (index % 2 + 1) * 24, layout.top + (index // 2 + 1) * 16))
-        assert np.array_equal(_pixels(crop), _pixels(image)), index
+        crop = grid.crop(layout.box(index // 2, index % 2))
+        assert np.array_equal(_pixels(crop), np.repeat(np.repeat(_pixels(image), 8, axis=0), 8, axis=1)), index
     # Text was drawn in both label bands (dark pixels on the white background).
     top_band = _pixels(grid.crop((layout.left, 0, grid.width, layout.top)))
     left_band = _pixels(grid.crop((0, layout.top, layout.left, grid.height)))
     assert (top_band < 128).any() and (left_band < 128).any()
+
+
+def test_a_labelled_grid_of_small_images_has_room_for_its_prompts():
+    """Issue 19: a toy model's 64 px samples made a 194x184 grid, its prompts cut by "..."."""
+    prompt = "a zorblat on a red background, drawn large"
+    _, small = make_grid(_noise_images(2, (64, 64)), cols=2, col_labels=[prompt, prompt])
+    assert small.scale == 3 and small.cell_width == 192
+    assert small.top <= 3 * (small.top - 2 * 4) // 2 + 2 * 4  # wrapped on at most 2 lines: nothing cut
+    _, unlabelled = make_grid(_noise_images(2, (64, 64)), cols=2)
+    assert unlabelled.scale == 1 and unlabelled.cell_width == 64  # sample sheets keep their size
 
 
 def test_cells_are_as_large_as_the_largest_image():
