@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_models import NAMES, RESOLUTION, build, make_data_root, model_flops_per_image  # noqa: E402
 from bench_models import build_sd15, build_sdxl, unet_train_flops_per_image  # noqa: E402, F401 - used by sample_memory_gpu.py and tests
-import bench_timing  # noqa: E402
+import bench_timing  # noqa: E402, F401 - sample_memory_gpu.py uses train_gpu.bench_timing
 from flow_cases import FLOW_MODELS, run_flow  # noqa: E402 - bench/flow_cases.py: FLUX.1 and SD3.5 rows
 from bench_timing import engine_run, reference_run  # noqa: E402
 

@@ -22,8 +22,8 @@ import numpy as np
 
 from edlib.data.buckets import resolution_problem
 from edlib.data.folder_files import format_value
-from edlib.data.numbers import format_count, format_share
 from edlib.data.holdout import describe_split, split_validation
+from edlib.data.numbers import format_count, format_share
 from edlib.data.schedule import DEFAULT_SEED, EpochCounts, EpochPlanner, EpochSchedule
 from edlib.data.types import ScanResult
 

@@ -19,7 +19,6 @@ import sys
 import ipywidgets as widgets
 import plotly.graph_objects as go
 
-
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 # No toolbar: on these small charts plotly's modebar covers their top-right corner (a legend,
 # the last points), and zooming or saving them is not what a panel is for.

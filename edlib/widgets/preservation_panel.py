@@ -11,17 +11,17 @@ from pathlib import Path, PurePosixPath
 import ipywidgets as widgets
 import plotly.graph_objects as go
 
+from edlib.data.folder_files import format_value
+from edlib.data.numbers import format_count, format_share
 from edlib.data.preservation import (
-    amount_as_shown,
     Coverage,
     EpochMix,
+    amount_as_shown,
     coverage,
     expected_mix,
     mix_per_epoch,
     preservation_multiplier,
 )
-from edlib.data.folder_files import format_value
-from edlib.data.numbers import format_count, format_share
 from edlib.data.scan import scan
 from edlib.data.schedule import DEFAULT_SEED
 from edlib.data.types import DataRootError, ScanResult
