@@ -143,8 +143,8 @@ class LiveView:
         self.draw_loss_chart()
 
     def show_metrics(self, metrics: dict[str, Any], estimate: TimeEstimate | None, *, running: bool = True) -> None:
-        """Progress line with one remaining time, and the cost estimate redone with this run's
-        measured images/s. The time left is the measured rate's once there is one (the
+        """Progress line with one rate and one remaining time, and the cost estimate redone with
+        this run's measured images/s. The time left is the measured rate's once there is one (the
         median of the last steps, as the cost line uses), the loop's own ETA before."""
         live = None
         if estimate is not None:
@@ -152,16 +152,18 @@ class LiveView:
                 recent = list(self.recent)
             refined = refine_time(estimate, recent)  # the first of these is skipped as warm-up
             live = refined if refined is not estimate else None
+        # One rate and one time left: the measured median once there is one, the step's own before.
         left = live.remaining_s if live is not None else metrics["eta_s"]
+        rate = live.throughput.images_per_s if live is not None else metrics["images_per_s"]
         line = (
             f"{'' if running else 'last step: '}loss {metrics['loss']:.4f} &middot; lr {metrics['lr']:.3g} &middot; "
-            f"{metrics['images_per_s']:.2f} images/s"
+            f"{rate:.3g} images/s"
             + (f" &middot; <b>{format_duration(left)} left</b>" if running else "")
         )
         if live is not None:
             line += (
-                f"<br><span style='color:#666'>at the measured {live.throughput.images_per_s:.3g} images/s the whole run "
-                f"takes {format_duration(live.seconds)}, about ${live.cost:.2f} at ${live.price_per_hour:g}/h</span>"
+                f"<br><span style='color:#666'>at that rate the whole run takes {format_duration(live.seconds)}, "
+                f"about ${live.cost:.2f} at ${live.price_per_hour:g}/h</span>"
             )
         self.live.value = line
 

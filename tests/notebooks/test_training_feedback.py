@@ -118,7 +118,7 @@ def test_sample_now_has_a_sampling_state(tiny_sd1, data_root, tmp_path):
     panel.wait(timeout=120)
 
 
-def test_the_live_line_has_one_time_left(data_root, tmp_path):
+def test_the_live_line_has_one_rate_and_one_time_left(data_root, tmp_path):
     panel = TrainingPanel(data_root, "some/model", tmp_path / "run", values={**QUICK, "epochs": 100})
     view, estimate = panel.live_view, estimate_time(panel.config(), 300, CPU)
     # Before two steps only the loop's ETA is known; after, the measured rate's time left.
@@ -131,7 +131,8 @@ def test_the_live_line_has_one_time_left(data_root, tmp_path):
     view.show_metrics(view.recent[-1], estimate)
     # 297 steps x 2 images at the measured 4 images/s; the loop's 9999 s is not shown beside it.
     assert view.live.value.count(" left") == 1 and "2 min 28 s left" in view.live.value and "2 h 47" not in view.live.value
-    assert "at the measured 4 images/s the whole run takes 2 min 30 s" in view.live.value
+    assert "4 images/s" in view.live.value and "at that rate the whole run takes 2 min 30 s" in view.live.value
+    assert view.live.value.count("images/s") == 1  # one rate: the measured median, not the last step's beside it
 
 
 def test_the_form_starts_from_what_fits_the_model(data_root, tmp_path):

@@ -149,7 +149,7 @@ def test_start_fills_the_live_view_and_quarantine_moves_an_image(tiny_model, dat
     assert scatter["y"] == pytest.approx(panel.losses)  # the chart shows every step after the run
     assert panel.progress.value == panel.progress.max == 9 and panel.progress.description == "step 9 / 9"
     # The last step's numbers stay; an ETA and time "left" would be stale once it is over.
-    assert "last step" in panel.live.value and "images/s" in panel.live.value and "measured" in panel.live.value
+    assert "last step" in panel.live.value and "images/s" in panel.live.value and "at that rate" in panel.live.value
     assert "ETA" not in panel.live.value and "left" not in panel.live.value
     assert "finished at step 9" in panel.status.value
     # The run's own export at its end (a full fine-tune: one single file), named in the status.
