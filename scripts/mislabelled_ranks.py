@@ -7,7 +7,8 @@ Each run is tests/train/test_mislabelled.py's setting (`rank_mislabelled`): a to
 root of --images images (seed s), --mislabelled of them given another shape's and colour's
 caption, the bundled world model trained --epochs epochs with loss tracking on one CPU thread,
 then the run's image_loss.csv ranked as `edlib review` ranks it. Prints a markdown table, one
-row per (sizes, epochs, seed) with the mislabelled images' ranks, and a summary per setting
+row per (sizes, epochs, seed) with the mislabelled images' ranks ("-": not listed, i.e. not
+above expectation) and drawn sizes (S/M/L), and a summary per setting
 with the chance baseline (a uniformly random order of all images); docs/loss_tracking.md
 quotes it.
 """
@@ -42,8 +43,8 @@ def main() -> None:
     n, k = args.images, args.mislabelled
     settings = [tuple(args.sizes)] + ([("small", "medium", "large")] if args.all_sizes_too else [])
     print(f"{n} images, {k} mislabelled; chance: mean rank {(n + 1) / 2:.1f}, {k * k / n:.2f} of {k} in the top {k}\n")
-    print("| sizes | epochs | seed | ranks | listed | in top k | mean rank | seconds |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| sizes | epochs | seed | ranks | listed | flagged | in top k | mean rank | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|")
     summary = []
     for sizes in settings:
         for epochs in args.epochs:
@@ -54,8 +55,8 @@ def main() -> None:
                     r = rank_mislabelled(Path(tmp), seed, images=n, mislabelled=k, epochs=epochs, sizes=sizes)
                 seconds = time.perf_counter() - start
                 results.append(r)
-                ranks = ", ".join("-" if x is None else str(x) for x in r.ranks)
-                print(f"| {'/'.join(sizes)} | {epochs} | {seed} | {ranks} | {r.listed} | {r.in_top}/{k} | {r.mean_rank:.1f} | {seconds:.0f} |", flush=True)
+                ranks = ", ".join(f"{'-' if x is None else x} ({size[0].upper()})" for x, size in zip(r.ranks, r.sizes))
+                print(f"| {'/'.join(sizes)} | {epochs} | {seed} | {ranks} | {r.listed} | {r.flagged} | {r.in_top}/{k} | {r.mean_rank:.1f} | {seconds:.0f} |", flush=True)
             summary.append((sizes, epochs, results))
     print()
     for sizes, epochs, results in summary:

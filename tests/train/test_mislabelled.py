@@ -34,7 +34,8 @@ def mislabel(folder: Path, count: int, seed: int, sizes=VISIBLE) -> list[str]:
     scene: the same size, place and background, but another shape in another colour (never
     the background's). Only shapes of `sizes` are chosen: by default medium and large, since a
     small shape covers about 1/8 of the image and its wrong caption changes the loss less
-    (docs/loss_tracking.md measures both). Returns their paths relative to the data root."""
+    (docs/loss_tracking.md: small ones mostly rank high too, but in one measured run a small
+    one was not listed at all). Returns their paths relative to the data root."""
     rng = np.random.default_rng(seed)
     captions = sorted(folder.glob("*.txt"))
     scenes = [parse_caption(c.read_text(encoding="utf-8").strip()) for c in captions]
@@ -55,8 +56,10 @@ class Ranks:
 
     images: int
     ranks: list  # 1-based rank of each mislabelled image in the list, None when it is not listed
+    sizes: list  # the drawn size of each (small, medium, large), in the order of `ranks`
     listed: int  # how many images the list holds (those above expectation)
     min_observations: int  # the fewest observations of any mislabelled image
+    flagged: int  # images flagged (of all), mislabelled or not
 
     @property
     def in_top(self) -> int:
@@ -100,10 +103,16 @@ def rank_mislabelled(
     train(config, progress_bar=False)
     rows = read_csv(workdir / "run" / "image_loss.csv")
     assert len(rows) == images
-    observed = {r.path: r.observations for r in rows}
+    by_path = {r.path: r for r in rows}
     ranking = [r.path for r in hardest_images(rows).images]
-    ranks = sorted((ranking.index(p) + 1 if p in ranking else None for p in bad), key=lambda r: (r is None, r))
-    return Ranks(images, ranks, len(ranking), min(observed[p] for p in bad))
+    found = sorted(
+        ((ranking.index(p) + 1 if p in ranking else None, parse_caption(by_path[p].caption).size) for p in bad),
+        key=lambda pair: (pair[0] is None, pair[0]),
+    )
+    return Ranks(
+        images, [r for r, _ in found], [size for _, size in found], len(ranking),
+        min(by_path[p].observations for p in bad), sum(r.flagged for r in rows),
+    )  # fmt: skip
 
 
 def chance_all_in_top(n: int, k: int, top: int) -> float:
