@@ -105,9 +105,20 @@ def test_balance_apply_and_undo_roundtrip(root, tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_quick_runs_end_to_end(tmp_path):
-    r = edlib("demo", "--out", tmp_path / "demo", "--quick")
-    assert r.returncode == 0, r.stderr
+def test_demo_quick_runs_end_to_end_and_opens_with_its_own_line(tmp_path):
+    # stderr merged into stdout, in order, as a terminal shows them (issue 19: the demo opened
+    # with a dozen lines of other libraries' noise, edlib/quiet.py; later a diffusers
+    # FutureWarning about `torch_dtype`)
+    r = subprocess.run(
+        [sys.executable, "-m", "edlib", "demo", "--out", str(tmp_path / "demo"), "--quick"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
+        env={**{k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip; Python's default warning filters, as a user runs it
+    assert r.returncode == 0, r.stdout[-3000:]
+    lines = [line for line in r.stdout.splitlines() if line.strip()]
+    assert lines[0].startswith("== Writing a toy-world data root"), lines[:15]
+    warnings = [line for line in lines if "Warning:" in line and "site-packages" in line]
+    assert not warnings, warnings
     assert "zorblat" in r.stdout and "total steps" in r.stdout
     assert (tmp_path / "demo" / "schedules" / "ep0_batch_schedule.txt").exists()
 

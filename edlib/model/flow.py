@@ -94,8 +94,8 @@ def flow_single_file_pipeline(path, family: str, config: str | None, dtype: torc
         config = SINGLE_FILE_REPOS[(family, marker)]
     model_class = diffusers.FluxTransformer2DModel if family == "flux" else diffusers.SD3Transformer2DModel
     try:
-        transformer = model_class.from_single_file(str(path), config=config, subfolder="transformer", torch_dtype=dtype)
-        return getattr(diffusers, PIPELINES[family]).from_pretrained(config, transformer=transformer, torch_dtype=dtype)
+        transformer = model_class.from_single_file(str(path), config=config, subfolder="transformer", dtype=dtype)
+        return getattr(diffusers, PIPELINES[family]).from_pretrained(config, transformer=transformer, dtype=dtype)
     except OSError as error:
         raise ModelError(
             f"model: {path} holds a {family.upper()} transformer; its text encoders and VAE come from {config!r}, which "

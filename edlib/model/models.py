@@ -131,7 +131,7 @@ def _load_vae(vae: str, dtype: torch.dtype):
     if looks_like_path(vae) and not (path / "config.json").is_file():
         raise ModelError(f"vae: {path} is not a diffusers VAE folder (no config.json in it)")
     try:
-        return AutoencoderKL.from_pretrained(str(path) if looks_like_path(vae) else vae, torch_dtype=dtype)
+        return AutoencoderKL.from_pretrained(str(path) if looks_like_path(vae) else vae, dtype=dtype)
     except OSError as error:
         raise ModelError(f"vae: could not load {vae!r} ({error})") from error
 

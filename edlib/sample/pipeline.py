@@ -203,7 +203,7 @@ def load_pipeline(
 
     def options(family: str) -> dict[str, Any]:
         no_safety = {"safety_checker": None, "requires_safety_checker": False} if family == "sd" else {}
-        return {"torch_dtype": dtype, **no_safety}
+        return {"dtype": dtype, **no_safety}
 
     if path.is_dir() and (path / "model_index.json").is_file():
         family = folder_family(path)

@@ -111,10 +111,11 @@ class ImageStats:
 @dataclass(frozen=True)
 class FolderSummary:
     folder: str
-    images: int  # images of the folder seen at least once
+    seen: int  # images of the folder observed at least once (warm-up samples do not count)
     observations: int
-    mean: float  # mean of the images' mean z-scores
+    mean: float  # mean of the seen images' mean z-scores (nan when none is seen yet)
     flagged: int
+    in_folder: int | None = None  # images the folder holds (the scan's count); None when unknown
 
 
 class LossTracker:
@@ -200,7 +201,8 @@ class LossTracker:
         return [r.path for r in self.stats() if r.flagged]
 
     def folder_summaries(self, data: ScanResult) -> list[FolderSummary]:
-        return summarise_folders(self.stats(), {item.path: item.folder for item in data.items})
+        folder_of = {item.path: item.folder for item in data.items}
+        return summarise_folders(self.stats(), folder_of, {f.path: f.images for f in data.folders})
 
     # -- persistence ----------------------------------------------------------------------
 
@@ -342,18 +344,22 @@ def hardest_images(rows, *, min_observations: int = MIN_OBSERVATIONS, top: int |
     return Hardest(above[:top] if top is not None else above, most >= min_observations, most, min_observations)
 
 
-def summarise_folders(rows, folder_of: dict[str, str]) -> list[FolderSummary]:
-    """Per-folder summaries of `ImageStats` or `CsvRow` rows, worst folder first."""
-    groups: dict[str, list] = {}
+def summarise_folders(rows, folder_of: dict[str, str], in_folder: dict[str, int] | None = None) -> list[FolderSummary]:
+    """Per-folder summaries of `ImageStats` or `CsvRow` rows, worst folder first (folders
+    with nothing seen yet last). `in_folder` (folder -> its images, from a scan) adds each
+    folder's size, so "seen" reads against it (the first samples of a run warm the timestep
+    buckets and count for no image), and lists folders none of whose images is seen yet."""
+    groups: dict[str, list] = {folder: [] for folder in in_folder or {}}
     for r in rows:
         groups.setdefault(folder_of.get(r.path, r.path.rpartition("/")[0]), []).append(r)
     out = [
         FolderSummary(
-            folder, len(rs), sum(r.observations for r in rs), float(np.mean([r.mean for r in rs])), sum(r.flagged for r in rs)
+            folder, len(rs), sum(r.observations for r in rs), float(np.mean([r.mean for r in rs])) if rs else math.nan,
+            sum(r.flagged for r in rs), (in_folder or {}).get(folder),
         )
         for folder, rs in groups.items()
     ]
-    return sorted(out, key=lambda s: (-s.flagged, -s.mean, s.folder))
+    return sorted(out, key=lambda s: (-s.flagged, not s.seen, -_or(s.mean, 0.0), s.folder))
 
 
 def boost_weights(flagged: list[str], boost: float, *, max_boost: float = 1.0) -> dict[str, float]:

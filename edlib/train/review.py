@@ -16,6 +16,8 @@ import yaml
 
 from edlib.data import quarantine as data_quarantine
 from edlib.data.quarantine import QUARANTINE, quarantined, restore  # noqa: F401 - one import for review tools
+from edlib.data.scan import scan
+from edlib.data.types import DataRootError
 from edlib.train.loss_tracker import (
     MIN_OBSERVATIONS,
     CsvRow,
@@ -68,9 +70,15 @@ def review_status(run_dir: str | Path) -> str:
 
 
 def review_folders(run_dir: str | Path) -> list[FolderSummary]:
-    """Per-folder summaries of a run's image_loss.csv, worst folder first."""
+    """Per-folder summaries of a run's image_loss.csv, worst folder first, each with the
+    number of images its folder holds now (a scan of the run's data root; None when the root
+    cannot be scanned), so "seen" is never mistaken for the folder's size."""
     rows = _csv_rows(run_dir)
-    return summarise_folders(rows, {r.path: r.folder for r in rows})
+    try:
+        in_folder = {f.path: f.images for f in scan(run_data_root(run_dir)).folders}
+    except DataRootError:  # moved or emptied since the run: the statistics still stand
+        in_folder = None
+    return summarise_folders(rows, {r.path: r.folder for r in rows}, in_folder)
 
 
 def format_review(reports: list[ImageReport], folders: list[FolderSummary] = (), status: str = "") -> str:
@@ -90,10 +98,14 @@ def format_review(reports: list[ImageReport], folders: list[FolderSummary] = (),
         lines.append(f"({status or 'no image has been observed yet'})")
     if folders:
         lines.append("")
-        lines.append("per folder (seen: images observed so far; a folder's other images have not been trained yet):")
-        lines.append(f"{'folder':30}  {'seen':>6}  {'obs':>6}  {'mean':>6}  flagged")
+        lines.append(
+            "per folder (seen: images with an observation so far, of the images the folder holds now; "
+            "the run's first samples only set the expected loss and count for no image):"
+        )
+        lines.append(f"{'folder':30}  {'seen':>11}  {'obs':>6}  {'mean':>6}  flagged")
         for f in folders:
-            lines.append(f"{(f.folder or '.'):30}  {f.images:6d}  {f.observations:6d}  {f.mean:6.2f}  {f.flagged}")
+            seen = f"{f.seen} of {'?' if f.in_folder is None else f.in_folder}"
+            lines.append(f"{(f.folder or '.'):30}  {seen:>11}  {f.observations:6d}  {f.mean:6.2f}  {f.flagged}")
     flagged = sum(r.flagged for r in reports)
     lines.append("")
     lines.append(

@@ -76,6 +76,29 @@ def test_review_lists_the_worst_images_with_captions(tmp_path, data_root):
         review(tmp_path / "nowhere")
 
 
+def test_folder_table_counts_seen_images_against_the_folders_size(tmp_path, data_root):
+    # Issue 19: the table said "195 images" of a folder of 200; the first samples of a run only
+    # warm the timestep buckets, so some images have no observation yet. It says "seen N of M".
+    write_data_root(data_root, {"late": {"count": 3}}, seed=4)  # a folder no observation reached
+    run = _run_with_losses(tmp_path, data_root, "things/00002.png")
+    csv_file = run / "image_loss.csv"
+    lines = csv_file.read_text(encoding="utf-8").splitlines()
+    csv_file.write_text("\n".join(l for l in lines if "/late/" not in f"/{l}" and not l.startswith("people/00000")) + "\n")
+    folders = {f.folder: f for f in review_folders(run)}
+    assert (folders["people"].seen, folders["people"].in_folder) == (3, 4)
+    assert (folders["things"].seen, folders["things"].in_folder) == (4, 4)
+    assert (folders["late"].seen, folders["late"].in_folder, folders["late"].observations) == (0, 3, 0)
+    assert list(folders)[-1] == "late"  # nothing seen yet: listed last
+    text = format_review(review(run), list(folders.values()))
+    table = text.split("per folder")[1]
+    assert "3 of 4" in table and "4 of 4" in table and "0 of 3" in table
+
+    (run / "config.yaml").write_text(yaml.safe_dump({"data_root": str(tmp_path / "moved")}), encoding="utf-8")
+    unknown = review_folders(run)  # the data root is gone: the statistics still show, the size is unknown
+    assert {f.folder for f in unknown} == {"people", "things"} and all(f.in_folder is None for f in unknown)
+    assert "3 of ?" in format_review([], unknown)
+
+
 def test_quarantine_and_restore_move_files_with_a_manifest(tmp_path, data_root):
     run = _run_with_losses(tmp_path, data_root, "things/00001.png")
     original = _file_bytes(data_root)
@@ -153,6 +176,7 @@ def test_review_command_quarantines_and_restores(tmp_path, data_root):
     listed = r.stdout.split("per folder")[0]  # the images above expectation: the hard one first
     assert "people/00002.png" in listed
     assert "things/" not in listed or listed.index("people/00002.png") < listed.index("things/")
+    assert "4 of 4" in r.stdout.split("per folder")[1]  # seen of the folder's images
     r = edlib("review", run, "--quarantine", "people/00002.png")
     assert r.returncode == 0, r.stderr
     assert not (data_root / "people" / "00002.png").exists()
