@@ -240,19 +240,20 @@ class TrainingPanel:
         without end samples (notebook 04 draws them later). The status says what it does."""
         if not self.running:
             return
-        self.handle.stop()
+        # All set before the request: the run's thread may save (and show it) at once.
         self._stopping = True
         for button in (self.stop_button, self.save_button, self.sample_button):
             button.disabled = True
         self.status.value = ok_text("stopping: finishing the current step, then saving a checkpoint")
+        self.handle.stop()
 
     def sample_now(self) -> None:
         """Ask for samples after the current step; the button waits until they are drawn."""
         if not self.running:
             return
-        self.handle.sample_now()
-        self.sample_button.disabled = True
+        self.sample_button.disabled = True  # before the request: its samples may come at once
         self.status.value = ok_text("Sample now: sampling after the current step...")
+        self.handle.sample_now()
 
     def wait(self, timeout: float | None = None):
         """Block until the run ends (scripts and CI; in a notebook, let it run and watch)."""
