@@ -231,13 +231,19 @@ def throughput(config: TrainConfig, gpu: str = REFERENCE_GPU, family: str | None
         factors.append(("fp32 instead of bf16", 0.5))
     if gpu != REFERENCE_GPU:
         factors.append((f"{gpu} TFLOPs / H100", GPUS[gpu].bf16_tflops / GPUS[REFERENCE_GPU].bf16_tflops))
+    label = f"{FAMILIES[fam_key].name} {ROW_LABELS[row]}, batch {MEASURED_BATCH[fam_key]}"
+    return _scaled(rate, factors, "H100", label, f"GPU_FIGURES.md: {MEASURED_SOURCE.get((fam_key, row))}", far)
+
+
+def _scaled(rate: float, factors: list[tuple[str, float]], device: str, label: str, source: str, far: str) -> Throughput:
+    """A measured row's rate times each (why, factor): the row as measured when there is no
+    factor (with its `source`), else a scaled estimate that names every factor."""
     for _, factor in factors:
         rate *= factor
-    label = f"{FAMILIES[fam_key].name} {ROW_LABELS[row]}, batch {MEASURED_BATCH[fam_key]}"
     if not factors:
-        return Throughput(rate, True, f"measured on an H100: {label} (GPU_FIGURES.md: {MEASURED_SOURCE[(fam_key, row)]})")
+        return Throughput(rate, True, f"measured on {'an' if device == 'H100' else 'a'} {device}: {label} ({source})")
     scaled = "; ".join(why if factor == 1.0 else f"{why} x{factor:.2g}" for why, factor in factors)
-    return Throughput(rate, False, f"scaled estimate from the H100 row {label}: {scaled}{far}")
+    return Throughput(rate, False, f"scaled estimate from the {device} row {label}: {scaled}{far}")
 
 
 def _far(size_ratio: float) -> str:
@@ -270,14 +276,8 @@ def _cpu_throughput(config: TrainConfig, family: str) -> Throughput:
         factors.append((f"{name} instead of the world model's 5.03M UNet parameters", measured["unet_params"] / params))
     if config.resolution != measured["resolution"]:
         factors.append((f"{config.resolution} px instead of {measured['resolution']}", (measured["resolution"] / config.resolution) ** 2))
-    rate = measured["images_per_s"]
-    for _, factor in factors:
-        rate *= factor
     label = f"edlib:world full fine-tune, fp32, {measured['resolution']} px, batch {measured['batch_size']}, one core"
-    if not factors:
-        return Throughput(rate, True, f"measured on a CPU: {label} (bench/cpu_world.py)")
-    scaled = "; ".join(why if factor == 1.0 else f"{why} x{factor:.2g}" for why, factor in factors)
-    return Throughput(rate, False, f"scaled estimate from the CPU row {label}: {scaled}{_far(params / measured['unet_params'])}")
+    return _scaled(measured["images_per_s"], factors, "CPU", label, "bench/cpu_world.py", _far(params / measured["unet_params"]))
 
 
 def _nearest_row(config: TrainConfig, family: str) -> tuple[str, list[tuple[str, float]]]:
