@@ -4,33 +4,12 @@ samples n/N, saving, exporting), Sample now has a "sampling" state, the live lin
 left; and the form's defaults follow the model."""
 
 import time
-from pathlib import Path
 
-import plotly.io as pio
 import pytest
-import torch
 
 from edlib.model.estimate import CPU, estimate_time
 from edlib.widgets.training_panel import TrainingPanel
-from edlib.world import write_data_root
-
-QUICK = {"resolution": 64, "batch_size": 2, "unet_lr": 1e-4, "save_every_n_epochs": 0, "save_every_n_minutes": 0, "keep_last_n_checkpoints": 0}
-
-
-@pytest.fixture
-def data_root(tmp_path) -> Path:
-    root = tmp_path / "data"
-    write_data_root(root, {"concept": {"count": 4, "shapes": ["star"]}, "other": {"count": 2}}, seed=1, size=64)
-    return root
-
-
-@pytest.fixture(autouse=True)
-def plotly_and_threads(monkeypatch):
-    monkeypatch.setattr(pio.renderers, "default", "plotly_mimetype")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.notebooks.panel_support import QUICK, plotly_as_json  # noqa: F401 - autouse fixture
 
 
 def statuses(panel) -> list[str]:

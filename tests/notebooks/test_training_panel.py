@@ -8,9 +8,7 @@ import threading
 import time
 from pathlib import Path
 
-import plotly.io as pio
 import pytest
-import torch
 
 from edlib.data.preview import preview
 from edlib.data.scan import scan
@@ -27,10 +25,9 @@ from edlib.widgets.training_panel import (
     config_from_form,
     loss_figure,
 )
-from edlib.world import write_data_root
+from tests.notebooks.panel_support import QUICK, plotly_as_json  # noqa: F401 - autouse fixture
 
 PLOTLY_JSON = "application/vnd.plotly.v1+json"
-QUICK = {"resolution": 64, "batch_size": 2, "unet_lr": 1e-4, "save_every_n_epochs": 0, "save_every_n_minutes": 0, "keep_last_n_checkpoints": 0}
 
 
 @pytest.fixture(scope="module")
@@ -38,22 +35,6 @@ def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "model")
 
 
-@pytest.fixture
-def data_root(tmp_path) -> Path:
-    root = tmp_path / "data"
-    write_data_root(root, {"concept": {"count": 4, "shapes": ["star"]}, "other": {"count": 2}}, seed=1, size=64)
-    return root
-
-
-@pytest.fixture(autouse=True)
-def plotly_as_json(monkeypatch):
-    """Outside a notebook plotly picks no renderer; the one JupyterLab uses makes the
-    charts' data visible to the tests."""
-    monkeypatch.setattr(pio.renderers, "default", "plotly_mimetype")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tracker() -> LossTrackerPlugin:
