@@ -25,6 +25,17 @@ PLOTLY_MIME = "application/vnd.plotly.v1+json"
 CHART_CONFIG = {"displayModeBar": False, "displaylogo": False}
 
 
+def panel_layout(figure: go.Figure, title: str, *, height: int, left: int = 50, legend_y: float | None = None, **axes) -> go.Figure:
+    """The panels' chart style: a small title, 480 px wide, tight margins, the legend (if
+    any) in a row below the plot; `axes` are plotly layout keys (xaxis_title=..., yaxis=...)."""
+    legend = {} if legend_y is None else {"legend": {"orientation": "h", "y": legend_y}}
+    figure.update_layout(
+        title={"text": title, "font_size": 14}, height=height, width=480, margin={"t": 40, "l": left, "r": 10, "b": 40},
+        **legend, **axes,
+    )  # fmt: skip
+    return figure
+
+
 def on_colab() -> bool:
     return "google.colab" in sys.modules
 

@@ -25,7 +25,7 @@ from edlib.data.preservation import (
 from edlib.data.scan import scan
 from edlib.data.schedule import DEFAULT_SEED
 from edlib.data.types import DataRootError, ScanResult
-from edlib.widgets.charts import show_figure
+from edlib.widgets.charts import panel_layout, show_figure
 from edlib.widgets.common import (
     error_text,
     folder_label,
@@ -69,18 +69,9 @@ def mix_figure(mix: EpochMix, folder: str) -> go.Figure:
             + (" (preservation)" if preserve and "preserv" not in mix.folders[i] else ""),
             marker_color=_PRESERVATION_COLOUR if preserve else _OTHER_COLOURS[rank % len(_OTHER_COLOURS)],
         )
-    fig.update_layout(
-        barmode="stack",
-        title={"text": "samples per epoch, by folder", "font_size": 14},
-        xaxis_title="epoch",
-        yaxis_title="samples",
-        height=300,
-        width=480,
-        margin={"t": 40, "l": 50, "r": 10, "b": 40},
-        legend={"orientation": "h", "y": -0.25},
-        modebar={"orientation": "v"},  # beside the plot, not over its title
+    return panel_layout(
+        fig, "samples per epoch, by folder", height=300, legend_y=-0.25, barmode="stack", xaxis_title="epoch", yaxis_title="samples"
     )
-    return fig
 
 
 def coverage_figure(cov: Coverage) -> go.Figure:
@@ -95,17 +86,10 @@ def coverage_figure(cov: Coverage) -> go.Figure:
     )
     if cov.epochs_to_all is not None:
         fig.add_vline(x=cov.epochs_to_all, line_dash="dot", line_color="#1b7f3b")
-    fig.update_layout(
-        title={"text": "preservation images shown at least once", "font_size": 14},
-        xaxis_title="epochs",
-        yaxis={"title": "fraction shown", "tickformat": ".0%", "range": [0, 1.02]},
-        height=300,
-        width=480,
-        margin={"t": 40, "l": 50, "r": 10, "b": 40},
-        legend={"orientation": "h", "y": -0.25},
-        modebar={"orientation": "v"},  # beside the plot, not over its title
-    )
-    return fig
+    return panel_layout(
+        fig, "preservation images shown at least once", height=300, legend_y=-0.25,
+        xaxis_title="epochs", yaxis={"title": "fraction shown", "tickformat": ".0%", "range": [0, 1.02]},
+    )  # fmt: skip
 
 
 class PreservationPanel:

@@ -23,7 +23,7 @@ from edlib.model.estimate import (
 )
 from edlib.model.estimate_rows import local_device
 from edlib.model.plan import preview_run
-from edlib.widgets.charts import show_figure
+from edlib.widgets.charts import panel_layout, show_figure
 from edlib.widgets.common import error_text
 from edlib.widgets.training_form import STYLE
 
@@ -32,16 +32,10 @@ def lr_figure(p: Preview) -> go.Figure:
     """The learning rate at every optimizer step of the planned run."""
     fig = go.Figure()
     fig.add_scatter(x=list(range(1, len(p.lr) + 1)), y=p.lr, mode="lines", line_color="#3b7dd8", name="lr")
-    fig.update_layout(
-        title={"text": f"learning rate over {p.total_steps} steps ({p.lr_scheduler})", "font_size": 14},
-        xaxis_title="optimizer step",
-        yaxis={"title": "learning rate", "exponentformat": "e", "rangemode": "tozero"},
-        height=260,
-        width=480,
-        margin={"t": 40, "l": 60, "r": 10, "b": 40},
-        modebar={"orientation": "v"},
-    )
-    return fig
+    return panel_layout(
+        fig, f"learning rate over {p.total_steps} steps ({p.lr_scheduler})", height=260, left=60,
+        xaxis_title="optimizer step", yaxis={"title": "learning rate", "exponentformat": "e", "rangemode": "tozero"},
+    )  # fmt: skip
 
 
 def _on(device: str) -> str:

@@ -23,7 +23,7 @@ import plotly.graph_objects as go
 from edlib.model.estimate import TimeEstimate, format_duration, refine_time
 from edlib.train.loss_tracker import MIN_OBSERVATIONS, ImageStats, hardest_images
 from edlib.train.run_dir import Event, RunDir
-from edlib.widgets.charts import show_figure
+from edlib.widgets.charts import panel_layout, show_figure
 from edlib.widgets.common import thumbnail_png
 from edlib.widgets.training_form import STYLE, WIDE
 
@@ -43,17 +43,7 @@ def loss_figure(steps: list[int], losses: list[float], *, max_points: int = 2000
     fig = go.Figure()
     fig.add_scatter(x=steps[::stride], y=losses[::stride], mode="markers", marker={"size": 4, "color": "#a9c6ef"}, name="loss")
     fig.add_scatter(x=steps[::stride], y=mean[::stride].tolist(), mode="lines", line_color="#1f4f99", name=f"mean of last {window}")
-    fig.update_layout(
-        title={"text": "training loss", "font_size": 14},
-        xaxis_title="optimizer step",
-        yaxis_title="loss",
-        height=260,
-        width=480,
-        margin={"t": 40, "l": 50, "r": 10, "b": 40},
-        legend={"orientation": "h", "y": -0.3},
-        modebar={"orientation": "v"},
-    )
-    return fig
+    return panel_layout(fig, "training loss", height=260, legend_y=-0.3, xaxis_title="optimizer step", yaxis_title="loss")
 
 
 class LiveView:
