@@ -12,7 +12,7 @@ from edlib.model.hypernetwork_layers import find_hypernetwork
 from edlib.model.methods.hypernetwork import HypernetworkMethod
 from edlib.model.models import enable_gradient_checkpointing, load_models
 from tests.train.loop_support import one_torch_thread  # noqa: F401 - autouse fixture
-from tests.train.test_lora import stop_after, train_steps, unet_output
+from tests.train.method_support import stop_after, train_steps, unet_output
 
 
 def hypernetwork_config(**overrides) -> TrainConfig:

@@ -11,7 +11,7 @@ import torch
 from edlib.model.methods.textual_inversion import Placeholder, TextualInversion
 from edlib.model.models import encode_prompts, load_models
 from tests.train.loop_support import one_torch_thread  # noqa: F401 - autouse fixture
-from tests.train.test_lora import stop_after, train_steps
+from tests.train.method_support import stop_after, train_steps
 
 OHWX = {"token": "<ohwx>", "init_word": "person", "num_vectors": 2}
 ZZ = {"token": "<zz>", "init_word": "red cat"}
