@@ -116,12 +116,10 @@ def batch_captions(scan: ScanResult, batch: LocalBatch, config, seed: int) -> li
     ]
 
 
-def batch_loss_scale(scan: ScanResult, batch: LocalBatch) -> torch.Tensor:
-    """(B,) loss multipliers: each sample's `loss_scale` (its folder's `loss_scale.txt`, or
-    its own .yaml sidecar's), as a host tensor (the step takes them from
-    `BatchEncoder.loss_scale`, kept on the device)."""
-    scales = [scan.item_settings(i).loss_scale for i in batch.items]
-    return torch.tensor(scales, dtype=torch.float32)
+def sample_loss_scales(scan: ScanResult, batch: LocalBatch) -> list[float]:
+    """Each sample's loss multiplier: its folder's `loss_scale.txt`, or its own .yaml
+    sidecar's (`BatchEncoder.loss_scale` puts them on the device)."""
+    return [scan.item_settings(i).loss_scale for i in batch.items]
 
 
 def sample_generators(seed: int, batch: LocalBatch, salt: str, device) -> list[torch.Generator]:
@@ -307,7 +305,7 @@ class BatchEncoder:
         """(B,) loss multipliers on the device: each sample's `loss_scale` (its folder's
         `loss_scale.txt`, or its own .yaml sidecar's); None when all are 1 (then nothing needs
         multiplying)."""
-        scales = [scan.item_settings(i).loss_scale for i in batch.items]
+        scales = sample_loss_scales(scan, batch)
         if all(scale == 1.0 for scale in scales):
             return None
         for scale in scales:

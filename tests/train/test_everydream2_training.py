@@ -5,7 +5,7 @@ with the per-image multipliers it was planned with."""
 
 from edlib.data.scan import scan
 from edlib.model.checkpoint import resolve_checkpoint
-from edlib.train.batches import LocalBatch, batch_captions, batch_loss_scale
+from edlib.train.batches import LocalBatch, batch_captions, sample_loss_scales
 from edlib.train.loop import train
 from tests.train.loop_support import (
     checkpoint_weights,
@@ -63,7 +63,7 @@ def test_captions_and_loss_scales_follow_each_images_own_settings(tiny_sd1, tmp_
     assert len(seen[blue]) > 10  # blue's own shuffle_tags shuffles its tags
     assert seen[green] == {"green, g1, g2, g3"}  # green has no shuffling
     batch = LocalBatch(0, 0, (64, 64), (0, 1, 2), (red, blue, green), (False, False, False))
-    assert batch_loss_scale(result, batch).tolist() == [2.5, 1.0, 1.0]
+    assert sample_loss_scales(result, batch) == [2.5, 1.0, 1.0]
 
 
 def test_resume_mid_epoch_keeps_the_per_image_multipliers_planned(tiny_sd1, tmp_path):
