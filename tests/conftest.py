@@ -2,6 +2,7 @@
 fixtures beside its tests; only what every test needs lives here."""
 
 import os
+import shutil
 
 import pytest
 
@@ -64,8 +65,12 @@ def tiny_sd3(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _private_cache_dir(tmp_path_factory, monkeypatch):
-    """Keep edlib's caches (scan cache, ...) out of the user's home during tests."""
-    monkeypatch.setenv("EDLIB_CACHE_DIR", str(tmp_path_factory.mktemp("edlib-cache")))
+    """Keep edlib's caches (scan cache, ...) out of the user's home during tests, and off the
+    disk once the test is done (a full run makes over a thousand of them)."""
+    cache = tmp_path_factory.mktemp("edlib-cache")
+    monkeypatch.setenv("EDLIB_CACHE_DIR", str(cache))
+    yield
+    shutil.rmtree(cache, ignore_errors=True)
 
 
 def cuda_available() -> bool:

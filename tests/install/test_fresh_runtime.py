@@ -88,7 +88,10 @@ def runtime(tmp_path_factory):
             errors = [o for c in nbformat.read(out, as_version=4).cells for o in c.get("outputs", []) if o.output_type == "error"]
             raise AssertionError("\n".join(f"{e.ename}: {e.evalue}\n" + "\n".join(e.traceback) for e in errors)) from None
         raise
-    return {"wheel": wheel, "python": python, "content": content, "config": config_home, "notebook": out, "base": base}
+    yield {"wheel": wheel, "python": python, "content": content, "config": config_home, "notebook": out, "base": base}
+    # The environment is about 1.9 GB; a CI machine's disk can be nearly full, so it goes as
+    # soon as this module's tests are done (a failing test's traceback holds what matters).
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def _outputs(notebook: Path) -> list[tuple[int, dict]]:
