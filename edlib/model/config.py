@@ -47,7 +47,17 @@ END_EXPORT_FORMATS = {
 # SD3 LoRA in diffusers/PEFT layout, the one diffusers and ComfyUI both load (diffusers ignores
 # kohya SD3 LoRAs without a word).
 FAMILY_END_EXPORT_FORMATS = {("sd3", "full"): "diffusers", ("flux", "full"): "diffusers", ("sd3", "lora"): "peft-lora"}
-DEFAULT_RESOLUTION = 512  # when the model's own size cannot be read (see `_native_resolution`)
+DEFAULT_RESOLUTION = 512  # when the model's own size cannot be read (see `resolution_for`)
+
+
+def resolution_for(model: str | Path) -> int:
+    """The resolution `model` trains at when none is given: its native size
+    (`edlib.model.identify.native_resolution`) when that is a multiple of 64, else
+    `DEFAULT_RESOLUTION`. Errors reading the model (OSError, ValueError) pass to the caller."""
+    from edlib.model.identify import native_resolution
+
+    native = native_resolution(model)
+    return native if native and native % 64 == 0 else DEFAULT_RESOLUTION
 
 
 class ConfigError(ValueError):
@@ -391,10 +401,7 @@ class TrainConfig(FamilyKeys, HypernetworkKeys):
         """An unset resolution is the model's native one, so an SDXL model trains at 1024
         without being told (and its buckets are SDXL's), an SD1.5 one at 512."""
         if isinstance(values, dict) and values.get("resolution") is None and isinstance(values.get("model"), str):
-            from edlib.model.identify import native_resolution
-
-            native = native_resolution(values["model"])
-            values = {**values, "resolution": native if native and native % 64 == 0 else DEFAULT_RESOLUTION}
+            values = {**values, "resolution": resolution_for(values["model"])}
         return values
 
     @field_validator("*", mode="before")

@@ -4,7 +4,8 @@ world model at SD1.5's 512 px and 1e-6 would learn nothing in the minutes a newc
 
 - **Resolution**: the model's native size (`edlib.model.identify.native_resolution`: 512 for
   SD1.x, 768 for SD2.x 768-v, 1024 for SDXL, SD3.5 and FLUX, 64 for the toy world model), else
-  the config's `DEFAULT_RESOLUTION`, the same rule a config without `resolution` follows.
+  the config's `DEFAULT_RESOLUTION`: `edlib.model.config.resolution_for`, the rule a config
+  without `resolution` follows.
 - **Learning rates**: `METHOD_LRS` (docs/methods.md) for Stable Diffusion-sized models. A full
   fine-tune of a small model (a denoiser under `SMALL_MODEL_PARAMS`, e.g. the 5M-parameter
   world model) takes `SMALL_FULL_LRS`: the rate `edlib.demo` and notebook 00 fine-tune the world
@@ -17,8 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edlib.model.config import DEFAULT_RESOLUTION
-from edlib.model.identify import native_resolution
+from edlib.model.config import DEFAULT_RESOLUTION, resolution_for
 from edlib.model.sizes import model_size
 
 # (unet_lr, text_encoder_lr) per method for Stable Diffusion-sized models: a full fine-tune
@@ -33,10 +33,9 @@ SMALL_FULL_LRS = (3e-4, 3e-4)  # edlib.demo's LEARNING_RATE, UNet and text encod
 def suggested_resolution(model: str | Path) -> int:
     """The resolution a first run of `model` should train at (module docstring)."""
     try:
-        native = native_resolution(model)
+        return resolution_for(model)
     except (OSError, ValueError):
-        native = None
-    return native if native and native % 64 == 0 else DEFAULT_RESOLUTION
+        return DEFAULT_RESOLUTION
 
 
 def is_small(model: str | Path) -> bool:
