@@ -1,6 +1,8 @@
 """What the training-panel tests share: a quick run's form values, and plotly rendering the
 way JupyterLab does (import the fixture into a test module; `data_root` is in conftest.py)."""
 
+import time
+
 import plotly.io as pio
 import pytest
 import torch
@@ -17,3 +19,11 @@ def plotly_as_json(monkeypatch):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def wait_for(condition, timeout=120.0):
+    """Wait (polling) until `condition()` is true; fail after `timeout` seconds."""
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "timed out waiting for the run"
+        time.sleep(0.01)

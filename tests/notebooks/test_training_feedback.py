@@ -3,13 +3,11 @@ until the run is over and skips the end samples, a finished run says it is finis
 samples n/N, saving, exporting), Sample now has a "sampling" state, the live line has one time
 left; and the form's defaults follow the model."""
 
-import time
-
 import pytest
 
 from edlib.model.estimate import CPU, estimate_time
 from edlib.widgets.training_panel import TrainingPanel
-from tests.notebooks.panel_support import QUICK, plotly_as_json  # noqa: F401 - autouse fixture
+from tests.notebooks.panel_support import QUICK, plotly_as_json, wait_for  # noqa: F401 - autouse fixture
 
 
 def statuses(panel) -> list[str]:
@@ -17,13 +15,6 @@ def statuses(panel) -> list[str]:
     seen = []
     panel.status.observe(lambda change: seen.append(change["new"]), names="value")
     return seen
-
-
-def wait_for(condition, timeout=120.0):
-    end = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < end, "timed out waiting for the run"
-        time.sleep(0.01)
 
 
 def _index(seen, text):

@@ -5,7 +5,6 @@ saved in the panel mid-run shape the run's next epoch."""
 
 import json
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ from edlib.widgets.training_panel import (
     config_from_form,
     loss_figure,
 )
-from tests.notebooks.panel_support import QUICK, plotly_as_json  # noqa: F401 - autouse fixture
+from tests.notebooks.panel_support import QUICK, plotly_as_json, wait_for  # noqa: F401 - autouse fixture
 
 PLOTLY_JSON = "application/vnd.plotly.v1+json"
 
@@ -35,8 +34,6 @@ def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "model")
 
 
-
-
 def tracker() -> LossTrackerPlugin:
     # statistics from the second sample on; images ranked after 2 observations (a short run)
     return LossTrackerPlugin(LossTracker(buckets=1, warmup=1, min_observations=2))
@@ -44,13 +41,6 @@ def tracker() -> LossTrackerPlugin:
 
 def chart_data(output) -> list[dict]:
     return output.outputs[0]["data"][PLOTLY_JSON]["data"]
-
-
-def wait_for(condition, timeout=60.0):
-    end = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < end, "timed out waiting for the run"
-        time.sleep(0.01)
 
 
 def test_form_builds_the_config_and_the_estimates(data_root, tmp_path):
