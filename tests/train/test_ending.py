@@ -9,6 +9,7 @@ from tests.train.loop_support import (
     one_torch_thread,  # noqa: F401 - autouse fixture
     tiny_config,
 )
+from tests.train.method_support import stop_after
 
 PROMPTS = ["red, photo", "blue, photo", "green, photo"]
 QUIET = {"step", "epoch", "start", "checkpoint"}  # kinds not about the end (a checkpoint is "saving"'s pair)
@@ -46,13 +47,7 @@ def test_a_stop_request_skips_the_end_samples_and_still_saves_and_exports(tiny_s
     data = make_data_root(tmp_path / "data")
     run = tmp_path / "run"
     events = []
-
-    def stop_at_step_one(event):
-        events.append(event)
-        if event.kind == "step" and event.data["step"] == 1:
-            (run / "control" / "stop").touch()
-
-    summary = train(tiny_config(tiny_sd1, data, run, **_sample_options()), callbacks=[stop_at_step_one])
+    summary = train(tiny_config(tiny_sd1, data, run, **_sample_options()), callbacks=[events.append, stop_after(run, 1)])
 
     assert summary.stopped_by == "stop request" and summary.step == 1
     kinds = [e.kind for e in events]
@@ -75,12 +70,7 @@ def test_a_checkpoint_says_whether_resuming_it_would_train(tiny_sd1, tmp_path):
     assert finished_by(last, epochs=3, max_steps=None) is None  # more epochs: Resume trains on
     assert finished_by(last, epochs=3, max_steps=4) == "max_steps"
     assert finished_by(last, epochs=3, max_steps=0) is None  # 0 is the form's "off"
-
-    def stop_at_step_three(event):
-        if event.kind == "step" and event.data["step"] == 3:
-            (stopped / "control" / "stop").touch()
-
-    train(tiny_config(tiny_sd1, data, stopped, epochs=2, export_formats=[]), callbacks=[stop_at_step_three])
+    train(tiny_config(tiny_sd1, data, stopped, epochs=2, export_formats=[]), callbacks=[stop_after(stopped, 3)])
     [mid] = list_checkpoints(stopped / "checkpoints")
     assert saved_position(mid) == {"epoch": 1, "batch": 1, "step": 3, "samples": 6}
     assert finished_by(mid, epochs=2, max_steps=None) is None
