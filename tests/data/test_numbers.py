@@ -7,7 +7,7 @@ from edlib.data.balance import format_plan, plan_balance
 from edlib.data.numbers import format_count, format_share
 from edlib.data.preview import format_preview, preview
 from edlib.data.scan import scan
-from tests.data.make_images import write_image
+from tests.data.make_images import make_tree
 
 
 def test_counts_and_shares_are_rounded_one_way():
@@ -18,17 +18,9 @@ def test_counts_and_shares_are_rounded_one_way():
     assert format_share(Fraction(6, 7)) == "85.7%" and format_share(0.2) == "20.0%"
 
 
-def _root(tmp_path, preservation: int, others: int):
-    root = tmp_path / "data"
-    for i in range(preservation):
-        write_image(root / "preservation" / f"p_{i}.png", size=(64, 64))
-    for i in range(others):
-        write_image(root / "concept" / f"c_{i}.png", size=(64, 64))
-    return root
-
-
 def test_tables_show_multipliers_as_written_and_counts_alike(tmp_path):
-    root = _root(tmp_path, 10, 7)
+    root = tmp_path / "data"
+    make_tree(root, {"preservation": 10, "concept": 7}, size=(64, 64))
     (root / "concept" / "multiply.txt").write_text("5.714286\n")
     result = scan(root)
     table = format_plan(plan_balance(result, {"preservation": 1, "concept": 1}))
