@@ -135,6 +135,12 @@ def sized_family(config: TrainConfig, family: str) -> Family:
     )
 
 
+def format_gib(value: float) -> str:
+    """GiB for a reader: one decimal from 1 GiB up (130 GiB reads "130.0 GiB", never
+    "1.3e+02"), two significant digits below (a toy model's 0.077 GiB is not "0.1" or "0")."""
+    return f"{value:.1f} GiB" if value >= 1 else f"{value:.2g} GiB"
+
+
 @dataclass(frozen=True)
 class MemoryEstimate:
     family: str
@@ -151,12 +157,13 @@ class MemoryEstimate:
 
     def describe(self) -> str:
         parts = ", ".join(f"{name} {gib:.1f}" for name, gib in self.parts.items() if gib >= 0.05)
+        total = format_gib(self.total_gib)
         if self.family in FLOW_ESTIMATES:
             name = FLOW_ESTIMATES[self.family].name
-            return f"about {self.total_gib:.1f} GiB ({parts}) for {name}; rough, derived from reported figures, not yet measured"
+            return f"about {total} ({parts}) for {name}; rough, derived from reported figures, not yet measured"
         if self.scaled_from:
-            return f"about {self.total_gib:.2g} GiB ({parts}) for {self.name}; rough, scaled from {self.scaled_from} by parameter count"
-        return f"about {self.total_gib:.1f} GiB ({parts}) for {self.name or FAMILIES[self.family].name}; rough, +-30%"
+            return f"about {total} ({parts}) for {self.name}; rough, scaled from {self.scaled_from} by parameter count"
+        return f"about {total} ({parts}) for {self.name or FAMILIES[self.family].name}; rough, +-30%"
 
 
 def estimate_memory(config: TrainConfig, family: str | None = None, device: str = REFERENCE_GPU) -> MemoryEstimate:

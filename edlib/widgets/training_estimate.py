@@ -20,6 +20,7 @@ from edlib.model.estimate import (
     estimate_memory,
     estimate_time,
     format_duration,
+    format_gib,
 )
 from edlib.model.estimate_rows import local_device
 from edlib.model.plan import preview_run
@@ -77,11 +78,6 @@ class EstimateView:
         self.plan.value = (
             f"<div style='line-height:1.6'><b>{e.steps}</b> optimizer steps ({self.preview.steps_per_epoch} per epoch) "
             f"&middot; {html.escape(_on(device))}: <b>{format_duration(e.seconds)}</b>, about <b>${e.cost:.2f}</b> "
-            f"&middot; memory about {_gib(memory.total_gib)} ({fits})<br>"
+            f"&middot; memory about {format_gib(memory.total_gib)} ({fits})<br>"
             f"<span style='color:#666;font-size:0.9em'>{html.escape(e.throughput.basis)}</span></div>"
         )
-
-
-def _gib(value: float) -> str:
-    """Whole GiB, or a fraction below 1 (a toy model needs MBs: "0 GiB" would say nothing)."""
-    return f"{value:.0f} GiB" if value >= 1 else f"{value:.2g} GiB"

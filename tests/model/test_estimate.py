@@ -10,9 +10,11 @@ from edlib.model.estimate import (
     MEASURED,
     MEASURED_SOURCE,
     REFERENCE_GPU,
+    MemoryEstimate,
     estimate_memory,
     estimate_time,
     format_duration,
+    format_gib,
     measured_images_per_s,
     model_family,
     refine_time,
@@ -147,6 +149,13 @@ def test_format_duration():
     assert format_duration(45) == "45 s"
     assert format_duration(750) == "12 min 30 s"
     assert format_duration(3 * 3600 + 5 * 60) == "3 h 05 min"
+
+
+def test_format_gib_has_no_exponent_at_any_size():
+    assert format_gib(0.077) == "0.077 GiB" and format_gib(1.077) == "1.1 GiB" and format_gib(130.0) == "130.0 GiB"
+    # A model scaled to well over SD1.5's size: its total once read "about 1.3e+02 GiB".
+    big = MemoryEstimate("sd15", {"trained weights, gradients, optimizer": 129.0, "CUDA context": 1.0}, "big", "SD1.5")
+    assert big.describe().startswith("about 130.0 GiB (") and "e+" not in big.describe()
 
 
 def test_model_family_of_local_folders_and_files(tiny_sdxl, tmp_path):
