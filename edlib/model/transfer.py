@@ -43,6 +43,18 @@ def upload(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     return tensor.to(device, non_blocking=True)
 
 
+def upload_stack(tensors: list[torch.Tensor], device: torch.device | str) -> torch.Tensor:
+    """`torch.stack(tensors)` (host tensors of one shape) on `device`. For a GPU the stack is
+    written straight into pinned memory, so the batch is copied once on the host, not once
+    by the stack and again by `pin_memory`, and the upload does not block."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return torch.stack(tensors).to(device)
+    first = tensors[0]
+    pinned = torch.empty((len(tensors), *first.shape), dtype=first.dtype, pin_memory=True)
+    return upload(torch.stack(tensors, out=pinned), device)
+
+
 def host_tensor(data, device: torch.device | str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """`torch.tensor(data)` on `device`, uploaded without blocking."""
     with uploading():

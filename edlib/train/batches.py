@@ -29,7 +29,7 @@ from edlib.data.images import ImageReadError
 from edlib.data.types import ScanResult
 from edlib.model.models import Conditioning, encode_images, encode_prompts
 from edlib.model.offload import offloaded_modules, on_device, park_on_cpu
-from edlib.model.transfer import host_tensor, upload, uploading
+from edlib.model.transfer import host_tensor, upload, upload_stack, uploading
 from edlib.train.caches import DeviceStore, LatentCache
 from edlib.train.prefetch import (
     PixelPrefetcher,
@@ -187,7 +187,7 @@ class BatchEncoder:
         cached = None if self.latent_cache is None else self.latent_cache.has
         jobs = plan_decoding(scan, schedule, first_batch, local, cached, LatentCache.key)
         if jobs:
-            self._prefetch = PixelPrefetcher(jobs, self._workers, pin=self.device.type == "cuda")
+            self._prefetch = PixelPrefetcher(jobs, self._workers)
 
     def close(self) -> None:
         if self._prefetch is not None:
@@ -215,7 +215,7 @@ class BatchEncoder:
                 if error is not None:
                     raise error
         if self.latent_cache is None:  # uint8 pixels in host memory
-            pixels = to_unit_range(upload(torch.stack(inputs), self.device))
+            pixels = to_unit_range(upload_stack(inputs, self.device))
             return encode_images(self.models, pixels).to(self.device)
         return torch.stack(inputs)  # latents, on the device
 
@@ -229,7 +229,7 @@ class BatchEncoder:
         paths = [str(Path(scan.root) / scan.items[item].path) for item, _ in samples]
         images = [(path, flip) for path, (_, flip) in zip(paths, samples)]
         if self.latent_cache is None:
-            return self._decode(batch, images, None)
+            return self._decode(batch, images)
         keys, errors = [], []
         for path, flip in images:
             try:
@@ -244,31 +244,31 @@ class BatchEncoder:
         for key, image in zip(keys, images):
             if key is not None:
                 first.setdefault(key, image)
-        found = {key: self.latent_cache.get(key) for key in first}
+        found = {key: self.latent_cache.get(key) for key in first}  # None: not cached yet
+        unreadable: dict[str, ImageReadError] = {}
         missing = [key for key in first if found[key] is None]
         if missing:
-            pixels, failed = self._decode(batch, [first[key] for key in missing], tuple(missing))
+            pixels, failed = self._decode(batch, [first[key] for key in missing])
             good = [(key, p) for key, p in zip(missing, pixels) if p is not None]
             if good:
                 with self._on_device("vae"):
-                    encoded = self._encode_batch(to_unit_range(upload(torch.stack([p for _, p in good]), self.device)), len(batch.items))
+                    encoded = self._encode_batch(to_unit_range(upload_stack([p for _, p in good], self.device)), len(batch.items))
                 for (key, _), latents in zip(good, encoded):
                     self.latent_cache.put(key, latents)
                     found[key] = latents.to(self.device)
-            found.update({key: error for key, error in zip(missing, failed) if error is not None})
-        inputs = [None if key is None or isinstance(found[key], ImageReadError) else found[key] for key in keys]
-        errors = [error if key is None else (found[key] if isinstance(found[key], ImageReadError) else None) for key, error in zip(keys, errors)]
-        return inputs, errors
+            unreadable = {key: error for key, error in zip(missing, failed) if error is not None}
+        inputs = [None if key is None else found[key] for key in keys]  # an unreadable image's stays None
+        return inputs, [unreadable.get(key, error) for key, error in zip(keys, errors)]
 
     def use_inputs(self, batch: LocalBatch, inputs: list[torch.Tensor]) -> None:
         """Inputs `read_inputs` returned for `batch` (possibly with substitutes): the next
         `encode` of that batch uses them instead of reading the images again."""
         self._ready = (batch, inputs)
 
-    def _decode(self, batch: LocalBatch, images: list[tuple[str, bool]], keys) -> tuple[list, list]:
+    def _decode(self, batch: LocalBatch, images: list[tuple[str, bool]]) -> tuple[list, list]:
         """uint8 pixels of `images` ((path, flip) each) in `batch`'s bucket, and the errors of
-        those that cannot be read: decoded ahead by the prefetcher where it planned them
-        (pinned memory), else here."""
+        those that cannot be read: decoded ahead by the prefetcher where it planned them, else
+        here."""
         taken = self._prefetch.take(batch.index) if self._prefetch is not None else None
         ahead = {} if taken is None else dict(zip(taken[0].images, taken[1]))
         pixels, errors = [], []

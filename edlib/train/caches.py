@@ -42,7 +42,9 @@ class DeviceStore:
         size = tensor.numel() * tensor.element_size()
         if self.budget_bytes < 0 or self.used_bytes + size <= self.budget_bytes:
             self.used_bytes += size
-            return tensor.to(self.device).contiguous()
+            # A copy even when it is on the device already: a row of an encoded batch is a
+            # view that would keep the whole batch alive (and `used_bytes` would count one row).
+            return tensor.to(self.device, copy=True, memory_format=torch.contiguous_format)
         tensor = tensor.to("cpu").contiguous()
         return tensor.pin_memory() if self.pin and self.device.type == "cuda" else tensor
 

@@ -5,8 +5,9 @@ Decoding a 1024x768 JPEG and fitting it to its bucket takes 18-34 ms on one core
 uncached step. So at the start of each epoch `plan_decoding` lists, for each batch this
 process trains, the images it must decode (all of them when latents are not cached; with a
 cache, the ones not cached yet and not decoded earlier in the epoch), and a `PixelPrefetcher`
-decodes them in worker processes, in training order, a few batches ahead, into pinned memory
-that the step copies to the GPU without blocking. An epoch whose latents are all cached
+decodes them in worker processes, in training order, a few batches ahead; the step stacks a
+batch straight into pinned memory and copies it to the GPU without blocking
+(`edlib.model.transfer.upload_stack`). An epoch whose latents are all cached
 decodes nothing and starts no worker.
 
 Workers send 8-bit pixels (a quarter of the bytes); `to_unit_range` makes them the [-1, 1]
@@ -117,12 +118,12 @@ class _Decode(torch.utils.data.Dataset):
 
 
 class PixelPrefetcher:
-    """Decodes `jobs` in order in `workers` processes (0: lazily, in this one), into pinned
-    memory when `pin`. `take(batch_index)` returns the job and, per image, its uint8 pixels
+    """Decodes `jobs` in order in `workers` processes (0: lazily, in this one).
+    `take(batch_index)` returns the job and, per image, its uint8 pixels
     (3, H, W) or None and the reason it cannot be read; None when that batch had nothing to
     decode or was taken already."""
 
-    def __init__(self, jobs: list[DecodeJob], workers: int, pin: bool):
+    def __init__(self, jobs: list[DecodeJob], workers: int):
         self.jobs = {job.batch_index: job for job in jobs}
         self._order = [job.batch_index for job in jobs]
         self._position = {index: k for k, index in enumerate(self._order)}
@@ -131,7 +132,9 @@ class PixelPrefetcher:
             _Decode(jobs),
             batch_size=None,  # each item is already a batch
             num_workers=workers,
-            pin_memory=pin,
+            # Not pinned here: the step stacks a batch into one pinned buffer anyway, and
+            # pinning each image first would only add a copy.
+            pin_memory=False,
             prefetch_factor=2 if workers else None,
             # Its own generator: an iterator draws its workers' base seed from the global RNG
             # otherwise, and a resumed run (which starts its iterator after the RNG state is

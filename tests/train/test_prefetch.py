@@ -32,7 +32,7 @@ def test_workers_decode_what_the_training_process_would_and_report_unreadable_im
         DecodeJob(0, (48, 64), ((images[0], False), (images[1], True)), (None, None)),
         DecodeJob(3, (64, 64), ((str(tmp_path / "broken.png"), False), (images[2], False)), (None, None)),
     ]
-    prefetcher = PixelPrefetcher(jobs, workers=1, pin=False)
+    prefetcher = PixelPrefetcher(jobs, workers=1)
     assert prefetcher.take(1) is None  # nothing planned for batch 1
     job, results = prefetcher.take(0)
     assert job is jobs[0]
