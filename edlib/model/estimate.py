@@ -130,7 +130,6 @@ def sized_family(config: TrainConfig, family: str) -> Family:
         vae_params=size.vae,
         activation_gib=fam.activation_gib * ratio,
         activation_gib_checkpointed=fam.activation_gib_checkpointed * ratio,
-        full_images_per_s=fam.full_images_per_s / ratio,
         scaled_from=fam.name,
     )
 

@@ -21,7 +21,6 @@ class Family:
     vae_params: float
     activation_gib: float  # activation memory per image at ref_resolution, bf16
     activation_gib_checkpointed: float  # the same with gradient checkpointing
-    full_images_per_s: float  # measured: full fine-tune, cached latents and text, AdamW
     scaled_from: str | None = None  # a model of another size: the family its figures are scaled from
 
 
@@ -32,8 +31,8 @@ class Family:
 # Parameter counts: the published configs in edlib.model.architectures (tests/bench checks
 # them): SDXL UNet 2,567.5M, CLIP-L 123.1M + OpenCLIP-bigG 694.7M, VAE 83.7M.
 FAMILIES = {
-    "sd15": Family("SD1.5", 512, 859.5e6, 123.1e6, 83.7e6, 1.09, 0.2, 74.1),
-    "sdxl": Family("SDXL", 1024, 2567.5e6, 817.7e6, 83.7e6, 7.0, 0.42, 9.2),
+    "sd15": Family("SD1.5", 512, 859.5e6, 123.1e6, 83.7e6, 1.09, 0.2),
+    "sdxl": Family("SDXL", 1024, 2567.5e6, 817.7e6, 83.7e6, 7.0, 0.42),
 }
 
 ROW_LABELS = {
