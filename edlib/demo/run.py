@@ -25,6 +25,7 @@ from edlib.data.preview import format_preview, preview
 from edlib.data.scan import format_report, scan
 from edlib.data.schedule import write_schedule
 from edlib.model.lr import with_lr_curve
+from edlib.model.suggest import SMALL_FULL_LR
 from edlib.model.world import SAMPLE_STEPS
 from edlib.world import caption, fidelity, sample_scene, score, write_data_root
 from edlib.world.demo_data import DEMO_SPEC, DEMO_WEIGHTS, NEW_CONCEPT
@@ -34,7 +35,7 @@ log = logging.getLogger("edlib.demo")
 
 RESOLUTION = 64
 BATCH_SIZE = 8
-LEARNING_RATE = 3e-4
+LEARNING_RATE = SMALL_FULL_LR  # a small model's full fine-tune (edlib.model.suggest), UNet and text encoder
 # Sampling settings for the before/after images (the model card's evaluation uses the same).
 SAMPLE_CFG = 4.0
 SAMPLER = "DPM++ 2M"

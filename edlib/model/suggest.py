@@ -27,7 +27,8 @@ from edlib.model.sizes import model_size
 # AUTOMATIC1111's default rate with the text encoder frozen.
 METHOD_LRS = {"full": (1e-6, 0.0), "lora": (1e-4, 0.0), "textual_inversion": (0.0, 5e-3), "hypernetwork": (1e-5, 0.0)}
 SMALL_MODEL_PARAMS = 100e6  # SD1.5's UNet has 860M; toy and test models have a few million
-SMALL_FULL_LRS = (3e-4, 3e-4)  # edlib.demo's LEARNING_RATE, UNet and text encoder
+SMALL_FULL_LR = 3e-4  # edlib.demo's LEARNING_RATE (it imports this one)
+SMALL_FULL_LRS = (SMALL_FULL_LR, SMALL_FULL_LR)  # UNet and text encoder
 
 
 def suggested_resolution(model: str | Path) -> int:

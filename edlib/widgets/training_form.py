@@ -243,8 +243,8 @@ class TrainingForm:
     def model_defaults(self) -> dict[str, Any]:
         """The `MODEL_DEFAULTS` values for the model and method in the form now."""
         model, method = self.fields["model"].value.strip(), self.fields["method"].value
-        unet_lr, text_encoder_lr = suggested_learning_rates(method, model)
-        return {"resolution": suggested_resolution(model), "unet_lr": unet_lr, "text_encoder_lr": text_encoder_lr}
+        values = (suggested_resolution(model), *suggested_learning_rates(method, model))
+        return dict(zip(MODEL_DEFAULTS, values, strict=True))
 
     def offer_model_defaults(self) -> None:
         """After the model changed: its resolution and rates, in each field that still holds

@@ -372,10 +372,10 @@ def _sampling_text(data: dict) -> str:
 
 
 def _finished_text(stopped_by: str) -> str:
-    more = "epochs" if stopped_by == "epochs" else "max_steps"
+    """`stopped_by` is `finished_by`'s "epochs" or "max_steps": the key to raise."""
     return (
         f"the run is finished ({stopped_by}): Resume would only sample and export again. To train it further, "
-        f"raise {more}; for a new run, change run_dir"
+        f"raise {stopped_by}; for a new run, change run_dir"
     )
 
 
