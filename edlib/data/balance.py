@@ -229,7 +229,9 @@ def _note_other_multipliers(scan: ScanResult, plan: BalancePlan) -> None:
             own[item.folder] = own.get(item.folder, 0) + 1
     for e in plan.entries:
         source = scan.folder(e.path).sources.get("multiply", "")
-        if source.endswith(("local.yaml", "local.yml")):
+        # A folder that stays excluded gets nothing written; one trained again loses its
+        # exclude.txt, and then its local.yaml's multiply is the one training uses.
+        if source.endswith(("local.yaml", "local.yml")) and not (e.excluded and e.was_excluded):
             plan.overridden.append(source)
         if own.get(e.path):
             plan.warnings.append(

@@ -243,7 +243,10 @@ def read_folder(folder: Path, rel: str, names: set[str], inherited: Layer) -> Fo
     out.inherited = global_layer.over(inherited)
     merged = above.over(local_layer.over(below.over(out.inherited)))
     if merged.values.get("exclude"):  # the effective multiplier: every count downstream follows it
-        merged.values["multiply"], merged.sources["multiply"] = Fraction(0), merged.sources["exclude"]
+        # Only the value: sources["multiply"] stays the file that sets multiply (a local.yaml
+        # there still wins over a multiply.txt once exclude.txt is gone); `reported_sources`
+        # names exclude.txt as the reason for the 0.
+        merged.values["multiply"] = Fraction(0)
     out.settings = FolderSettings(**merged.values)
     out.sources = merged.sources
     out.failed = merged.failed
@@ -392,6 +395,14 @@ def _edit_distance_at_most_one(a: str, b: str) -> bool:
     while i < len(short) and short[i] == long_[i]:
         i += 1
     return short[i:] == long_[i + 1 :]
+
+
+def reported_sources(settings: FolderSettings, sources: dict[str, str]) -> dict[str, str]:
+    """`sources` as messages name them: an excluded folder's multiplier (0) comes from its
+    exclude.txt, whatever file sets its multiply."""
+    if settings.exclude and "exclude" in sources:
+        return {**sources, "multiply": sources["exclude"]}
+    return sources
 
 
 def setting_label(folder: str, key: str, source: str) -> str:

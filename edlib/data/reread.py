@@ -10,7 +10,15 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from edlib.data.captions import compose_caption
-from edlib.data.folder_files import CAPTION_FIELDS, GLOBAL_YAML, Layer, format_value, read_folder, setting_label
+from edlib.data.folder_files import (
+    CAPTION_FIELDS,
+    GLOBAL_YAML,
+    Layer,
+    format_value,
+    read_folder,
+    reported_sources,
+    setting_label,
+)
 from edlib.data.types import FolderInfo, FolderSettings, ImageItem, ScanResult
 
 
@@ -47,10 +55,12 @@ def reread_settings(result: ScanResult, logger: logging.Logger | None = None) ->
                 messages.append(kept)
         settings = read.settings.with_(**{key: getattr(info.settings, key) for key in failed})
         sources = {**read.sources, **{k: info.sources[k] for k in failed if k in info.sources}}
+        # An exclude.txt added or removed is why multiply changed: messages name it.
+        named, named_before = reported_sources(settings, sources), reported_sources(info.settings, info.sources)
         for f in fields(FolderSettings):
             old, new = getattr(info.settings, f.name), getattr(settings, f.name)
             if old != new:
-                source = sources.get(f.name) or info.sources.get(f.name) or f.name
+                source = named.get(f.name) or named_before.get(f.name) or f.name
                 message = f"{setting_label(info.path, f.name, source)}: {format_value(old)} -> {format_value(new)}"
                 log.info(message)
                 messages.append(message)

@@ -47,6 +47,7 @@ from edlib.data.folder_files import (
     format_value,
     near_miss,
     read_folder,
+    reported_sources,
     setting_label,
 )
 from edlib.data.images import ImageReadError, read_header
@@ -400,8 +401,9 @@ def _name_warnings(folder: _Dir, folder_files: list[str], *, has_images: bool) -
 def _log_applied(info: FolderInfo, log: logging.Logger) -> list[str]:
     """Log each multiply / loss_scale applied (once per scan); return loud warnings."""
     warnings = []
+    sources = reported_sources(info.settings, info.sources)  # an excluded folder's 0: its exclude.txt
     for key in _LOGGED_SETTINGS:
-        source = info.sources.get(key)
+        source = sources.get(key)
         if source is None:
             continue
         value = getattr(info.settings, key)

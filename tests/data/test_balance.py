@@ -190,6 +190,27 @@ def test_an_excluded_folder_stays_excluded_until_a_key_names_it_and_undo_puts_th
     assert (root / "drop/exclude.txt").read_text() == "blurry set, my own note\n"
 
 
+def test_an_excluded_folder_whose_local_yaml_sets_multiply_is_not_trained_again_at_that_value(tmp_path):
+    """Its local.yaml's multiply wins over a written multiply.txt once exclude.txt is gone:
+    a plan that trains it again names that file and is not applied, as for any folder."""
+    from edlib.data.scan import scan
+
+    root = tmp_path / "data"
+    make_tree(root, {"keep": 4, "drop": 4}, size=(64, 64))
+    write_text(root / "drop/local.yaml", "multiply: 3\n")
+    write_text(root / "drop/exclude.txt", "")
+    before = tree_digest(root)
+
+    plan = plan_balance(scan(root), {"keep": 2})  # drop stays excluded: nothing is written there
+    assert plan.overridden == []
+    plan = plan_balance(scan(root), {"drop": 1, "keep": 1}, epoch_size=8)
+    assert plan.overridden == ["drop/local.yaml"]
+    assert "multiply is set in drop/local.yaml, which wins over multiply.txt" in " ".join(plan.warnings)
+    with pytest.raises(DataRootError, match="cannot apply: drop/local.yaml set"):
+        apply_balance(plan)
+    assert tree_digest(root) == before
+
+
 def test_undo_does_not_overwrite_an_exclude_txt_made_again_after_the_apply(tmp_path):
     from edlib.data.scan import scan
 

@@ -21,7 +21,7 @@ def test_exclude_txt_wins_over_every_multiplier_and_says_so(tmp_path):
     assert result.ok, result.errors
     drop = result.folder("drop")
     assert drop.settings.exclude and drop.settings.multiply == 0
-    assert drop.sources["multiply"] == drop.sources["exclude"] == "drop/exclude.txt"
+    assert (drop.sources["multiply"], drop.sources["exclude"]) == ("drop/local.yaml", "drop/exclude.txt")
     assert result.expected_samples() == {"drop": 0, "keep": 2}
     assert result.item_settings(next(i for i, it in enumerate(result.items) if it.path == "drop/drop 0_000.png")).multiply == 0
     warning = next(w for w in result.warnings if w.startswith("drop: "))

@@ -131,6 +131,15 @@ def test_write_multipliers_checks_every_value_first(root):
     assert not (root / "style" / "multiply.txt").exists()
 
 
+def test_write_multipliers_refuses_an_excluded_folder_whose_local_yaml_sets_multiply(root):
+    # Writing removes its exclude.txt, and then local.yaml's multiply would win over the value written.
+    (root / "concept" / "local.yaml").write_text("multiply: 3\n")
+    (root / "concept" / "exclude.txt").write_text("")
+    with pytest.raises(ValueError, match="concept/local.yaml sets multiply, which wins over multiply.txt"):
+        write_multipliers(scan(root), {"concept": "2"})
+    assert (root / "concept" / "exclude.txt").exists() and not (root / "concept" / "multiply.txt").exists()
+
+
 def test_balance_panel_plans_applies_and_undoes(root):
     changes = []
     panel = BalancePanel(root, weights={"style": 2, "preservation": 1}, on_change=lambda: changes.append(1))
