@@ -176,16 +176,10 @@ class ScanResult:
         """Expected samples per epoch of each folder (path -> exact count): its multiplier
         times its images, with images that set their own multiply counted at theirs (0 in a
         folder excluded by exclude.txt)."""
-        images = {f.path: 0 for f in self.folders}
-        excluded = {f.path for f in self.folders if f.settings.exclude}
-        own: dict[str, Fraction] = {}  # per folder: the sum of the images' own multipliers
-        for item in self.items:
-            settings = dict(item.own.settings) if item.own is not None and item.own.settings else None
-            if settings is not None and "multiply" in settings and item.folder not in excluded:
-                own[item.folder] = own.get(item.folder, Fraction(0)) + settings["multiply"]
-            else:
-                images[item.folder] += 1
-        return {f.path: f.settings.multiply * images[f.path] + own.get(f.path, 0) for f in self.folders}
+        expected = {f.path: Fraction(0) for f in self.folders}
+        for i, item in enumerate(self.items):
+            expected[item.folder] += self.item_settings(i).multiply
+        return expected
 
     @property
     def ok(self) -> bool:
