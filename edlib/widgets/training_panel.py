@@ -13,7 +13,7 @@ mid-run (`training_multipliers`). This module composes them and steers the run
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,7 @@ class TrainingPanel:
         self.exports: list[Path] = []  # what the last run exported when it ended
         self._stopping = False  # Stop was pressed (or the run ends by a stop request)
         self._ending = False  # the steps are over; end samples, last save and exports follow
+        self._holding = False  # `_offer` is setting fields: each one's re-plan waits for the last
 
         self.form = TrainingForm(model, run_dir, values)
         self.estimate_view = EstimateView(gpu)
@@ -169,11 +170,19 @@ class TrainingPanel:
         return config_from_form(self.values())
 
     def _method_changed(self, change) -> None:
-        self.form.offer_method_lrs(change["new"])
-        self._refresh()
+        self._offer(lambda: self.form.offer_method_lrs(change["new"]))
 
     def _model_changed(self, _change) -> None:
-        self.form.offer_model_defaults()  # its resolution and learning rates
+        self._offer(self.form.offer_model_defaults)  # its resolution and learning rates
+
+    def _offer(self, offer: Callable[[], None]) -> None:
+        """Fill the fields `offer` sets with re-planning held, then re-plan once: one model or
+        method change, not one per field (nor a config half changed, which may not validate)."""
+        self._holding = True
+        try:
+            offer()
+        finally:
+            self._holding = False
         self._refresh()
 
     def checkpoints(self) -> list[Path]:
@@ -181,6 +190,8 @@ class TrainingPanel:
 
     def _refresh(self, _change=None) -> None:
         """Re-plan from the form: steps and LR curve, memory, time and cost, which buttons apply."""
+        if self._holding:
+            return
         try:
             config = self.config()
         except ConfigError as e:

@@ -89,6 +89,17 @@ def test_form_builds_the_config_and_the_estimates(data_root, tmp_path):
         panel.set("unet_learning_rate", 1.0)
 
 
+def test_a_model_or_method_change_re_plans_once(data_root, tmp_path, monkeypatch):
+    panel = TrainingPanel(data_root, "some/model", tmp_path / "run")
+    plans, errors = [], []
+    monkeypatch.setattr(panel.estimate_view, "update", lambda scan, config: plans.append(config))
+    monkeypatch.setattr(panel.estimate_view, "show_error", errors.append)
+    panel.set("model", "edlib:world")  # offers a new resolution and both learning rates
+    assert [(c.model, c.resolution, c.unet_lr, c.text_encoder_lr) for c in plans] == [("edlib:world", 64, 3e-4, 3e-4)]
+    panel.set("method", "lora")  # offers both learning rates
+    assert len(plans) == 2 and (plans[-1].method, plans[-1].unet_lr) == ("lora", 1e-4) and not errors
+
+
 def test_config_from_form_without_a_panel(tmp_path):
     config = config_from_form(
         {"data_root": str(tmp_path), "method": "textual_inversion", "token": "<zx>", "init_word": "cat", "text_encoder_lr": 1e-3, "unet_lr": 0}
