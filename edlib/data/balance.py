@@ -47,7 +47,7 @@ import yaml
 
 from edlib.data import safe_yaml
 from edlib.data.balance_history import HISTORY_DIR, record_and_apply, undo_balance
-from edlib.data.folder_files import EXCLUDE_FILE, format_value
+from edlib.data.folder_files import EXCLUDE_FILE, format_multiplier
 from edlib.data.numbers import format_count, format_share
 from edlib.data.small_files import TEXT_FILE_LIMIT, quote, read_small
 from edlib.data.types import DataRootError, ScanResult
@@ -382,7 +382,7 @@ def format_plan(plan: BalancePlan) -> str:
             (
                 e.path or ".",
                 str(e.images),
-                "excluded" if e.was_excluded else format_value(e.current),
+                format_multiplier(e.current, e.was_excluded),
                 e.text if e.text is not None else "excluded",
                 format_share(e.share),
                 format_count(e.written * e.images),

@@ -176,6 +176,12 @@ def format_value(value: object) -> str:
     return str(value)
 
 
+def format_multiplier(multiply: Fraction, excluded: bool) -> str:
+    """A folder's multiplier in a table: "excluded" when its exclude.txt excludes it (its
+    multiplier is 0 whatever multiply.txt says), else as written (`format_value`)."""
+    return "excluded" if excluded else format_value(multiply)
+
+
 def _parse_decimal(value: object, source: str, key: str) -> Decimal:
     """An exact, finite decimal: `Fraction(Decimal(text))` keeps 0.1 exactly 1/10."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):

@@ -21,7 +21,7 @@ from fractions import Fraction
 import numpy as np
 
 from edlib.data.buckets import resolution_problem
-from edlib.data.folder_files import format_value
+from edlib.data.folder_files import format_multiplier, format_value
 from edlib.data.holdout import describe_split, split_validation
 from edlib.data.numbers import format_count, format_share
 from edlib.data.schedule import DEFAULT_SEED, EpochCounts, EpochPlanner, EpochSchedule
@@ -268,7 +268,7 @@ def format_preview(p: Preview) -> str:
             (
                 f.path or ".",
                 str(f.images),
-                "excluded" if f.excluded else format_value(f.multiply),
+                format_multiplier(f.multiply, f.excluded),
                 f"{f.loss_scale:g}",
                 format_count(f.expected_per_epoch),
                 format_share(f.share),

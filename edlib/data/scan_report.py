@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edlib.data.folder_files import format_value
+from edlib.data.folder_files import format_multiplier, format_value
 from edlib.data.types import ScanResult
 
 # Example captions per folder in the terminal report (`edlib scan --captions N`), and the
@@ -54,7 +54,7 @@ def format_report(result: ScanResult, *, captions: int = CAPTION_EXAMPLES) -> st
         (
             f.path or ".",
             str(f.images),
-            "excluded" if f.settings.exclude else format_value(f.settings.multiply),
+            format_multiplier(f.settings.multiply, f.settings.exclude),
             format_value(f.settings.loss_scale),
             format_value(f.settings.flip_p),
             f.settings.trigger or "",
