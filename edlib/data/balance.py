@@ -166,7 +166,7 @@ def plan_balance(
     image_folders = [p for p, n in images.items() if n]
     if not image_folders:
         raise DataRootError(f"{scan.root}: no folders with images to balance")
-    excluded_now = {f.path for f in scan.folders if f.settings.exclude and images[f.path]}
+    excluded_now = {f.path for f in scan.folders if f.settings.exclude}  # a scan lists only folders with images
 
     children = _tree(image_folders)
     kept_out = {_own(p, children) for p in excluded_now}
@@ -428,6 +428,5 @@ def apply_balance(plan: BalancePlan) -> Path:
                 )
         else:
             written[str(PurePosixPath(e.path, "multiply.txt"))] = e.text + "\n"
-            if (root / exclude).exists() or (root / exclude).is_symlink():
-                removed.append(exclude)
+            removed.append(exclude)  # record_and_apply removes it where there is one (a link too)
     return record_and_apply(root, written, removed)

@@ -32,8 +32,9 @@ MANIFEST = "manifest.json"
 
 
 def record_and_apply(root: Path, written: dict[str, str], removed: list[str]) -> Path:
-    """Write `written` (relative path -> text) and remove `removed` (relative paths) in the
-    data root `root`, after recording both in a new history entry; returns the entry."""
+    """Write `written` (relative path -> text) and remove those of `removed` (relative paths)
+    that exist (a broken link too) in the data root `root`, after recording both in a new
+    history entry; returns the entry."""
     entry = _new_history_entry(root)
     try:
         manifest = _keep_previous(root, entry, written, removed)
