@@ -271,6 +271,8 @@ def _add_links_option(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from edlib import __version__
+    from edlib.data.caption_explain import SHUFFLED_EXAMPLES
+    from edlib.data.scan_report import CAPTION_EXAMPLES
     from edlib.data.schedule import DEFAULT_SEED
     from edlib.model.config import DEFAULT_RESOLUTION, TrainConfig
     from edlib.model.lr import LR_SCHEDULERS
@@ -286,7 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-cache", action="store_true", help="ignore and do not update the scan cache")
     p.add_argument(
-        "--captions", type=int, default=3, metavar="N", help="example captions per folder (default 3; 0: none; --json has all)"
+        "--captions",
+        type=int,
+        default=CAPTION_EXAMPLES,
+        metavar="N",
+        help="example captions per folder (default %(default)s; 0: none; --json has all)",
     )
     _add_links_option(p)
     p.set_defaults(func=_cmd_scan)
@@ -359,7 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data_root")
     p.add_argument("paths", nargs="*", metavar="PATH", help="images or folders (relative to the data root); none: all")
     p.add_argument("--config", metavar="C.yaml", help="a training config: its shuffle_caption, keep_tokens, caption_dropout, method")
-    p.add_argument("--examples", type=int, default=3, help="shuffled orders to show per image when tags shuffle (default 3)")
+    p.add_argument(
+        "--examples",
+        type=int,
+        default=SHUFFLED_EXAMPLES,
+        help="shuffled orders to show per image when tags shuffle (default %(default)s)",
+    )
     p.add_argument("--limit", type=int, default=20, help="images to show at most (default 20; 0: all)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_links_option(p)

@@ -86,12 +86,16 @@ class CaptionExplanation:
         }
 
 
+# Shuffled orders drawn per image when tags shuffle (`edlib caption --examples N`).
+SHUFFLED_EXAMPLES = 3
+
+
 def explain_caption(
     scan: ScanResult,
     index: int,
     rules=CaptionRules(),
     *,
-    examples: int = 3,
+    examples: int = SHUFFLED_EXAMPLES,
     prepare: Callable[[list[str]], list[str]] | None = None,
     rules_source: str = "default",
 ) -> CaptionExplanation:
