@@ -460,6 +460,11 @@ class TrainConfig(FamilyKeys, HypernetworkKeys):
             )
         return self
 
+    def is_logging_step(self, step: int) -> bool:
+        """Whether optimizer step `step` logs: the steps on which the loop reads losses back,
+        writes metrics and a progress line, and the loss tracker takes its window."""
+        return step % self.log_every_n_steps == 0
+
     def exports_at_end(self, family: str | None = None) -> tuple[str, ...]:
         """The formats exported when the run ends (see `export_formats`), for a model of
         `family` (`edlib.model.identify.FAMILIES`; None: as for SD)."""

@@ -137,7 +137,7 @@ def _train(config, resume, callbacks, plugins, progress_bar, requested_at) -> Ru
             metrics = record_step(ctx, state, training.lr_scheduler, len(schedule), group.stop, loss, nonfinite)
             for plugin in plugins:  # before reporting: a plugin may add metrics (validation loss)
                 plugin.on_step(ctx, metrics)
-            if position.step % config.log_every_n_steps == 0:
+            if config.is_logging_step(position.step):
                 flush(ctx, state)  # the window's losses come back: the only read of a step
                 bar.set_postfix_str(f"loss {state.last_loss:.4f}, {metrics['images_per_s']:.1f} images/s, epoch {epoch}")
             bar.update(1)

@@ -413,7 +413,7 @@ class LossTrackerPlugin(Plugin):
         self._pending.append((items, rows, ctx.position.step + 1))
 
     def on_step(self, ctx: Context, metrics: dict[str, Any]) -> None:
-        if ctx.position.step % ctx.config.log_every_n_steps == 0:
+        if ctx.config.is_logging_step(ctx.position.step):
             self.flush()
 
     def flush(self) -> None:

@@ -193,7 +193,7 @@ class Reporter:
         self.run.append_metrics(metrics)
         if self.config.tensorboard:
             self.accelerator.log({k: v for k, v in metrics.items() if isinstance(v, float | int)}, step=metrics["step"])
-        if metrics["step"] % self.config.log_every_n_steps == 0:
+        if self.config.is_logging_step(metrics["step"]):
             self.log(
                 f"step {metrics['step']} epoch {metrics['epoch']:.2f} loss {metrics['loss']:.4f} "
                 f"lr {metrics['lr']:.3g} {metrics['images_per_s']:.1f} img/s eta {metrics['eta_s'] / 60:.1f} min"

@@ -28,7 +28,7 @@ def after_step(ctx: Context, training: Training, plugins: list[Plugin], state: R
     requests, minutes_due = set(), False
     # One process looks at the control files and the clock; several must agree, which takes
     # a collective through the host: on logging steps only, so a step never waits for one.
-    if ctx.accelerator.num_processes == 1 or position.step % config.log_every_n_steps == 0:
+    if ctx.accelerator.num_processes == 1 or config.is_logging_step(position.step):
         requests, minutes_due = _agree(run, ctx.accelerator, config, time.time() - state.last_save_time)
     if "sample" in requests and not any(plugin.sample(ctx) for plugin in plugins):
         report.event("sample_request", {"step": position.step, "served": False})
