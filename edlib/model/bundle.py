@@ -108,11 +108,12 @@ class Conditioning:
         return replace(self, time_ids=time_ids.to(self.hidden.device))
 
 
-def tokenize(tokenizer, captions: list[str], device: torch.device | str | None = None) -> torch.Tensor:
-    """Token ids, padded and truncated to the tokenizer's 77 positions (BOS and EOS included),
-    on `device` if given (uploaded without blocking: see `edlib.model.transfer`)."""
+def tokenize(tokenizer, captions: list[str], device: torch.device | str, length: int | None = None) -> torch.Tensor:
+    """Token ids on `device` (uploaded without blocking: see `edlib.model.transfer`), padded
+    and truncated to `length` positions, BOS and EOS included (default: the tokenizer's own,
+    77 for CLIP; T5's is a setting)."""
     with uploading():
         ids = tokenizer(
-            captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+            captions, padding="max_length", max_length=length or tokenizer.model_max_length, truncation=True, return_tensors="pt"
         ).input_ids
-        return ids if device is None else upload(ids, device)
+        return upload(ids, device)

@@ -18,15 +18,11 @@ from __future__ import annotations
 import torch
 
 from edlib.model.bundle import Conditioning, Models, tokenize
-from edlib.model.transfer import upload, uploading
 
 
 def encode_t5(tokenizer, encoder, captions: list[str], length: int) -> torch.Tensor:
     """T5's last hidden states ``(B, length, width)``, padded and truncated to ``length`` tokens."""
-    with uploading():  # copied to the GPU without the host waiting (edlib.model.transfer)
-        ids = tokenizer(captions, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
-        ids = upload(ids, encoder.device)
-    return encoder(ids)[0]
+    return encoder(tokenize(tokenizer, captions, encoder.device, length))[0]
 
 
 def encode_flow_prompts(models: Models, captions: list[str], clip_skip: int = 1) -> Conditioning:
