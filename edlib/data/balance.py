@@ -54,7 +54,7 @@ from edlib.data.types import DataRootError, ScanResult
 
 __all__ = [
     "HISTORY_DIR", "BalanceEntry", "BalancePlan", "apply_balance", "format_plan", "load_weights",
-    "multiplier_text", "plan_balance", "undo_balance",
+    "multiplier_text", "plan_balance", "starting_weights", "undo_balance",
 ]
 
 OWN_IMAGES = "."  # name of a folder's pseudo-child holding its direct images
@@ -243,6 +243,18 @@ def _note_other_multipliers(scan: ScanResult, plan: BalancePlan) -> None:
             f"multiply is set in {', '.join(plan.overridden)}, which wins over multiply.txt (EveryDream2's order): "
             "remove the multiply line there before applying this plan"
         )
+
+
+def starting_weights(scan: ScanResult) -> dict[str, float]:
+    """The weight of every node of the scan's weight tree (the root "" included, whose
+    weight is never used) when the weights name none: 1, and 0 for the node of a folder
+    excluded now (an exclude.txt), which so stays excluded (`plan_balance`)."""
+    children = _tree([f.path for f in scan.folders])
+    weights = dict.fromkeys(children, 1.0)
+    for f in scan.folders:
+        if f.settings.exclude:
+            weights[_own(f.path, children)] = 0.0
+    return weights
 
 
 def _tree(image_folders: list[str]) -> dict[str, list[str]]:

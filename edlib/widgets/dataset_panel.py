@@ -22,6 +22,7 @@ from edlib.data.balance import (
     apply_balance,
     format_plan,
     plan_balance,
+    starting_weights,
 )
 from edlib.data.buckets import resolution_problem
 from edlib.data.folder_files import format_value
@@ -375,13 +376,12 @@ class BalancePanel:
         self.plan: BalancePlan | None = None
         self.weights: dict[str, widgets.BoundedFloatText] = {}
         rows = []
-        image_folders = [f.path for f in self.scan.folders]
         # A folder excluded now (exclude.txt) starts at 0, so Apply keeps it excluded unless changed.
-        excluded = {_own_node(f.path, image_folders) for f in self.scan.folders if f.settings.exclude}
+        starting = starting_weights(self.scan)
         for node in weight_nodes(self.scan):
             depth = len(_parts(node)) - 1
             box = widgets.BoundedFloatText(
-                value=start.get(node, 0.0 if node in excluded else 1.0), min=0.0, max=1e6, step=0.1,
+                value=start.get(node, starting[node]), min=0.0, max=1e6, step=0.1,
                 layout=widgets.Layout(width="90px"),
             )
             box.observe(self._update, names="value")

@@ -4,7 +4,15 @@ from fractions import Fraction
 
 import pytest
 
-from edlib.data.balance import apply_balance, format_plan, load_weights, multiplier_text, plan_balance, undo_balance
+from edlib.data.balance import (
+    apply_balance,
+    format_plan,
+    load_weights,
+    multiplier_text,
+    plan_balance,
+    starting_weights,
+    undo_balance,
+)
 from edlib.data.types import DataRootError
 
 from .fake_scan import FakeFolder, fake_scan
@@ -188,6 +196,19 @@ def test_an_excluded_folder_stays_excluded_until_a_key_names_it_and_undo_puts_th
     lines = undo_balance(root)
     assert "restored drop/exclude.txt (the balance had removed it)" in lines
     assert (root / "drop/exclude.txt").read_text() == "blurry set, my own note\n"
+
+
+def test_starting_weights_are_1_and_0_for_the_node_of_an_excluded_folder(tmp_path):
+    from edlib.data.scan import scan
+
+    root = tmp_path / "data"
+    make_tree(root, {"keep": 1, "drop": 1, "drop/sub": 1, "out": 1}, size=(64, 64))
+    write_text(root / "drop/exclude.txt", "")
+    write_text(root / "out/exclude.txt", "")
+    weights = starting_weights(scan(root))
+    assert weights == {"": 1.0, "drop": 1.0, "drop/.": 0.0, "drop/sub": 1.0, "keep": 1.0, "out": 0.0}
+    plan = plan_balance(scan(root), {})  # what the plan does with no weights named
+    assert plan.excluded == ["drop", "out"]
 
 
 def test_an_excluded_folder_whose_local_yaml_sets_multiply_is_not_trained_again_at_that_value(tmp_path):
