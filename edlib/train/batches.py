@@ -29,7 +29,7 @@ from edlib.data.images import ImageReadError
 from edlib.data.types import ScanResult
 from edlib.model.models import Conditioning, encode_images, encode_prompts
 from edlib.model.offload import offloaded_modules, on_device, park_on_cpu
-from edlib.model.transfer import host_tensor, upload, upload_stack, uploading
+from edlib.model.transfer import host_tensor, upload_stack
 from edlib.train.caches import DeviceStore, LatentCache
 from edlib.train.prefetch import (
     PixelPrefetcher,
@@ -62,12 +62,13 @@ def crop_top_left(original: tuple[int, int], bucket: tuple[int, int]) -> tuple[i
 def micro_conditioning(scan: ScanResult, batch: LocalBatch) -> torch.Tensor:
     """(B, 6) SDXL time ids per sample: original height and width, crop top and left, and
     target (bucket) height and width, as SDXL's `_get_add_time_ids` orders them."""
-    rows = []
-    for i in batch.items:
-        item = scan.items[i]
-        top, left = crop_top_left((item.width, item.height), batch.bucket)
-        rows.append((item.height, item.width, top, left, batch.bucket[1], batch.bucket[0]))
-    return torch.tensor(rows, dtype=torch.float32)
+    return torch.tensor([time_id_row(scan.items[i], batch.bucket) for i in batch.items], dtype=torch.float32)
+
+
+def time_id_row(item, bucket: tuple[int, int]) -> tuple[int, ...]:
+    """One sample's SDXL time ids (see `micro_conditioning`); `bucket` is (width, height)."""
+    top, left = crop_top_left((item.width, item.height), bucket)
+    return item.height, item.width, top, left, bucket[1], bucket[0]
 
 
 def sample_seed(seed: int, epoch: int, batch_index: int, slot: int) -> int:
@@ -292,12 +293,10 @@ class BatchEncoder:
         """SDXL's micro-conditioning (B, 6) on the device; each image's row is uploaded once."""
         rows = []
         for i in batch.items:
-            item = scan.items[i]
-            key = ("time_ids", item.path, item.width, item.height, batch.bucket)
+            row = time_id_row(scan.items[i], batch.bucket)
+            key = ("time_ids", row)  # images of one size in one bucket share their row
             if key not in self._constants:
-                one = LocalBatch(batch.epoch, batch.index, batch.bucket, (0,), (i,), (False,))
-                with uploading():
-                    self._constants[key] = upload(micro_conditioning(scan, one)[0], self.device)
+                self._constants[key] = host_tensor(row, self.device)
             rows.append(self._constants[key])
         return torch.stack(rows)
 
