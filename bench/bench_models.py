@@ -1,5 +1,6 @@
 """The benchmarks' models and data: published architectures with random weights, a data root of
-random images, and the UNet's FLOPs per image (for MFU).
+random images, and the UNet's FLOPs per image (for MFU); and the helpers every bench shares
+(device sync, peak memory, freeing, the device's name, appending a row to a JSONL file).
 
 Random weights with the published architectures (`edlib.model.architectures`): nothing is
 downloaded, and speed does not depend on weight values. A builder per model name in
@@ -9,6 +10,7 @@ downloaded, and speed does not depend on weight values. A builder per model name
 from __future__ import annotations
 
 import gc
+import json
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -147,3 +149,16 @@ def free(device: str) -> None:
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
+
+
+def device_name(device: str) -> str:
+    """What a row's "device" says: the GPU's name on CUDA, else "cpu"."""
+    return torch.cuda.get_device_name() if device == "cuda" else "cpu"
+
+
+def append_jsonl(path: Path | str | None, row: dict) -> None:
+    """Append `row` to `path` as one JSON line (nothing when `path` is None)."""
+    if path is None:
+        return
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")

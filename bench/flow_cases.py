@@ -27,7 +27,6 @@ Columns: images/s (median over timed steps; the engine's second epoch), x ref, p
 from __future__ import annotations
 
 import argparse
-import gc
 import shutil
 import statistics
 import sys
@@ -35,11 +34,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_models import append_jsonl, device_name, free, make_data_root, peak_gib, reset_peak, sync  # noqa: E402
 
 from edlib.model import architectures as arch  # noqa: E402
 from edlib.model.config import TrainConfig  # noqa: E402
@@ -101,7 +101,7 @@ def build(model: str, out_dir: Path, device: str) -> Path:
             )
     pipeline.to(torch.bfloat16).save_pretrained(out_dir, safe_serialization=True)
     del pipeline, t5
-    _free(device)
+    free(device)
     return out_dir
 
 
@@ -126,9 +126,9 @@ def reference_images_per_s(path: Path, batch: int, resolution: int, steps: int, 
     scheduler = models.noise_scheduler
     pixels = torch.randn(batch, 3, resolution, resolution, device=device, dtype=dtype)
     times = []
-    _reset_peak(device)
+    reset_peak(device)
     for step in range(warmup + steps):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         with torch.no_grad():
             latents = (models.vae.encode(pixels).latent_dist.sample() - models.vae_shift_factor) * models.vae_scaling_factor
@@ -155,12 +155,12 @@ def reference_images_per_s(path: Path, batch: int, resolution: int, steps: int, 
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        _sync(device)
+        sync(device)
         if step >= warmup:
             times.append(time.perf_counter() - start)
-    peak = _peak_gib(device)
+    peak = peak_gib(device)
     del models, transformer, optimizer, trainable
-    _free(device)
+    free(device)
     return batch / statistics.median(times), peak
 
 
@@ -187,11 +187,11 @@ def engine_images_per_s(path: Path, data: Path, run_dir: Path, device: str, **pr
         if event.kind == "step" and event.data["epoch"] > 1.0:
             seconds_per_image.append(1.0 / event.data["images_per_s"])
 
-    _reset_peak(device)
+    reset_peak(device)
     train(config, callbacks=[collect], progress_bar=False)
-    peak = _peak_gib(device)
+    peak = peak_gib(device)
     shutil.rmtree(run_dir, ignore_errors=True)
-    _free(device)
+    free(device)
     return 1.0 / statistics.median(seconds_per_image), peak
 
 
@@ -211,13 +211,13 @@ def run_flow(model: str, *, tiny: bool, cases=None, batch: int = 1, resolution: 
     else:
         path = build(model, work / "model", device)
     name = ("tiny " + model) if tiny else NAMES[model]
-    print(f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}, resolution {resolution}, model {name} "
+    print(f"device: {device_name(device)}, resolution {resolution}, model {name} "
           f"(built in {time.perf_counter() - started:.0f} s)")
     print(f"{'':24} {'images/s':>10} {'x ref':>7} {'peak GiB':>9}", flush=True)
     ref, peak = reference_images_per_s(path, batch, resolution, steps, warmup, device)
     print(f"{'reference (b%d)' % batch:24} {ref:10.2f} {1.0:7.2f} {peak:9.2f}", flush=True)
     _row(jsonl, model, tiny, device, "reference", batch, resolution, ref, 1.0, peak)
-    data = _data_root(work / "data", batch * steps, resolution)
+    data = make_data_root(work / "data", batch * steps, resolution)
     for case in cases:
         preset = dict(presets(model, device == "cuda")[case], batch_size=batch, resolution=resolution)
         if tiny:
@@ -246,43 +246,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _row(jsonl, model, tiny, device, case, batch, resolution, images_per_s, x_ref, peak) -> None:
-    if jsonl is None:
-        return
-    import json
-
-    row = {"bench": "train", "model": model, "tiny": tiny, "device": device, "case": case, "batch": batch,
-           "case_batch": batch, "resolution": resolution, "images_per_s": images_per_s, "x_ref": x_ref,
-           "peak_gib": peak, "timing": "median step (bench/flow_cases.py)"}  # fmt: skip
-    with open(jsonl, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def _data_root(root: Path, count: int, size: int) -> Path:
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / f"photo of a cat_{i:04d}.png", compress_level=1)
-    return root
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _reset_peak(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-
-
-def _peak_gib(device: str) -> float:
-    return torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
-
-
-def _free(device: str) -> None:
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.empty_cache()
+    append_jsonl(jsonl, {
+        "bench": "train", "model": model, "tiny": tiny, "device": device_name(device), "case": case, "batch": batch,
+        "case_batch": batch, "resolution": resolution, "images_per_s": images_per_s, "x_ref": x_ref,
+        "peak_gib": peak, "timing": "median step (bench/flow_cases.py)",
+    })  # fmt: skip
 
 
 if __name__ == "__main__":

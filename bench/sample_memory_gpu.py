@@ -17,7 +17,6 @@ before the sampling plugin in each step.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -27,10 +26,11 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import train_gpu  # noqa: E402 - the same model builders, data root and presets
+import bench_models  # noqa: E402 - the same model builders and data root as bench/train_gpu.py
+import train_gpu  # noqa: E402 - its presets
+from bench_timing import WindowDone  # noqa: E402
 
 from edlib.model.config import TrainConfig  # noqa: E402
-from edlib.model.tiny import build_tiny_pipeline  # noqa: E402
 from edlib.train.hooks import Plugin  # noqa: E402
 from edlib.train.loop import train  # noqa: E402
 
@@ -62,7 +62,7 @@ class PeakProbe(Plugin):
             self.sampling = max(self.sampling, self._read_and_reset())
             self.events += 1
             if self.events == 2:  # both measured: end the run before its last checkpoint (minutes of disk)
-                raise train_gpu.bench_timing.WindowDone
+                raise WindowDone
 
     def _read_and_reset(self) -> float:
         if self.device != "cuda":
@@ -87,13 +87,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.tiny:
         torch.set_num_threads(1)  # tiny models: one thread is fastest, and two thrash a busy 2-core machine
     batch = args.batch_size or (2 if args.tiny else BATCH[args.model])
-    resolution = 64 if args.tiny else train_gpu.RESOLUTION[args.model]
+    resolution = 64 if args.tiny else bench_models.RESOLUTION[args.model]
     work = Path(tempfile.mkdtemp(prefix="edlib-sample-memory-"))
     started = time.perf_counter()
-    if args.tiny:
-        model = build_tiny_pipeline(work / "model", variant="sdxl" if args.model == "sdxl" else "sd1")
-    else:
-        model = (train_gpu.build_sdxl if args.model == "sdxl" else train_gpu.build_sd15)(work / "model", device)
+    model = bench_models.build(args.model, work / "model", device, args.tiny)
     prompts = work / "prompts.yaml"
     prompts.write_text(
         yaml.safe_dump(
@@ -107,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     config = TrainConfig.from_dict(
         dict(
             model=str(model),
-            data_root=str(train_gpu.make_data_root(work / "data", batch * args.steps, resolution)),
+            data_root=str(bench_models.make_data_root(work / "data", batch * args.steps, resolution)),
             run_dir=str(work / "run"),
             resolution=resolution,
             batch_size=batch,
@@ -125,9 +122,9 @@ def main(argv: list[str] | None = None) -> None:
     probe = PeakProbe(device)
     try:
         train(config, plugins=[probe], callbacks=[probe.on_event], progress_bar=False)
-    except train_gpu.bench_timing.WindowDone:
+    except WindowDone:
         pass
-    gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    gpu = bench_models.device_name(device)
     print(f"device: {gpu}, {args.model} lean preset, batch {batch}, {resolution} px, {probe.events} sampling event(s)")
     if device == "cuda":
         print(f"training peak GiB  {probe.training:8.2f}")
@@ -136,14 +133,13 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print("peaks: not measured (needs CUDA)")
     print(f"total {time.perf_counter() - started:.0f} s")
-    if args.jsonl is not None:
-        row = {"bench": "sample_memory", "model": args.model, "tiny": args.tiny, "device": gpu, "case": "lean", "batch": batch,
-               "resolution": resolution, "events": probe.events, "training_peak_gib": probe.training if device == "cuda" else None,
-               "sampling_peak_gib": probe.sampling if device == "cuda" else None,
-               "ratio": probe.sampling / probe.training if device == "cuda" and probe.training else None,
-               "wall_s": time.perf_counter() - started}  # fmt: skip
-        with args.jsonl.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+    bench_models.append_jsonl(args.jsonl, {
+        "bench": "sample_memory", "model": args.model, "tiny": args.tiny, "device": gpu, "case": "lean", "batch": batch,
+        "resolution": resolution, "events": probe.events, "training_peak_gib": probe.training if device == "cuda" else None,
+        "sampling_peak_gib": probe.sampling if device == "cuda" else None,
+        "ratio": probe.sampling / probe.training if device == "cuda" and probe.training else None,
+        "wall_s": time.perf_counter() - started,
+    })  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ window, on a GPU the synchronising CUDA calls per step, on a CPU edlib.train.hos
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shutil
 import sys
@@ -50,11 +49,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_models import NAMES, RESOLUTION, build, make_data_root, model_flops_per_image  # noqa: E402
-from bench_models import build_sd15, build_sdxl, unet_train_flops_per_image  # noqa: E402, F401 - used by sample_memory_gpu.py and tests
-import bench_timing  # noqa: E402, F401 - sample_memory_gpu.py uses train_gpu.bench_timing
-from flow_cases import FLOW_MODELS, run_flow  # noqa: E402 - bench/flow_cases.py: FLUX.1 and SD3.5 rows
+from bench_models import (  # noqa: E402
+    NAMES,
+    RESOLUTION,
+    append_jsonl,
+    build,
+    device_name,
+    make_data_root,
+    model_flops_per_image,
+    unet_train_flops_per_image,  # noqa: F401 - re-exported: tests/bench/test_train_gpu.py uses it
+)
 from bench_timing import engine_run, reference_run  # noqa: E402
+from flow_cases import FLOW_MODELS, run_flow  # noqa: E402 - bench/flow_cases.py: FLUX.1 and SD3.5 rows
 
 
 @dataclass(frozen=True)
@@ -142,7 +148,7 @@ class Bench:
         flops = model_flops_per_image(self.path, self.resolution, base_trains=base_trains)
         reference = self.references.get(case.batch)
         row = {
-            "bench": "train", "model": self.model, "tiny": self.tiny, "device": _device_name(self.device),
+            "bench": "train", "model": self.model, "tiny": self.tiny, "device": device_name(self.device),
             "case": case.kind, "batch": case.batch, "case_batch": case.nominal_batch or case.batch,
             "resolution": self.resolution,
             "images_per_s": result["images_per_s"],
@@ -151,9 +157,7 @@ class Bench:
             "gflop_per_image": flops / 1e9, "wall_s": wall_s, "note": case.note, **result,
         }  # fmt: skip
         print(_line(row), flush=True)
-        if self.jsonl is not None:
-            with self.jsonl.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
+        append_jsonl(self.jsonl, row)
         return row
 
 
@@ -169,10 +173,6 @@ def _line(row: dict) -> str:
 
 HEADER = (f"{'':28} {'images/s':>10} {'x ref':>7} {'MFU':>7} {'peak GiB':>9} {'first s':>9} {'compile s':>9} "
           f"{'syncs':>6}")  # fmt: skip
-
-
-def _device_name(device: str) -> str:
-    return torch.cuda.get_device_name() if device == "cuda" else "cpu"
 
 
 def parse_cases(model: str, names: list[str] | None) -> list[Case]:
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="edlib-bench-"))
     try:
         path = build(args.model, work / "model", device, args.tiny)
-        print(f"device: {_device_name(device)}, resolution {resolution}, model "
+        print(f"device: {device_name(device)}, resolution {resolution}, model "
               f"{'tiny ' + args.model if args.tiny else NAMES[args.model]} (built in {time.perf_counter() - started:.0f} s); "
               f"MFU over {args.peak_tflops:g} TFLOP/s", flush=True)  # fmt: skip
         print(HEADER, flush=True)
