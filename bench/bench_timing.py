@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 
 import torch
-
 from bench_models import free, peak_gib, reset_peak, sync
+
 from edlib.model.config import TrainConfig
 from edlib.model.models import load_models
 from edlib.train.hooks import Plugin
-from edlib.train.host_sync import CudaSyncs, HostRoundTrips
+from edlib.train.host_sync import CudaSyncs, HostRoundTrips, RoundTripCounter
 from edlib.train.loop import train
 
 
@@ -113,7 +113,9 @@ class WindowProbe(Plugin):
     (`window_start`, `window_end`] synchronised at both ends, then counts host syncs over
     `count_steps` more steps (on a GPU: CUDA's sync warnings, `torch.cuda.set_sync_debug_mode`;
     on a CPU: `edlib.train.host_sync`) and ends the run. Listed first among the plugins, so
-    each `on_step` comes right after the step's own work."""
+    each `on_step` comes right after the step's own work. The counting is
+    `edlib.train.host_sync.RoundTripCounter`'s, fed only the steps from `window_end` on, so
+    nothing counts inside the timed window."""
 
     name = "window_probe"
 
@@ -121,9 +123,13 @@ class WindowProbe(Plugin):
         self.device, self.window_start, self.window_end, self.count_steps = device, window_start, window_end, count_steps
         self.first_step_s = self.window_s = float("nan")
         self.peak_gib = float("nan")
-        self.syncs: list[int] = []
+        self.counter = RoundTripCounter(CudaSyncs if device == "cuda" else HostRoundTrips)
         self._clock = 0.0
-        self._counting = None
+
+    @property
+    def syncs(self) -> list[int]:
+        """Host syncs of each counted step (steps window_end + 1 .. window_end + count_steps)."""
+        return list(self.counter.per_step.values())
 
     def on_start(self, ctx) -> None:
         sync(self.device)
@@ -142,24 +148,15 @@ class WindowProbe(Plugin):
             sync(self.device)
             self.window_s = time.perf_counter() - self._clock
             self.peak_gib = peak_gib(self.device)
-        if self._counting is not None:
-            self.syncs.append(self._stop_counting())
-        if self.window_end <= step < self.window_end + self.count_steps:
-            self._start_counting()
-        elif step >= self.window_end + self.count_steps:
+        last = self.window_end + self.count_steps
+        if self.window_end <= step <= last:
+            self.counter.on_step(ctx, metrics)  # ends the interval counted up to this step, starts the next
+        if step >= last:
+            self.counter.on_end(ctx)  # nothing counted after the last counted step
             raise WindowDone
 
-    def _start_counting(self) -> None:
-        self._counting = (CudaSyncs if self.device == "cuda" else HostRoundTrips)().start()
-
-    def _stop_counting(self) -> int:
-        counting, self._counting = self._counting, None
-        counting.stop()
-        return counting.total
-
     def close(self) -> None:
-        if self._counting is not None:
-            self._stop_counting()
+        self.counter.on_end(None)
 
 
 def engine_run(model: Path, data: Path, run_dir: Path, device: str, *, steps: int, warmup: int, count_steps: int, **preset) -> dict:
